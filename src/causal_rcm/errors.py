@@ -1,0 +1,9 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input (path, option, checkpoint, prompt): say what to do."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not match the model configuration."""
