@@ -6,10 +6,8 @@ from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
 from ..conftest import random_model, small_config
 
-diffusers = pytest.importorskip("diffusers")
-
-
 def diffusers_model(heads, head_dim, layers, in_ch, text_dim, seed):
+    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
     ref = diffusers.WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch,
