@@ -140,3 +140,14 @@ def mock_model():
 def contexts():
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 4, 5, generator=g), torch.randn(2, 4, 5, generator=g)
+
+
+@pytest.fixture
+def mocks():
+    """The mock classes, for tests that build their own."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        ListCache=ListCache, MockCausalModel=MockCausalModel, GaussianVelocity=GaussianVelocity,
+        PointMassOracle=PointMassOracle,
+    )
