@@ -37,7 +37,8 @@ def _per_channel(p: torch.Tensor) -> torch.Tensor:
 class MockCausalModel(nn.Module):
     """Frame-granular toy attention: ``v_f = local(x_f, t_f, context) + 0.5 mean_{j visible} k(x_j, t_j)``.
 
-    Keys depend on their frame's t, so a cache refreshed at the wrong time changes the output.
+    Keys depend on their frame's t and on the prompt, so a cache refreshed at the wrong time or
+    with the wrong prompt changes the output.
     Records every call in ``self.calls``.
     """
 
@@ -60,8 +61,8 @@ class MockCausalModel(nn.Module):
              "update_cache": update_cache, "actions": actions, "mask": mask}
         )
         tt = (t / 1000)[:, None, :, None, None].to(x.dtype)
-        keys = torch.tanh(_per_channel(self.w_k) * x + _per_channel(self.u_k) * tt)
         text = (context.mean(1) @ self.proj)[:, :, None, None, None]
+        keys = torch.tanh(_per_channel(self.w_k) * x + _per_channel(self.u_k) * tt + 0.3 * text)
         local = torch.sin(_per_channel(self.w_l) * x + _per_channel(self.u_l) * tt) + text * (1 + tt)
         if actions is not None:
             local = local + actions[:, None, :, None, None]
