@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from causal_rcm.models.masks import block_causal
+
 
 class ListCache:
     """A KV cache that stores whatever the model appends along the frame axis (dim 2)."""
@@ -126,6 +128,37 @@ class PointMassOracle(nn.Module):
         return torch.where(s > 0, (x - x0) / s.clamp_min(1e-12), torch.zeros_like(x))
 
 
+def reference_causal(model, noise, ctx, *, frames_per_chunk, grid, solver="euler", guidance=1.0, neg=None,
+                     generator=None, tokens_per_frame=1):
+    """Chunk-by-chunk generation without a KV cache: every step re-runs the clean history at t = 0
+    followed by the noisy chunk, under a block-causal mask, and keeps the chunk's output."""
+    B = noise.shape[0]
+    out = []
+    for k, x in enumerate(noise.split(frames_per_chunk, dim=2)):
+        history = torch.cat(out, dim=2) if out else noise[:, :, :0]
+        mask = block_causal(k + 1, frames_per_chunk, tokens_per_frame)
+
+        def velocity(x, s):
+            seq = torch.cat([history, x], dim=2)
+            t = torch.cat([torch.zeros(B, history.shape[2]), torch.full((B, x.shape[2]), 1000 * s)], dim=1)
+            v = model(seq, t, ctx, mask=mask)[:, :, -x.shape[2]:]
+            if guidance != 1:
+                v_u = model(seq, t, neg, mask=mask)[:, :, -x.shape[2]:]
+                v = v_u + guidance * (v - v_u)
+            return v
+
+        grid_ = [float(g) for g in grid]
+        for s, s_next in zip(grid_[:-1], grid_[1:]):
+            v = velocity(x, s)
+            if solver == "euler":
+                x = x + (s_next - s) * v
+            else:
+                x0 = x - s * v
+                x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * torch.randn(x.shape, generator=generator)
+        out.append(x)
+    return torch.cat(out, dim=2)
+
+
 @pytest.fixture
 def video_shape():
     """(B, C, F, H, W) of the mock tests: 2 samples, 3 channels, 6 frames of 2 x 2."""
@@ -145,10 +178,10 @@ def contexts():
 
 @pytest.fixture
 def mocks():
-    """The mock classes, for tests that build their own."""
+    """The mock classes and the cache-free causal reference sampler."""
     from types import SimpleNamespace
 
     return SimpleNamespace(
         ListCache=ListCache, MockCausalModel=MockCausalModel, GaussianVelocity=GaussianVelocity,
-        PointMassOracle=PointMassOracle,
+        PointMassOracle=PointMassOracle, reference_causal=reference_causal,
     )

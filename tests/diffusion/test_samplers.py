@@ -16,37 +16,6 @@ from causal_rcm.diffusion import (
 from causal_rcm.models.masks import block_causal
 
 
-def reference_causal(model, noise, ctx, *, frames_per_chunk, grid, solver="euler", guidance=1.0, neg=None,
-                     generator=None, tokens_per_frame=1):
-    """Chunk-by-chunk generation without a KV cache: every step re-runs the clean history at t = 0
-    followed by the noisy chunk, under a block-causal mask, and keeps the chunk's output."""
-    B = noise.shape[0]
-    out = []
-    for k, x in enumerate(noise.split(frames_per_chunk, dim=2)):
-        history = torch.cat(out, dim=2) if out else noise[:, :, :0]
-        mask = block_causal(k + 1, frames_per_chunk, tokens_per_frame)
-
-        def velocity(x, s):
-            seq = torch.cat([history, x], dim=2)
-            t = torch.cat([torch.zeros(B, history.shape[2]), torch.full((B, x.shape[2]), 1000 * s)], dim=1)
-            v = model(seq, t, ctx, mask=mask)[:, :, -x.shape[2]:]
-            if guidance != 1:
-                v_u = model(seq, t, neg, mask=mask)[:, :, -x.shape[2]:]
-                v = v_u + guidance * (v - v_u)
-            return v
-
-        grid_ = [float(g) for g in grid]
-        for s, s_next in zip(grid_[:-1], grid_[1:]):
-            v = velocity(x, s)
-            if solver == "euler":
-                x = x + (s_next - s) * v
-            else:
-                x0 = x - s * v
-                x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * torch.randn(x.shape, generator=generator)
-        out.append(x)
-    return torch.cat(out, dim=2)
-
-
 # ------------------------------------------------------------------ analytic cases
 def test_euler_converges_to_the_exact_ode_solution(mocks):
     """Gaussian data: the probability-flow ODE maps eps to mu + sigma eps; Euler converges at first order."""
@@ -142,12 +111,12 @@ def test_causal_one_chunk_equals_bidirectional_euler(mock_model, contexts, video
 
 
 @pytest.mark.parametrize("frames_per_chunk", [1, 2, 3])
-def test_causal_euler_with_cfg_equals_cache_free_reference(mock_model, contexts, video_shape, frames_per_chunk):
+def test_causal_euler_with_cfg_equals_cache_free_reference(mocks, mock_model, contexts, video_shape, frames_per_chunk):
     ctx, neg = contexts
     noise = torch.randn(video_shape, generator=torch.Generator().manual_seed(3))
     out = causal_sample(mock_model, noise, ctx, frames_per_chunk=frames_per_chunk, steps=4, shift=2.0,
                         guidance=3.0, neg_context=neg)
-    ref = reference_causal(mock_model, noise, ctx, frames_per_chunk=frames_per_chunk, grid=flow_time_grid(4, 2.0),
+    ref = mocks.reference_causal(mock_model, noise, ctx, frames_per_chunk=frames_per_chunk, grid=flow_time_grid(4, 2.0),
                            guidance=3.0, neg=neg)
     torch.testing.assert_close(out, ref)
     # the history matters: generating the chunks independently differs
@@ -156,13 +125,13 @@ def test_causal_euler_with_cfg_equals_cache_free_reference(mock_model, contexts,
     assert (alone[:, :, frames_per_chunk:] - out[:, :, frames_per_chunk:]).abs().max() > 1e-3
 
 
-def test_causal_consistency_equals_cache_free_reference(mock_model, contexts, video_shape):
+def test_causal_consistency_equals_cache_free_reference(mocks, mock_model, contexts, video_shape):
     ctx = contexts[0]
     noise = torch.randn(video_shape)
     times = [1.0, 0.9, 0.6, 0.0]
     out = causal_sample(mock_model, noise, ctx, frames_per_chunk=2, steps=times, solver="consistency",
                         generator=torch.Generator().manual_seed(7))
-    ref = reference_causal(mock_model, noise, ctx, frames_per_chunk=2, grid=times, solver="consistency",
+    ref = mocks.reference_causal(mock_model, noise, ctx, frames_per_chunk=2, grid=times, solver="consistency",
                            generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(out, ref)
 
