@@ -223,6 +223,8 @@ def test_sample_chunk_is_the_building_block(mock_model, contexts):
     """A pipeline can switch prompts between chunks by calling sample_chunk itself."""
     ctx_a, ctx_b = contexts
     noise = torch.randn(2, 3, 4, 2, 2)
+    guided = make_kv_caches(mock_model, guidance=torch.tensor(2.0))
+    assert guided[0] is not guided[1] and guided[1] is not None
     caches = make_kv_caches(mock_model)
     assert caches[1] is None
     a = sample_chunk(mock_model, noise[:, :, :2], ctx_a, caches, steps=3)

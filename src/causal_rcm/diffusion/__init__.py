@@ -17,7 +17,7 @@ from .conversions import (
     x0_to_trigflow,
     x0_to_velocity,
 )
-from .guidance import cfg, guided_velocity
+from .guidance import cfg, guided_velocity, is_unguided
 from .samplers import (
     SOLVERS,
     causal_sample,
@@ -67,6 +67,7 @@ __all__ = [
     "x0_to_trigflow",
     "trigflow_to_eps",
     "cfg",
+    "is_unguided",
     "guided_velocity",
     "euler_sample",
     "consistency_sample",

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["cfg", "guided_velocity"]
+__all__ = ["cfg", "is_unguided", "guided_velocity"]
 
 
 def cfg(cond: torch.Tensor, uncond: torch.Tensor, guidance: float | torch.Tensor) -> torch.Tensor:
@@ -17,6 +17,11 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, guidance: float | torch.Tensor
     both branches and guiding. ``guidance`` may be a tensor broadcastable to the outputs.
     """
     return uncond + guidance * (cond - uncond)
+
+
+def is_unguided(guidance: float | torch.Tensor) -> bool:
+    """True when ``guidance`` is the number 1: the unconditional branch is skipped (exactly the conditional)."""
+    return isinstance(guidance, (int, float)) and guidance == 1
 
 
 def guided_velocity(
@@ -45,7 +50,7 @@ def guided_velocity(
     """
     cond_cache, uncond_cache = kv_caches if kv_caches is not None else (None, None)
     v_cond = model(x, t, context, **_with_cache(model_kwargs, cond_cache))
-    if isinstance(guidance, (int, float)) and guidance == 1:
+    if is_unguided(guidance):
         return v_cond
     if neg_context is None:
         raise ValueError(f"guidance {guidance} needs neg_context (a negative or empty prompt embedding)")

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from .conversions import time_dtype, velocity_to_x0
-from .guidance import guided_velocity
+from .guidance import guided_velocity, is_unguided
 from .schedules import check_time_grid, flow_time_grid, to_net_time
 
 __all__ = [
@@ -177,7 +177,7 @@ def make_kv_caches(
     def new() -> Any:
         return model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
 
-    return new(), (new() if guidance != 1 else None)
+    return new(), (None if is_unguided(guidance) else new())
 
 
 def refresh_kv_caches(
