@@ -1,0 +1,331 @@
+"""Samplers: stateless functions over a flow-matching network ``model(x, t_net, context, **kw) -> v``.
+
+Shared signature, as in k-diffusion: ``sampler(model, noise, context, *, steps, shift,
+guidance, neg_context, ..., callback)``. ``steps`` is either an int (a grid
+``shift(1 - i / steps)`` from s = 1 to 0, see :func:`~.schedules.flow_time_grid`) or an
+explicit strictly decreasing grid of flow-matching times ending at 0, used exactly as given
+(``shift`` must then stay 1; convert TrigFlow times with
+:func:`~.conversions.trigflow_to_flow_time`). The network is evaluated at ``grid[:-1]``.
+
+Two update rules, selected by ``solver`` where a sampler offers both:
+
+* ``"euler"``: ``x <- x + (s_next - s) v``, the probability-flow ODE (many-step teachers).
+* ``"consistency"``: ``x0 = x - s v``, then ``x <- (1 - s_next) x0 + s_next eps`` with fresh
+  ``eps`` (multistep consistency sampling, Song et al. 2023, Alg. 1), for 1-4 step students.
+  For a TrigFlow student ``x - s v`` *is* its consistency function ``cos t x_t - sin t F``.
+
+Both land on ``x0`` at the last step (s_next = 0), so one step of either is the same.
+
+``callback`` (optional) is called once per network evaluation with a dict: ``x`` (input),
+``i`` (step), ``s``, ``s_next``, ``x0`` (denoised estimate) and, for causal sampling,
+``chunk``.
+
+Causal sampling (CausVid, Yin et al. 2025; Self Forcing, Huang et al. 2025) generates the
+video chunk by chunk: each chunk is denoised attending to a KV cache of the clean chunks
+before it, then committed to the cache by re-running the clean chunk at t = 0 with
+``update_cache=True``. With guidance, the conditional and unconditional branches keep
+separate caches (each history computed with its own prompt).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from .conversions import time_dtype, velocity_to_x0
+from .guidance import guided_velocity, is_unguided
+from .schedules import check_time_grid, flow_time_grid, to_net_time
+
+__all__ = [
+    "SOLVERS",
+    "time_grid",
+    "euler_sample",
+    "consistency_sample",
+    "make_kv_caches",
+    "refresh_kv_caches",
+    "sample_chunk",
+    "causal_sample_stream",
+    "causal_sample",
+]
+
+SOLVERS = ("euler", "consistency")
+Steps = int | Sequence[float] | torch.Tensor
+Callback = Callable[[dict[str, Any]], None]
+
+
+def time_grid(steps: Steps, shift: float = 1.0) -> torch.Tensor:
+    """The (N + 1,) float64 sampling grid from ``steps``: an int N with ``shift``, or an explicit grid."""
+    if isinstance(steps, int):
+        return flow_time_grid(steps, shift)
+    if shift != 1:
+        raise ValueError(
+            "an explicit time grid is used exactly as given; pass shift only with an integer number "
+            "of steps, or shift the grid yourself with causal_rcm.diffusion.shift_time"
+        )
+    return check_time_grid(steps)
+
+
+def _net_time(s: float, x: torch.Tensor) -> torch.Tensor:
+    """(B, F) network time (Wan units) for flow-matching time s on every frame of x (B, C, F, H, W)."""
+    return to_net_time(torch.full((x.shape[0], x.shape[2]), s, dtype=time_dtype(x), device=x.device))
+
+
+def _integrate(
+    velocity: Callable[[torch.Tensor, float], torch.Tensor],
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    solver: str,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> torch.Tensor:
+    """Run ``solver`` over ``grid`` from ``x`` (noise at s = grid[0]); returns the sample at s = 0."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    for i in range(len(grid) - 1):
+        s, s_next = float(grid[i]), float(grid[i + 1])
+        v = velocity(x, s)
+        x0 = velocity_to_x0(v, x, s).to(x.dtype)
+        if callback is not None:
+            callback({"x": x, "i": i, "s": s, "s_next": s_next, "x0": x0})
+        if s_next == 0:
+            x = x0
+        elif solver == "euler":
+            x = x + (s_next - s) * v
+        else:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = (1 - s_next) * x0 + s_next * eps
+    return x
+
+
+def _velocity_fn(
+    model: Callable[..., torch.Tensor],
+    context: torch.Tensor,
+    guidance: float,
+    neg_context: torch.Tensor | None,
+    kv_caches: Sequence[Any] | None,
+    model_kwargs: dict[str, Any],
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    def velocity(x: torch.Tensor, s: float) -> torch.Tensor:
+        return guided_velocity(
+            model, x, _net_time(s, x), context,
+            guidance=guidance, neg_context=neg_context, kv_caches=kv_caches, **model_kwargs,
+        )
+
+    return velocity
+
+
+# ------------------------------------------------------------------ bidirectional
+def euler_sample(
+    model: Callable[..., torch.Tensor],
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    steps: Steps,
+    shift: float = 1.0,
+    guidance: float = 1.0,
+    neg_context: torch.Tensor | None = None,
+    mask: Any = None,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
+) -> torch.Tensor:
+    """Euler solver of the flow-matching ODE dx/ds = v from s = 1 to 0 (Lipman et al. 2023; Wan's flow Euler).
+
+    Args:
+        noise: (B, C, F, H, W) standard normal (x at s = 1); context: (B, L, D).
+        mask: a :class:`~causal_rcm.models.masks.BlockSparseMask` for every call, None = full attention.
+        model_kwargs: passed to every call (e.g. ``actions``).
+    Returns:
+        (B, C, F, H, W) sample.
+    """
+    if mask is not None:
+        model_kwargs["mask"] = mask
+    velocity = _velocity_fn(model, context, guidance, neg_context, None, model_kwargs)
+    return _integrate(velocity, noise, time_grid(steps, shift), solver="euler", generator=None, callback=callback)
+
+
+def consistency_sample(
+    model: Callable[..., torch.Tensor],
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    steps: Steps,
+    shift: float = 1.0,
+    guidance: float = 1.0,
+    neg_context: torch.Tensor | None = None,
+    mask: Any = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    **model_kwargs: Any,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1): predict x0, re-noise with fresh noise.
+
+    Same arguments as :func:`euler_sample`; ``generator`` draws the fresh noise between steps.
+    """
+    if mask is not None:
+        model_kwargs["mask"] = mask
+    velocity = _velocity_fn(model, context, guidance, neg_context, None, model_kwargs)
+    return _integrate(velocity, noise, time_grid(steps, shift), solver="consistency", generator=generator, callback=callback)
+
+
+# ------------------------------------------------------------------------- causal
+def make_kv_caches(
+    model: Any, *, guidance: float = 1.0, sink_frames: int = 0, window_frames: int | None = None
+) -> tuple[Any, Any]:
+    """``(cond_cache, uncond_cache)`` from ``model.new_kv_cache``; the second is None without guidance."""
+    def new() -> Any:
+        return model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
+
+    return new(), (None if is_unguided(guidance) else new())
+
+
+def refresh_kv_caches(
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    context: torch.Tensor,
+    kv_caches: Sequence[Any],
+    *,
+    neg_context: torch.Tensor | None = None,
+    **model_kwargs: Any,
+) -> None:
+    """Commit a clean chunk x0 (B, C, Fc, H, W) to each cache: re-run it at t = 0 with ``update_cache=True``.
+
+    Runs without gradient (Self Forcing, Huang et al. 2025: the cache is built from the
+    detached clean output). The unconditional cache is refreshed with ``neg_context``.
+    """
+    t0 = torch.zeros(x0.shape[0], x0.shape[2], dtype=time_dtype(x0), device=x0.device)
+    with torch.no_grad():
+        for cache, ctx in zip(kv_caches, (context, neg_context)):
+            if cache is None:
+                continue
+            if ctx is None:
+                raise ValueError("refreshing the unconditional cache needs neg_context")
+            model(x0, t0, ctx, kv_cache=cache, update_cache=True, **model_kwargs)
+
+
+def sample_chunk(
+    model: Callable[..., torch.Tensor],
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    kv_caches: Sequence[Any],
+    *,
+    steps: Steps,
+    shift: float = 1.0,
+    solver: str = "euler",
+    guidance: float = 1.0,
+    neg_context: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    refresh: bool = True,
+    **model_kwargs: Any,
+) -> torch.Tensor:
+    """Denoise one chunk against the KV caches, then (``refresh``) commit it to them at t = 0 (Self Forcing).
+
+    The building block of :func:`causal_sample_stream`, for pipelines that change the prompt
+    or the actions between chunks. The caches (from :func:`make_kv_caches`) are the only state.
+
+    Args:
+        noise: (B, C, Fc, H, W), the new chunk at s = 1; context: (B, L, D).
+        kv_caches: ``(cond_cache, uncond_cache)``; uncond_cache None when ``guidance == 1``.
+        model_kwargs: passed to every call, the refresh included (e.g. ``actions`` (B, Fc)).
+    Returns:
+        (B, C, Fc, H, W) the clean chunk.
+    """
+    velocity = _velocity_fn(model, context, guidance, neg_context, kv_caches, model_kwargs)
+    x0 = _integrate(velocity, noise, time_grid(steps, shift), solver=solver, generator=generator, callback=callback)
+    if refresh:
+        refresh_kv_caches(model, x0, context, kv_caches, neg_context=neg_context, **model_kwargs)
+    return x0
+
+
+def _tagged(callback: Callback | None, chunk: int) -> Callback | None:
+    if callback is None:
+        return None
+    return lambda info: callback({**info, "chunk": chunk})
+
+
+def causal_sample_stream(
+    model: Any,
+    noise: torch.Tensor | Iterable[torch.Tensor],
+    context: torch.Tensor,
+    *,
+    frames_per_chunk: int,
+    steps: Steps,
+    shift: float = 1.0,
+    solver: str = "euler",
+    guidance: float = 1.0,
+    neg_context: torch.Tensor | None = None,
+    sink_frames: int = 0,
+    window_frames: int | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    actions: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """Autoregressive chunk-by-chunk generation with a KV cache, yielding each clean chunk (Self Forcing).
+
+    Args:
+        noise: (B, C, F, H, W) for F frames (any F; a last chunk may be shorter), or an iterable
+            of (B, C, frames_per_chunk, H, W) chunks for an unbounded stream.
+        frames_per_chunk: frames denoised together (1 = frame-wise).
+        steps, shift, solver: the per-chunk schedule and update rule (module docstring):
+            many-step ``"euler"`` for causal teachers, 1-4 step ``"consistency"`` for students.
+        sink_frames, window_frames: the cache's attention sink and rolling window
+            (``window_frames=None``: unbounded).
+        actions: (B, F, ...) per-frame actions, split into chunks like the noise (tensor noise only).
+    Yields:
+        (B, C, Fc, H, W) clean chunks in order. The last chunk of tensor noise is not committed
+        to the cache (nothing reads it), saving one forward pass.
+    """
+    if frames_per_chunk < 1:
+        raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
+    grid = time_grid(steps, shift)
+    kv_caches = make_kv_caches(model, guidance=guidance, sink_frames=sink_frames, window_frames=window_frames)
+    if isinstance(noise, torch.Tensor):
+        chunks: Iterable[torch.Tensor] = noise.split(frames_per_chunk, dim=2)
+        num_chunks = len(chunks)  # type: ignore[arg-type]
+    else:
+        if actions is not None:
+            raise ValueError("actions need tensor noise; for a live stream call sample_chunk per chunk")
+        chunks, num_chunks = noise, None
+    action_chunks = None if actions is None else actions.split(frames_per_chunk, dim=1)
+    for k, chunk in enumerate(chunks):
+        if num_chunks is None and chunk.shape[2] != frames_per_chunk:
+            raise ValueError(f"stream chunk {k} has {chunk.shape[2]} frames, expected {frames_per_chunk}")
+        model_kwargs = {} if action_chunks is None else {"actions": action_chunks[k]}
+        yield sample_chunk(
+            model, chunk, context, kv_caches,
+            steps=grid, solver=solver, guidance=guidance, neg_context=neg_context, generator=generator,
+            callback=_tagged(callback, k), refresh=k + 1 != num_chunks, **model_kwargs,
+        )
+
+
+def causal_sample(
+    model: Any,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    frames_per_chunk: int,
+    steps: Steps,
+    shift: float = 1.0,
+    solver: str = "euler",
+    guidance: float = 1.0,
+    neg_context: torch.Tensor | None = None,
+    sink_frames: int = 0,
+    window_frames: int | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    actions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Autoregressive sampling with a KV cache (Self Forcing): :func:`causal_sample_stream`, concatenated.
+
+    ``noise`` (B, C, F, H, W) -> (B, C, F, H, W); arguments as :func:`causal_sample_stream`.
+    """
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError("causal_sample needs the whole noise tensor; use causal_sample_stream for a stream")
+    stream = causal_sample_stream(
+        model, noise, context, frames_per_chunk=frames_per_chunk, steps=steps, shift=shift, solver=solver,
+        guidance=guidance, neg_context=neg_context, sink_frames=sink_frames, window_frames=window_frames,
+        generator=generator, callback=callback, actions=actions,
+    )
+    return torch.cat(list(stream), dim=2)
