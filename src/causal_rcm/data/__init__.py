@@ -1,1 +1,38 @@
-"""Data: the procedural shapes world with its oracle, the pixel codec, the toy text encoder, video files."""
+"""Data: the procedural shapes world and its oracle, the pixel codec, the toy text encoder, video files.
+
+* ``shapes``: ``ShapesConfig``, scenes, simulator (incl. agent), renderer, captions, ``ShapesDataset``.
+* ``oracle``: ``ShapesOracle``, the analytic detector and metrics of shapes-world videos.
+* ``codec``: ``PixelCodec``, pixels <-> latents by pixel-unshuffle.
+* ``text``: ``ToyTokenizer``, ``ToyTextEncoder`` (UMT5-shaped outputs).
+* ``video``: float <-> uint8 conversions, mp4 / GIF writers, grids.
+"""
+
+from causal_rcm.data.codec import PixelCodec
+from causal_rcm.data.oracle import DriftReport, OracleReport, ShapesOracle, VideoEvaluation
+from causal_rcm.data.shapes import ACTIONS, Scene, Shape, ShapesConfig, ShapesDataset, caption, collate, parse_caption, render
+from causal_rcm.data.text import ToyTextEncoder, ToyTokenizer
+from causal_rcm.data.video import from_uint8, grid, to_uint8, write_gif, write_mp4
+
+__all__ = [
+    "ACTIONS",
+    "DriftReport",
+    "OracleReport",
+    "PixelCodec",
+    "Scene",
+    "Shape",
+    "ShapesConfig",
+    "ShapesDataset",
+    "ShapesOracle",
+    "ToyTextEncoder",
+    "ToyTokenizer",
+    "VideoEvaluation",
+    "caption",
+    "collate",
+    "from_uint8",
+    "grid",
+    "parse_caption",
+    "render",
+    "to_uint8",
+    "write_gif",
+    "write_mp4",
+]
