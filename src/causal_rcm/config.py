@@ -1,0 +1,253 @@
+"""Run configuration: nested dataclasses, named recipes, ``key=value`` overrides, resolved JSON.
+
+A named recipe is a function returning a :class:`Config` with sensible defaults. The CLI applies
+``--config file.json`` then ``section.key=value`` overrides; every run writes the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+from .models.wan import CausalWanConfig
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "ObjectiveConfig",
+    "apply_overrides",
+    "load_config",
+    "config_to_dict",
+    "register_recipe",
+    "recipe_config",
+    "recipe_names",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where training videos come from and their frame structure."""
+
+    world: str = "shapes"  # shapes | shards (later)
+    resolution: int = 32  # pixels (square)
+    num_frames: int = 8  # latent frames per training video
+    frames_per_chunk: int = 1  # causal structure: 1 = frame-wise
+    max_shapes: int = 3
+    agent: bool = False  # shapes world with one action-driven shape
+    codec_factor: int = 2  # pixel-unshuffle factor of the pixel codec
+    text_len: int = 16  # text tokens (padded)
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32  # global batch (split across processes)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    log_every: int = 10
+    ckpt_every: int = 200
+    eval_every: int = 0  # 0 = only at the end
+    eval_videos: int = 16
+    eval_steps: int = 50  # sampler steps for evaluation
+    out_dir: str = ""  # default: runs/<recipe>
+    init: str = ""  # checkpoint to initialise the trainable model from
+    teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes
+    progress: bool = True
+
+
+@dataclass
+class ObjectiveConfig:
+    """Loss settings shared by the recipes (each uses the fields it needs)."""
+
+    shift: float = 3.0  # flow-matching time shift k
+    time_sampling: str = "logit_normal"  # uniform | logit_normal
+    caption_dropout: float = 0.1  # probability of the empty prompt, for CFG
+    guidance: float = 3.0  # CFG scale when sampling / distilling from a teacher
+    sample_steps: int = 4  # few-step sampler steps for students
+
+
+@dataclass
+class Config:
+    recipe: str
+    model: CausalWanConfig = field(default_factory=lambda: CausalWanConfig.preset("tiny"))
+    attn_backend: str = "sdpa"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def out_dir(self) -> Path:
+        return Path(self.train.out_dir or f"runs/{self.recipe}")
+
+
+# --------------------------------------------------------------------- recipe registry
+_RECIPES: dict[str, Callable[[], Config]] = {}
+
+
+def register_recipe(name: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
+    def wrap(fn: Callable[[], Config]) -> Callable[[], Config]:
+        _RECIPES[name] = fn
+        return fn
+
+    return wrap
+
+
+def recipe_names() -> list[str]:
+    _import_recipes()
+    return sorted(_RECIPES)
+
+
+def recipe_config(name: str) -> Config:
+    _import_recipes()
+    if name not in _RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(sorted(_RECIPES))}")
+    return _RECIPES[name]()
+
+
+def _import_recipes() -> None:
+    from . import distill  # noqa: F401  (recipes register themselves on import)
+
+
+# ------------------------------------------------------------------ (de)serialisation
+def config_to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a JSON value or override string to ``annotation``; UserError on failure."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, options[0], key)
+    if origin is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        inner = typing.get_args(annotation)
+        return tuple(_coerce(v, inner[0] if inner else str, key) for v in items)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}: cannot read {value!r} as {annotation.__name__}") from None
+    return value
+
+
+def _set(obj: Any, dotted: str, value: Any, *, from_string: bool) -> None:
+    parts = dotted.split(".")
+    target = obj
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(target)]
+        if part not in names:
+            where = ".".join(parts[:i]) or "config"
+            raise UserError(f"unknown config key {dotted!r}: {where} has {', '.join(names)}")
+        if i == len(parts) - 1:
+            annotation = _field_types(type(target))[part]
+            if dataclasses.is_dataclass(getattr(target, part)):
+                raise UserError(f"{dotted} is a section; set one of its keys, e.g. {dotted}.<key>=...")
+            setattr(target, part, _coerce(value, annotation, dotted))
+        else:
+            target = getattr(target, part)
+            if not dataclasses.is_dataclass(target):
+                raise UserError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings in place; UserError names a bad key or value."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form section.key=value")
+        _set(config, key.strip(), value.strip(), from_string=True)
+    _revalidate(config)
+    return config
+
+
+def load_config(recipe: str, config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The named recipe's config, updated by a JSON file (resolved configs work) and overrides."""
+    config = recipe_config(recipe)
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except ValueError as exc:
+            raise UserError(f"config file {path} is not valid JSON: {exc}") from None
+        if data.get("recipe", recipe) != recipe:
+            raise UserError(f"config file {path} is for recipe {data['recipe']!r}, not {recipe!r}")
+        data.pop("recipe", None)
+        for key, value in _flatten(data).items():
+            _set(config, key, value, from_string=False)
+        _revalidate(config)
+    return apply_overrides(config, list(overrides))
+
+
+def _revalidate(config: Config) -> None:
+    try:
+        config.model = CausalWanConfig(**dataclasses.asdict(config.model))
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config_to_dict(config), indent=2) + "\n")

@@ -1,0 +1,119 @@
+"""Process groups and FSDP2 for ``torchrun``; single-process runs use the same code path.
+
+Parallelism is applied from outside the model (torchtitan's order): ``fully_shard`` on each
+transformer block, then on the root. Gradients are averaged over processes by FSDP, so a
+loss that is a mean over the local batch gives the gradient of the global-batch mean.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from ..errors import UserError
+
+        raise UserError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+def init_world(device_name: str) -> World:
+    """Join the torchrun process group if WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if size == 1:
+        return World(0, 1, device)
+    rank = int(os.environ["RANK"])
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(rank, size, device)
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def apply_fsdp(model: nn.Module, world: World, mixed_precision: bool) -> nn.Module:
+    """FSDP2: shard each block of ``model.blocks`` (if any) and the root; bf16 params, fp32 reduce."""
+    if not world.distributed:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(world.device.type, (world.size,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
+    for block in getattr(model, "blocks", []):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def all_reduce_mean(value: torch.Tensor, world: World) -> torch.Tensor:
+    if world.distributed:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= world.size
+    return value
+
+
+class StepRandom:
+    """Randomness of one training step, identical whatever the number of processes.
+
+    Every draw is made for the *global* batch from a generator seeded by (seed, step, draw
+    index), and each process keeps its slice: 1 process and N processes see the same noise,
+    and a resumed run sees the same noise as an uninterrupted one.
+    """
+
+    def __init__(self, seed: int, step: int, world: World) -> None:
+        self.seed, self.step, self.world = seed, step, world
+        self._draw = 0
+
+    def _generator(self) -> torch.Generator:
+        self._draw += 1
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) * 1_009 + self._draw)
+
+    def _local(self, make, local_shape: tuple[int, ...]) -> torch.Tensor:
+        global_shape = (local_shape[0] * self.world.size, *local_shape[1:])
+        full = make(global_shape, self._generator())
+        start = self.world.rank * local_shape[0]
+        return full[start : start + local_shape[0]].to(self.world.device)
+
+    def randn(self, *local_shape: int) -> torch.Tensor:
+        return self._local(lambda s, g: torch.randn(s, generator=g), tuple(local_shape))
+
+    def rand(self, *local_shape: int) -> torch.Tensor:
+        return self._local(lambda s, g: torch.rand(s, generator=g), tuple(local_shape))
+
+    def randint(self, high: int, *local_shape: int) -> torch.Tensor:
+        return self._local(lambda s, g: torch.randint(high, s, generator=g), tuple(local_shape))
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        return self.randn(*x.shape).to(x.dtype)

@@ -1,0 +1,344 @@
+"""The recipe-agnostic training loop.
+
+A :class:`Recipe` owns its models and losses; the trainer owns everything around them:
+devices and processes (FSDP2 under torchrun), optimisers (AdamW, warm-up, clipping), the EMA
+of the student, bf16 autocast on CUDA, non-finite detection, progress bar, jsonl and
+TensorBoard logs, periodic evaluation, atomic checkpoints and exact resume (models, EMA,
+optimisers, RNG, data position, step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..config import Config, config_to_dict, save_config
+from ..errors import UserError
+from .checkpoint import atomic_torch_save, rng_state, set_rng_state
+from .ema import EMA
+from .parallel import StepRandom, World, all_reduce_mean, apply_fsdp, init_world, shutdown
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class DataSource(Protocol):
+    def next_batch(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Recipe:
+    """A training objective. Subclasses build models in ``build`` and return losses per group.
+
+    ``trainable()`` maps optimiser groups to modules; the first group is the student, whose EMA
+    the trainer keeps and exports. ``losses`` returns ``{group: (loss, metrics)}`` for the groups
+    to update this step; each loss is back-propagated into its own group's parameters only.
+    """
+
+    name = "recipe"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def build(self, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def trainable(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizer_options(self, group: str) -> dict:
+        """Per-group overrides of AdamW settings (e.g. DMD's beta1 = 0)."""
+        return {}
+
+    def losses(self, batch: dict, rnd: StepRandom, step: int) -> dict[str, tuple[torch.Tensor, dict[str, float]]]:
+        raise NotImplementedError
+
+    def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Metrics of the (EMA) student; may write samples under out_dir. Runs on the main process."""
+        return {}
+
+    def export(self, student_state: dict[str, torch.Tensor], path: Path) -> None:
+        """Write the final student (EMA weights) as a loadable checkpoint."""
+        from ..models.adapters import save_checkpoint
+
+        save_checkpoint(self.config.model, student_state, path, "causal-rcm")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, config: Config, recipe: Recipe, data: DataSource, *, world: World | None = None) -> None:
+        self.config = config
+        self.recipe = recipe
+        self.data = data
+        self.world = world or init_world(config.train.device)
+        self.out_dir = config.out_dir()
+        cfg = config.train
+        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.world.device.type == "cuda" else "fp32")
+        if self.precision not in ("bf16", "fp32"):
+            raise UserError(f"train.precision must be auto, bf16 or fp32, got {cfg.precision!r}")
+        if cfg.batch_size % self.world.size:
+            raise UserError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.world.size} processes")
+        self.local_batch = cfg.batch_size // self.world.size
+        self.step = 0
+        self.bad_steps = 0
+        self.history: list[dict] = []
+
+    # --------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        torch.manual_seed(self.config.train.seed)
+        self.recipe.build(self.world.device)
+        self.groups = self.recipe.trainable()
+        for name, module in self.groups.items():
+            self.groups[name] = apply_fsdp(module, self.world, mixed_precision=self.precision == "bf16")
+        optim = self.config.optim
+        self.optimizers = {}
+        for name, module in self.groups.items():
+            options = dict(lr=optim.lr, betas=(optim.beta1, optim.beta2), weight_decay=optim.weight_decay)
+            options.update(self.recipe.optimizer_options(name))
+            self.optimizers[name] = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], **options)
+        self.student_group = next(iter(self.groups))
+        self.ema = EMA(self.groups[self.student_group], optim.ema_decay)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ----------------------------------------------------------- checkpoint
+    def _state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {
+            "step": self.step,
+            "bad_steps": self.bad_steps,
+            "config": config_to_dict(self.config),
+            "models": {n: get_model_state_dict(m, options=options) for n, m in self.groups.items()},
+            "optimizers": {n: get_optimizer_state_dict(self.groups[n], o, options=options) for n, o in self.optimizers.items()},
+            "ema": self.ema.full_state_dict(),
+            "data": self.data.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+        }
+
+    def save_checkpoint(self) -> None:
+        state = self._state()  # collective under FSDP: every process takes part
+        if self.world.is_main:
+            atomic_torch_save(state, self.out_dir / CHECKPOINT)
+
+    def _resume(self) -> bool:
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise UserError(f"cannot resume from {path}: {exc}; delete it or use another train.out_dir") from None
+        saved, current = dict(state["config"]), config_to_dict(self.config)
+        for cfg in (saved, current):  # a longer run or a new log cadence may resume
+            for key in ("steps", "log_every", "ckpt_every", "eval_every", "progress"):
+                cfg["train"].pop(key, None)
+        if saved != current:
+            raise UserError(f"{self.out_dir} holds a run with a different config; use another train.out_dir or --restart")
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        for name, module in self.groups.items():
+            set_model_state_dict(module, state["models"][name], options=options)
+            set_optimizer_state_dict(module, self.optimizers[name], state["optimizers"][name], options=options)
+        self.ema.load_full_state_dict(state["ema"])
+        self.data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.step, self.bad_steps, self.history = state["step"], state["bad_steps"], state["history"]
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def _lr(self) -> float:
+        optim = self.config.optim
+        return optim.lr * min(1.0, (self.step + 1) / max(1, optim.warmup_steps))
+
+    def _train_step(self, batch: dict) -> dict[str, float]:
+        rnd = StepRandom(self.config.train.seed, self.step, self.world)
+        with self._autocast():
+            losses = self.recipe.losses(batch, rnd, self.step)
+        logged: dict[str, float] = {}
+        for group, (loss, metrics) in losses.items():
+            module, optimizer = self.groups[group], self.optimizers[group]
+            params = [p for p in module.parameters() if p.requires_grad]
+            optimizer.zero_grad(set_to_none=True)
+            finite = torch.isfinite(loss.detach()).float()
+            if all_reduce_mean(finite, self.world).item() < 1.0:
+                logged[f"nonfinite/{group}"] = 1.0
+                continue
+            torch.autograd.backward(loss, inputs=params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            if not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                logged[f"nonfinite/{group}"] = 1.0
+                continue
+            for g in optimizer.param_groups:
+                g["lr"] = self._lr() * self.recipe.optimizer_options(group).get("lr_scale", 1.0)
+            optimizer.step()
+            if group == self.student_group:
+                self.ema.update(module, self.step)
+            logged[f"loss/{group}"] = all_reduce_mean(loss.detach().float(), self.world).item()
+            logged[f"grad_norm/{group}"] = float(grad_norm)
+            logged.update({f"{group}/{k}": float(v) for k, v in metrics.items()})
+        return logged
+
+    def evaluate(self) -> dict[str, float]:
+        ema_state = self.ema.full_state_dict()  # collective
+        metrics: dict[str, float] = {}
+        if self.world.is_main:
+            student = self._eval_model(ema_state)
+            metrics = self.recipe.evaluate(student, self.step, self.out_dir)
+        if self.world.distributed:
+            torch.distributed.barrier()
+        return metrics
+
+    def _eval_model(self, ema_state: dict) -> nn.Module:
+        from ..models.wan import CausalWanModel
+
+        model = CausalWanModel(self.config.model, attn_backend=self.config.attn_backend)
+        model.load_state_dict(ema_state)
+        return model.to(self.world.device).eval()
+
+    def fit(self, restart: bool = False) -> dict:
+        """Train to ``train.steps``; resumes from ``out_dir/checkpoint.pt`` unless ``restart``."""
+        cfg = self.config.train
+        if self.world.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if restart:
+                (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            save_config(self.config, self.out_dir / "config.json")
+        if self.world.distributed:
+            torch.distributed.barrier()
+        self._setup()
+        resumed = self._resume()
+        writer = _tensorboard(self.out_dir / "tb") if self.world.is_main else None
+        log_file = open(self.out_dir / "metrics.jsonl", "a") if self.world.is_main else None
+        bar = None
+        if self.world.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.config.recipe, unit="step", dynamic_ncols=True)
+            if resumed:
+                bar.write(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
+        start, window = time.perf_counter(), []
+        try:
+            while self.step < cfg.steps:
+                batch = self.data.next_batch()
+                logged = self._train_step(batch)
+                if any(k.startswith("nonfinite/") for k in logged):
+                    self.bad_steps += 1
+                    if self.bad_steps >= self.config.optim.max_bad_steps:
+                        raise NonFiniteError(
+                            f"{self.bad_steps} consecutive steps with non-finite losses or gradients at step {self.step}; "
+                            f"last checkpoint kept in {self.out_dir}"
+                        )
+                else:
+                    self.bad_steps = 0
+                self.step += 1
+                window.append(logged)
+                if bar is not None:
+                    bar.update(1)
+                    losses = {k.split("/", 1)[1]: v for k, v in logged.items() if k.startswith("loss/")}
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record = _mean_records(window)
+                    record.update(step=self.step, lr=self._lr(), time=time.perf_counter() - start)
+                    window = []
+                    self.history.append(record)
+                    if log_file is not None:
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                        if writer is not None:
+                            for k, v in record.items():
+                                if k != "step":
+                                    writer.add_scalar(k, v, self.step)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._log_eval(self.evaluate(), log_file, writer)
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+            final_eval = self.evaluate()
+            self._log_eval(final_eval, log_file, writer)
+            ema_state = self.ema.full_state_dict()
+            summary = {
+                "recipe": self.config.recipe,
+                "steps": self.step,
+                "processes": self.world.size,
+                "device": str(self.world.device),
+                "precision": self.precision,
+                "train_seconds": time.perf_counter() - start,
+                "final": self.history[-1] if self.history else {},
+                "eval": final_eval,
+            }
+            if self.world.is_main:
+                self.recipe.export(ema_state, self.out_dir / "model")
+                (self.out_dir / "train_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+            return summary
+        finally:
+            if bar is not None:
+                bar.close()
+            if log_file is not None:
+                log_file.close()
+            if writer is not None:
+                writer.close()
+
+    def _log_eval(self, metrics: dict, log_file, writer) -> None:
+        if not metrics or log_file is None:
+            return
+        record = {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"eval/{k}", v, self.step)
+
+
+def _mean_records(records: list[dict]) -> dict:
+    keys = {k for r in records for k in r}
+    out = {}
+    for key in sorted(keys):
+        values = [r[key] for r in records if key in r and math.isfinite(r[key])]
+        if key.startswith("nonfinite/"):
+            out[key] = float(sum(r.get(key, 0.0) for r in records))
+        elif values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; stay usable if a user removed it
+        return None
+    return SummaryWriter(str(path))
+
+
+def run_training(config: Config, recipe: Recipe, data: DataSource, restart: bool = False) -> dict:
+    world = init_world(config.train.device)
+    try:
+        return Trainer(config, recipe, data, world=world).fit(restart=restart)
+    finally:
+        shutdown(world)
