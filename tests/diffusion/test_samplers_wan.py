@@ -4,16 +4,15 @@ import pytest
 import torch
 
 from causal_rcm.diffusion import causal_sample, euler_sample, flow_time_grid, make_kv_caches, sample_chunk
-
-wan = pytest.importorskip("causal_rcm.models.wan")
+from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
 TOKENS_PER_FRAME = 4  # 4 x 4 latents, patch 2 x 2
 
 
 @pytest.fixture(scope="module")
-def model():
+def tiny():
     torch.manual_seed(0)
-    m = wan.CausalWanModel(wan.CausalWanConfig.preset("tiny"), attn_backend="math").eval()
+    m = CausalWanModel(CausalWanConfig.preset("tiny"), attn_backend="math").eval()
     with torch.no_grad():  # the zero-initialised head would make every velocity 0
         for p in m.head.parameters():
             p.normal_(0, 0.05)
@@ -21,9 +20,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def inputs(model):
+def inputs(tiny):
     g = torch.Generator().manual_seed(1)
-    cfg = model.config
+    cfg = tiny.config
     noise = torch.randn(1, cfg.in_dim, 6, 4, 4, generator=g)
     ctx = torch.randn(1, 8, cfg.text_dim, generator=g)
     neg = torch.randn(1, 8, cfg.text_dim, generator=g)
@@ -31,41 +30,41 @@ def inputs(model):
 
 
 @torch.no_grad()
-def test_one_chunk_equals_bidirectional_euler(model, inputs):
+def test_one_chunk_equals_bidirectional_euler(tiny, inputs):
     noise, ctx, neg = inputs
     kw = dict(steps=3, shift=5.0, guidance=2.0, neg_context=neg)
-    out = causal_sample(model, noise[:, :, :3], ctx, frames_per_chunk=3, **kw)
-    ref = euler_sample(model, noise[:, :, :3], ctx, **kw)
+    out = causal_sample(tiny, noise[:, :, :3], ctx, frames_per_chunk=3, **kw)
+    ref = euler_sample(tiny, noise[:, :, :3], ctx, **kw)
     assert out.abs().mean() > 0.1
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("solver", ["euler", "consistency"])
-def test_causal_with_cache_equals_block_causal_reference(model, inputs, mocks, solver):
+def test_causal_with_cache_equals_block_causal_reference(tiny, inputs, mocks, solver):
     noise, ctx, neg = inputs
     grid = flow_time_grid(3, 5.0)
-    out = causal_sample(model, noise, ctx, frames_per_chunk=2, steps=grid, solver=solver, guidance=2.0,
+    out = causal_sample(tiny, noise, ctx, frames_per_chunk=2, steps=grid, solver=solver, guidance=2.0,
                         neg_context=neg, generator=torch.Generator().manual_seed(4))
-    ref = mocks.reference_causal(model, noise, ctx, frames_per_chunk=2, grid=grid, solver=solver, guidance=2.0,
+    ref = mocks.reference_causal(tiny, noise, ctx, frames_per_chunk=2, grid=grid, solver=solver, guidance=2.0,
                                  neg=neg, generator=torch.Generator().manual_seed(4), tokens_per_frame=TOKENS_PER_FRAME)
     torch.testing.assert_close(out, ref, atol=5e-5, rtol=5e-5)
 
 
 @torch.no_grad()
-def test_rolling_window_stream_is_bounded(model, inputs):
+def test_rolling_window_stream_is_bounded(tiny, inputs):
     """Longer than the window: memory stays bounded, the output finite; a window that holds
     everything changes nothing."""
     noise, ctx, _ = inputs
     long_noise = torch.cat([noise, noise.flip(2), noise], dim=2)  # 18 frames
-    caches = make_kv_caches(model, sink_frames=1, window_frames=5)
+    caches = make_kv_caches(tiny, sink_frames=1, window_frames=5)
     sizes, chunks = [], []
     for chunk in long_noise.split(2, dim=2):
-        chunks.append(sample_chunk(model, chunk, ctx, caches, steps=2, solver="consistency"))
+        chunks.append(sample_chunk(tiny, chunk, ctx, caches, steps=2, solver="consistency"))
         sizes.append(caches[0].nbytes())
     assert torch.isfinite(torch.cat(chunks, 2)).all()
     assert sizes[3] == sizes[-1] and caches[0].num_frames == 18
 
-    full = causal_sample(model, noise, ctx, frames_per_chunk=2, steps=2, window_frames=None)
-    roomy = causal_sample(model, noise, ctx, frames_per_chunk=2, steps=2, window_frames=6)
+    full = causal_sample(tiny, noise, ctx, frames_per_chunk=2, steps=2, window_frames=None)
+    roomy = causal_sample(tiny, noise, ctx, frames_per_chunk=2, steps=2, window_frames=6)
     torch.testing.assert_close(roomy, full)

@@ -16,6 +16,10 @@ Two update rules, selected by ``solver`` where a sampler offers both:
 
 Both land on ``x0`` at the last step (s_next = 0), so one step of either is the same.
 
+Fresh noise is drawn on the data's device and dtype from ``generator`` (which must live on that
+device). The state keeps the noise's dtype: keep it float32 and run a bf16 network under
+``torch.autocast`` (the model does not cast its inputs).
+
 ``callback`` (optional) is called once per network evaluation with a dict: ``x`` (input),
 ``i`` (step), ``s``, ``s_next``, ``x0`` (denoised estimate) and, for causal sampling,
 ``chunk``.
