@@ -42,8 +42,13 @@ class DataConfig:
     frames_per_chunk: int = 1  # causal structure: 1 = frame-wise
     max_shapes: int = 3
     agent: bool = False  # shapes world with one action-driven shape
-    codec_factor: int = 2  # pixel-unshuffle factor of the pixel codec
+    codec_factor: int = 4  # pixel-unshuffle factor: 32 px -> 48 x 8 x 8 latents
+    # Latents are normalised to zero mean, unit std: (pixel - shift) * scale, measured over
+    # shapes-world videos with PixelCodec.fit (mean -0.81, std 0.52).
+    codec_shift: float = -0.81
+    codec_scale: float = 1.92
     text_len: int = 16  # text tokens (padded)
+    text_seed: int = 0  # the toy text encoder is rebuilt from this seed
     seed: int = 0
 
 
@@ -91,7 +96,7 @@ class ObjectiveConfig:
 @dataclass
 class Config:
     recipe: str
-    model: CausalWanConfig = field(default_factory=lambda: CausalWanConfig.preset("tiny"))
+    model: CausalWanConfig = field(default_factory=lambda: CausalWanConfig.preset("shapes"))
     attn_backend: str = "sdpa"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

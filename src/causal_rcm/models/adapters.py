@@ -372,8 +372,26 @@ def _diffusers_json(config: CausalWanConfig) -> dict:
     }
 
 
-def save_checkpoint(config: CausalWanConfig, state: dict[str, torch.Tensor], path: str | Path, layout: str = "causal-rcm") -> Path:
-    """Write ``state`` (our names) in ``layout``. For 'wan', a path ending in .safetensors/.pth is one file."""
+def read_pipeline_config(path: str | Path) -> dict:
+    """The ``pipeline`` section of our checkpoint config (codec, text encoder, sampler defaults), or {}."""
+    path = Path(path)
+    if path.is_dir() and detect_layout(path) == "causal-rcm":
+        return _read_json(path / "config.json").get("pipeline", {})
+    return {}
+
+
+def save_checkpoint(
+    config: CausalWanConfig,
+    state: dict[str, torch.Tensor],
+    path: str | Path,
+    layout: str = "causal-rcm",
+    pipeline: dict | None = None,
+) -> Path:
+    """Write ``state`` (our names) in ``layout``. For 'wan', a path ending in .safetensors/.pth is one file.
+
+    ``pipeline`` (our layout only) records how to use the model: codec, text encoder, frame
+    structure and sampler defaults; ``StreamingPipeline.from_pretrained`` reads it.
+    """
     path = Path(path)
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -385,7 +403,10 @@ def save_checkpoint(config: CausalWanConfig, state: dict[str, torch.Tensor], pat
         raise CheckpointError(f"{path} is a file; the {layout} layout is a folder")
     if layout == "causal-rcm":
         _atomic_save_safetensors(state, path / OURS_WEIGHTS)
-        _atomic_write_text(json.dumps({"_class_name": "CausalWanModel", "model": config.to_dict()}, indent=2) + "\n", path / "config.json")
+        meta = {"_class_name": "CausalWanModel", "model": config.to_dict()}
+        if pipeline:
+            meta["pipeline"] = pipeline
+        _atomic_write_text(json.dumps(meta, indent=2) + "\n", path / "config.json")
     elif layout == "wan":
         if path.suffix == ".safetensors":
             _atomic_save_safetensors(state, path, metadata={"config": json.dumps(_wan_json(config))})

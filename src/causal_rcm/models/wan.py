@@ -103,6 +103,8 @@ class CausalWanConfig:
 PRESETS: dict[str, dict] = {
     # A few M parameters: unit tests and CPU experiments.
     "tiny": dict(dim=256, ffn_dim=768, num_heads=4, num_layers=4, text_dim=64, text_len=32),
+    # The embedded shapes world (32 px, pixel codec factor 4 -> 48 x 8 x 8 latents, 16 tokens a frame).
+    "shapes": dict(in_dim=48, out_dim=48, dim=192, ffn_dim=768, num_heads=4, num_layers=6, text_dim=64, text_len=16),
     "wan2.1-1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
 }
@@ -327,11 +329,11 @@ class CausalWanModel(nn.Module):
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.to(device=device, dtype=dtype)
 
-    def save_pretrained(self, path: str | Path, layout: str = "causal-rcm") -> Path:
+    def save_pretrained(self, path: str | Path, layout: str = "causal-rcm", pipeline: dict | None = None) -> Path:
         """Write the weights in ``layout`` (causal-rcm, wan or diffusers); returns the path written."""
         from .adapters import save_checkpoint
 
-        return save_checkpoint(self.config, self.state_dict(), path, layout)
+        return save_checkpoint(self.config, self.state_dict(), path, layout, pipeline)
 
     # --------------------------------------------------------------- forward
     def _check_inputs(self, x, t, context, mask, kv_cache, update_cache, actions):
@@ -393,7 +395,10 @@ class CausalWanModel(nn.Module):
         _, ph, pw = cfg.patch_size
         gh, gw = H // ph, W // pw
 
-        # 1. patch embedding -> tokens grouped by frame
+        # 1. patch embedding -> tokens grouped by frame (inputs in the parameters' dtype; output in x's)
+        out_dtype, param_dtype = x.dtype, self.patch_embedding.weight.dtype
+        if not torch.is_autocast_enabled(x.device.type):
+            x, context = x.to(param_dtype), context.to(param_dtype)
         h = self.patch_embedding(x)  # (B, dim, F, gh, gw)
         h = h.flatten(3).permute(0, 2, 3, 1)  # (B, F, T, dim)
 
@@ -429,7 +434,7 @@ class CausalWanModel(nn.Module):
         # 6. head and unpatchify: features are ordered (p_t, p_h, p_w, c) as in Wan
         out = self.head(h, e)  # (B, F, T, out * ph * pw)
         out = out.view(B, F_, gh, gw, ph, pw, cfg.out_dim)
-        return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, cfg.out_dim, F_, H, W)
+        return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, cfg.out_dim, F_, H, W).to(out_dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
