@@ -18,6 +18,65 @@ def cli() -> None:
     """Causal-rCM: turn a video diffusion model into a real-time streaming generator."""
 
 
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON config (e.g. a run's resolved config.json).")
+@click.option("--restart", is_flag=True, help="Ignore a checkpoint in the output folder and start over.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+def train(recipe: str, overrides: tuple[str, ...], config_file: Path | None, restart: bool, print_config: bool) -> None:
+    """Train RECIPE (teacher, causal-teacher, ...); resumes from the output folder's checkpoint.
+
+    Overrides are dotted keys, e.g. `train.steps=200 train.batch_size=16 optim.lr=1e-4`.
+    Under torchrun every process runs the same command (FSDP2 over the processes).
+    """
+    import json
+
+    from .config import config_to_dict, load_config
+    from .train import train as run
+
+    config = load_config(recipe, config_file, list(overrides))
+    if print_config:
+        click.echo(json.dumps(config_to_dict(config), indent=2))
+        return
+    _check_writable(config.out_dir())
+    summary = run(config, restart=restart)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s -> {config.out_dir() / 'model'}")
+        _print_metrics(summary.get("eval", {}))
+
+
+@cli.command("eval")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A checkpoint folder written by `train`.")
+@click.option("--steps", type=int, default=None, help="Sampler steps (default: the checkpoint's).")
+@click.option("--videos", "-n", type=int, default=16, show_default=True, help="Held-out prompts to sample.")
+@click.option("--drift", type=int, default=0, help="Also roll out causal models this many times their training length.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the metrics as JSON here.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int) -> None:
+    """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
+    import json
+
+    from .eval.shapes import evaluate_checkpoint
+
+    if json_out is not None:
+        _check_writable(json_out)
+    metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed)
+    _print_metrics(metrics)
+    if json_out is not None:
+        json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def _print_metrics(metrics: dict) -> None:
+    if not metrics:
+        return
+    width = max(len(k) for k in metrics)
+    click.echo(f"{'metric':<{width}}  value")
+    for key, value in metrics.items():
+        click.echo(f"{key:<{width}}  {value:.4f}")
+
+
 @cli.command()
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))

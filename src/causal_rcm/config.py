@@ -47,7 +47,7 @@ class DataConfig:
     # shapes-world videos with PixelCodec.fit (mean -0.81, std 0.52).
     codec_shift: float = -0.81
     codec_scale: float = 1.92
-    text_len: int = 16  # text tokens (padded)
+    text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
     seed: int = 0
 

@@ -104,7 +104,7 @@ PRESETS: dict[str, dict] = {
     # A few M parameters: unit tests and CPU experiments.
     "tiny": dict(dim=256, ffn_dim=768, num_heads=4, num_layers=4, text_dim=64, text_len=32),
     # The embedded shapes world (32 px, pixel codec factor 4 -> 48 x 8 x 8 latents, 16 tokens a frame).
-    "shapes": dict(in_dim=48, out_dim=48, dim=192, ffn_dim=768, num_heads=4, num_layers=6, text_dim=64, text_len=16),
+    "shapes": dict(in_dim=48, out_dim=48, dim=192, ffn_dim=768, num_heads=4, num_layers=6, text_dim=64, text_len=24),
     "wan2.1-1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
 }

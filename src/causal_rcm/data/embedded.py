@@ -1,0 +1,95 @@
+"""The embedded default as a training data source: shapes-world videos -> latents + text context.
+
+``ShapesWorld`` bundles what a recipe needs from the world (dataset, codec, toy text encoder,
+oracle) from a :class:`~causal_rcm.config.DataConfig`; ``next_batch`` yields this process's
+slice of the global batch on the training device, and its position is part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .codec import PixelCodec
+from .oracle import ShapesOracle
+from .shapes import ShapesConfig, ShapesDataset
+from .text import ToyTextEncoder
+
+# Evaluation prompts come from a stream the training stream never reaches.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+class ShapesWorld:
+    """Dataset, codec, text encoder and oracle of the shapes world, for one process."""
+
+    def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
+        self.data = data
+        self.device = torch.device(device)
+        self.local_batch = local_batch
+        self.shapes = ShapesConfig(size=data.resolution, num_frames=data.num_frames, max_shapes=data.max_shapes, agent=data.agent)
+        self.dataset = ShapesDataset(self.shapes, seed=data.seed, rank=rank, world_size=world_size)
+        self.codec = PixelCodec(data.codec_factor, shift=data.codec_shift, scale=data.codec_scale)
+        self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
+        self.oracle = ShapesOracle(self.shapes)
+        self._empty: torch.Tensor | None = None
+
+    # ------------------------------------------------------------ shapes
+    def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
+        """(C, F, h, w) of the latents of one video."""
+        frames = self.data.num_frames if num_frames is None else num_frames
+        return self.codec.latent_shape(frames, self.data.resolution, self.data.resolution)
+
+    def tokens_per_frame(self, patch: tuple[int, int, int]) -> int:
+        _, _, h, w = self.latent_shape()
+        return (h // patch[1]) * (w // patch[2])
+
+    # -------------------------------------------------------------- text
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L, D) context for ``prompts`` (UserError on words outside the vocabulary)."""
+        context, _ = self.text(list(prompts))
+        return context.to(self.device)
+
+    def empty_context(self, batch: int) -> torch.Tensor:
+        """(B, L, D) context of the empty prompt: the unconditional branch of CFG."""
+        if self._empty is None:
+            self._empty = self.encode_text([""])
+        return self._empty.expand(batch, -1, -1)
+
+    # -------------------------------------------------------- data source
+    def next_batch(self) -> dict[str, Any]:
+        raw = self.dataset.batch(self.local_batch)
+        batch = {
+            "latents": self.codec.encode(raw["video"]).to(self.device),  # (B, C, F, h, w)
+            "context": self.encode_text(raw["caption"]),
+            "caption": raw["caption"],
+            "scene": raw["scene"],
+        }
+        if "actions" in raw:
+            batch["actions"] = raw["actions"].to(self.device)
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+
+    # -------------------------------------------------------------- eval
+    def eval_set(self, n: int, num_frames: int | None = None) -> dict[str, Any]:
+        """n fixed evaluation samples (captions, scenes, ground-truth videos) from a held-out stream."""
+        frames = self.data.num_frames if num_frames is None else num_frames
+        config = ShapesConfig(size=self.data.resolution, num_frames=frames, max_shapes=self.data.max_shapes, agent=self.data.agent)
+        return ShapesDataset(config, seed=self.data.seed + EVAL_SEED_OFFSET).batch(n)
+
+    def pipeline_section(self) -> dict:
+        """The codec / text / world part of a checkpoint's ``pipeline`` config."""
+        return {
+            "world": "shapes",
+            "resolution": self.data.resolution,
+            "num_frames": self.data.num_frames,
+            "frames_per_chunk": self.data.frames_per_chunk,
+            "codec": {"kind": "pixel", "factor": self.codec.factor, "shift": self.codec.shift, "scale": self.codec.scale},
+            "text": {"kind": "toy", "dim": self.text.dim, "text_len": self.text.text_len, "seed": self.text.seed},
+            "fps": 8,
+        }

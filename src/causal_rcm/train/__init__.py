@@ -1,0 +1,31 @@
+"""Training: the recipe-agnostic trainer and the entry point used by the CLI."""
+
+from __future__ import annotations
+
+from ..config import Config
+from .trainer import Recipe, Trainer
+
+__all__ = ["Recipe", "Trainer", "train"]
+
+
+def train(config: Config, restart: bool = False) -> dict:
+    """Run ``config.recipe`` on its data world; under torchrun every process calls this."""
+    from ..data.embedded import ShapesWorld
+    from ..distill import build_recipe
+    from ..errors import UserError
+    from .parallel import init_world, shutdown
+
+    if config.data.world != "shapes":
+        raise UserError(f"data.world={config.data.world!r} is not available yet; use 'shapes'")
+    if config.train.init:
+        from ..models.adapters import load_checkpoint
+
+        config.model = load_checkpoint(config.train.init)[0]  # the student takes the checkpoint's architecture
+    world = init_world(config.train.device)
+    try:
+        local_batch = config.train.batch_size // world.size
+        data = ShapesWorld(config.data, config.model.text_dim, rank=world.rank, world_size=world.size, local_batch=local_batch, device=world.device)
+        recipe = build_recipe(config, data)
+        return Trainer(config, recipe, data, world=world).fit(restart=restart)
+    finally:
+        shutdown(world)
