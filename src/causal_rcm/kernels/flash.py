@@ -501,7 +501,7 @@ def forward(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if d_pad != D:
-        o, to = o[..., :D], to[..., :D]
+        o, to = o[..., :D].contiguous(), to[..., :D].contiguous()
     return (o, lse, to, tlse) if jvp else (o, lse)
 
 
@@ -559,5 +559,5 @@ def backward(
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if d_pad != D:
-        dq, dk, dv = dq[..., :D], dk[..., :D], dv[..., :D]
+        dq, dk, dv = (x[..., :D].contiguous() for x in (dq, dk, dv))
     return dq, dk, dv
