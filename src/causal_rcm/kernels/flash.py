@@ -57,6 +57,37 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _fix_interpreter_bf16_dot() -> None:
+    """Make the CPU interpreter's ``tl.dot`` correct for bf16 operands.
+
+    Triton's interpreter (3.6 and 3.9 checked) stores bf16 as uint16 and hands those raw bits
+    to ``np.matmul``, so a bf16 ``tl.dot`` returns garbage there (GPUs are unaffected). We
+    widen bf16 operands to fp32 first, exactly as the interpreter's own casts do.
+    """
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "_widens_bf16", False):
+        return
+    create_dot = builder.create_dot
+
+    def widen(x):
+        if x.dtype.scalar != tl.bfloat16:
+            return x
+        data = interpreter._convert_float(x.data, tl.bfloat16, tl.float32, None).view(interpreter.np.float32)
+        return interpreter.TensorHandle(data, tl.float32)
+
+    def create_dot_widening(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return create_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    create_dot_widening._widens_bf16 = True
+    builder.create_dot = create_dot_widening
+
+
+if interpreting():
+    _fix_interpreter_bf16_dot()
+
+
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def _attn_fwd_kernel(
