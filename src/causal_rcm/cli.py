@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -14,6 +16,31 @@ from .errors import UserError
 @click.version_option(__version__, "-V", "--version", prog_name="causal-rcm")
 def cli() -> None:
     """Causal-rCM: turn a video diffusion model into a real-time streaming generator."""
+
+
+@cli.command()
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--to", "layout", type=click.Choice(["causal-rcm", "wan", "diffusers"]), required=True,
+              help="Layout to write. 'wan' with OUT ending in .safetensors or .pth writes one file.")
+def convert(src: Path, dst: Path, layout: str) -> None:
+    """Convert a checkpoint between layouts (ours, original Wan2.1, diffusers); IN's layout is detected."""
+    from .models.adapters import load_checkpoint, save_checkpoint
+
+    config, state, src_layout = load_checkpoint(src)
+    _check_writable(dst)
+    save_checkpoint(config, state, dst, layout)
+    n_params = sum(v.numel() for v in state.values())
+    click.echo(f"{src} ({src_layout}) -> {dst} ({layout}): {len(state)} tensors, {n_params / 1e6:.2f} M parameters")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early with one line if ``path`` cannot be created or written."""
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {path}: {parent} is not writable")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,9 +77,10 @@ def attention(
 def math_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask | None = None, scale: float | None = None
 ) -> torch.Tensor:
-    """Reference attention in fp32 with a dense mask; rows with no allowed key output 0."""
+    """Reference attention in fp32 (fp64 for fp64 inputs) with a dense mask; rows with no allowed key output 0."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale  # (B, H, Sq, Sk)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-2, -1)) * scale  # (B, H, Sq, Sk)
     if mask is not None and not mask.is_full:
         allowed = mask.dense().to(q.device)
         row_has_key = allowed.any(dim=-1, keepdim=True)  # (Sq, 1)
@@ -88,7 +89,7 @@ def math_attention(
         p = torch.softmax(s, dim=-1) * row_has_key
     else:
         p = torch.softmax(s, dim=-1)
-    return torch.matmul(p, v.float()).to(q.dtype)
+    return torch.matmul(p, v.to(acc)).to(q.dtype)
 
 
 def _sdpa(q, k, v, mask, scale):

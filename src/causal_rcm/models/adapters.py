@@ -1,0 +1,403 @@
+"""Checkpoint layouts: ours, original Wan2.1, and diffusers' ``WanTransformer3DModel``.
+
+* ``causal-rcm``: a folder with ``config.json`` (``"_class_name": "CausalWanModel"`` + our
+  config) and ``model.safetensors``. Parameter names are Wan's.
+* ``wan``: Wan2.1's own names; a ``.pth`` / ``.safetensors`` file (the config is inferred from
+  tensor shapes, heads of 128 channels and text_len 512 as in every Wan2.1 model, unless a
+  .safetensors file we wrote carries it in its metadata) or a folder with
+  ``config.json`` (``"_class_name": "WanModel"``) and ``diffusion_pytorch_model*.safetensors``.
+* ``diffusers``: a folder with ``config.json`` (``"_class_name": "WanTransformer3DModel"``) and
+  ``diffusion_pytorch_model*.safetensors`` (sharded or not), diffusers' names. Its config has
+  no text length: loading assumes Wan's 512.
+
+Conversions only rename tensors, so round trips are exact. Every problem a user can hit
+(missing file, truncated file, keys or shapes that do not match the config) raises a
+:class:`~causal_rcm.errors.CheckpointError` with one line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .wan import CausalWanConfig
+
+__all__ = ["LAYOUTS", "detect_layout", "load_checkpoint", "save_checkpoint", "wan_to_diffusers", "diffusers_to_wan"]
+
+LAYOUTS = ("causal-rcm", "wan", "diffusers")
+OURS_WEIGHTS = "model.safetensors"
+FOREIGN_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+# Our (= Wan's) names -> diffusers' names. Keys are module paths (a parameter's key minus its
+# ".weight"/".bias") or whole parameter keys (the modulation tables).
+_BLOCK_RENAMES = {  # inside "blocks.<i>."
+    **{f"self_attn.{n}": f"attn1.to_{n}" for n in "qkv"},
+    **{f"cross_attn.{n}": f"attn2.to_{n}" for n in "qkv"},
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.o": "attn2.to_out.0",
+    "self_attn.norm_q": "attn1.norm_q",
+    "self_attn.norm_k": "attn1.norm_k",
+    "cross_attn.norm_q": "attn2.norm_q",
+    "cross_attn.norm_k": "attn2.norm_k",
+    # Wan's cross-attention norm is norm3 (its FFN norm, norm2, has no parameters); diffusers calls it norm2.
+    "norm3": "norm2",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+    "modulation": "scale_shift_table",
+}
+_GLOBAL_RENAMES = {
+    "patch_embedding": "patch_embedding",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+    "head.modulation": "scale_shift_table",
+}
+_BLOCK_KEY = re.compile(r"(blocks\.\d+\.)(.+)")
+
+
+def _rename(state_dict: dict, block_map: dict[str, str], global_map: dict[str, str], target: str) -> dict:
+    out = {}
+    for key, value in state_dict.items():
+        match = _BLOCK_KEY.fullmatch(key)
+        prefix, rest = (match.group(1), match.group(2)) if match else ("", key)
+        table = block_map if match else global_map
+        module, _, leaf = rest.rpartition(".")
+        if rest in table:
+            new = prefix + table[rest]
+        elif module in table:
+            new = f"{prefix}{table[module]}.{leaf}"
+        else:
+            raise CheckpointError(f"tensor {key!r} has no equivalent in the {target} layout")
+        out[new] = value
+    return out
+
+
+def wan_to_diffusers(state_dict: dict) -> dict:
+    """Rename Wan (= our) keys to diffusers' ``WanTransformer3DModel`` keys."""
+    return _rename(state_dict, _BLOCK_RENAMES, _GLOBAL_RENAMES, "diffusers")
+
+
+def diffusers_to_wan(state_dict: dict) -> dict:
+    """Rename diffusers' keys to Wan (= our) keys."""
+    invert = lambda table: {v: k for k, v in table.items()}  # noqa: E731
+    return _rename(state_dict, invert(_BLOCK_RENAMES), invert(_GLOBAL_RENAMES), "Wan")
+
+
+# --------------------------------------------------------------------------- reading
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated / corrupt files raise many different types
+        raise CheckpointError(f"cannot read {path} (truncated or not a checkpoint): {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return data
+
+
+def _read_folder_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
+    single = folder / f"{stem}.safetensors"
+    index = folder / f"{stem}.safetensors.index.json"
+    if single.exists():
+        return _read_tensors(single)
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"unreadable shard index {index}: {exc}") from None
+        state = {}
+        for shard in shards:
+            state.update(_read_tensors(folder / shard))
+        return state
+    pth = sorted(folder.glob("*.pth"))
+    if len(pth) == 1:
+        return _read_tensors(pth[0])
+    raise CheckpointError(f"no weights in {folder}: expected {stem}.safetensors (or a shard index)")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"unreadable config {path}: {exc}") from None
+
+
+def detect_layout(path: str | Path) -> str:
+    """'causal-rcm', 'wan' or 'diffusers' for a checkpoint file or folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file():
+        if path.suffix not in (".pth", ".pt", ".safetensors"):
+            raise CheckpointError(f"unsupported checkpoint file {path}: expected .pth, .pt or .safetensors")
+        keys = _peek_keys(path)
+        return "diffusers" if any(k.startswith("condition_embedder.") for k in keys) else "wan"
+    config = path / "config.json"
+    if not config.exists():
+        raise CheckpointError(f"{path} has no config.json: not a causal-rcm, Wan or diffusers checkpoint folder")
+    name = _read_json(config).get("_class_name")
+    layouts = {"CausalWanModel": "causal-rcm", "WanModel": "wan", "WanTransformer3DModel": "diffusers"}
+    if name not in layouts:
+        raise CheckpointError(f"{config} describes {name!r}; expected one of {', '.join(layouts)}")
+    return layouts[name]
+
+
+def _peek_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return list(f.keys())
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} (truncated or not a checkpoint): {str(exc).splitlines()[0]}") from None
+    return list(_read_tensors(path))
+
+
+def _safetensors_metadata_config(path: Path) -> dict:
+    """The Wan config a single .safetensors file carries in its metadata (written by us), or {}."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("config")
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+def _infer_wan_config(state: dict[str, torch.Tensor], overrides: dict) -> CausalWanConfig:
+    """Wan2.1 config from tensor shapes (head dim 128, as in every released Wan2.1 model)."""
+    try:
+        patch = state["patch_embedding.weight"]  # (dim, in_dim, pt, ph, pw)
+        dim = patch.shape[0]
+        num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        fields = dict(
+            in_dim=patch.shape[1],
+            dim=dim,
+            patch_size=tuple(patch.shape[2:]),
+            out_dim=state["head.head.weight"].shape[0] // (patch.shape[2] * patch.shape[3] * patch.shape[4]),
+            ffn_dim=state["blocks.0.ffn.0.weight"].shape[0],
+            freq_dim=state["time_embedding.0.weight"].shape[1],
+            text_dim=state["text_embedding.0.weight"].shape[1],
+            num_layers=num_layers,
+            num_heads=max(dim // 128, 1),
+            qk_norm="blocks.0.self_attn.norm_q.weight" in state,
+            cross_attn_norm="blocks.0.norm3.weight" in state,
+        )
+    except (KeyError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"not a Wan2.1 text-to-video state dict (missing {exc})") from None
+    if "action_embedding.weight" in state:
+        fields["num_actions"] = state["action_embedding.weight"].shape[0]
+    elif "action_embedding.0.weight" in state:
+        fields["action_dim"] = state["action_embedding.0.weight"].shape[1]
+    fields.update(overrides)
+    return CausalWanConfig(**fields)
+
+
+def _config_from_wan_json(data: dict) -> dict:
+    mapping = {k: k for k in ("dim", "ffn_dim", "freq_dim", "in_dim", "out_dim", "text_len", "num_heads", "num_layers", "eps", "qk_norm", "cross_attn_norm")}
+    if "patch_size" in data:
+        mapping["patch_size"] = "patch_size"
+    if data.get("model_type", "t2v") != "t2v":
+        raise CheckpointError(f"only Wan2.1 text-to-video checkpoints are supported, got model_type={data['model_type']!r}")
+    return {ours: data[theirs] for theirs, ours in mapping.items() if theirs in data}
+
+
+def _config_from_diffusers_json(data: dict) -> CausalWanConfig:
+    if data.get("image_dim") or data.get("added_kv_proj_dim"):
+        raise CheckpointError("image-conditioned (I2V) Wan checkpoints are not supported")
+    try:
+        return CausalWanConfig(
+            in_dim=data["in_channels"],
+            out_dim=data.get("out_channels") or data["in_channels"],
+            dim=data["num_attention_heads"] * data["attention_head_dim"],
+            ffn_dim=data["ffn_dim"],
+            freq_dim=data["freq_dim"],
+            text_dim=data["text_dim"],
+            num_heads=data["num_attention_heads"],
+            num_layers=data["num_layers"],
+            patch_size=tuple(data.get("patch_size", (1, 2, 2))),
+            eps=data.get("eps", 1e-6),
+            qk_norm=bool(data.get("qk_norm", "rms_norm_across_heads")),
+            cross_attn_norm=data.get("cross_attn_norm", True),
+            max_frames=data.get("rope_max_seq_len", 1024),
+        )
+    except KeyError as exc:
+        raise CheckpointError(f"diffusers config lacks {exc}") from None
+
+
+def _expected_shapes(config: CausalWanConfig) -> dict[str, tuple]:
+    from .wan import CausalWanModel
+
+    with torch.device("meta"):
+        model = CausalWanModel(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def validate_state_dict(state: dict[str, torch.Tensor], config: CausalWanConfig, source: str) -> None:
+    """Raise a one-line CheckpointError naming missing/unexpected keys or wrong shapes."""
+    expected = _expected_shapes(config)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+
+    def few(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {few(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches: {few(wrong)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match its config: " + "; ".join(problems))
+
+
+def load_checkpoint(path: str | Path, **config_overrides) -> tuple[CausalWanConfig, dict[str, torch.Tensor], str]:
+    """Read any supported layout -> (config, state dict with our names, layout)."""
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout == "causal-rcm":
+        data = _read_json(path / "config.json")
+        try:
+            config = CausalWanConfig.from_dict({**data.get("model", {}), **config_overrides})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"bad model config in {path / 'config.json'}: {exc}") from None
+        state = _read_tensors(path / OURS_WEIGHTS)
+    elif layout == "wan":
+        if path.is_dir():
+            state = _read_folder_weights(path, "diffusion_pytorch_model")
+            overrides = {**_config_from_wan_json(_read_json(path / "config.json")), **config_overrides}
+        else:
+            state = _read_tensors(path)
+            overrides = {**_config_from_wan_json(_safetensors_metadata_config(path)), **config_overrides}
+        try:
+            config = _infer_wan_config(state, overrides)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"bad Wan config for {path}: {exc}") from None
+    else:
+        if path.is_dir():
+            config = _config_from_diffusers_json(_read_json(path / "config.json"))
+            state = _read_folder_weights(path, "diffusion_pytorch_model")
+        else:
+            state = _read_tensors(path)
+            config = _infer_wan_config(diffusers_to_wan(state), config_overrides)
+        state = diffusers_to_wan(state)
+    validate_state_dict(state, config, str(path))
+    return config, state, layout
+
+
+# --------------------------------------------------------------------------- writing
+def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], target: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(text: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def _wan_json(config: CausalWanConfig) -> dict:
+    return {
+        "_class_name": "WanModel",
+        "model_type": "t2v",
+        "patch_size": list(config.patch_size),
+        "dim": config.dim,
+        "ffn_dim": config.ffn_dim,
+        "freq_dim": config.freq_dim,
+        "in_dim": config.in_dim,
+        "out_dim": config.out_dim,
+        "text_len": config.text_len,
+        "num_heads": config.num_heads,
+        "num_layers": config.num_layers,
+        "eps": config.eps,
+        "qk_norm": config.qk_norm,
+        "cross_attn_norm": config.cross_attn_norm,
+    }
+
+
+def _diffusers_json(config: CausalWanConfig) -> dict:
+    return {
+        "_class_name": "WanTransformer3DModel",
+        "patch_size": list(config.patch_size),
+        "num_attention_heads": config.num_heads,
+        "attention_head_dim": config.head_dim,
+        "in_channels": config.in_dim,
+        "out_channels": config.out_dim,
+        "text_dim": config.text_dim,
+        "freq_dim": config.freq_dim,
+        "ffn_dim": config.ffn_dim,
+        "num_layers": config.num_layers,
+        "cross_attn_norm": config.cross_attn_norm,
+        "qk_norm": "rms_norm_across_heads" if config.qk_norm else None,
+        "eps": config.eps,
+        "image_dim": None,
+        "added_kv_proj_dim": None,
+        "rope_max_seq_len": config.max_frames,
+    }
+
+
+def save_checkpoint(config: CausalWanConfig, state: dict[str, torch.Tensor], path: str | Path, layout: str = "causal-rcm") -> Path:
+    """Write ``state`` (our names) in ``layout``. For 'wan', a path ending in .safetensors/.pth is one file."""
+    path = Path(path)
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    if layout != "causal-rcm" and (config.num_actions or config.action_dim):
+        raise CheckpointError(f"this model has action-conditioning weights, which the {layout} layout cannot hold")
+    if layout != "causal-rcm" and config.rope_theta != 10000.0:
+        raise CheckpointError(f"the {layout} layout assumes rope_theta=10000, this model uses {config.rope_theta}")
+    if path.exists() and path.is_file() and layout != "wan":
+        raise CheckpointError(f"{path} is a file; the {layout} layout is a folder")
+    if layout == "causal-rcm":
+        _atomic_save_safetensors(state, path / OURS_WEIGHTS)
+        _atomic_write_text(json.dumps({"_class_name": "CausalWanModel", "model": config.to_dict()}, indent=2) + "\n", path / "config.json")
+    elif layout == "wan":
+        if path.suffix == ".safetensors":
+            _atomic_save_safetensors(state, path, metadata={"config": json.dumps(_wan_json(config))})
+        elif path.suffix in (".pth", ".pt"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+            os.replace(tmp, path)
+        else:
+            _atomic_save_safetensors(state, path / FOREIGN_WEIGHTS)
+            _atomic_write_text(json.dumps(_wan_json(config), indent=2) + "\n", path / "config.json")
+    else:
+        _atomic_save_safetensors(wan_to_diffusers(state), path / FOREIGN_WEIGHTS)
+        _atomic_write_text(json.dumps(_diffusers_json(config), indent=2) + "\n", path / "config.json")
+    return path

@@ -1,0 +1,63 @@
+"""3D rotary position embedding as in Wan2.1 (Su et al. 2021, RoFormer; Wan's (t, h, w) split).
+
+The head dimension D is split into a temporal part of D - 4 (D // 6) channels and two spatial
+parts of 2 (D // 6) channels each (44 / 42 / 42 for D = 128). Each part rotates consecutive
+channel pairs (2i, 2i+1) by ``pos * theta ** (-2i / d_part)``. Positions are explicit tensors,
+so callers choose temporal positions freely: teacher forcing repeats them for the noisy
+chunks, and the KV cache re-assigns them inside its window (see ``kv_cache.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["rope_split", "rope_angles", "apply_rope"]
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Channels of (t, h, w) in one head: Wan's split."""
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"RoPE needs an even head dim >= 6, got {head_dim}")
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def _axis_angles(positions: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    inv_freq = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device) / dim)
+    return positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (P, dim / 2)
+
+
+def rope_angles(
+    frame_positions: torch.Tensor, height: int, width: int, head_dim: int, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles for every token of a (frames, height, width) grid.
+
+    Args:
+        frame_positions: (F,) temporal index of each frame.
+    Returns:
+        cos, sin: (F * height * width, head_dim // 2) float32, tokens in (f, h, w) order.
+    """
+    d_t, d_h, d_w = rope_split(head_dim)
+    device = frame_positions.device
+    num_frames = frame_positions.numel()
+    a_t = _axis_angles(frame_positions, d_t, theta)  # (F, d_t/2)
+    a_h = _axis_angles(torch.arange(height, device=device), d_h, theta)  # (H, d_h/2)
+    a_w = _axis_angles(torch.arange(width, device=device), d_w, theta)  # (W, d_w/2)
+    angles = torch.cat(
+        [
+            a_t[:, None, None, :].expand(num_frames, height, width, -1),
+            a_h[None, :, None, :].expand(num_frames, height, width, -1),
+            a_w[None, None, :, :].expand(num_frames, height, width, -1),
+        ],
+        dim=-1,
+    ).reshape(num_frames * height * width, head_dim // 2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of x (B, S, H, D) by angles given as cos/sin (S, D/2); fp32 math."""
+    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, S, H, D/2, 2)
+    x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)

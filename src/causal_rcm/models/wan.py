@@ -1,0 +1,436 @@
+"""CausalWanModel: the Wan2.1 text-to-video DiT with per-frame timesteps, block masks and a KV cache.
+
+Architecture as Wan2.1 T2V (Wan Team 2025): 3D patch embedding, text-embedding MLP, sinusoidal
+time embedding -> MLP -> 6-way adaLN modulation per block (plus a learned table), self-attention
+with RMSNorm on q and k and 3D RoPE, cross-attention to text, GELU(tanh) FFN, and a head with
+2-way modulation. Parameter names are those of Wan's checkpoints, so original weights load
+without renaming (``adapters.py`` maps diffusers' names).
+
+What is added for causal generation:
+
+* ``t`` is per frame, (B, F): modulation is computed per frame and broadcast to its tokens,
+  so clean context frames (t = 0) and noisy frames live in one sequence.
+* ``mask`` (a :class:`BlockSparseMask`) restricts self-attention and carries the RoPE frame
+  positions (teacher forcing repeats them for the noisy half).
+* ``kv_cache`` streams chunk by chunk: the new frames attend to the cached frames and to
+  themselves; ``update_cache=True`` commits their keys and values.
+* ``actions`` (B, F): per-frame action embeddings added to the time embedding, so the same
+  adaLN path carries them (zero-initialised: a text-to-video model starts unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention, available_backends
+from .kv_cache import KVCache, LayerKVCache
+from .masks import BlockSparseMask
+from .rope import apply_rope, rope_angles
+
+__all__ = ["CausalWanConfig", "CausalWanModel", "PRESETS"]
+
+
+@dataclass
+class CausalWanConfig:
+    """Architecture of a (causal) Wan2.1 DiT. Defaults are Wan2.1-T2V-1.3B."""
+
+    in_dim: int = 16
+    out_dim: int = 16
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    num_heads: int = 12
+    num_layers: int = 30
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    rope_theta: float = 10000.0
+    max_frames: int = 1024  # temporal RoPE positions available (Wan: 1024)
+    num_actions: int = 0  # discrete actions (embedding table); 0 = none
+    action_dim: int = 0  # continuous actions (MLP); 0 = none
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(self.patch_size)
+        problems = []
+        if self.dim % self.num_heads:
+            problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        elif (self.dim // self.num_heads) % 2 or self.dim // self.num_heads < 6:
+            problems.append(f"head dim {self.dim // self.num_heads} must be even and >= 6 for RoPE")
+        if len(self.patch_size) != 3 or self.patch_size[0] != 1:
+            problems.append(f"patch_size must be (1, p, p) so that timesteps are per frame, got {self.patch_size}")
+        if self.num_actions and self.action_dim:
+            problems.append("set num_actions (discrete) or action_dim (continuous), not both")
+        for name in ("in_dim", "out_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "num_heads", "num_layers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> CausalWanConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["patch_size"] = list(self.patch_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CausalWanConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, dict] = {
+    # A few M parameters: unit tests and CPU experiments.
+    "tiny": dict(dim=256, ffn_dim=768, num_heads=4, num_layers=4, text_dim=64, text_len=32),
+    "wan2.1-1.3b": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-14b": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+}
+
+
+# --------------------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim, computed in fp32 (written with plain ops: forward-AD friendly)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back (Wan and diffusers do the same)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[cos(t w_i), sin(t w_i)] with w_i = 10000^(-i / (dim/2)) (Wan's order), float64 -> (N, dim)."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.to(torch.float64)[:, None] * freqs[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with q/k RMSNorm (across heads), 3D RoPE, a mask or a KV cache."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        mask: BlockSparseMask | None,
+        backend: str,
+        cache: LayerKVCache | None,
+        update_cache: bool,
+        num_frames: int,
+    ) -> torch.Tensor:
+        """x (B, S, dim) of ``num_frames`` frames; rope = (cos_q, sin_q, cos_k, sin_k) for queries and all keys."""
+        heads = self.num_heads
+        q = self.norm_q(self.q(x)).unflatten(-1, (heads, -1))  # (B, S, H, D)
+        k = self.norm_k(self.k(x)).unflatten(-1, (heads, -1))
+        v = self.v(x).unflatten(-1, (heads, -1))
+        k_all, v_all = k, v
+        if cache is not None:
+            k_prev, v_prev = cache.read(num_frames)
+            if k_prev is not None:
+                k_all = torch.cat([k_prev.to(k.dtype), k], dim=1)  # (B, Sc + S, H, D)
+                v_all = torch.cat([v_prev.to(v.dtype), v], dim=1)
+            if update_cache:
+                cache.append(k, v)
+        cos_q, sin_q, cos_k, sin_k = rope
+        q = apply_rope(q, cos_q, sin_q)
+        k_all = apply_rope(k_all, cos_k, sin_k)
+        out = attention(q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), mask, backend=backend)
+        return self.o(out.transpose(1, 2).flatten(2))  # (B, S, dim)
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to text tokens (no RoPE, no mask)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str) -> torch.Tensor:
+        """x (B, S, dim), context (B, L, dim) -> (B, S, dim)."""
+        heads = self.num_heads
+        q = self.norm_q(self.q(x)).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, S, D)
+        k = self.norm_k(self.k(context)).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, H, L, D)
+        v = self.v(context).unflatten(-1, (heads, -1)).transpose(1, 2)
+        out = attention(q, k, v, None, backend=backend)
+        return self.o(out.transpose(1, 2).flatten(2))
+
+
+class WanBlock(nn.Module):
+    """One DiT block; modulation (shift, scale, gate) x 2 per frame, computed in fp32."""
+
+    def __init__(self, cfg: CausalWanConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm3 = LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x, e, context, rope, mask, backend, cache, update_cache):
+        """x (B, F, T, dim) tokens grouped by frame; e (B, F, 6, dim) fp32 per-frame modulation."""
+        B, F_, T, dim = x.shape
+        mod = (self.modulation[None].float() + e).unsqueeze(3)  # (B, F, 6, 1, dim)
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # each (B, F, 1, dim)
+
+        # 1. self-attention
+        h = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).to(x.dtype)
+        y = self.self_attn(h.flatten(1, 2), rope, mask, backend, cache, update_cache, F_).view(B, F_, T, dim)
+        x = (x.float() + y.float() * gate_sa).to(x.dtype)
+        # 2. cross-attention
+        x = x + self.cross_attn(self.norm3(x).flatten(1, 2), context, backend).view(B, F_, T, dim)
+        # 3. feed-forward
+        h = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).to(x.dtype)
+        x = (x.float() + self.ffn(h).float() * gate_ff).to(x.dtype)
+        return x
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: CausalWanConfig) -> None:
+        super().__init__()
+        self.norm = LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x (B, F, T, dim), e (B, F, dim) fp32 -> (B, F, T, out_dim * prod(patch))."""
+        shift, scale = (self.modulation[None].float() + e[:, :, None]).unsqueeze(3).unbind(2)  # (B, F, 1, dim)
+        return self.head((self.norm(x).float() * (1 + scale) + shift).to(x.dtype))
+
+
+# --------------------------------------------------------------------------- model
+class CausalWanModel(nn.Module):
+    """Wan2.1 DiT with per-frame timesteps, block-sparse masks, KV-cache streaming and actions.
+
+    ``model(x, t, context)`` returns the raw network output (for Wan weights: the
+    flow-matching velocity v = eps - x0 at x_s = (1 - s) x0 + s eps, with t = 1000 s).
+    """
+
+    def __init__(self, config: CausalWanConfig, *, attn_backend: str = "sdpa") -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.attn_backend = attn_backend
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        if cfg.num_actions:
+            self.action_embedding = nn.Embedding(cfg.num_actions, cfg.dim)
+        elif cfg.action_dim:
+            self.action_embedding = nn.Sequential(
+                nn.Linear(cfg.action_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim)
+            )
+        else:
+            self.action_embedding = None
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.init_weights()
+
+    # ---------------------------------------------------------------- set-up
+    @property
+    def attn_backend(self) -> str:
+        return self._attn_backend
+
+    @attn_backend.setter
+    def attn_backend(self, name: str) -> None:
+        if name not in available_backends():
+            raise ValueError(f"unknown attention backend {name!r}; choose from {', '.join(available_backends())}")
+        self._attn_backend = name
+
+    def init_weights(self) -> None:
+        """Wan's initialisation: Xavier-uniform linears, zero biases, small embeddings, zero output layer."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for module in seq:
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        if self.action_embedding is not None:
+            last = self.action_embedding if self.config.num_actions else self.action_embedding[-1]
+            nn.init.zeros_(last.weight)
+
+    def new_kv_cache(self, sink_frames: int = 0, window_frames: int | None = None) -> KVCache:
+        """An empty cache for streaming (see ``kv_cache.py`` for the position design)."""
+        return KVCache(self.config.num_layers, sink_frames, window_frames)
+
+    @classmethod
+    def from_preset(cls, name: str, *, attn_backend: str = "sdpa", **overrides) -> CausalWanModel:
+        return cls(CausalWanConfig.preset(name, **overrides), attn_backend=attn_backend)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | None = None, device=None, attn_backend: str = "sdpa") -> CausalWanModel:
+        """Load ours, original Wan2.1 (.pth/.safetensors/folder) or diffusers' folder; the layout is detected."""
+        from .adapters import load_checkpoint
+
+        config, state_dict, _ = load_checkpoint(path)
+        with torch.device("meta"):
+            model = cls(config, attn_backend=attn_backend)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model.to(device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path, layout: str = "causal-rcm") -> Path:
+        """Write the weights in ``layout`` (causal-rcm, wan or diffusers); returns the path written."""
+        from .adapters import save_checkpoint
+
+        return save_checkpoint(self.config, self.state_dict(), path, layout)
+
+    # --------------------------------------------------------------- forward
+    def _check_inputs(self, x, t, context, mask, kv_cache, update_cache, actions):
+        cfg = self.config
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
+            raise ValueError(f"x must be (B, {cfg.in_dim}, F, H, W), got {tuple(x.shape)}")
+        B, _, F_, H, W = x.shape
+        if H % cfg.patch_size[1] or W % cfg.patch_size[2]:
+            raise ValueError(f"spatial size {H}x{W} is not divisible by the patch size {cfg.patch_size[1:]}")
+        if t.ndim == 1:
+            t = t[:, None].expand(B, F_)
+        if t.shape != (B, F_):
+            raise ValueError(f"t must be (B, F) = ({B}, {F_}) per-frame timesteps, got {tuple(t.shape)}")
+        if context.ndim != 3 or context.shape[0] != B or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context must be (B={B}, L, {cfg.text_dim}), got {tuple(context.shape)}")
+        tpf = (H // cfg.patch_size[1]) * (W // cfg.patch_size[2])
+        if mask is not None:
+            if kv_cache is not None:
+                raise ValueError("pass either a mask or a kv_cache: cached streaming attends to the whole cache")
+            if mask.num_frames_q != F_ or mask.num_frames_k != F_ or mask.tokens_per_frame != tpf:
+                raise ValueError(f"{mask} does not fit {F_} frames of {tpf} tokens")
+        if update_cache and kv_cache is None:
+            raise ValueError("update_cache=True needs a kv_cache")
+        if actions is not None:
+            if self.action_embedding is None:
+                raise ValueError("this model has no action conditioning (config num_actions / action_dim are 0)")
+            expected = (B, F_) if cfg.num_actions else (B, F_, cfg.action_dim)
+            if tuple(actions.shape) != expected:
+                raise ValueError(f"actions must have shape {expected}, got {tuple(actions.shape)}")
+        return t, tpf
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        mask: BlockSparseMask | None = None,
+        kv_cache: KVCache | None = None,
+        update_cache: bool = False,
+        actions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw network output for latents ``x``.
+
+        Args:
+            x: (B, C, F, H, W) latents (with a kv_cache: only the new chunk's frames).
+            t: (B, F) per-frame timesteps in the weights' units (0-1000 for Wan); (B,) is broadcast.
+            context: (B, L, text_dim) text-encoder states (padded as the weights expect).
+            mask: self-attention mask over the F frames; None = bidirectional.
+            kv_cache: stream state; the frames attend to the cached frames and to each other.
+            update_cache: commit these frames' keys/values to ``kv_cache`` (the t=0 refresh).
+            actions: (B, F) long for discrete actions, (B, F, action_dim) for continuous.
+        Returns:
+            (B, out_dim, F, H, W).
+        """
+        cfg = self.config
+        t, tpf = self._check_inputs(x, t, context, mask, kv_cache, update_cache, actions)
+        B, _, F_, H, W = x.shape
+        _, ph, pw = cfg.patch_size
+        gh, gw = H // ph, W // pw
+
+        # 1. patch embedding -> tokens grouped by frame
+        h = self.patch_embedding(x)  # (B, dim, F, gh, gw)
+        h = h.flatten(3).permute(0, 2, 3, 1)  # (B, F, T, dim)
+
+        # 2. per-frame time (+ action) embedding, kept in fp32
+        e = self.time_embedding(sinusoidal_embedding(t.flatten(), cfg.freq_dim).float()).float()
+        e = e.view(B, F_, cfg.dim)  # (B, F, dim)
+        if actions is not None:
+            e = e + self.action_embedding(actions).float()
+        e6 = self.time_projection(e).float().unflatten(-1, (6, cfg.dim))  # (B, F, 6, dim)
+
+        # 3. text
+        context = self.text_embedding(context)  # (B, L, dim)
+
+        # 4. rotary positions: queries are the F frames; keys add the visible cached frames
+        if kv_cache is not None:
+            q_pos = kv_cache.begin(F_, tpf).to(x.device)
+            k_pos = torch.arange(int(q_pos[-1]) + 1, device=x.device)
+        else:
+            q_pos = k_pos = mask.positions().to(x.device) if mask is not None else torch.arange(F_, device=x.device)
+        if int(q_pos.max()) >= cfg.max_frames:
+            raise ValueError(f"temporal position {int(q_pos.max())} exceeds max_frames={cfg.max_frames}")
+        cos_q, sin_q = rope_angles(q_pos, gh, gw, cfg.head_dim, cfg.rope_theta)
+        cos_k, sin_k = (cos_q, sin_q) if k_pos is q_pos else rope_angles(k_pos, gh, gw, cfg.head_dim, cfg.rope_theta)
+        rope = (cos_q, sin_q, cos_k, sin_k)
+
+        # 5. blocks
+        for i, block in enumerate(self.blocks):
+            layer_cache = kv_cache.layers[i] if kv_cache is not None else None
+            h = block(h, e6, context, rope, mask, self.attn_backend, layer_cache, update_cache)
+        if update_cache:
+            kv_cache.num_frames += F_
+
+        # 6. head and unpatchify: features are ordered (p_t, p_h, p_w, c) as in Wan
+        out = self.head(h, e)  # (B, F, T, out * ph * pw)
+        out = out.view(B, F_, gh, gw, ph, pw, cfg.out_dim)
+        return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, cfg.out_dim, F_, H, W)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+

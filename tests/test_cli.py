@@ -1,0 +1,25 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _console_script() -> list[str]:
+    exe = Path(sys.executable).with_name("causal-rcm")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "causal_rcm.cli"]
+
+
+def test_help_lists_commands_and_version_prints():
+    help_ = subprocess.run(_console_script() + ["--help"], capture_output=True, text=True)
+    assert help_.returncode == 0
+    assert "convert" in help_.stdout
+    version = subprocess.run(_console_script() + ["--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("causal-rcm, version ")
+
+
+def test_unknown_command_fails_with_usage():
+    result = subprocess.run(_console_script() + ["frobnicate"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "No such command 'frobnicate'" in result.stderr
