@@ -31,8 +31,8 @@ MASK_KINDS = ("none", "block_causal", "teacher_forcing")
 FRAMES_PER_CHUNK = 3
 # torch.func.jvp of math attention materialises a few fp32 (B, H, S, S) tensors.
 MATH_JVP_MAX_SCORES = 12 * 4680 * 4680
-# SDPA with a dense boolean mask (its memory-efficient kernel): up to a 1 GiB mask.
-SDPA_MASK_MAX_ELEMENTS = 1 << 30
+# SDPA with a dense boolean mask: only where BlockSparseMask.dense() agrees to build one.
+SDPA_MASK_MAX_ELEMENTS = 1 << 28
 
 
 def build_mask(kind: str, seq_len: int, tokens_per_frame: int = TOKENS_PER_FRAME):

@@ -56,6 +56,9 @@ def run_jvp_bench(size: str = "wan2.1-1.3b", height: int = 480, width: int = 832
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = CausalWanModel.from_preset(size, attn_backend="triton").to(device, torch.bfloat16).eval()
+    # The time embedding and its projection take fp32 inputs (modulation is computed in fp32, as Wan does).
+    model.time_embedding.float()
+    model.time_projection.float()
     for p in model.parameters():
         p.requires_grad_(False)
     cfg = model.config

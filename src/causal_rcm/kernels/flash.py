@@ -89,7 +89,13 @@ if interpreting():
 
 
 # ----------------------------------------------------------------------------- kernels
-@triton.jit
+# Lengths and frame counts change from call to call (KV-cache queries, chunk by chunk): no
+# specialisation on them, so a new length does not compile a new kernel.
+_SIZES_BY_Q_TILE = ["H", "SEQ_Q", "SEQ_K", "TILES_K", "FRAMES_K", "TOKENS_PER_FRAME"]
+_SIZES_BY_K_TILE = ["H", "SEQ_Q", "SEQ_K", "TILES_Q", "FRAMES_K", "TOKENS_PER_FRAME"]
+
+
+@triton.jit(do_not_specialize=_SIZES_BY_Q_TILE)
 def _attn_fwd_kernel(
     Q, K, V, TQ, TK, TV,  # (B, H, S, D) inputs; the tangents are read only when JVP
     O, LSE, TO, TLSE,  # (B, H, Sq, D), (B, H, Sq) fp32 outputs, contiguous
@@ -192,7 +198,7 @@ def _attn_fwd_kernel(
         tl.store(TLSE + out_rows, r, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES_BY_K_TILE)
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,  # DO (B, H, Sq, D) contiguous; LSE, DELTA (B, H, Sq) fp32
     ALLOWED, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX,  # transposed lists: rows are key tiles, entries query tiles
@@ -262,7 +268,7 @@ def _attn_bwd_dkdv_kernel(
     tl.store(DV + out_rows[:, None] * HEAD_DIM + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES_BY_Q_TILE)
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     ALLOWED, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX,  # forward lists: rows are query tiles
