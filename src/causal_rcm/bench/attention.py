@@ -72,6 +72,10 @@ def run_attention_bench(
         raise click.UsageError("bench attention needs a CUDA GPU")
     device = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    # One compiled flex graph per (S, mask, direction): above dynamo's default limit of 8 it
+    # would fall back to eager flex, which materialises S x S scores and runs out of memory.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 512)
     flex = torch.compile(flex_attention, dynamic=False)
     rows = []
 
