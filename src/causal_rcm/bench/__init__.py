@@ -1,0 +1,1 @@
+"""Benchmarks (`causal-rcm bench ...`): GPU timings written as JSON under benchmarks/results/."""
