@@ -137,6 +137,7 @@ class Stream:
         self._pipe = pipe
         cfg = pipe.config
         self.prompt = prompt
+        self.steps = steps
         self.frames_per_chunk = frames_per_chunk
         self.num_frames = num_frames
         self._context = pipe.encode_prompt(prompt)  # (1, L, D)
