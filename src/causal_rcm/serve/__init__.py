@@ -11,7 +11,7 @@ from typing import Callable
 
 from .app import FRAME_HEADER, create_app
 
-__all__ = ["FRAME_HEADER", "create_app", "run", "bind"]
+__all__ = ["FRAME_HEADER", "WS_MAX_BYTES", "create_app", "run", "bind"]
 
 # Largest WebSocket message accepted from a client (a valid message is < 4 KiB).
 WS_MAX_BYTES = 64 * 1024
