@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import causal_rcm
+from causal_rcm.cli import cli as cli_group
 from causal_rcm.cli import main
 
 from .checkpoints import make_checkpoint
@@ -41,6 +42,13 @@ def read_video(path: Path) -> np.ndarray:
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     return {"causal": make_checkpoint(root / "causal"), "bidirectional": make_checkpoint(root / "bi", causal=False, steps=3, solver="euler", guidance=3.0)}
+
+
+def test_help_lists_generate_and_serve():
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli_group, ["--help"])
+    assert result.exit_code == 0 and "generate" in result.output and "serve" in result.output
 
 
 def test_generate_causal_with_seconds_mode_and_a_prompt_schedule(checkpoints, tmp_path):
