@@ -93,11 +93,96 @@ def convert(src: Path, dst: Path, layout: str) -> None:
     click.echo(f"{src} ({src_layout}) -> {dst} ({layout}): {len(state)} tensors, {n_params / 1e6:.2f} M parameters")
 
 
+
+@cli.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A checkpoint folder (ours, with a pipeline config).")
+@click.option("--prompt", "-p", required=True, help="Text prompt (the shapes world's vocabulary for toy checkpoints).")
+@click.option("--switch", "switches", nargs=2, multiple=True, metavar="TIME PROMPT",
+              help="Causal checkpoints: switch to PROMPT at TIME ('4s', '2.5s' or '12f' frames); repeatable.")
+@click.option("--seconds", type=float, default=None, help="Video length (default: the checkpoint's training length).")
+@click.option("--steps", type=int, default=None, help="Sampler steps per chunk (default: the checkpoint's).")
+@click.option("--mode", type=click.Choice(["chunk", "frame"]), default="chunk", show_default=True,
+              help="Causal checkpoints: denoise the checkpoint's frames_per_chunk at a time, or one frame.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output video, .mp4 or .gif.")
+@click.option("--scale", type=int, default=1, show_default=True, help="Nearest-neighbour upscaling of the written video.")
+@click.option("--device", default="cpu", show_default=True)
+def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
+             steps: int | None, mode: str, seed: int, out: Path, scale: int, device: str) -> None:
+    """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
+    import time
+
+    from .data.video import write_gif, write_mp4
+    from .pipeline import StreamingPipeline
+
+    if out.suffix.lower() not in (".mp4", ".gif"):
+        raise UserError(f"--out must end with .mp4 or .gif, got {out}")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name ending with .mp4 or .gif")
+    _check_writable(out)
+    if seconds is not None and seconds <= 0:
+        raise UserError(f"--seconds must be positive, got {seconds}")
+    if scale < 1:
+        raise UserError(f"--scale must be a positive integer, got {scale}")
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
+    fps = pipe.config.fps
+    num_frames = None if seconds is None else max(1, round(seconds * fps))
+    schedule = [(_frame_at(when, fps), text) for when, text in switches]
+    started = time.perf_counter()
+    frames = pipe.generate(prompt, num_frames=num_frames, steps=steps, mode=mode, seed=seed, switches=schedule)
+    elapsed = time.perf_counter() - started
+    try:
+        (write_gif if out.suffix.lower() == ".gif" else write_mp4)(out, frames, fps=fps, scale=scale)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    F, H, W, _ = frames.shape
+    click.echo(f"{out}: {F} frames ({F / fps:g} s at {fps:g} fps), {W * scale}x{H * scale} px; "
+               f"generated in {elapsed:.1f} s ({F / elapsed:.1f} frames/s)")
+
+
+def _frame_at(when: str, fps: float) -> int:
+    """'4s' / '2.5s' / '4' (seconds) or '12f' (frames) -> a frame index."""
+    text = when.strip().lower()
+    try:
+        value = float(text[:-1] if text[-1:] in ("s", "f") else text)
+    except ValueError:
+        raise UserError(f"--switch time {when!r} is not like '4s' (seconds) or '12f' (frames)") from None
+    if value < 0 or (text.endswith("f") and not value.is_integer()):
+        raise UserError(f"--switch time {when!r} must be a non-negative time or a whole frame count")
+    return int(value) if text.endswith("f") else round(value * fps)
+
+
+@cli.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A causal checkpoint folder.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; other than localhost exposes the server.")
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
+@click.option("--max-streams", type=int, default=2, show_default=True, help="Streams run at once; more get a 'busy' reply.")
+@click.option("--max-steps", type=int, default=4, show_default=True, help="Largest number of steps a client may ask for.")
+@click.option("--realtime/--no-realtime", default=True, show_default=True, help="Send frames no faster than the checkpoint's fps.")
+@click.option("--device", default="cpu", show_default=True)
+def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, device: str) -> None:
+    """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
+    from .pipeline import StreamingPipeline
+    from .serve import run
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"serving {checkpoint} on {url} (Ctrl+C to stop)")
+
+    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready)
+
 def _check_writable(path: Path) -> None:
     """Fail early with one line if ``path`` cannot be created or written."""
     parent = path if path.is_dir() else path.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write to {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write to {path}: {parent} is not writable")
 

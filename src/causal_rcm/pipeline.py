@@ -1,0 +1,449 @@
+"""StreamingPipeline: a checkpoint plus its codec and text encoder, generating decoded frames.
+
+The CLI (`generate`) and the server (`serve`) only call this module.
+
+* :meth:`StreamingPipeline.stream` runs a causal checkpoint autoregressively, chunk by chunk
+  (``mode="chunk"``: the checkpoint's ``frames_per_chunk``; ``mode="frame"``: one frame per
+  chunk), with a rolling KV cache and sink frames, so a stream has no length limit and bounded
+  memory. It returns a :class:`Stream`, an iterator of :class:`StreamFrame` whose prompt
+  (and, for world models, actions) can change while it runs.
+* :meth:`StreamingPipeline.generate` returns a whole video: the Euler ODE over the training
+  length for a bidirectional checkpoint, a stream of any length (with a prompt schedule) for
+  a causal one.
+
+Prompt switching. The KV cache holds the history *as seen under the prompt it was made
+with*. On a switch the conditional cache is rebuilt: the clean latents the cache covers (the
+sink chunks and the chunks of the rolling window, kept as a bounded history) are re-run at
+t = 0 with the new prompt, chunk by chunk as they were first committed, exactly the Self
+Forcing cache refresh (Huang et al. 2025) applied to the old frames. The next chunk then
+attends to the same frames under the new prompt, so the scene continues without a cut. The
+unconditional cache of CFG depends only on the empty prompt and is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .data.codec import PixelCodec
+from .data.text import ToyTextEncoder
+from .data.video import to_uint8
+from .diffusion.guidance import is_unguided
+from .diffusion.samplers import (
+    SOLVERS,
+    consistency_sample,
+    euler_sample,
+    make_kv_caches,
+    refresh_kv_caches,
+    sample_chunk,
+    time_grid,
+)
+from .errors import UserError
+
+__all__ = ["MODES", "PipelineConfig", "StreamFrame", "Stream", "StreamingPipeline"]
+
+MODES = ("frame", "chunk")
+Actions = Callable[[int], int] | Iterable[int] | None
+
+
+@dataclass
+class PipelineConfig:
+    """The ``pipeline`` section of a checkpoint's config.json: how to turn the model into video."""
+
+    resolution: int
+    num_frames: int
+    frames_per_chunk: int
+    causal: bool
+    codec: dict
+    text: dict
+    sampler: dict = field(default_factory=lambda: {"solver": "euler", "steps": 50, "shift": 3.0, "guidance": 3.0})
+    stream: dict = field(default_factory=dict)
+    fps: float = 8.0
+    num_actions: int = 0
+    world: str = "shapes"
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "checkpoint") -> PipelineConfig:
+        """Parse (unknown keys are ignored, so newer checkpoints stay readable); UserError names what is missing."""
+        if not data:
+            raise UserError(
+                f"{source} has no 'pipeline' section in config.json: it says how to decode and prompt the model; "
+                "use a checkpoint written by `causal-rcm train`"
+            )
+        required = ("resolution", "num_frames", "frames_per_chunk", "causal", "codec", "text")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise UserError(f"{source}: the pipeline config lacks {', '.join(missing)}")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        config = cls(**known)
+        config.sampler = {"solver": "euler", "steps": 50, "shift": 3.0, "guidance": 3.0, **config.sampler}
+        config.stream = {"sink_frames": 0, "window_frames": config.num_frames, **config.stream}
+        if config.codec.get("kind") != "pixel":
+            raise UserError(f"{source}: codec kind {config.codec.get('kind')!r} is not supported (only 'pixel')")
+        if config.text.get("kind") != "toy":
+            raise UserError(f"{source}: text encoder kind {config.text.get('kind')!r} is not supported (only 'toy')")
+        if config.sampler["solver"] not in SOLVERS:
+            raise UserError(f"{source}: sampler solver {config.sampler['solver']!r} is not one of {SOLVERS}")
+        if config.frames_per_chunk < 1 or config.num_frames < 1 or config.resolution < 1 or config.fps <= 0:
+            raise UserError(f"{source}: resolution, num_frames, frames_per_chunk and fps must be positive")
+        return config
+
+
+@dataclass
+class StreamFrame:
+    """One decoded frame of a stream.
+
+    ``image`` uint8 (H, W, 3); ``index`` its position in the stream; ``chunk`` the chunk that
+    made it; ``prompt`` the prompt it was generated under; ``chunk_seconds`` the time to denoise,
+    commit and decode its chunk; ``time`` seconds since the stream started when it was ready.
+    """
+
+    image: np.ndarray
+    index: int
+    chunk: int
+    prompt: str
+    chunk_seconds: float
+    time: float
+
+
+class Stream:
+    """A running stream: iterate for :class:`StreamFrame` s; ``switch_prompt`` / ``close`` from any thread.
+
+    Work happens lazily in ``__next__``, one chunk at a time; ``num_frames=None`` never ends.
+    State held: the KV caches (``sink_frames + window_frames`` frames per layer and CFG branch)
+    and the clean latents they cover (for prompt switches), so memory is bounded.
+    """
+
+    def __init__(
+        self,
+        pipe: StreamingPipeline,
+        prompt: str,
+        *,
+        steps: int,
+        frames_per_chunk: int,
+        seed: int,
+        guidance: float,
+        num_frames: int | None,
+        actions: Actions,
+    ) -> None:
+        self._pipe = pipe
+        cfg = pipe.config
+        self.prompt = prompt
+        self.steps = steps
+        self.frames_per_chunk = frames_per_chunk
+        self.num_frames = num_frames
+        self._context = pipe.encode_prompt(prompt)  # (1, L, D)
+        self._neg = None if is_unguided(guidance) else pipe.encode_prompt("")
+        self._guidance = guidance
+        self._grid = time_grid(steps, float(cfg.sampler["shift"]))
+        self._solver = cfg.sampler["solver"]
+        self._generator = torch.Generator(pipe.device).manual_seed(seed)
+        self._sink, self._window = int(cfg.stream["sink_frames"]), cfg.stream["window_frames"]
+        self._caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=self._sink, window_frames=self._window)
+        # Clean chunks the cache covers: those holding sink frames (kept for ever) and the window's.
+        self._sink_chunks: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+        self._recent: deque = deque(maxlen=None if self._window is None else math.ceil(self._window / frames_per_chunk))
+        self._actions = _action_source(actions, pipe.config.num_actions)
+        self._pending: tuple[str, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._buffer: deque[StreamFrame] = deque()
+        self._chunk = 0
+        self._frame = 0
+        self._start = time.perf_counter()
+
+    # ------------------------------------------------------------- control
+    def switch_prompt(self, prompt: str) -> None:
+        """Use ``prompt`` from the next chunk on (UserError, raised here, for words outside the vocabulary)."""
+        context = self._pipe.encode_prompt(prompt)
+        with self._lock:
+            self._pending = (prompt, context)
+
+    def close(self) -> None:
+        """End the stream: the iterator stops after the frames already made."""
+        self._closed = True
+
+    @property
+    def frames_done(self) -> int:
+        """Frames generated so far (chunks are generated whole, so it may run ahead of the consumer)."""
+        return self._frame
+
+    def state_nbytes(self) -> dict[str, int]:
+        """Bytes held by the stream: ``kv_cache`` (all branches) and ``history`` (clean latents kept for switches)."""
+        kv = sum(c.nbytes() for c in self._caches if c is not None)
+        chunks = [x for _, x, _ in self._sink_chunks] + [x for _, x, _ in self._recent]
+        return {"kv_cache": kv, "history": sum(x.numel() * x.element_size() for x in chunks)}
+
+    # ---------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[StreamFrame]:
+        return self
+
+    def __next__(self) -> StreamFrame:
+        if not self._buffer:
+            if self._closed or (self.num_frames is not None and self._frame >= self.num_frames):
+                raise StopIteration
+            self._next_chunk()
+        return self._buffer.popleft()
+
+    @torch.inference_mode()
+    def _next_chunk(self) -> None:
+        pipe, fc = self._pipe, self.frames_per_chunk
+        if self.num_frames is not None:
+            fc = min(fc, self.num_frames - self._frame)
+        started = time.perf_counter()
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._apply_prompt(*pending)
+        actions = self._next_actions(fc)
+        kwargs = {} if actions is None else {"actions": actions}
+        noise = torch.randn((1, *pipe.latent_shape(fc)), generator=self._generator, device=pipe.device)
+        x0 = sample_chunk(
+            pipe.model, noise, self._context, self._caches, steps=self._grid, solver=self._solver,
+            guidance=self._guidance, neg_context=self._neg, generator=self._generator, **kwargs,
+        )  # (1, C, fc, h, w)
+        self._remember(x0, actions)
+        frames = pipe.decode(x0)  # (fc, H, W, 3)
+        done = time.perf_counter()
+        for image in frames:
+            self._buffer.append(StreamFrame(image, self._frame, self._chunk, self.prompt, done - started, done - self._start))
+            self._frame += 1
+        self._chunk += 1
+
+    def _next_actions(self, frames: int) -> torch.Tensor | None:
+        if self._actions is None:
+            return None
+        acts = [self._actions(self._frame + i) for i in range(frames)]
+        return torch.tensor([acts], dtype=torch.long, device=self._pipe.device)  # (1, frames)
+
+    def _remember(self, x0: torch.Tensor, actions: torch.Tensor | None) -> None:
+        """Keep the committed chunk while the cache still covers it (sink chunks always)."""
+        item = (self._chunk, x0, actions)
+        if self._frame < self._sink:
+            self._sink_chunks.append(item)
+        self._recent.append(item)
+
+    def _apply_prompt(self, prompt: str, context: torch.Tensor) -> None:
+        """Rebuild the conditional cache from the kept clean chunks under the new prompt (module docstring)."""
+        model = self._pipe.model
+        cache = model.new_kv_cache(sink_frames=self._sink, window_frames=self._window)
+        first_recent = self._recent[0][0] if self._recent else 0
+        history = [c for c in self._sink_chunks if c[0] < first_recent] + list(self._recent)
+        for _, x0, actions in history:
+            kwargs = {} if actions is None else {"actions": actions}
+            refresh_kv_caches(model, x0, context, (cache, None), **kwargs)
+        self._caches = (cache, self._caches[1])
+        self._context, self.prompt = context, prompt
+
+
+def _action_source(actions: Actions, num_actions: int) -> Callable[[int], int] | None:
+    """A function frame index -> action id, checked against ``num_actions`` (0 = not a world model)."""
+    if num_actions == 0:
+        if actions is not None:
+            raise UserError("this checkpoint is not action-conditioned (num_actions is 0): do not pass actions")
+        return None
+    if actions is None:
+        fn: Callable[[int], int] = lambda i: 0  # noqa: E731 - noop
+    elif callable(actions):
+        fn = actions
+    else:
+        iterator = iter(actions)
+
+        def fn(i: int) -> int:
+            try:
+                return next(iterator)
+            except StopIteration:
+                raise UserError(f"the action sequence ended at frame {i}; give one action per frame") from None
+
+    def checked(i: int) -> int:
+        a = fn(i)
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not 0 <= int(a) < num_actions:
+            raise UserError(f"action {a!r} at frame {i} is not an integer in 0..{num_actions - 1}")
+        return int(a)
+
+    return checked
+
+
+class StreamingPipeline:
+    """A model with its codec, text encoder and sampler defaults (read from the checkpoint).
+
+    Args:
+        model: a :class:`~causal_rcm.models.wan.CausalWanModel` (eval mode).
+        config: the checkpoint's :class:`PipelineConfig`.
+        device: where the model runs; frames are returned on the CPU.
+    """
+
+    def __init__(self, model: Any, config: PipelineConfig, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval()
+        self.config = config
+        self.device = torch.device(device)
+        codec, text = config.codec, config.text
+        self.codec = PixelCodec(codec.get("factor", 1), shift=codec.get("shift", 0.0), scale=codec.get("scale", 1.0))
+        self.text_encoder = ToyTextEncoder(dim=text["dim"], text_len=text["text_len"], seed=text.get("seed", 0)).to(self.device)
+        mc = model.config
+        if mc.in_dim != self.codec.latent_channels or mc.out_dim != self.codec.latent_channels:
+            raise UserError(
+                f"the model takes {mc.in_dim} latent channels but the codec makes {self.codec.latent_channels}: "
+                "the checkpoint's pipeline config does not match its model"
+            )
+        if mc.text_dim != self.text_encoder.dim:
+            raise UserError(f"the model takes text_dim {mc.text_dim} but the text encoder makes {self.text_encoder.dim}")
+        if config.num_actions and mc.num_actions != config.num_actions:
+            raise UserError(f"the pipeline config has {config.num_actions} actions, the model {mc.num_actions}")
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, attn_backend: str = "sdpa"
+    ) -> StreamingPipeline:
+        """Load a checkpoint folder in our layout (config.json with a ``pipeline`` section + model.safetensors)."""
+        from .models.adapters import detect_layout, read_pipeline_config
+        from .models.wan import CausalWanModel
+
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"checkpoint {path} does not exist")
+        if not path.is_dir() or detect_layout(path) != "causal-rcm":
+            raise UserError(f"{path} is not a causal-rcm checkpoint folder (config.json + model.safetensors)")
+        config = PipelineConfig.from_dict(read_pipeline_config(path), source=str(path))
+        model = CausalWanModel.from_pretrained(path, device=device, dtype=dtype, attn_backend=attn_backend)
+        return cls(model, config, device=device)
+
+    # ------------------------------------------------------------ pieces
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.config.resolution, self.config.resolution
+
+    def latent_shape(self, num_frames: int) -> tuple[int, int, int, int]:
+        """(C, F, h, w) of ``num_frames`` latent frames."""
+        return self.codec.latent_shape(num_frames, *self.frame_size)
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """(1, L, D) context of one prompt; UserError for words outside the vocabulary or too many tokens."""
+        if not isinstance(prompt, str):
+            raise UserError(f"a prompt must be a string, got {type(prompt).__name__}")
+        with torch.inference_mode():
+            context, _ = self.text_encoder([prompt])
+        return context.to(self.device)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (1, C, F, h, w) -> uint8 frames (F, H, W, 3) on the CPU."""
+        return to_uint8(self.codec.decode(latents.float().cpu())[0])
+
+    def _steps(self, steps: int | None) -> int:
+        steps = int(self.config.sampler["steps"]) if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserError(f"steps must be a positive integer, got {steps!r}")
+        return steps
+
+    def _guidance(self, guidance: float | None) -> float:
+        return float(self.config.sampler["guidance"]) if guidance is None else float(guidance)
+
+    # ------------------------------------------------------------ public
+    def stream(
+        self,
+        prompt: str,
+        *,
+        steps: int | None = None,
+        mode: str = "chunk",
+        seed: int = 0,
+        guidance: float | None = None,
+        num_frames: int | None = None,
+        actions: Actions = None,
+    ) -> Stream:
+        """Start a causal stream of decoded frames.
+
+        Args:
+            prompt: the text prompt (switch it later with :meth:`Stream.switch_prompt`).
+            steps: sampler steps per chunk (default: the checkpoint's; 1-4 for distilled students).
+            mode: ``"chunk"`` (the checkpoint's frames_per_chunk per chunk) or ``"frame"`` (one).
+            seed: seeds the noise of every chunk.
+            guidance: CFG scale (default: the checkpoint's; 1 = no unconditional branch).
+            num_frames: stop after this many frames; None = unbounded.
+            actions: world models only: a function frame index -> action id, or an iterable of
+                action ids (one per frame); None = noop.
+        Returns:
+            a :class:`Stream`, iterating :class:`StreamFrame` with ``image`` uint8 (H, W, 3).
+        """
+        cfg = self.config
+        if not cfg.causal:
+            raise UserError("this checkpoint is a bidirectional model and cannot stream: use `generate` (fixed length)")
+        if mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if num_frames is not None and num_frames < 1:
+            raise UserError(f"num_frames must be >= 1, got {num_frames}")
+        fc = cfg.frames_per_chunk if mode == "chunk" else 1
+        window = cfg.stream["window_frames"]
+        if window is not None and fc > window:
+            raise UserError(f"a chunk of {fc} frames does not fit the checkpoint's window of {window} frames")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+        return Stream(
+            self, prompt, steps=self._steps(steps), frames_per_chunk=fc, seed=seed, guidance=self._guidance(guidance),
+            num_frames=num_frames, actions=actions,
+        )
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        num_frames: int | None = None,
+        steps: int | None = None,
+        mode: str = "chunk",
+        seed: int = 0,
+        guidance: float | None = None,
+        switches: Sequence[tuple[int, str]] = (),
+        actions: Actions = None,
+    ) -> np.ndarray:
+        """A whole video, uint8 (F, H, W, 3).
+
+        Bidirectional checkpoints: Euler ODE (or the checkpoint's consistency sampler) with CFG over
+        exactly the training length. Causal checkpoints: a stream of ``num_frames`` frames (default
+        the training length); ``switches`` = ``[(frame, prompt), ...]`` changes the prompt from the
+        first chunk that starts at or after ``frame``.
+        """
+        cfg = self.config
+        for _, p in switches:
+            self.encode_prompt(p)  # fail before any work
+        if cfg.causal:
+            stream = self.stream(
+                prompt, steps=steps, mode=mode, seed=seed, guidance=guidance,
+                num_frames=cfg.num_frames if num_frames is None else num_frames, actions=actions,
+            )
+            schedule = sorted(switches, key=lambda s: s[0])
+            frames = []
+            for frame in stream:
+                frames.append(frame.image)
+                while schedule and schedule[0][0] <= frame.index + 1:
+                    stream.switch_prompt(schedule.pop(0)[1])
+            return np.stack(frames)
+        if switches:
+            raise UserError("prompt switching needs a causal checkpoint; this one is bidirectional")
+        if num_frames is not None and num_frames != cfg.num_frames:
+            raise UserError(
+                f"this bidirectional checkpoint generates exactly its training length, {cfg.num_frames} frames "
+                f"({cfg.num_frames / cfg.fps:g} s); a causal checkpoint generates any length"
+            )
+        if actions is not None:
+            raise UserError("actions need a causal world-model checkpoint")
+        guidance = self._guidance(guidance)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        noise = torch.randn((1, *self.latent_shape(cfg.num_frames)), generator=generator, device=self.device)
+        kwargs = dict(
+            steps=self._steps(steps), shift=float(cfg.sampler["shift"]), guidance=guidance,
+            neg_context=None if is_unguided(guidance) else self.encode_prompt(""),
+        )
+        with torch.inference_mode():
+            context = self.encode_prompt(prompt)
+            if cfg.sampler["solver"] == "consistency":
+                latents = consistency_sample(self.model, noise, context, generator=generator, **kwargs)
+            else:
+                latents = euler_sample(self.model, noise, context, **kwargs)
+        return self.decode(latents)

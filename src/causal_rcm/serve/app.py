@@ -1,0 +1,386 @@
+"""FastAPI + WebSocket server: live streams of a :class:`~causal_rcm.pipeline.StreamingPipeline` to one page.
+
+Routes: ``GET /`` the page, ``GET /app.js`` its script, ``GET /api/info`` the checkpoint and
+server limits (JSON), ``WS /ws`` the stream protocol:
+
+client -> server (JSON text, every message validated; a bad one gets an ``error`` reply and the
+connection stays usable)::
+
+    {"type": "start", "prompt": str, "steps": 1..max_steps, "mode": "frame"|"chunk", "seed": 0..2**31-1}
+    {"type": "switch", "prompt": str}          while a stream runs: new prompt from the next chunk
+    {"type": "action", "action": int}          world-model checkpoints: action for the next frames
+    {"type": "stop"}
+
+server -> client: JSON ``hello`` (on connect: checkpoint and limits), ``started``, ``prompt``
+(the first frame under a new prompt follows), ``stopped``, ``error`` {message}, ``busy``
+{message, max_streams}; and one **binary** message per frame: a 16-byte little-endian header
+(uint32 frame index, uint16 width, uint16 height, float32 chunk compute ms, float32 seconds
+since start) followed by width * height * 3 RGB bytes.
+
+Resources: at most ``max_streams`` streams run at once (beyond: ``busy``); each runs in its own
+worker thread, handing frames to the event loop through a queue of ``queue_frames`` frames
+(a slow client blocks its own worker, nothing else); a stop or a disconnect sets a flag the
+worker checks after every frame, and the stream's slot is freed when its worker has exited.
+With ``realtime`` the frames are sent no faster than the checkpoint's fps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+
+from ..errors import UserError
+from ..pipeline import MODES, StreamFrame, StreamingPipeline
+
+__all__ = ["create_app", "FRAME_HEADER"]
+
+log = logging.getLogger(__name__)
+
+FRAME_HEADER = struct.Struct("<IHHff")  # index, width, height, chunk ms, seconds since start
+MAX_SEED = 2**31 - 1
+MAX_PROMPT_CHARS = 300
+MAX_MESSAGE_BYTES = 4096
+
+
+# ------------------------------------------------------------------ messages
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartMessage(_Message):
+    type: Literal["start"]
+    prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
+    steps: StrictInt | None = Field(default=None, ge=1)
+    mode: Literal["frame", "chunk"] = "chunk"
+    seed: StrictInt = Field(default=0, ge=0, le=MAX_SEED)
+
+
+class SwitchMessage(_Message):
+    type: Literal["switch"]
+    prompt: StrictStr = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class ActionMessage(_Message):
+    type: Literal["action"]
+    action: StrictInt = Field(ge=0)
+
+
+class StopMessage(_Message):
+    type: Literal["stop"]
+
+
+ClientMessage = TypeAdapter(
+    Annotated[Union[StartMessage, SwitchMessage, ActionMessage, StopMessage], Field(discriminator="type")]
+)
+MESSAGE_TYPES = ("start", "switch", "action", "stop")
+
+
+def parse_message(text: str) -> StartMessage | SwitchMessage | ActionMessage | StopMessage:
+    """Validate one client message; UserError with a one-line reason otherwise."""
+    if len(text.encode()) > MAX_MESSAGE_BYTES:
+        raise UserError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError("message is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise UserError("message must be a JSON object with a 'type'")
+    if data.get("type") not in MESSAGE_TYPES:
+        raise UserError(f"unknown message type {data.get('type')!r}; expected one of {', '.join(MESSAGE_TYPES)}")
+    try:
+        return ClientMessage.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"][1:]) or "message"
+        raise UserError(f"{where}: {err['msg']}") from None
+
+
+# ------------------------------------------------------------------- limits
+@dataclass
+class Settings:
+    """Server limits (see the module docstring)."""
+
+    max_streams: int = 2
+    max_steps: int = 4
+    queue_frames: int = 4
+    realtime: bool = True
+
+
+@dataclass
+class Slots:
+    """Running-stream counter with a limit; ``peak`` records the most ever held at once."""
+
+    limit: int
+    active: int = 0
+    peak: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.active >= self.limit:
+                return False
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+class _Channel:
+    """Bounded hand-off from a worker thread to the event loop (the worker blocks while it is full)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self._loop = loop
+        self._room = threading.Semaphore(size)
+        self._queue: asyncio.Queue = asyncio.Queue()  # bounded by _room
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        """Hand over ``item``; False if ``stop`` was set (or the loop closed) while waiting for room."""
+        while not self._room.acquire(timeout=0.05):
+            if stop.is_set():
+                return False
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop has closed
+            return False
+        return True
+
+    async def get(self) -> Any:
+        item = await self._queue.get()
+        self._room.release()
+        return item
+
+
+_END = object()
+
+
+class _Job:
+    """One running stream: the pipeline's Stream, its worker thread and the task sending its frames."""
+
+    def __init__(self, stream, loop: asyncio.AbstractEventLoop, settings: Settings, slots: Slots) -> None:
+        self.stream = stream
+        self.channel = _Channel(loop, settings.queue_frames)
+        self.stop = threading.Event()
+        self.done = loop.create_future()
+        self.sent = 0
+        self.action = 0
+        self.sender: asyncio.Task | None = None
+        self._loop, self._slots = loop, slots
+        self.thread = threading.Thread(target=self._work, name="causal-rcm-stream", daemon=True)
+
+    def _work(self) -> None:
+        try:
+            for frame in self.stream:
+                if self.stop.is_set() or not self.channel.put(frame, self.stop):
+                    break
+        except UserError as exc:
+            self.channel.put(f"stream stopped: {exc}", self.stop)
+        except Exception as exc:  # a failing stream must not take the server down
+            log.exception("stream worker failed")
+            self.channel.put(f"stream stopped by an internal error: {type(exc).__name__}", self.stop)
+        finally:
+            self.channel.put(_END, self.stop)
+            self._slots.release()
+            try:
+                self._loop.call_soon_threadsafe(lambda: self.done.done() or self.done.set_result(None))
+            except RuntimeError:
+                pass
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.stream.close()
+
+
+def _encode_frame(frame: StreamFrame) -> bytes:
+    H, W, _ = frame.image.shape
+    header = FRAME_HEADER.pack(frame.index, W, H, frame.chunk_seconds * 1000.0, frame.time)
+    return header + frame.image.tobytes()
+
+
+# --------------------------------------------------------------- connection
+class _Connection:
+    """The protocol for one WebSocket client."""
+
+    def __init__(self, ws: WebSocket, pipe: StreamingPipeline, settings: Settings, slots: Slots) -> None:
+        self.ws, self.pipe, self.settings, self.slots = ws, pipe, settings, slots
+        self.job: _Job | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict | bytes) -> None:
+        async with self._send_lock:
+            if isinstance(message, bytes):
+                await self.ws.send_bytes(message)
+            else:
+                await self.ws.send_text(json.dumps(message))
+
+    async def run(self, hello: dict) -> None:
+        await self.ws.accept()
+        try:
+            await self.send(hello)
+            while True:
+                raw = await self.ws.receive()
+                if raw["type"] == "websocket.disconnect":
+                    break
+                if raw.get("text") is None:
+                    await self.send({"type": "error", "message": "binary messages are not accepted; send JSON text"})
+                    continue
+                try:
+                    await self.handle(parse_message(raw["text"]))
+                except UserError as exc:
+                    await self.send({"type": "error", "message": str(exc)})
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: sending on a closed socket
+            pass
+        finally:
+            await self.end_job(notify=False)
+
+    async def handle(self, msg: StartMessage | SwitchMessage | ActionMessage | StopMessage) -> None:
+        if isinstance(msg, StartMessage):
+            await self.start(msg)
+        elif isinstance(msg, SwitchMessage):
+            if self.job is None:
+                raise UserError("no stream is running: send start first")
+            self.job.stream.switch_prompt(msg.prompt)
+        elif isinstance(msg, ActionMessage):
+            n = self.pipe.config.num_actions
+            if n == 0:
+                raise UserError("this checkpoint takes no actions")
+            if msg.action >= n:
+                raise UserError(f"action must be in 0..{n - 1}, got {msg.action}")
+            if self.job is None:
+                raise UserError("no stream is running: send start first")
+            self.job.action = msg.action
+        else:
+            if self.job is None:
+                raise UserError("no stream is running")
+            await self.end_job(notify=True)
+
+    async def start(self, msg: StartMessage) -> None:
+        if self.job is not None:
+            raise UserError("a stream is already running on this connection: send stop first")
+        if msg.steps is not None and msg.steps > self.settings.max_steps:
+            raise UserError(f"steps: at most {self.settings.max_steps} on this server, got {msg.steps}")
+        if not self.slots.acquire():
+            n = self.slots.limit
+            await self.send({"type": "busy", "max_streams": n,
+                             "message": f"busy: the server already runs its limit of {n} stream(s); try again later"})
+            return
+        try:
+            job_ref: list[_Job] = []
+            actions = (lambda i: job_ref[0].action) if self.pipe.config.num_actions else None
+            stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed, actions=actions)
+        except BaseException:
+            self.slots.release()
+            raise
+        job = _Job(stream, asyncio.get_running_loop(), self.settings, self.slots)
+        job_ref.append(job)
+        self.job = job
+        job.thread.start()  # before any await: end_job relies on the worker resolving job.done
+        await self.send({"type": "started", "prompt": msg.prompt, "steps": stream.steps, "mode": msg.mode,
+                         "seed": msg.seed, "frames_per_chunk": stream.frames_per_chunk})
+        job.sender = asyncio.create_task(self._send_frames(job))
+
+    async def _send_frames(self, job: _Job) -> None:
+        fps, prompt, first_sent = self.pipe.config.fps, None, None
+        while True:
+            item = await job.channel.get()
+            if item is _END:
+                break
+            if isinstance(item, str):
+                await self.send({"type": "error", "message": item})
+                continue
+            if self.settings.realtime:
+                if first_sent is None:
+                    first_sent = time.perf_counter() - item.index / fps
+                delay = first_sent + item.index / fps - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if item.prompt != prompt:
+                prompt = item.prompt
+                await self.send({"type": "prompt", "prompt": prompt, "frame": item.index})
+            await self.send(_encode_frame(item))
+            job.sent += 1
+        if self.job is job:  # the stream ended by itself (an error): report it
+            self.job = None
+            await self.send({"type": "stopped", "frames": job.sent, "reason": "error"})
+
+    async def end_job(self, notify: bool) -> None:
+        """Stop the running stream, wait for its worker to exit (freeing its slot), optionally tell the client."""
+        job, self.job = self.job, None
+        if job is None:
+            return
+        job.halt()
+        if job.sender is not None and job.sender is not asyncio.current_task():
+            job.sender.cancel()
+            await asyncio.gather(job.sender, return_exceptions=True)
+        await job.done
+        if notify:
+            await self.send({"type": "stopped", "frames": job.sent, "reason": "stop"})
+
+
+# ----------------------------------------------------------------------- app
+def _static(name: str) -> str:
+    return resources.files("causal_rcm.serve").joinpath("static", name).read_text(encoding="utf-8")
+
+
+_CSP = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+
+
+def create_app(
+    pipeline: StreamingPipeline, *, max_streams: int = 2, max_steps: int = 4, queue_frames: int = 4, realtime: bool = True
+) -> FastAPI:
+    """The FastAPI app serving ``pipeline`` (a causal checkpoint); ``app.state.slots`` counts running streams."""
+    if not pipeline.config.causal:
+        raise UserError("serve needs a causal checkpoint; this one is bidirectional (use `causal-rcm generate`)")
+    if max_streams < 1 or max_steps < 1 or queue_frames < 1:
+        raise UserError("max_streams, max_steps and queue_frames must be >= 1")
+    settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime)
+    slots = Slots(max_streams)
+    cfg = pipeline.config
+    info = {
+        "resolution": cfg.resolution, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
+        "default_steps": min(int(cfg.sampler["steps"]), max_steps), "max_steps": max_steps, "modes": list(MODES),
+        "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
+        "max_prompt_chars": MAX_PROMPT_CHARS,
+    }
+    page, script = _static("index.html"), _static("app.js")
+    headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+    app = FastAPI(title="causal-rcm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.slots = slots
+    app.state.settings = settings
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=headers)
+
+    @app.get("/app.js")
+    async def app_js() -> Response:
+        return Response(script, media_type="text/javascript", headers=headers)
+
+    @app.get("/api/info")
+    async def api_info() -> JSONResponse:
+        return JSONResponse({**info, "active_streams": slots.active})
+
+    @app.websocket("/ws")
+    async def ws_endpoint(ws: WebSocket) -> None:
+        origin = ws.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != ws.headers.get("host"):
+            await ws.close(code=1008)  # another site's page: refuse (cross-site WebSocket hijacking)
+            return
+        await _Connection(ws, pipeline, settings, slots).run({"type": "hello", **info})
+
+    return app

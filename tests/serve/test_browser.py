@@ -1,0 +1,108 @@
+"""Browser test: `causal-rcm serve` with a tiny checkpoint, driven in headless Chromium through Playwright.
+
+Type a prompt, start, see frames arrive (the canvas changes), switch the prompt, stop; the page's
+screenshot is saved to test-artifacts/. Needs Debian's chromium (`.ci/run` installs it): skipped
+when it is missing, except under CI (the CI variable set), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import causal_rcm
+
+from ..checkpoints import make_checkpoint
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not found: CI must install it (apt-get install chromium; see .ci/run)")
+        pytest.skip("chromium not found (apt-get install chromium)")
+    return path
+
+
+def _sync_playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is not installed: it is a test dependency (pip install -e .[test])")
+        pytest.skip("playwright is not installed")
+    return sync_playwright
+
+
+def serve_process(checkpoint: Path) -> tuple[subprocess.Popen, str]:
+    """`causal-rcm serve` on an ephemeral port; returns the process and its URL (from its first line)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(causal_rcm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "causal_rcm.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        raise AssertionError(f"serve did not start: {line!r} {proc.stderr.read()}")
+    return proc, line.split(" on ")[1].split()[0]
+
+
+def test_stream_in_headless_chromium(tmp_path):
+    executable = _chromium()
+    sync_playwright = _sync_playwright()
+    proc, url = serve_process(make_checkpoint(tmp_path / "ckpt"))
+    assert url.startswith("http://127.0.0.1:")
+    problems: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
+            page.goto(url)
+            page.wait_for_selector("#start:enabled", timeout=15000)
+
+            page.fill("#prompt", "a red circle moves right")
+            page.select_option("#steps", "2")
+            page.click("#start")
+            page.wait_for_function("() => Number(document.getElementById('view').dataset.frame || -1) >= 2", timeout=20000)
+            canvas = "document.getElementById('view').toDataURL()"
+            first = page.evaluate(canvas)
+            page.wait_for_function("() => Number(document.getElementById('view').dataset.frame) >= 6", timeout=20000)
+            assert page.evaluate(canvas) != first  # new frames were drawn
+            assert page.text_content("#state") == "streaming"
+            assert page.text_content("#fps") != "-" and "ms" in page.text_content("#latency")
+            assert page.text_content("#current") == "a red circle moves right"
+
+            page.fill("#prompt", "a blue square moves up")
+            page.click("#switch")
+            page.wait_for_function("() => document.getElementById('current').textContent === 'a blue square moves up'", timeout=20000)
+            page.wait_for_timeout(500)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser_stream.png"))
+
+            page.click("#stop")
+            page.wait_for_function("() => document.getElementById('state').textContent === 'idle'", timeout=10000)
+            assert "stopped after" in page.text_content("#status")
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert not problems, problems
+    assert proc.returncode is not None
+    assert (ARTIFACTS / "browser_stream.png").stat().st_size > 1000

@@ -1,0 +1,186 @@
+"""The WebSocket protocol end to end on a live loopback server: validation, limits, disconnects, pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from causal_rcm.errors import UserError
+from causal_rcm.pipeline import StreamingPipeline
+from causal_rcm.serve import create_app
+
+from ..checkpoints import make_checkpoint
+from .conftest import LiveServer, decode_frame, recv_frames, recv_json, wait_until, websockets
+
+START = {"type": "start", "prompt": "a red circle moves left", "steps": 1, "mode": "chunk", "seed": 1}
+
+BAD_MESSAGES = [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    (json.dumps({"type": "dance"}), "unknown message type 'dance'"),
+    (json.dumps({"prompt": "a red circle"}), "unknown message type None"),
+    (json.dumps({"type": "start"}), "prompt: Field required"),
+    (json.dumps({**START, "steps": 9}), "steps: at most 4"),
+    (json.dumps({**START, "steps": 0}), "steps: Input should be greater than or equal to 1"),
+    (json.dumps({**START, "steps": "2"}), "steps: Input should be a valid integer"),
+    (json.dumps({**START, "seed": -1}), "seed: Input should be greater than or equal to 0"),
+    (json.dumps({**START, "seed": 2**40}), "seed: Input should be less than or equal to"),
+    (json.dumps({**START, "mode": "video"}), "mode: Input should be 'frame' or 'chunk'"),
+    (json.dumps({**START, "colour": "red"}), "colour: Extra inputs are not permitted"),
+    (json.dumps({**START, "prompt": "a red dragon"}), "'dragon'"),
+    (json.dumps({**START, "prompt": "a " * 400}), "prompt: String should have at most 300 characters"),
+    (json.dumps({"type": "switch", "prompt": "a blue square"}), "no stream is running"),
+    (json.dumps({"type": "stop"}), "no stream is running"),
+    (json.dumps({"type": "action", "action": 1}), "takes no actions"),
+    ("x" * 5000, "longer than 4096 bytes"),
+]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_every_bad_message_gets_an_error_and_the_connection_stays_usable(pipeline):
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            hello = await recv_json(ws)
+            assert hello["type"] == "hello" and hello["resolution"] == 32 and hello["max_steps"] == 4
+            for text, expected in BAD_MESSAGES:
+                await ws.send(text)
+                reply = await recv_json(ws)
+                assert reply["type"] == "error" and expected in reply["message"], (text[:40], reply)
+            await ws.send(b"\x00\x01")
+            assert "binary messages" in (await recv_json(ws))["message"]
+
+            await ws.send(json.dumps(START))
+            assert (await recv_json(ws))["type"] == "started"
+            frames, others = await recv_frames(ws, 6)
+            decoded = [decode_frame(f) for f in frames]
+            assert [d[0] for d in decoded] == list(range(6))
+            assert all(d[1:3] == (32, 32) and len(d[3]) == 32 * 32 * 3 for d in decoded)
+            assert others[0] == {"type": "prompt", "prompt": START["prompt"], "frame": 0}
+            assert len({d[3] for d in decoded}) > 1  # the frames change
+
+            await ws.send(json.dumps({**START}))  # a second start on the same connection
+            await ws.send(json.dumps({"type": "switch", "prompt": "a purple square"}))
+            await ws.send(json.dumps({"type": "switch", "prompt": "a blue square moves up"}))
+            errors, switched = [], None
+            while switched is None:
+                message = await asyncio.wait_for(ws.recv(), 10)
+                if isinstance(message, str):
+                    reply = json.loads(message)
+                    if reply["type"] == "error":
+                        errors.append(reply["message"])
+                    elif reply["type"] == "prompt":
+                        switched = reply
+            assert "already running" in errors[0] and "'purple'" in errors[1]
+            assert switched["prompt"] == "a blue square moves up" and switched["frame"] > 0
+
+            await ws.send(json.dumps({"type": "stop"}))
+            while (reply := await recv_json(ws))["type"] != "stopped":
+                pass
+            assert reply["reason"] == "stop" and reply["frames"] >= 6
+
+    with LiveServer(pipeline, realtime=False) as server:
+        run(client(server.ws_url))
+        assert wait_until(lambda: server.slots.active == 0)
+
+
+def test_busy_beyond_max_streams(pipeline):
+    async def clients(url):
+        async with websockets.connect(url) as a, websockets.connect(url) as b:
+            await recv_json(a), await recv_json(b)
+            await a.send(json.dumps(START))
+            assert (await recv_json(a))["type"] == "started"
+            await b.send(json.dumps(START))
+            busy = await recv_json(b)
+            assert busy["type"] == "busy" and busy["max_streams"] == 1 and "limit of 1 stream" in busy["message"]
+            await a.send(json.dumps({"type": "stop"}))
+            while (await recv_json(a))["type"] != "stopped":
+                pass
+            await b.send(json.dumps(START))  # the slot is free again, on the same connection
+            assert (await recv_json(b))["type"] == "started"
+            await recv_frames(b, 2)
+
+    with LiveServer(pipeline, max_streams=1, realtime=False) as server:
+        run(clients(server.ws_url))
+        assert server.slots.peak == 1
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_stream(pipeline):
+    def workers():
+        return [t for t in threading.enumerate() if t.name == "causal-rcm-stream"]
+
+    async def vanish(url, abrupt):
+        ws = await websockets.connect(url)
+        await recv_json(ws)
+        await ws.send(json.dumps(START))
+        await recv_frames(ws, 3)
+        if abrupt:
+            ws.transport.abort()  # no closing handshake
+        else:
+            await ws.close()
+
+    with LiveServer(pipeline, max_streams=1, queue_frames=2, realtime=False) as server:
+        for abrupt in (False, True):
+            run(vanish(server.ws_url, abrupt))
+            assert wait_until(lambda: server.slots.active == 0 and not workers()), (abrupt, server.slots.active)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/info", timeout=5) as reply:
+            assert json.load(reply)["active_streams"] == 0
+
+
+def test_realtime_sends_at_the_checkpoint_fps(pipeline):
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            await recv_json(ws)
+            await ws.send(json.dumps(START))
+            await recv_frames(ws, 1)
+            started = time.perf_counter()
+            await recv_frames(ws, 4)
+            return time.perf_counter() - started
+
+    with LiveServer(pipeline, realtime=True) as server:
+        elapsed = run(client(server.ws_url))
+    assert 4 / 8 - 0.05 <= elapsed < 2.0  # 8 fps: four more frames take half a second
+
+
+def test_cross_site_pages_are_refused(pipeline):
+    async def client(url):
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            await websockets.connect(url, origin="http://evil.example")
+        async with websockets.connect(url, origin=url.replace("ws://", "http://").removesuffix("/ws")) as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+
+    with LiveServer(pipeline) as server:
+        run(client(server.ws_url))
+
+
+def test_world_model_actions_over_the_socket(tmp_path):
+    pipe = StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / "wm", num_actions=5))
+
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            assert (await recv_json(ws))["num_actions"] == 5
+            await ws.send(json.dumps(START))
+            await recv_json(ws)
+            await ws.send(json.dumps({"type": "action", "action": 9}))
+            _, others = await recv_frames(ws, 2)
+            while not any(o["type"] == "error" for o in others):
+                others.append(await recv_json(ws))
+            assert any("0..4" in o.get("message", "") for o in others)
+            await ws.send(json.dumps({"type": "action", "action": 3}))
+            await recv_frames(ws, 4)
+
+    with LiveServer(pipe, realtime=False) as server:
+        run(client(server.ws_url))
+
+
+def test_bidirectional_checkpoints_are_not_served(tmp_path):
+    pipe = StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / "bi", causal=False))
+    with pytest.raises(UserError, match="causal checkpoint"):
+        create_app(pipe)

@@ -1,0 +1,124 @@
+"""`causal-rcm generate` and `causal-rcm serve` as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import causal_rcm
+from causal_rcm.cli import cli as cli_group
+from causal_rcm.cli import main
+
+from .checkpoints import make_checkpoint
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(causal_rcm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "causal_rcm.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def run_main(*args: str) -> int:
+    """The console entry point in this process (fast): its exit code."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    return exit_.value.code
+
+
+def read_video(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {"causal": make_checkpoint(root / "causal"), "bidirectional": make_checkpoint(root / "bi", causal=False, steps=3, solver="euler", guidance=3.0)}
+
+
+def test_help_lists_generate_and_serve():
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli_group, ["--help"])
+    assert result.exit_code == 0 and "generate" in result.output and "serve" in result.output
+
+
+def test_generate_causal_with_seconds_mode_and_a_prompt_schedule(checkpoints, tmp_path):
+    out = tmp_path / "out" / "video.mp4"
+    result = cli("generate", "-c", str(checkpoints["causal"]), "--prompt", "a red circle moves left", "--seconds", "3",
+                 "--mode", "frame", "--steps", "1", "--switch", "1s", "a blue square moves up", "--switch", "16f",
+                 "a green triangle moves down", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "24 frames (3 s at 8 fps)" in result.stdout
+    video = read_video(out)
+    assert video.shape == (24, 32, 32, 3) and video.std() > 10
+
+
+def test_generate_bidirectional_over_its_training_length(checkpoints, tmp_path, capsys):
+    out = tmp_path / "bi.gif"
+    result = cli("generate", "-c", str(checkpoints["bidirectional"]), "-p", "a red circle moves left", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "8 frames" in result.stdout and out.stat().st_size > 0
+    assert run_main("generate", "-c", str(checkpoints["bidirectional"]), "-p", "a red circle", "--seconds", "5", "-o", str(out)) == 2
+    assert "exactly its training length, 8 frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-c", "{missing}", "-p", "a red circle"], "does not exist"),
+        (["-c", "{causal}", "-p", "a red dragon"], "'dragon'"),
+        (["-c", "{causal}", "-p", "a red circle", "--switch", "2s", "a tiny circle"], "'tiny'"),
+        (["-c", "{causal}", "-p", "a red circle", "--switch", "soon", "a blue square"], "--switch time 'soon'"),
+        (["-c", "{causal}", "-p", "a red circle", "--seconds", "-1"], "--seconds must be positive"),
+        (["-c", "{causal}", "-p", "a red circle", "--steps", "0"], "steps must be a positive integer"),
+        (["-c", "{causal}", "-p", "a red circle", "-o", "{file}/video.mp4"], "is a file, not a folder"),
+        (["-c", "{causal}", "-p", "a red circle", "-o", "{tmp}/video.avi"], "must end with .mp4 or .gif"),
+    ],
+)
+def test_generate_user_errors_are_one_line(checkpoints, tmp_path, capsys, args, message):
+    (tmp_path / "afile").write_text("x")
+    fill = {"missing": str(tmp_path / "nowhere"), "causal": str(checkpoints["causal"]), "file": str(tmp_path / "afile"), "tmp": str(tmp_path)}
+    args = [a.format(**fill) for a in args]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "v.mp4")]
+    assert run_main("generate", *args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_generate_refuses_a_read_only_folder(checkpoints, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    result = cli("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle", "-o", str(folder / "v.mp4"))
+    assert result.returncode == 2 and "not writable" in result.stderr
+
+
+def test_serve_binds_localhost_and_serves_the_page(checkpoints, capsys):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(causal_rcm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "causal_rcm.cli", "serve", "-c", str(checkpoints["causal"]), "--port", "0",
+                             "--max-streams", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line and "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" on ")[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert "causal-rcm" in page.read().decode() and "Content-Security-Policy" in page.headers
+        with urllib.request.urlopen(url + "api/info", timeout=10) as info:
+            assert json.load(info)["max_streams"] == 3
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert run_main("serve", "-c", str(checkpoints["bidirectional"]), "--port", "0") == 2
+    assert "causal checkpoint" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""StreamingPipeline on tiny random checkpoints: against the samplers and a masked full-sequence forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from causal_rcm import StreamingPipeline
+from causal_rcm.diffusion import causal_sample, euler_sample
+from causal_rcm.errors import UserError
+from causal_rcm.models import masks
+
+from .checkpoints import make_checkpoint, pipeline_section
+from .conftest import random_model, small_config
+
+PROMPT_A = "a red circle moves left"
+PROMPT_B = "a blue square moves up , a green triangle moves right"
+
+
+def load(tmp_path, name="ckpt", **kw) -> StreamingPipeline:
+    return StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / name, **kw))
+
+
+def chunk_noise(pipe: StreamingPipeline, seed: int, sizes: list[int]) -> torch.Tensor:
+    """The noise a stream draws: one randn per chunk from a generator seeded with ``seed`` -> (1, C, F, h, w)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn((1, *pipe.latent_shape(n)), generator=g) for n in sizes], dim=2)
+
+
+def frames_of(stream) -> np.ndarray:
+    return np.stack([f.image for f in stream])
+
+
+def close_uint8(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_stream_equals_causal_sampler_beyond_the_window(tmp_path):
+    """Euler, CFG (two caches), a sink frame and a window the stream outgrows: same frames as causal_sample."""
+    pipe = load(tmp_path, solver="euler", steps=3, guidance=2.0, sink_frames=1, window_frames=4)
+    got = frames_of(pipe.stream(PROMPT_A, seed=7, num_frames=12))
+    assert got.shape == (12, 32, 32, 3) and got.dtype == np.uint8
+    with torch.no_grad():
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 7, [2] * 6), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=3,
+            shift=3.0, solver="euler", guidance=2.0, neg_context=pipe.encode_prompt(""), sink_frames=1, window_frames=4,
+        )
+    close_uint8(got, pipe.decode(latents))
+    assert got.std() > 10  # a random model paints noise, not a flat frame
+
+
+def test_modes_seeds_and_lengths(tmp_path):
+    pipe = load(tmp_path)
+    frame_mode = list(pipe.stream(PROMPT_A, mode="frame", num_frames=5))
+    assert [f.chunk for f in frame_mode] == [0, 1, 2, 3, 4]
+    chunk_mode = list(pipe.stream(PROMPT_A, mode="chunk", num_frames=5))
+    assert [f.chunk for f in chunk_mode] == [0, 0, 1, 1, 2]  # the last chunk is cut to fit
+    assert [f.index for f in chunk_mode] == [0, 1, 2, 3, 4]
+    assert all(f.chunk_seconds > 0 and f.time >= f.chunk_seconds for f in chunk_mode)
+    same = frames_of(pipe.stream(PROMPT_A, seed=3, num_frames=4))
+    np.testing.assert_array_equal(same, frames_of(pipe.stream(PROMPT_A, seed=3, num_frames=4)))
+    assert not np.array_equal(same, frames_of(pipe.stream(PROMPT_A, seed=4, num_frames=4)))
+    with pytest.raises(UserError, match="mode"):
+        pipe.stream(PROMPT_A, mode="video")
+    with pytest.raises(UserError, match="steps"):
+        pipe.stream(PROMPT_A, steps=0)
+    with pytest.raises(UserError, match="seed"):
+        pipe.stream(PROMPT_A, seed=-1)
+
+
+def test_unbounded_stream_holds_bounded_state(tmp_path):
+    pipe = load(tmp_path, sink_frames=1, window_frames=4)
+    stream = pipe.stream(PROMPT_A, mode="frame")  # no num_frames: never ends by itself
+    sizes = []
+    for frame in stream:
+        sizes.append(stream.state_nbytes())
+        if frame.index == 59:
+            stream.close()
+    assert len(sizes) == 60
+    assert sizes[10] == sizes[-1]  # constant once the window is full
+    per_frame = 2 * 2 * 16 * 32 * 4  # 2 layers x (keys, values) x 16 tokens x 32 dims, fp32
+    assert sizes[-1]["kv_cache"] == (1 + 4) * per_frame
+    assert sizes[-1]["history"] == 5 * 48 * 8 * 8 * 4  # the sink frame's chunk + the window's 4 frames
+
+
+def test_prompt_switch_rebuilds_the_cache_under_the_new_prompt(tmp_path):
+    """With no eviction, the chunk after a switch equals a block-causal forward over [history under B | new chunk]."""
+    pipe = load(tmp_path, solver="euler", steps=1, sink_frames=0, window_frames=16)
+    stream = pipe.stream(PROMPT_A, seed=5, num_frames=8)
+    frames = []
+    for frame in stream:
+        frames.append(frame.image)
+        if frame.index == 5:
+            stream.switch_prompt(PROMPT_B)
+            assert stream.prompt == PROMPT_A  # takes effect at the next chunk
+    assert stream.prompt == PROMPT_B
+    unswitched = frames_of(pipe.stream(PROMPT_A, seed=5, num_frames=8))
+    np.testing.assert_array_equal(np.stack(frames[:6]), unswitched[:6])
+    assert not np.array_equal(np.stack(frames[6:]), unswitched[6:])
+
+    noise = chunk_noise(pipe, 5, [2] * 4)
+    with torch.no_grad():
+        history = causal_sample(pipe.model, noise[:, :, :6], pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=1)
+        x = torch.cat([history, noise[:, :, 6:]], dim=2)  # (1, C, 8, h, w): clean history | new chunk at s = 1
+        t = torch.tensor([[0.0] * 6 + [1000.0] * 2])
+        v = pipe.model(x, t, pipe.encode_prompt(PROMPT_B), mask=masks.block_causal(4, 2, 16))
+        x0 = noise[:, :, 6:] - v[:, :, 6:]  # x0 = x_s - s v at s = 1
+    close_uint8(np.stack(frames[6:]), pipe.decode(x0))
+
+
+def test_bad_prompts_fail_clearly_and_the_stream_goes_on(tmp_path):
+    pipe = load(tmp_path)
+    with pytest.raises(UserError, match="'dragon'"):
+        pipe.stream("a red dragon")
+    stream = pipe.stream(PROMPT_A, num_frames=4)
+    next(stream)
+    with pytest.raises(UserError, match="'purple'"):
+        stream.switch_prompt("a purple circle")
+    assert [f.prompt for f in stream] == [PROMPT_A] * 3
+
+
+def test_world_model_actions(tmp_path):
+    pipe = load(tmp_path, num_actions=5)
+    up = frames_of(pipe.stream(PROMPT_A, num_frames=4, actions=lambda i: 1))
+    down = frames_of(pipe.stream(PROMPT_A, num_frames=4, actions=[2, 2, 2, 2]))
+    noop = frames_of(pipe.stream(PROMPT_A, num_frames=4))
+    np.testing.assert_array_equal(noop, frames_of(pipe.stream(PROMPT_A, num_frames=4, actions=[0] * 4)))
+    assert not np.array_equal(up, down) and not np.array_equal(up, noop)
+    with pytest.raises(UserError, match="action 7"):
+        list(pipe.stream(PROMPT_A, num_frames=2, actions=lambda i: 7))
+    with pytest.raises(UserError, match="ended at frame 2"):
+        list(pipe.stream(PROMPT_A, num_frames=4, actions=[1, 1]))
+    plain = load(tmp_path, name="plain")
+    with pytest.raises(UserError, match="not action-conditioned"):
+        plain.stream(PROMPT_A, actions=[1])
+
+
+def test_bidirectional_checkpoint_generates_its_training_length(tmp_path):
+    pipe = load(tmp_path, causal=False, solver="euler", steps=4, guidance=3.0)
+    video = pipe.generate(PROMPT_A, seed=2)
+    assert video.shape == (8, 32, 32, 3)
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn((1, *pipe.latent_shape(8)), generator=g)
+    with torch.no_grad():
+        ref = euler_sample(pipe.model, noise, pipe.encode_prompt(PROMPT_A), steps=4, shift=3.0, guidance=3.0,
+                           neg_context=pipe.encode_prompt(""))
+    close_uint8(video, pipe.decode(ref))
+    with pytest.raises(UserError, match="cannot stream"):
+        pipe.stream(PROMPT_A)
+    with pytest.raises(UserError, match="exactly its training length"):
+        pipe.generate(PROMPT_A, num_frames=16)
+    with pytest.raises(UserError, match="causal"):
+        pipe.generate(PROMPT_A, switches=[(4, PROMPT_B)])
+
+
+def test_generate_with_a_prompt_schedule(tmp_path):
+    pipe = load(tmp_path)
+    plain = pipe.generate(PROMPT_A, num_frames=10)
+    switched = pipe.generate(PROMPT_A, num_frames=10, switches=[(3, PROMPT_B)])  # from the chunk at frame 4
+    assert switched.shape == (10, 32, 32, 3)
+    np.testing.assert_array_equal(switched[:4], plain[:4])
+    assert not np.array_equal(switched[4:], plain[4:])
+    with pytest.raises(UserError, match="'dragon'"):
+        pipe.generate(PROMPT_A, switches=[(3, "a dragon")])
+
+
+def test_loading_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        StreamingPipeline.from_pretrained(tmp_path / "nowhere")
+    random_model(small_config(in_dim=48, out_dim=48, text_dim=16, text_len=16)).save_pretrained(tmp_path / "bare")
+    with pytest.raises(UserError, match="no 'pipeline' section"):
+        StreamingPipeline.from_pretrained(tmp_path / "bare")
+    random_model(small_config(text_dim=16, text_len=16)).save_pretrained(
+        tmp_path / "mismatch", pipeline=pipeline_section())
+    with pytest.raises(UserError, match="latent channels"):
+        StreamingPipeline.from_pretrained(tmp_path / "mismatch")

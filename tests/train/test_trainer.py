@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from causal_rcm.config import load_config
+from causal_rcm.errors import UserError
+
+FAST = [
+    "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64",
+    "train.batch_size=4", "train.eval_videos=2", "train.eval_steps=2", "train.log_every=1",
+    "train.progress=false", "optim.warmup_steps=2",
+]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "causal_rcm.cli", *args]
+
+
+def _losses(out_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss/student"] for r in records if "loss/student" in r]
+
+
+def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    args = ["train", "teacher", *FAST, "train.steps=16", "train.ckpt_every=4"]
+    full = tmp_path / "full"
+    subprocess.run(_cli(*args, f"train.out_dir={full}"), check=True, env=_env(), capture_output=True)
+
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(_cli(*args, f"train.out_dir={broken}"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (broken / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(broken / "checkpoint.pt", weights_only=False)["step"]
+    assert 4 <= step < 16
+    resumed = subprocess.run(_cli(*args, f"train.out_dir={broken}"), env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(full / "model" / "model.safetensors"), load_file(broken / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _losses(broken)[-1] == _losses(full)[-1]
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
+    args = ["train", "teacher", *FAST, "train.steps=4", "train.ckpt_every=100"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_cli(*args, f"train.out_dir={one}"), check=True, env=_env(), capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "causal_rcm.cli"]
+    result = subprocess.run(torchrun + args + [f"train.out_dir={two}"], env=_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((two / "train_report.json").read_text())
+    assert report["processes"] == 2
+    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=1e-4, atol=1e-6)
+    a, b = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5)
+
+
+def test_non_finite_losses_are_skipped_and_stop_the_run(tmp_path, monkeypatch):
+    from causal_rcm import train as train_pkg
+    from causal_rcm.distill.flow import TeacherRecipe
+
+    original = TeacherRecipe.losses
+
+    def poisoned(self, batch, rnd, step):
+        out = original(self, batch, rnd, step)
+        loss, metrics = out["student"]
+        return {"student": (loss * float("nan") if step >= 2 else loss, metrics)}
+
+    monkeypatch.setattr(TeacherRecipe, "losses", poisoned)
+    config = load_config("teacher", None, FAST + ["train.steps=10", "optim.max_bad_steps=3", f"train.out_dir={tmp_path}"])
+    from causal_rcm.train.trainer import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="3 consecutive steps with non-finite"):
+        train_pkg.train(config)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("nonfinite/student", 0) for r in records] == [0, 0, 1, 1, 1]
+    # the parameters never saw a NaN
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False) if (tmp_path / "checkpoint.pt").exists() else None
+    assert state is None or all(torch.isfinite(v).all() for v in state["models"]["student"].values())
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "nope"], "unknown recipe 'nope'"),
+        (["train", "teacher", "train.stepz=3"], "unknown config key 'train.stepz'"),
+        (["train", "teacher", "train.steps=abc"], "train.steps: cannot read 'abc' as int"),
+        (["train", "teacher", "steps"], "not of the form section.key=value"),
+        (["eval", "--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message):
+    result = subprocess.run(_cli(*args), env=_env(), capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_unwritable_output_is_reported(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        result = subprocess.run(_cli("train", "teacher", *FAST, f"train.out_dir={locked / 'run'}"), env=_env(), capture_output=True, text=True)
+        assert result.returncode == 2 and "is not writable" in result.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_config_overrides_and_print(tmp_path):
+    config = load_config("causal-teacher", None, ["optim.lr=2e-4", "data.agent=true", "model.num_layers=3"])
+    assert config.optim.lr == 2e-4 and config.data.agent is True and config.model.num_layers == 3
+    with pytest.raises(UserError, match="invalid model config"):
+        load_config("teacher", None, ["model.num_heads=5"])
+    resolved = tmp_path / "c.json"
+    result = subprocess.run(_cli("train", "teacher", "train.steps=7", "--print-config"), env=_env(), capture_output=True, text=True)
+    resolved.write_text(result.stdout)
+    again = load_config("teacher", resolved, [])
+    assert again.train.steps == 7
