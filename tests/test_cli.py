@@ -23,3 +23,20 @@ def test_unknown_command_fails_with_usage():
     result = subprocess.run(_console_script() + ["frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "No such command 'frobnicate'" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["attention", "jvp"])
+def test_gpu_benchmarks_say_they_need_a_gpu(name):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run")
+    result = subprocess.run(_console_script() + ["bench", name], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"bench {name} needs a CUDA GPU" in result.stderr
+
+
+def test_help_lists_every_command():
+    result = subprocess.run(_console_script() + ["--help"], capture_output=True, text=True)
+    for command in ("train", "eval", "generate", "serve", "convert", "bench"):
+        assert command in result.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import TrainingStopped, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -75,6 +75,22 @@ def _print_metrics(metrics: dict) -> None:
     click.echo(f"{'metric':<{width}}  value")
     for key, value in metrics.items():
         click.echo(f"{key:<{width}}  {value:.4f}")
+
+
+@cli.group()
+def bench() -> None:
+    """GPU benchmarks (JSON under benchmarks/results/): attention kernels, whole-model JVP."""
+
+
+def _register_benchmarks() -> None:
+    from .bench.attention import attention_command
+    from .bench.jvp import jvp_command
+
+    bench.add_command(attention_command)
+    bench.add_command(jvp_command)
+
+
+_register_benchmarks()
 
 
 @cli.command()
@@ -200,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except TrainingStopped as exc:
+        click.echo(f"training stopped: {exc}", err=True)
+        sys.exit(3)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
 

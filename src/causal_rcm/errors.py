@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not match the model configuration."""
+
+
+class TrainingStopped(Exception):
+    """A run stopped on purpose (e.g. repeated non-finite losses); its last checkpoint is intact."""

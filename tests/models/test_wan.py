@@ -226,3 +226,12 @@ def test_math_and_flex_backends_agree_on_model_gradients_gpu():
             grads[backend] = [p.grad.clone() for p in model.parameters()]
         for a, b in zip(grads["flex"], grads["math"]):
             torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_a_bf16_model_runs_without_autocast(model):
+    x, t, ctx = _inputs(2)
+    with torch.no_grad():
+        ref = model(x, t, ctx)
+        out = model.to(torch.bfloat16)(x, t, ctx)
+    assert out.dtype == x.dtype  # output in the input's dtype
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()

@@ -403,11 +403,12 @@ class CausalWanModel(nn.Module):
         h = h.flatten(3).permute(0, 2, 3, 1)  # (B, F, T, dim)
 
         # 2. per-frame time (+ action) embedding, kept in fp32
-        e = self.time_embedding(sinusoidal_embedding(t.flatten(), cfg.freq_dim).float()).float()
+        time_dtype = self.time_embedding[0].weight.dtype
+        e = self.time_embedding(sinusoidal_embedding(t.flatten(), cfg.freq_dim).to(time_dtype)).float()
         e = e.view(B, F_, cfg.dim)  # (B, F, dim)
         if actions is not None:
             e = e + self.action_embedding(actions).float()
-        e6 = self.time_projection(e).float().unflatten(-1, (6, cfg.dim))  # (B, F, 6, dim)
+        e6 = self.time_projection(e.to(time_dtype)).float().unflatten(-1, (6, cfg.dim))  # (B, F, 6, dim)
 
         # 3. text
         context = self.text_embedding(context)  # (B, L, dim)

@@ -57,7 +57,9 @@ def init_world(device_name: str) -> World:
 
 
 def shutdown(world: World) -> None:
+    """Leave the process group once every process is done (the main one may still be exporting)."""
     if world.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -88,8 +90,10 @@ class StepRandom:
     """Randomness of one training step, identical whatever the number of processes.
 
     Every draw is made for the *global* batch from a generator seeded by (seed, step, draw
-    index), and each process keeps its slice: 1 process and N processes see the same noise,
-    and a resumed run sees the same noise as an uninterrupted one.
+    index), and each process keeps its rows: 1 process and N processes see the same noise,
+    and a resumed run sees the same noise as an uninterrupted one. Rows are interleaved
+    (process r keeps rows r, r + N, ...) like the data's sharding, so that every sample gets
+    the same noise whatever the number of processes.
     """
 
     def __init__(self, seed: int, step: int, world: World) -> None:
@@ -103,8 +107,7 @@ class StepRandom:
     def _local(self, make, local_shape: tuple[int, ...]) -> torch.Tensor:
         global_shape = (local_shape[0] * self.world.size, *local_shape[1:])
         full = make(global_shape, self._generator())
-        start = self.world.rank * local_shape[0]
-        return full[start : start + local_shape[0]].to(self.world.device)
+        return full[self.world.rank :: self.world.size].to(self.world.device)
 
     def randn(self, *local_shape: int) -> torch.Tensor:
         return self._local(lambda s, g: torch.randn(s, generator=g), tuple(local_shape))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..config import Config, config_to_dict, save_config
-from ..errors import UserError
+from ..errors import TrainingStopped, UserError
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .ema import EMA
 from .parallel import StepRandom, World, all_reduce_mean, apply_fsdp, init_world, shutdown
@@ -71,8 +71,8 @@ class Recipe:
         save_checkpoint(self.config.model, student_state, path, "causal-rcm")
 
 
-class NonFiniteError(RuntimeError):
-    pass
+class NonFiniteError(TrainingStopped):
+    """Too many consecutive steps with non-finite losses or gradients."""
 
 
 class Trainer:
@@ -92,6 +92,8 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.history: list[dict] = []
+        self._elapsed_before = 0.0
+        self._start = time.perf_counter()
 
     # --------------------------------------------------------------- set-up
     def _setup(self) -> None:
@@ -133,6 +135,7 @@ class Trainer:
             "data": self.data.state_dict(),
             "rng": rng_state(),
             "history": self.history,
+            "train_seconds": self.elapsed(),
         }
 
     def save_checkpoint(self) -> None:
@@ -168,7 +171,17 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         self.step, self.bad_steps, self.history = state["step"], state["bad_steps"], state["history"]
+        self._elapsed_before = state.get("train_seconds", 0.0)
+        if self.world.is_main:  # drop log lines written after the checkpoint: they will be redone
+            log = self.out_dir / "metrics.jsonl"
+            if log.exists():
+                kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+                log.write_text("".join(line + "\n" for line in kept))
         return True
+
+    def elapsed(self) -> float:
+        """Training wall-clock seconds, over every resumed segment."""
+        return self._elapsed_before + time.perf_counter() - self._start
 
     # ------------------------------------------------------------------ loop
     def _lr(self) -> float:
@@ -188,7 +201,10 @@ class Trainer:
             if all_reduce_mean(finite, self.world).item() < 1.0:
                 logged[f"nonfinite/{group}"] = 1.0
                 continue
-            torch.autograd.backward(loss, inputs=params)
+            # A plain backward: under FSDP2 the graph holds all-gathered copies of the sharded
+            # parameters, so `inputs=params` would miss them. Other groups' stray gradients are
+            # cleared by their own zero_grad before their update.
+            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             if not torch.isfinite(grad_norm):
@@ -244,20 +260,12 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.config.recipe, unit="step", dynamic_ncols=True)
             if resumed:
                 bar.write(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
-        start, window = time.perf_counter(), []
+        self._start, window = time.perf_counter(), []
         try:
             while self.step < cfg.steps:
                 batch = self.data.next_batch()
                 logged = self._train_step(batch)
-                if any(k.startswith("nonfinite/") for k in logged):
-                    self.bad_steps += 1
-                    if self.bad_steps >= self.config.optim.max_bad_steps:
-                        raise NonFiniteError(
-                            f"{self.bad_steps} consecutive steps with non-finite losses or gradients at step {self.step}; "
-                            f"last checkpoint kept in {self.out_dir}"
-                        )
-                else:
-                    self.bad_steps = 0
+                self.bad_steps = self.bad_steps + 1 if any(k.startswith("nonfinite/") for k in logged) else 0
                 self.step += 1
                 window.append(logged)
                 if bar is not None:
@@ -266,7 +274,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     record = _mean_records(window)
-                    record.update(step=self.step, lr=self._lr(), time=time.perf_counter() - start)
+                    record.update(step=self.step, lr=self._lr(), time=self.elapsed())
                     window = []
                     self.history.append(record)
                     if log_file is not None:
@@ -276,6 +284,11 @@ class Trainer:
                             for k, v in record.items():
                                 if k != "step":
                                     writer.add_scalar(k, v, self.step)
+                if self.bad_steps >= self.config.optim.max_bad_steps:
+                    raise NonFiniteError(
+                        f"{self.bad_steps} consecutive steps with non-finite losses or gradients up to step {self.step}; "
+                        f"the last checkpoint is kept in {self.out_dir}"
+                    )
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                     self._log_eval(self.evaluate(), log_file, writer)
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
@@ -289,7 +302,7 @@ class Trainer:
                 "processes": self.world.size,
                 "device": str(self.world.device),
                 "precision": self.precision,
-                "train_seconds": time.perf_counter() - start,
+                "train_seconds": self.elapsed(),
                 "final": self.history[-1] if self.history else {},
                 "eval": final_eval,
             }
