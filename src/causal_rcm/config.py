@@ -49,6 +49,7 @@ class DataConfig:
     codec_scale: float = 1.92
     text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
+    workers: int = -1  # processes rendering batches ahead; -1 = auto (none on CPU, up to 8 beside a GPU)
     seed: int = 0
 
 

@@ -7,13 +7,15 @@ slice of the global batch on the training device, and its position is part of th
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from typing import Any
 
 import torch
 
 from .codec import PixelCodec
 from .oracle import ShapesOracle
-from .shapes import ShapesConfig, ShapesDataset
+from .shapes import ShapesConfig, ShapesDataset, collate
 from .text import ToyTextEncoder
 
 # Evaluation prompts come from a stream the training stream never reaches.
@@ -33,6 +35,11 @@ class ShapesWorld:
         self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
         self.oracle = ShapesOracle(self.shapes)
         self._empty: torch.Tensor | None = None
+        workers = data.workers if data.workers >= 0 else (0 if self.device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
+        # Samples depend only on their global index, so rendering them in other processes (one
+        # batch ahead) gives exactly the serial batches; the position counts consumed batches only.
+        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
+        self._pending = None
 
     # ------------------------------------------------------------ shapes
     def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
@@ -57,8 +64,27 @@ class ShapesWorld:
         return self._empty.expand(batch, -1, -1)
 
     # -------------------------------------------------------- data source
+    def _submit(self, position: int):
+        indices = [self.dataset.global_index(position + i) for i in range(self.local_batch)]
+        return position, self._pool.map_async(self.dataset.sample, indices)
+
+    def _next_raw(self) -> dict[str, Any]:
+        if self._pool is None:
+            return self.dataset.batch(self.local_batch)
+        if self._pending is None or self._pending[0] != self.dataset.position:
+            self._pending = self._submit(self.dataset.position)
+        items = self._pending[1].get()
+        self.dataset.position += self.local_batch
+        self._pending = self._submit(self.dataset.position)
+        return collate(items)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = self._pending = None
+
     def next_batch(self) -> dict[str, Any]:
-        raw = self.dataset.batch(self.local_batch)
+        raw = self._next_raw()
         batch = {
             "latents": self.codec.encode(raw["video"]).to(self.device),  # (B, C, F, h, w)
             "context": self.encode_text(raw["caption"]),

@@ -22,10 +22,13 @@ def train(config: Config, restart: bool = False) -> dict:
 
         config.model = load_checkpoint(config.train.init)[0]  # the student takes the checkpoint's architecture
     world = init_world(config.train.device)
+    data = None
     try:
         local_batch = config.train.batch_size // world.size
         data = ShapesWorld(config.data, config.model.text_dim, rank=world.rank, world_size=world.size, local_batch=local_batch, device=world.device)
         recipe = build_recipe(config, data)
         return Trainer(config, recipe, data, world=world).fit(restart=restart)
     finally:
+        if data is not None:
+            data.close()
         shutdown(world)
