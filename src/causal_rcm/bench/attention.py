@@ -18,12 +18,12 @@ Times are medians of ``triton.testing.do_bench`` in ms; TFLOP/s count only allow
 
 from __future__ import annotations
 
-import datetime
 import json
-import platform
 from pathlib import Path
 
 import click
+
+from . import environment
 
 TOKENS_PER_FRAME = 1560  # Wan2.1 at 480x832: (60 / 2) * (104 / 2)
 SEQ_LENS = (4680, 32760, 65520)
@@ -61,7 +61,6 @@ def run_attention_bench(
     """Time every method on every (S, mask); returns the JSON-able record."""
     import torch
     import torch.nn.functional as F
-    import triton
     from torch.nn.attention.flex_attention import flex_attention
     from triton.testing import do_bench
 
@@ -139,13 +138,7 @@ def run_attention_bench(
         torch.cuda.empty_cache()
 
     return {
-        "benchmark": "attention",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
+        **environment("attention", device),
         "shape": {"batch": batch, "heads": heads, "head_dim": head_dim, "dtype": dtype_name,
                   "tokens_per_frame": TOKENS_PER_FRAME},
         "rows": rows,

@@ -13,11 +13,11 @@ Reports ms (mean of a few runs after one warm-up) and peak GPU memory of each.
 
 from __future__ import annotations
 
-import datetime
-import platform
 from pathlib import Path
 
 import click
+
+from . import environment
 
 from .attention import write_result
 
@@ -48,7 +48,6 @@ def _measure(fn, repeats: int) -> tuple[float, float]:
 
 def run_jvp_bench(size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, repeats: int = 3, log=print) -> dict:
     import torch
-    import triton
 
     from ..models import masks
     from ..models.wan import CausalWanModel
@@ -93,13 +92,7 @@ def run_jvp_bench(size: str = "wan2.1-1.3b", height: int = 480, width: int = 832
     ratio = results["jvp_triton"]["ms"] / results["forward_triton"]["ms"]
     log(f"JVP / forward (triton): {ratio:.2f}x")
     return {
-        "benchmark": "jvp",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
+        **environment("jvp", device),
         "setup": {"size": size, "height": height, "width": width, "frames": frames, "seq_len": mask.seq_len_q,
                   "mask": "teacher_forcing", "density": mask.density(), "dtype": "bf16", "weights": "random"},
         "results": results,

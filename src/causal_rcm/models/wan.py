@@ -141,8 +141,8 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with q/k RMSNorm (across heads), 3D RoPE, a mask or a KV cache."""
+class _Projections(nn.Module):
+    """q, k, v, o projections with optional RMSNorm on q and k across heads (Wan's names)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -153,6 +153,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+
+class SelfAttention(_Projections):
+    """Multi-head self-attention with q/k RMSNorm (across heads), 3D RoPE, a mask or a KV cache."""
 
     def forward(
         self,
@@ -184,18 +188,8 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).flatten(2))  # (B, S, dim)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Attention from video tokens to text tokens (no RoPE, no mask)."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, backend: str) -> torch.Tensor:
         """x (B, S, dim), context (B, L, dim) -> (B, S, dim)."""
