@@ -91,7 +91,16 @@ class ObjectiveConfig:
     time_sampling: str = "logit_normal"  # uniform | logit_normal
     caption_dropout: float = 0.1  # probability of the empty prompt, for CFG
     guidance: float = 3.0  # CFG scale when sampling / distilling from a teacher
-    sample_steps: int = 4  # few-step sampler steps for students
+    sample_steps: int = 2  # few-step sampler steps of a distilled student (its export default)
+    student_steps: tuple[int, ...] = (1, 2, 4)  # few-step samplers evaluated for students
+    # Consistency distillation (tf-dcm, tf-scm, tf-meanflow)
+    jvp_backend: str = "auto"  # attention backend for network JVPs: auto (triton on CUDA, math on CPU) | math | triton
+    p_mean: float = -1.0  # sCM log-normal time proposal: log tan t ~ N(p_mean, p_std^2)
+    p_std: float = 1.4
+    tangent_warmup: int = 1000  # sCM tangent warm-up: r goes 0 -> 1 over these steps
+    tangent_norm: float = 0.1  # sCM tangent normalisation g / (||g|| + c)
+    dcm_intervals: int = 48  # dCM: teacher Euler steps on the shifted grid (du = 1/N)
+    meanflow_ratio: float = 0.25  # MeanFlow: fraction of samples with r != t
 
 
 @dataclass

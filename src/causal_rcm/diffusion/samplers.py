@@ -7,14 +7,17 @@ explicit strictly decreasing grid of flow-matching times ending at 0, used exact
 (``shift`` must then stay 1; convert TrigFlow times with
 :func:`~.conversions.trigflow_to_flow_time`). The network is evaluated at ``grid[:-1]``.
 
-Two update rules, selected by ``solver`` where a sampler offers both:
+Three update rules, selected by ``solver``:
 
 * ``"euler"``: ``x <- x + (s_next - s) v``, the probability-flow ODE (many-step teachers).
 * ``"consistency"``: ``x0 = x - s v``, then ``x <- (1 - s_next) x0 + s_next eps`` with fresh
   ``eps`` (multistep consistency sampling, Song et al. 2023, Alg. 1), for 1-4 step students.
   For a TrigFlow student ``x - s v`` *is* its consistency function ``cos t x_t - sin t F``.
+* ``"meanflow"``: ``x <- x + (s_next - s) u(x, r=s_next, s)`` (MeanFlow, Geng et al. 2025,
+  Eq. (12)): the network is called with ``interval = s - s_next`` (in network units) and
+  returns the average velocity over the step, so the jump is exact for a perfect model.
 
-Both land on ``x0`` at the last step (s_next = 0), so one step of either is the same.
+All land on ``x0`` at the last step (s_next = 0), so one step of euler and consistency is the same.
 
 Fresh noise is drawn on the data's device and dtype from ``generator`` (which must live on that
 device). The state keeps the noise's dtype: keep it float32 and run a bf16 network under
@@ -53,7 +56,7 @@ __all__ = [
     "causal_sample",
 ]
 
-SOLVERS = ("euler", "consistency")
+SOLVERS = ("euler", "consistency", "meanflow")
 Steps = int | Sequence[float] | torch.Tensor
 Callback = Callable[[dict[str, Any]], None]
 
@@ -76,7 +79,7 @@ def _net_time(s: float, x: torch.Tensor) -> torch.Tensor:
 
 
 def _integrate(
-    velocity: Callable[[torch.Tensor, float], torch.Tensor],
+    velocity: Callable[..., torch.Tensor],
     x: torch.Tensor,
     grid: torch.Tensor,
     *,
@@ -89,13 +92,13 @@ def _integrate(
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     for i in range(len(grid) - 1):
         s, s_next = float(grid[i]), float(grid[i + 1])
-        v = velocity(x, s)
+        v = velocity(x, s, s_next) if solver == "meanflow" else velocity(x, s)
         x0 = velocity_to_x0(v, x, s).to(x.dtype)
         if callback is not None:
             callback({"x": x, "i": i, "s": s, "s_next": s_next, "x0": x0})
         if s_next == 0:
             x = x0
-        elif solver == "euler":
+        elif solver in ("euler", "meanflow"):
             x = x + (s_next - s) * v
         else:
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -110,11 +113,12 @@ def _velocity_fn(
     neg_context: torch.Tensor | None,
     kv_caches: Sequence[Any] | None,
     model_kwargs: dict[str, Any],
-) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    def velocity(x: torch.Tensor, s: float) -> torch.Tensor:
+) -> Callable[..., torch.Tensor]:
+    def velocity(x: torch.Tensor, s: float, r: float | None = None) -> torch.Tensor:
+        kwargs = model_kwargs if r is None else {**model_kwargs, "interval": _net_time(s - r, x)}
         return guided_velocity(
             model, x, _net_time(s, x), context,
-            guidance=guidance, neg_context=neg_context, kv_caches=kv_caches, **model_kwargs,
+            guidance=guidance, neg_context=neg_context, kv_caches=kv_caches, **kwargs,
         )
 
     return velocity

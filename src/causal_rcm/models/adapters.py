@@ -397,6 +397,8 @@ def save_checkpoint(
         raise CheckpointError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if layout != "causal-rcm" and (config.num_actions or config.action_dim):
         raise CheckpointError(f"this model has action-conditioning weights, which the {layout} layout cannot hold")
+    if layout != "causal-rcm" and config.interval_embedding:
+        raise CheckpointError(f"this model has MeanFlow interval-embedding weights, which the {layout} layout cannot hold")
     if layout != "causal-rcm" and config.rope_theta != 10000.0:
         raise CheckpointError(f"the {layout} layout assumes rope_theta=10000, this model uses {config.rope_theta}")
     if path.exists() and path.is_file() and layout != "wan":

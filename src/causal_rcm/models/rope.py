@@ -54,9 +54,14 @@ def rope_angles(
     return angles.cos().float(), angles.sin().float()
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 if it is float64: the model's "fp32 math" never lowers precision."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs of x (B, S, H, D) by angles given as cos/sin (S, D/2); fp32 math."""
-    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, S, H, D/2, 2)
+    x_pairs = at_least_fp32(x).unflatten(-1, (-1, 2))  # (B, S, H, D/2, 2)
     x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

@@ -16,6 +16,10 @@ What is added for causal generation:
   themselves; ``update_cache=True`` commits their keys and values.
 * ``actions`` (B, F): per-frame action embeddings added to the time embedding, so the same
   adaLN path carries them (zero-initialised: a text-to-video model starts unchanged).
+* ``interval`` (B, F): for MeanFlow students (Geng et al. 2025), the length t - r of the
+  average-velocity interval, embedded like t by its own zero-initialised MLP and added to the
+  time embedding (MeanFlow conditions on (t, t - r)); ``interval = 0`` is the instantaneous
+  velocity, so a student made from a teacher starts as the teacher.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch import nn
 from .attention import attention, available_backends
 from .kv_cache import KVCache, LayerKVCache
 from .masks import BlockSparseMask
-from .rope import apply_rope, rope_angles
+from .rope import apply_rope, at_least_fp32, rope_angles
 
 __all__ = ["CausalWanConfig", "CausalWanModel", "PRESETS"]
 
@@ -58,6 +62,7 @@ class CausalWanConfig:
     max_frames: int = 1024  # temporal RoPE positions available (Wan: 1024)
     num_actions: int = 0  # discrete actions (embedding table); 0 = none
     action_dim: int = 0  # continuous actions (MLP); 0 = none
+    interval_embedding: bool = False  # MeanFlow's second time input t - r (zero-initialised)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(self.patch_size)
@@ -120,7 +125,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = at_least_fp32(x)
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
@@ -128,9 +133,10 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and cast back (Wan and diffusers do the same)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        x32 = at_least_fp32(x)
+        w = None if self.weight is None else self.weight.to(x32.dtype)
+        b = None if self.bias is None else self.bias.to(x32.dtype)
+        return F.layer_norm(x32, self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -218,18 +224,18 @@ class WanBlock(nn.Module):
     def forward(self, x, e, context, rope, mask, backend, cache, update_cache):
         """x (B, F, T, dim) tokens grouped by frame; e (B, F, 6, dim) fp32 per-frame modulation."""
         B, F_, T, dim = x.shape
-        mod = (self.modulation[None].float() + e).unsqueeze(3)  # (B, F, 6, 1, dim)
+        mod = (at_least_fp32(self.modulation[None]) + e).unsqueeze(3)  # (B, F, 6, 1, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # each (B, F, 1, dim)
 
         # 1. self-attention
-        h = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).to(x.dtype)
+        h = (at_least_fp32(self.norm1(x)) * (1 + scale_sa) + shift_sa).to(x.dtype)
         y = self.self_attn(h.flatten(1, 2), rope, mask, backend, cache, update_cache, F_).view(B, F_, T, dim)
-        x = (x.float() + y.float() * gate_sa).to(x.dtype)
+        x = (at_least_fp32(x) + at_least_fp32(y) * gate_sa).to(x.dtype)
         # 2. cross-attention
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), context, backend).view(B, F_, T, dim)
         # 3. feed-forward
-        h = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).to(x.dtype)
-        x = (x.float() + self.ffn(h).float() * gate_ff).to(x.dtype)
+        h = (at_least_fp32(self.norm2(x)) * (1 + scale_ff) + shift_ff).to(x.dtype)
+        x = (at_least_fp32(x) + at_least_fp32(self.ffn(h)) * gate_ff).to(x.dtype)
         return x
 
 
@@ -242,8 +248,8 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x (B, F, T, dim), e (B, F, dim) fp32 -> (B, F, T, out_dim * prod(patch))."""
-        shift, scale = (self.modulation[None].float() + e[:, :, None]).unsqueeze(3).unbind(2)  # (B, F, 1, dim)
-        return self.head((self.norm(x).float() * (1 + scale) + shift).to(x.dtype))
+        shift, scale = (at_least_fp32(self.modulation[None]) + e[:, :, None]).unsqueeze(3).unbind(2)  # (B, F, 1, dim)
+        return self.head((at_least_fp32(self.norm(x)) * (1 + scale) + shift).to(x.dtype))
 
 
 # --------------------------------------------------------------------------- model
@@ -272,6 +278,10 @@ class CausalWanModel(nn.Module):
             )
         else:
             self.action_embedding = None
+        self.interval_embedding = (
+            nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+            if cfg.interval_embedding else None
+        )
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self.init_weights()
@@ -303,6 +313,9 @@ class CausalWanModel(nn.Module):
         if self.action_embedding is not None:
             last = self.action_embedding if self.config.num_actions else self.action_embedding[-1]
             nn.init.zeros_(last.weight)
+        if self.interval_embedding is not None:
+            nn.init.normal_(self.interval_embedding[0].weight, std=0.02)
+            nn.init.zeros_(self.interval_embedding[-1].weight)
 
     def new_kv_cache(self, sink_frames: int = 0, window_frames: int | None = None) -> KVCache:
         """An empty cache for streaming (see ``kv_cache.py`` for the position design)."""
@@ -330,7 +343,7 @@ class CausalWanModel(nn.Module):
         return save_checkpoint(self.config, self.state_dict(), path, layout, pipeline)
 
     # --------------------------------------------------------------- forward
-    def _check_inputs(self, x, t, context, mask, kv_cache, update_cache, actions):
+    def _check_inputs(self, x, t, context, mask, kv_cache, update_cache, actions, interval=None):
         cfg = self.config
         if x.ndim != 5 or x.shape[1] != cfg.in_dim:
             raise ValueError(f"x must be (B, {cfg.in_dim}, F, H, W), got {tuple(x.shape)}")
@@ -357,7 +370,14 @@ class CausalWanModel(nn.Module):
             expected = (B, F_) if cfg.num_actions else (B, F_, cfg.action_dim)
             if tuple(actions.shape) != expected:
                 raise ValueError(f"actions must have shape {expected}, got {tuple(actions.shape)}")
-        return t, tpf
+        if interval is not None:
+            if self.interval_embedding is None:
+                raise ValueError("this model has no interval conditioning (config interval_embedding is off)")
+            if interval.ndim == 1:
+                interval = interval[:, None].expand(B, F_)
+            if interval.shape != (B, F_):
+                raise ValueError(f"interval must be (B, F) = ({B}, {F_}), got {tuple(interval.shape)}")
+        return t, tpf, interval
 
     def forward(
         self,
@@ -369,6 +389,7 @@ class CausalWanModel(nn.Module):
         kv_cache: KVCache | None = None,
         update_cache: bool = False,
         actions: torch.Tensor | None = None,
+        interval: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw network output for latents ``x``.
 
@@ -380,11 +401,13 @@ class CausalWanModel(nn.Module):
             kv_cache: stream state; the frames attend to the cached frames and to each other.
             update_cache: commit these frames' keys/values to ``kv_cache`` (the t=0 refresh).
             actions: (B, F) long for discrete actions, (B, F, action_dim) for continuous.
+            interval: (B, F) MeanFlow interval t - r in t's units (models with ``interval_embedding``);
+                None = 0, the instantaneous velocity.
         Returns:
             (B, out_dim, F, H, W).
         """
         cfg = self.config
-        t, tpf = self._check_inputs(x, t, context, mask, kv_cache, update_cache, actions)
+        t, tpf, interval = self._check_inputs(x, t, context, mask, kv_cache, update_cache, actions, interval)
         B, _, F_, H, W = x.shape
         _, ph, pw = cfg.patch_size
         gh, gw = H // ph, W // pw
@@ -398,11 +421,14 @@ class CausalWanModel(nn.Module):
 
         # 2. per-frame time (+ action) embedding, kept in fp32
         time_dtype = self.time_embedding[0].weight.dtype
-        e = self.time_embedding(sinusoidal_embedding(t.flatten(), cfg.freq_dim).to(time_dtype)).float()
+        e = at_least_fp32(self.time_embedding(sinusoidal_embedding(t.flatten(), cfg.freq_dim).to(time_dtype)))
         e = e.view(B, F_, cfg.dim)  # (B, F, dim)
         if actions is not None:
-            e = e + self.action_embedding(actions).float()
-        e6 = self.time_projection(e.to(time_dtype)).float().unflatten(-1, (6, cfg.dim))  # (B, F, 6, dim)
+            e = e + at_least_fp32(self.action_embedding(actions))
+        if interval is not None:
+            h_emb = sinusoidal_embedding(interval.flatten(), cfg.freq_dim).to(time_dtype)
+            e = e + at_least_fp32(self.interval_embedding(h_emb)).view(B, F_, cfg.dim)
+        e6 = at_least_fp32(self.time_projection(e.to(time_dtype))).unflatten(-1, (6, cfg.dim))  # (B, F, 6, dim)
 
         # 3. text
         context = self.text_embedding(context)  # (B, L, dim)

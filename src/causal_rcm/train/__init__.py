@@ -11,7 +11,7 @@ __all__ = ["Recipe", "Trainer", "train"]
 def train(config: Config, restart: bool = False) -> dict:
     """Run ``config.recipe`` on its data world; under torchrun every process calls this."""
     from ..data.embedded import ShapesWorld
-    from ..distill import build_recipe
+    from ..distill import build_recipe, recipe_class
     from ..errors import UserError
     from .parallel import init_world, shutdown
 
@@ -21,6 +21,7 @@ def train(config: Config, restart: bool = False) -> dict:
         from ..models.adapters import load_checkpoint
 
         config.model = load_checkpoint(config.train.init)[0]  # the student takes the checkpoint's architecture
+    recipe_class(config.recipe).prepare(config)
     world = init_world(config.train.device)
     data = None
     try:

@@ -47,6 +47,14 @@ class Recipe:
     def __init__(self, config: Config) -> None:
         self.config = config
 
+    @classmethod
+    def prepare(cls, config: Config) -> None:
+        """Resolve and check ``config`` in place before any process, data or model is set up.
+
+        A recipe raises :class:`UserError` here for settings it cannot run with, so a bad
+        config fails at start rather than mid-run.
+        """
+
     def build(self, device: torch.device) -> None:
         raise NotImplementedError
 

@@ -1,0 +1,234 @@
+"""What the teacher-forcing consistency-distillation recipes share (tf-dcm, tf-scm, tf-meanflow).
+
+Every recipe trains on the sequence ``[clean chunks | noisy chunks]`` under the
+``teacher_forcing`` mask (noisy chunk i attends to the clean chunks before it and to itself,
+with the clean chunk's RoPE positions): the clean context sits at t = 0, each noisy chunk at its
+own time, and the loss is on the noisy tokens only. The frozen teacher is a causal teacher
+(``causal-rcm train causal-teacher``) evaluated on the same sequence with classifier-free
+guidance, so its CFG is distilled into the student, which then samples with guidance 1. The
+student starts from the teacher's weights unless ``train.init`` names another checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..diffusion.guidance import guided_velocity
+from ..errors import UserError
+from ..eval.shapes import SamplerSpec, evaluate_model
+from ..models import masks
+from ..models.wan import CausalWanModel
+from ..train.parallel import StepRandom
+from .flow import DenoisingRecipe
+
+JVP_BACKENDS = ("math", "triton")
+
+
+def resolve_jvp_backend(config: Config) -> str:
+    """The attention backend for network JVPs: ``objective.jvp_backend`` checked against the device.
+
+    Only ``math`` (pure torch) and ``triton`` (our fused masked JVP kernel) have forward-mode
+    rules: SDPA and FlexAttention fail under ``torch.func.jvp``.
+    """
+    from ..train.parallel import resolve_device
+
+    name = config.objective.jvp_backend
+    device = resolve_device(config.train.device)
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "math"
+    if name not in JVP_BACKENDS:
+        raise UserError(
+            f"{config.recipe} needs a JVP through attention, which objective.jvp_backend={name!r} cannot do; "
+            f"use one of {', '.join(JVP_BACKENDS)} (or auto: triton on CUDA, math on CPU)"
+        )
+    if name == "triton" and device.type != "cuda":
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise UserError(
+                "objective.jvp_backend=triton needs a CUDA device (or TRITON_INTERPRET=1 for a slow CPU check); "
+                "use objective.jvp_backend=math on the CPU"
+            )
+    return name
+
+
+@contextmanager
+def attention_backend(model: nn.Module, name: str) -> Iterator[None]:
+    """Run ``model`` (a CausalWanModel, possibly FSDP-wrapped) with another attention backend."""
+    previous = model.attn_backend
+    model.attn_backend = name
+    try:
+        yield
+    finally:
+        model.attn_backend = previous
+
+
+def chunk_norm(x: torch.Tensor, frames_per_chunk: int) -> torch.Tensor:
+    """L2 norm of each chunk of each sample: (B, C, F, H, W) -> (B, 1, F, 1, 1), repeated over the chunk's frames."""
+    B, C, F, H, W = x.shape
+    norms = x.float().reshape(B, C, F // frames_per_chunk, frames_per_chunk, H, W).square().sum(dim=(1, 3, 4, 5)).sqrt()
+    return norms.repeat_interleave(frames_per_chunk, dim=1)[:, None, :, None, None]
+
+
+def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: samples whose every value in every tensor is finite."""
+    ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        ok &= torch.isfinite(t).flatten(1).all(dim=1)
+    return ok
+
+
+def masked_mean(per_sample: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_sample`` (B,) over ``keep``; 0 with a graph when nothing is kept."""
+    per_sample = torch.where(keep, per_sample, torch.zeros_like(per_sample))
+    return per_sample.sum() / keep.sum().clamp(min=1)
+
+
+class TFDistillRecipe(DenoisingRecipe):
+    """Base of the teacher-forcing distillation recipes: teacher, student, TF sequences, few-step evaluation."""
+
+    causal = True
+    needs_jvp = False
+    solver = "consistency"  # the student's few-step sampler
+    student_overrides: dict = {}  # model-config changes from the teacher to the student
+
+    @classmethod
+    def prepare(cls, config: Config) -> None:
+        from ..models.adapters import load_checkpoint, read_pipeline_config
+
+        if not config.train.teacher:
+            raise UserError(
+                f"{config.recipe} distils a causal teacher: set train.teacher=PATH "
+                "(the model folder written by `causal-rcm train causal-teacher`)"
+            )
+        pipeline = read_pipeline_config(config.train.teacher) if Path(config.train.teacher).exists() else {}
+        if pipeline and not pipeline.get("causal", False):
+            raise UserError(
+                f"train.teacher={config.train.teacher} is a bidirectional model; teacher-forcing distillation "
+                "needs a causal teacher (`causal-rcm train causal-teacher`, initialised from the bidirectional one)"
+            )
+        if pipeline and pipeline.get("frames_per_chunk", config.data.frames_per_chunk) != config.data.frames_per_chunk:
+            raise UserError(
+                f"the teacher was trained with {pipeline['frames_per_chunk']} frames per chunk, "
+                f"data.frames_per_chunk={config.data.frames_per_chunk}; set them equal"
+            )
+        if not config.train.init:
+            config.model = load_checkpoint(config.train.teacher)[0]  # the student takes the teacher's architecture
+        config.model = dataclasses.replace(config.model, **cls.student_overrides)
+        if config.data.num_frames % config.data.frames_per_chunk:
+            raise UserError(
+                f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
+            )
+        for k in (*config.objective.student_steps, config.objective.sample_steps):
+            if k < 1:
+                raise UserError(f"student sampling steps must be >= 1, got {k}")
+        if cls.needs_jvp:
+            config.objective.jvp_backend = resolve_jvp_backend(config)
+
+    def build(self, device: torch.device) -> None:
+        self.device = device
+        self.teacher = self.load_model(self.config.train.teacher).to(device).eval().requires_grad_(False)
+        if self.config.train.init:
+            self.student = self.load_model(self.config.train.init)
+        else:
+            self.student = self.student_from_teacher()
+        self.student = self.student.to(device).train()
+
+    def student_from_teacher(self) -> CausalWanModel:
+        """The student architecture (``config.model``) with the teacher's weights; new parts keep their init."""
+        student = CausalWanModel(self.config.model, attn_backend=self.config.attn_backend)
+        missing, unexpected = student.load_state_dict(self.teacher.state_dict(), strict=False)
+        new = {name for name, _ in student.named_parameters() if any(name.startswith(p) for p in self.new_parameters())}
+        if unexpected or set(missing) - new:
+            raise UserError(
+                f"the student ({self.config.recipe}) does not fit the teacher's weights: "
+                f"missing {sorted(set(missing) - new)[:3]}, unexpected {sorted(unexpected)[:3]}"
+            )
+        return student
+
+    def new_parameters(self) -> tuple[str, ...]:
+        """Name prefixes of student parameters the teacher does not have."""
+        return ()
+
+    # ------------------------------------------------------------ sequences
+    def frames_per_chunk(self) -> int:
+        return self.config.data.frames_per_chunk
+
+    def tf_mask(self) -> masks.BlockSparseMask:
+        return masks.teacher_forcing(self.num_chunks(), self.frames_per_chunk(), self.tokens_per_frame())
+
+    def per_chunk(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, chunks) -> (B, F): each chunk's value on each of its frames."""
+        return values.repeat_interleave(self.frames_per_chunk(), dim=1)
+
+    @staticmethod
+    def tf_sequence(x0: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        """``[clean | noisy]`` along frames: (B, C, 2F, H, W)."""
+        return torch.cat([x0, noisy], dim=2)
+
+    @staticmethod
+    def tf_times(t_noisy: torch.Tensor) -> torch.Tensor:
+        """``[0 | t]``: (B, 2F), the clean half at t = 0."""
+        return torch.cat([torch.zeros_like(t_noisy), t_noisy], dim=1)
+
+    def teacher_velocity(self, x0: torch.Tensor, x_s: torch.Tensor, s: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The teacher's CFG velocity on the noisy half of ``[x0 | x_s]`` at flow times s (B, F); no gradient."""
+        F = x0.shape[2]
+        context = batch["context"]
+        with torch.no_grad():
+            v = guided_velocity(
+                self.teacher, self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), context,
+                guidance=self.config.objective.guidance, neg_context=self.world.empty_context(context.shape[0]),
+                mask=self.tf_mask(), **self.tf_actions(batch),
+            )
+        return v[:, :, F:].float()
+
+    @staticmethod
+    def tf_actions(batch: dict) -> dict:
+        actions = batch.get("actions")
+        return {} if actions is None else {"actions": torch.cat([actions, actions], dim=1)}
+
+    # ---------------------------------------------------------- evaluation
+    def sampler_spec(self, steps: int | None = None) -> SamplerSpec:
+        obj, data = self.config.objective, self.config.data
+        return SamplerSpec(
+            causal=True, steps=steps or obj.sample_steps, solver=self.solver, shift=obj.shift, guidance=1.0,
+            frames_per_chunk=data.frames_per_chunk, window_frames=data.num_frames,
+        )
+
+    def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Oracle metrics of 1-, 2- and 4-step sampling (``objective.student_steps``), keys ``{k}step/...``.
+
+        The export default (``objective.sample_steps``) also reports drift on 4x-length rollouts
+        and is repeated without prefix.
+        """
+        obj = self.config.objective
+        metrics: dict[str, float] = {}
+        for k in sorted(set(obj.student_steps) | {obj.sample_steps}):
+            main = k == obj.sample_steps
+            result = evaluate_model(
+                student, self.world, self.sampler_spec(k), n=self.config.train.eval_videos,
+                out_dir=out_dir / "samples" if main else None, tag=f"step{step:06d}_{k}step",
+                drift_factor=4 if main else 0,
+            )
+            if k in obj.student_steps:
+                metrics.update({f"{k}step/{key}": value for key, value in result.items()})
+            if main:
+                metrics.update(result)
+        return metrics
+
+
+def log_normal_trigflow_time(rnd: StepRandom, batch: int, chunks: int, p_mean: float, p_std: float) -> torch.Tensor:
+    """sCM's proposal (Lu & Song 2024): ``t = arctan(exp(tau))``, tau ~ N(p_mean, p_std^2), per chunk (B, chunks).
+
+    Clamped to [1e-3, pi/2 - 1e-4] so that the conversions stay finite.
+    """
+    tau = p_mean + p_std * rnd.randn(batch, chunks)
+    return torch.atan(torch.exp(tau)).clamp(1e-3, torch.pi / 2 - 1e-4)

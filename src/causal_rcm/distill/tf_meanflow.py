@@ -1,0 +1,105 @@
+"""TF-MeanFlow: MeanFlow distillation (Geng et al. 2025) under teacher forcing.
+
+The student predicts the average velocity u(z_s, r, s) = 1 / (s - r) int_r^s v(z_tau, tau) dtau
+over [r, s] (flow-matching times, s = 1 is noise), conditioned on s and on the interval s - r
+through a zero-initialised embedding (``interval_embedding``; at r = s, u is the velocity, so
+the student starts as the teacher). The MeanFlow identity (their Eq. (6)),
+
+    u(z_s, r, s) = v(z_s, s) - (s - r) d/ds u(z_s, r, s),   d/ds u = JVP of u along (v, 0, 1) in (z, r, s),
+
+gives the regression target u_tgt = sg(v - (s - r) du/ds) (their Eq. (10)), with v the
+teacher's CFG velocity (distillation) and the JVP taken through the whole network under
+``no_grad``. (s, r): two logit-normal shifted times, s the larger; with probability
+1 - ``objective.meanflow_ratio`` r = s (the flow-matching loss on the teacher's velocity).
+Sampling is the jump z_r = z_s - (s - r) u(z_s, r, s) (solver ``meanflow``).
+
+Teacher forcing: [clean | noisy] sequences, the clean half at t = 0 with interval 0 and zero
+tangents; each noisy chunk has its own (r, s); the loss is on the noisy tokens. Samples with a
+non-finite target are dropped and counted. Adaptive loss weighting is not used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Config, register_recipe
+from ..diffusion.conversions import expand_time
+from ..diffusion.schedules import shift_time
+from .teacher_forcing import TFDistillRecipe, attention_backend, finite_rows, masked_mean
+
+
+def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """MeanFlow's target v - (s - r) du/ds (float32), du/ds = JVP of ``u_fn(z, s)`` (r fixed inside) along (v, 1).
+
+    Args: z (B, C, F, H, W); s, r (B, F) flow-matching times; v like z, the instantaneous
+    velocity at (z, s). For the true average velocity the target equals u itself.
+    Call under ``no_grad`` with an attention backend that has a JVP.
+    """
+    _, dudt = torch.func.jvp(u_fn, (z, s), (v.to(z.dtype), torch.ones_like(s)))
+    return v.float() - expand_time(s - r, z) * dudt.float()
+
+
+@register_recipe("tf-meanflow")
+def tf_meanflow_config() -> Config:
+    config = Config(recipe="tf-meanflow")
+    config.data.frames_per_chunk = 2
+    config.train.steps = 2000
+    config.train.batch_size = 32
+    config.train.eval_every = 500
+    config.optim.lr = 2e-5
+    config.optim.warmup_steps = 0
+    config.optim.ema_decay = 0.99
+    return config
+
+
+class TFMeanFlowRecipe(TFDistillRecipe):
+    name = "tf-meanflow"
+    needs_jvp = True
+    solver = "meanflow"
+    student_overrides = {"interval_embedding": True}
+
+    def new_parameters(self) -> tuple[str, ...]:
+        return ("interval_embedding.",)
+
+    def sample_times(self, rnd, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, s) per chunk (B, chunks): two shifted logit-normal times sorted, r = s for a 1 - ratio share."""
+        obj = self.config.objective
+        chunks = self.num_chunks()
+        a = shift_time(torch.sigmoid(rnd.randn(batch, chunks)), obj.shift)
+        b = shift_time(torch.sigmoid(rnd.randn(batch, chunks)), obj.shift)
+        s, r = torch.maximum(a, b).clamp(1e-4, 1.0), torch.minimum(a, b)
+        equal = rnd.rand(batch, chunks) >= obj.meanflow_ratio
+        return torch.where(equal, s, r), s
+
+    def losses(self, batch, rnd, step):
+        obj = self.config.objective
+        x0 = batch["latents"]
+        B, _, F, _, _ = x0.shape
+        context = batch["context"]
+        r, s = (self.per_chunk(v) for v in self.sample_times(rnd, B))  # (B, F)
+        eps = rnd.randn_like(x0)
+        z = (1 - expand_time(s, x0)) * x0 + expand_time(s, x0) * eps
+        v = self.teacher_velocity(x0, z, s, batch)  # (B, C, F, h, w), float32
+
+        mask, actions = self.tf_mask(), self.tf_actions(batch)
+
+        def u_noisy(z_noisy: torch.Tensor, s_noisy: torch.Tensor) -> torch.Tensor:
+            out = self.student(
+                self.tf_sequence(x0, z_noisy), 1000 * self.tf_times(s_noisy), context, mask=mask,
+                interval=1000 * self.tf_times(s_noisy - r), **actions,
+            )
+            return out[:, :, F:]
+
+        with torch.no_grad(), attention_backend(self.student, obj.jvp_backend):
+            target = meanflow_target(u_noisy, z, s, r, v)
+        keep = finite_rows(target)
+        target = torch.where(keep[:, None, None, None, None], target, torch.zeros_like(target)).detach()
+        u = u_noisy(z, s).float()
+        per_sample = (u - target).square().flatten(1).mean(dim=1)
+        loss = masked_mean(per_sample, keep)
+        metrics = {
+            "mean_interval": float((s - r).mean()),
+            "teacher_gap": float((u.detach() - v)[keep].square().mean()) if keep.any() else float("nan"),
+            "nonfinite_samples": float((~keep).sum()),
+        }
+        return {"student": (loss, metrics)}

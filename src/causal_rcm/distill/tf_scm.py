@@ -1,0 +1,120 @@
+"""TF-sCM: continuous-time consistency distillation (sCM, Lu & Song 2024; rCM) under teacher forcing.
+
+In TrigFlow (sigma_d = 1), x_t = cos t x0 + sin t eps, the student F_theta is the TrigFlow
+wrapper of the flow-matching network (:class:`~causal_rcm.models.precond.TrigFlowWrapper`) and
+its consistency function is f = cos t x_t - sin t F_theta. The distillation loss
+(sCM, Eq. (8) with the tangent of their Algorithm 1):
+
+    dx_t/dt = F_teacher(x_t, t)                                 (teacher PF-ODE, with CFG)
+    cos t sin t dF^-/dt = JVP of F_theta^- along (cos t sin t dx_t/dt, cos t sin t)
+    g = -cos^2 t (F^- - dx_t/dt) - r (cos t sin t x_t + cos t sin t dF^-/dt)
+    g <- g / (||g|| + c)                                         (tangent normalisation)
+    L = || F_theta - F^- - g ||^2                                (F^- = stop-grad F_theta)
+
+with the tangent warm-up r going 0 -> 1 over ``objective.tangent_warmup`` steps and the
+scaling of the JVP tangents by cos t sin t (rCM), which keeps them bounded near t = pi/2. The
+JVP runs under ``no_grad`` through the whole network with ``objective.jvp_backend`` (our
+fused masked Triton kernel on GPU, the math reference on CPU).
+
+Teacher forcing: the sequence is [clean | noisy] with the clean half at t = 0 and held fixed
+(zero tangent), each noisy chunk at its own t; the loss is on the noisy tokens. ``||g||`` is
+taken per sample and chunk (a chunk is the unit that shares a time). Samples whose tangent
+or teacher output is not finite are dropped from the loss and counted (``nonfinite_samples``).
+Adaptive loss weighting (sCM's w(t) network) is not used: uniform weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Config, register_recipe
+from ..diffusion.conversions import expand_time, trigflow_to_flow_time, velocity_to_trigflow
+from ..models.precond import TrigFlowWrapper
+from .teacher_forcing import TFDistillRecipe, attention_backend, chunk_norm, finite_rows, log_normal_trigflow_time, masked_mean
+
+
+def scm_tangent(F_fn, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F, cos t sin t dF/dt)`` in float32: the JVP of ``F_fn(x_t, t)`` along (cos t sin t dx_t/dt, cos t sin t).
+
+    dF/dt is the total derivative of F(x_t, t) along the teacher's PF-ODE trajectory through
+    (x_t, t), whose tangent is dx_t/dt; scaling both tangents by cos t sin t (rCM) gives
+    cos t sin t dF/dt directly and keeps it bounded. Args: x_t (B, C, F, H, W); t (B, F); dxdt like x_t.
+    Call under ``no_grad`` with an attention backend that has a JVP.
+    """
+    cs = torch.cos(t) * torch.sin(t)
+    tangents = ((expand_time(cs, x_t) * dxdt).to(x_t.dtype), cs.to(t.dtype))
+    F, cs_dFdt = torch.func.jvp(F_fn, (x_t, t), tangents)
+    return F.float(), cs_dFdt.float()
+
+
+def scm_direction(
+    F_minus: torch.Tensor, cs_dFdt: torch.Tensor, dxdt: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+    *, r: float, c: float, frames_per_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sCM's normalised update direction g / (||g|| + c) and ||g|| (per sample and chunk), see the module docstring."""
+    t_ = expand_time(t, x_t)
+    g = -torch.cos(t_).square() * (F_minus - dxdt) - r * (torch.cos(t_) * torch.sin(t_) * x_t + cs_dFdt)
+    norm = chunk_norm(g, frames_per_chunk)
+    return g / (norm + c), norm
+
+
+@register_recipe("tf-scm")
+def tf_scm_config() -> Config:
+    config = Config(recipe="tf-scm")
+    config.data.frames_per_chunk = 2
+    config.train.steps = 2000
+    config.train.batch_size = 32
+    config.train.eval_every = 500
+    config.optim.lr = 2e-5
+    config.optim.warmup_steps = 0
+    config.optim.ema_decay = 0.99
+    config.objective.tangent_warmup = 500
+    return config
+
+
+class TFSCMRecipe(TFDistillRecipe):
+    name = "tf-scm"
+    needs_jvp = True
+    solver = "consistency"
+
+    def losses(self, batch, rnd, step):
+        obj = self.config.objective
+        x0 = batch["latents"]  # (B, C, F, h, w)
+        B, _, F, _, _ = x0.shape
+        context = batch["context"]
+        t = self.per_chunk(log_normal_trigflow_time(rnd, B, self.num_chunks(), obj.p_mean, obj.p_std))  # (B, F)
+        eps = rnd.randn_like(x0)
+        t_ = expand_time(t, x0)
+        x_t = torch.cos(t_) * x0 + torch.sin(t_) * eps
+
+        # Teacher PF-ODE tangent dx_t/dt = F_teacher, from its CFG velocity at the flow-matching point.
+        s = trigflow_to_flow_time(t)
+        x_s = (x_t / (torch.cos(t_) + torch.sin(t_))).to(x0.dtype)
+        dxdt = velocity_to_trigflow(self.teacher_velocity(x0, x_s, s, batch), x_t, t)
+
+        student = TrigFlowWrapper(self.student)
+        mask, actions = self.tf_mask(), self.tf_actions(batch)
+
+        def F_noisy(x_noisy: torch.Tensor, t_noisy: torch.Tensor) -> torch.Tensor:
+            X = self.tf_sequence(x0, x_noisy)
+            T = self.tf_times(t_noisy)
+            return student(X, T, context, mask=mask, **actions)[:, :, F:]
+
+        with torch.no_grad(), attention_backend(self.student, obj.jvp_backend):
+            F_minus, cs_dFdt = scm_tangent(F_noisy, x_t, t, dxdt)
+        r = min(1.0, step / obj.tangent_warmup) if obj.tangent_warmup > 0 else 1.0
+        g, g_norm = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=r, c=obj.tangent_norm, frames_per_chunk=self.frames_per_chunk())
+
+        keep = finite_rows(g, dxdt, F_minus)
+        g = torch.where(keep[:, None, None, None, None], g, torch.zeros_like(g))
+        F_theta = F_noisy(x_t, t).float()
+        target = (F_minus + g).detach()
+        per_sample = (F_theta - target).square().flatten(1).mean(dim=1)
+        loss = masked_mean(per_sample, keep)
+        metrics = {
+            "tangent_r": r,
+            "g_norm": float(g_norm[keep].mean()) if keep.any() else float("nan"),
+            "teacher_gap": float((F_minus - dxdt)[keep].square().mean()) if keep.any() else float("nan"),
+            "nonfinite_samples": float((~keep).sum()),
+        }
+        return {"student": (loss, metrics)}

@@ -1,0 +1,141 @@
+"""The teacher-forcing consistency recipes end to end at toy size: train, export, sample; bad configs fail at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from causal_rcm.config import load_config
+from causal_rcm.models.wan import CausalWanModel
+from causal_rcm.train import train
+
+FAST = [
+    "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64",
+    "train.batch_size=4", "train.eval_videos=2", "train.eval_steps=2", "train.log_every=1",
+    "train.progress=false", "optim.warmup_steps=1", "data.num_frames=4", "data.frames_per_chunk=2",
+]
+RECIPES = {"tf-dcm": "consistency", "tf-scm": "consistency", "tf-meanflow": "meanflow"}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "causal_rcm.cli", *args], env=_env(), capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("teachers")
+    out = {}
+    for recipe in ("causal-teacher", "teacher"):
+        config = load_config(recipe, None, FAST + ["train.steps=2", f"train.out_dir={root / recipe}", "train.eval_steps=1"])
+        train(config, restart=True)
+        out[recipe] = root / recipe / "model"
+    return out
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_and_exports_a_few_step_student(recipe, teachers, tmp_path):
+    out = tmp_path / recipe
+    steps = (1, 2, 4) if recipe == "tf-scm" else (1,)  # evaluation dominates the cost: all three once
+    config = load_config(recipe, None, FAST + [
+        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}",
+        f"objective.student_steps={','.join(map(str, steps))}",
+    ])
+    summary = train(config, restart=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss/student"] for r in records if "loss/student" in r]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    for k in steps:
+        assert 0.0 <= summary["eval"][f"{k}step/caption_adherence"] <= 1.0
+    assert "long_drift" in summary["eval"]  # the export default (2 steps) is also rolled out 4x long
+    meta = json.loads((out / "model" / "config.json").read_text())
+    sampler = meta["pipeline"]["sampler"]
+    assert sampler["solver"] == RECIPES[recipe] and sampler["steps"] == 2 and sampler["guidance"] == 1.0
+    assert meta["pipeline"]["causal"] is True
+    assert meta["model"]["interval_embedding"] is (recipe == "tf-meanflow")
+
+
+def test_a_meanflow_student_generates_from_the_cli(teachers, tmp_path):
+    out = tmp_path / "mf"
+    config = load_config("tf-meanflow", None, FAST + ["train.steps=1", f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}", "objective.student_steps=1"])
+    train(config, restart=True)
+    video = tmp_path / "v.gif"
+    result = _cli("generate", "-c", str(out / "model"), "-p", "a red circle moves right", "--steps", "2", "--seconds", "1", "-o", str(video))
+    assert result.returncode == 0, result.stderr
+    assert video.stat().st_size > 0
+
+
+def test_a_meanflow_student_starts_as_its_teacher(teachers):
+    teacher = CausalWanModel.from_pretrained(teachers["causal-teacher"])
+    with torch.no_grad():  # a trained-looking head, so the outputs are not all zero
+        teacher.head.head.weight.normal_(0, 0.1)
+    import dataclasses
+
+    student = CausalWanModel(dataclasses.replace(teacher.config, interval_embedding=True))
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("interval_embedding.") for k in missing)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, teacher.config.in_dim, 2, 8, 8, generator=g)
+    t = torch.rand(2, 2, generator=g) * 1000
+    context = torch.randn(2, 4, teacher.config.text_dim, generator=g)
+    out = teacher(x, t, context)
+    assert out.abs().max() > 0
+    torch.testing.assert_close(student(x, t, context, interval=t / 2), out)
+    with torch.no_grad():
+        student.interval_embedding[-1].weight.normal_(0, 0.1)
+    assert not torch.allclose(student(x, t, context, interval=t / 2), out)
+
+
+def test_non_finite_samples_are_dropped_and_counted(teachers, tmp_path, monkeypatch):
+    from causal_rcm.distill.tf_scm import TFSCMRecipe
+
+    original = TFSCMRecipe.teacher_velocity
+
+    def broken(self, *args, **kwargs):
+        v = original(self, *args, **kwargs).clone()
+        v[0] = float("nan")
+        return v
+
+    monkeypatch.setattr(TFSCMRecipe, "teacher_velocity", broken)
+    out = tmp_path / "nan"
+    config = load_config("tf-scm", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}", "objective.student_steps=1", "train.eval_videos=1"])
+    train(config, restart=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss/student" in line]
+    assert all(r["student/nonfinite_samples"] == 1.0 for r in records)
+    assert all(torch.isfinite(torch.tensor(r["loss/student"])) for r in records)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["objective.jvp_backend=sdpa"], "tf-scm needs a JVP through attention, which objective.jvp_backend='sdpa' cannot do"),
+        (["objective.jvp_backend=flex"], "cannot do"),
+        (["objective.jvp_backend=triton", "train.device=cpu"], "jvp_backend=triton needs a CUDA device"),
+        (["train.teacher="], "tf-scm distils a causal teacher: set train.teacher=PATH"),
+        (["@teacher"], "is a bidirectional model"),
+        (["data.frames_per_chunk=1"], "the teacher was trained with 2 frames per chunk"),
+    ],
+)
+def test_config_errors_fail_at_start_with_one_line(extra, message, teachers, tmp_path):
+    out = tmp_path / "run"
+    teacher = teachers["causal-teacher"]
+    if extra == ["@teacher"]:
+        teacher, extra = teachers["teacher"], []
+    result = _cli("train", "tf-scm", *FAST, f"train.out_dir={out}", f"train.teacher={teacher}", *extra)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "checkpoint.pt").exists()
