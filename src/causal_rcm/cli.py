@@ -93,6 +93,38 @@ def _register_benchmarks() -> None:
 _register_benchmarks()
 
 
+@cli.group()
+def experiment() -> None:
+    """Experiments comparing recipes end to end (JSON, a markdown table and a PNG plot)."""
+
+
+@experiment.command("cm-convergence")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path), help="Causal teacher checkpoint (`train causal-teacher`).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/cm-convergence"), show_default=True)
+@click.option("--steps", type=int, default=2000, show_default=True, help="Training steps of every method.")
+@click.option("--eval-every", type=int, default=200, show_default=True, help="Oracle evaluation (1/2/4-step) cadence.")
+@click.option("--videos", "-n", type=int, default=16, show_default=True, help="Prompts per evaluation.")
+@click.option("--threshold", type=float, default=None, help="Quality to reach (default: 0.9 x the teacher's caption adherence).")
+@click.option("--methods", default=",".join(("tf-dcm", "tf-scm", "tf-meanflow")), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--restart", is_flag=True, help="Retrain every method from scratch.")
+def cm_convergence(overrides, teacher, out, steps, eval_every, videos, threshold, methods, device, restart) -> None:
+    """TF-dCM vs TF-sCM vs TF-MeanFlow from the same teacher, same budget and seeds.
+
+    KEY=VALUE overrides apply to every method (e.g. `train.batch_size=16 optim.lr=1e-5`).
+    """
+    from .experiments.cm_convergence import run_cm_convergence
+
+    _check_writable(out)
+    result = run_cm_convergence(
+        teacher, out, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps,
+        eval_every=eval_every, videos=videos, threshold=threshold, overrides=overrides, restart=restart, device=device,
+    )
+    click.echo((out / "cm_convergence.md").read_text())
+    click.echo(f"wrote {out / 'cm_convergence.json'} and {out / 'cm_convergence.png'} in {result['seconds']:.0f} s")
+
+
 @cli.command()
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))

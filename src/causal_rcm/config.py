@@ -77,6 +77,7 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     eval_videos: int = 16
     eval_steps: int = 50  # sampler steps for evaluation
+    eval_drift: int = 4  # causal models: also roll out this many times the training length (0 = off)
     out_dir: str = ""  # default: runs/<recipe>
     init: str = ""  # checkpoint to initialise the trainable model from
     teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes

@@ -119,7 +119,7 @@ class DenoisingRecipe(Recipe):
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         return evaluate_model(
             student, self.world, self.sampler_spec(), n=self.config.train.eval_videos, out_dir=out_dir / "samples",
-            tag=f"step{step:06d}", drift_factor=4 if self.causal else 0,
+            tag=f"step{step:06d}", drift_factor=self.config.train.eval_drift if self.causal else 0,
         )
 
     def export(self, student_state: dict[str, torch.Tensor], path: Path) -> None:

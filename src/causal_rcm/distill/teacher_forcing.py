@@ -206,8 +206,8 @@ class TFDistillRecipe(DenoisingRecipe):
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Oracle metrics of 1-, 2- and 4-step sampling (``objective.student_steps``), keys ``{k}step/...``.
 
-        The export default (``objective.sample_steps``) also reports drift on 4x-length rollouts
-        and is repeated without prefix.
+        The export default (``objective.sample_steps``) also reports drift on rollouts
+        ``train.eval_drift`` times the training length and is repeated without prefix.
         """
         obj = self.config.objective
         metrics: dict[str, float] = {}
@@ -216,7 +216,7 @@ class TFDistillRecipe(DenoisingRecipe):
             result = evaluate_model(
                 student, self.world, self.sampler_spec(k), n=self.config.train.eval_videos,
                 out_dir=out_dir / "samples" if main else None, tag=f"step{step:06d}_{k}step",
-                drift_factor=4 if main else 0,
+                drift_factor=self.config.train.eval_drift if main else 0,
             )
             if k in obj.student_steps:
                 metrics.update({f"{k}step/{key}": value for key, value in result.items()})
