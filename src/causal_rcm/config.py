@@ -102,6 +102,12 @@ class ObjectiveConfig:
     tangent_norm: float = 0.1  # sCM tangent normalisation g / (||g|| + c)
     dcm_intervals: int = 48  # dCM: teacher Euler steps on the shifted grid (du = 1/N)
     meanflow_ratio: float = 0.25  # MeanFlow: fraction of samples with r != t
+    # Self-forcing DMD (sf-dmd)
+    critic_steps: int = 5  # critic updates per generator update (DMD's two-time-scale rule)
+    dmd_min_s: float = 0.02  # DMD noise levels drawn uniformly in [min, max], then shifted
+    dmd_max_s: float = 0.98
+    critic_max_loss: float = 50.0  # a critic loss above this (or non-finite) counts as diverged: not trained on
+    ode_steps: int = 40  # ode-init: teacher Euler steps of each regression pair
 
 
 @dataclass

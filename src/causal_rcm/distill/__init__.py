@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import Config
 from ..errors import UserError
+from .dmd import SFDMDRecipe
 from .flow import CausalTeacherRecipe, TeacherRecipe
 from .tf_dcm import TFDCMRecipe
 from .tf_meanflow import TFMeanFlowRecipe
@@ -15,6 +16,7 @@ RECIPE_CLASSES = {
     "tf-dcm": TFDCMRecipe,
     "tf-scm": TFSCMRecipe,
     "tf-meanflow": TFMeanFlowRecipe,
+    "sf-dmd": SFDMDRecipe,
 }
 
 

@@ -86,6 +86,14 @@ def all_reduce_mean(value: torch.Tensor, world: World) -> torch.Tensor:
     return value
 
 
+def global_sum(value: torch.Tensor) -> float:
+    """Sum of a scalar over the processes (itself without torchrun): for decisions every rank must share."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.detach().clone()
+        dist.all_reduce(value)
+    return float(value)
+
+
 class StepRandom:
     """Randomness of one training step, identical whatever the number of processes.
 
@@ -117,6 +125,10 @@ class StepRandom:
 
     def randint(self, high: int, *local_shape: int) -> torch.Tensor:
         return self._local(lambda s, g: torch.randint(high, s, generator=g), tuple(local_shape))
+
+    def shared_randint(self, high: int) -> int:
+        """One integer in [0, high), the same on every process (e.g. self forcing's exit step)."""
+        return int(torch.randint(high, (1,), generator=self._generator()))
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(*x.shape).to(x.dtype)

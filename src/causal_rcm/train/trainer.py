@@ -40,6 +40,8 @@ class Recipe:
     ``trainable()`` maps optimiser groups to modules; the first group is the student, whose EMA
     the trainer keeps and exports. ``losses`` returns ``{group: (loss, metrics)}`` for the groups
     to update this step; each loss is back-propagated into its own group's parameters only.
+    A loss of None rejects that group's update (logged as ``skipped/<group>`` and counted
+    like a non-finite step towards ``optim.max_bad_steps``).
     """
 
     name = "recipe"
@@ -205,6 +207,10 @@ class Trainer:
             module, optimizer = self.groups[group], self.optimizers[group]
             params = [p for p in module.parameters() if p.requires_grad]
             optimizer.zero_grad(set_to_none=True)
+            if loss is None:  # the recipe rejected this update (e.g. a diverged critic); its metrics say why
+                logged[f"skipped/{group}"] = 1.0
+                logged.update({f"{group}/{k}": float(v) for k, v in metrics.items()})
+                continue
             finite = torch.isfinite(loss.detach()).float()
             if all_reduce_mean(finite, self.world).item() < 1.0:
                 logged[f"nonfinite/{group}"] = 1.0
@@ -273,7 +279,8 @@ class Trainer:
             while self.step < cfg.steps:
                 batch = self.data.next_batch()
                 logged = self._train_step(batch)
-                self.bad_steps = self.bad_steps + 1 if any(k.startswith("nonfinite/") for k in logged) else 0
+                bad = any(k.startswith(("nonfinite/", "skipped/")) for k in logged)
+                self.bad_steps = self.bad_steps + 1 if bad else 0
                 self.step += 1
                 window.append(logged)
                 if bar is not None:
@@ -294,7 +301,7 @@ class Trainer:
                                     writer.add_scalar(k, v, self.step)
                 if self.bad_steps >= self.config.optim.max_bad_steps:
                     raise NonFiniteError(
-                        f"{self.bad_steps} consecutive steps with non-finite losses or gradients up to step {self.step}; "
+                        f"{self.bad_steps} consecutive steps with non-finite or rejected losses or gradients up to step {self.step}; "
                         f"the last checkpoint is kept in {self.out_dir}"
                     )
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
@@ -342,7 +349,7 @@ def _mean_records(records: list[dict]) -> dict:
     out = {}
     for key in sorted(keys):
         values = [r[key] for r in records if key in r and math.isfinite(r[key])]
-        if key.startswith("nonfinite/"):
+        if key.startswith(("nonfinite/", "skipped/")):
             out[key] = float(sum(r.get(key, 0.0) for r in records))
         elif values:
             out[key] = sum(values) / len(values)

@@ -1,0 +1,197 @@
+"""Self-forcing DMD (``sf-dmd``): distribution matching distillation on the student's own rollouts.
+
+DMD (Yin et al. 2024, DMD; DMD2, Yin et al. 2024b): the generator's sample x is noised to
+x_s = (1 - s) x + s eps and scored twice: by the frozen teacher with CFG (the "real" score,
+x0_real) and by a critic trained on generator samples (the "fake" score, x0_fake). The
+generator follows the difference of the two, normalised per sample (DMD, Eq. (7) and its
+normaliser):
+
+    grad = (x0_fake - x0_real) / mean |x - x0_real|,    L_gen = 0.5 || x - sg(x - grad) ||^2,
+
+whose gradient with respect to x is ``grad``. The critic (initialised from the teacher) learns
+flow matching on detached generator samples, ``critic_steps`` updates per generator update
+(DMD2's two time-scale rule), both with Adam beta1 = 0; the trainer keeps the generator's EMA.
+
+The samples come from :func:`~.self_forcing.self_forcing_rollout` (Self Forcing, Huang et al.
+2025): the whole video, generated chunk by chunk with the student's KV cache, gradient only
+through each chunk's exit step. The teacher is usually the bidirectional one (the best score
+of whole videos); a causal teacher is evaluated with the block-causal mask.
+
+Safety: samples whose DMD gradient is not finite are dropped and counted; if none is left, or
+the critic's loss is not finite or above ``objective.critic_max_loss``, that update is
+rejected (``skipped/<group>`` in the logs), and ``optim.max_bad_steps`` such steps in a row
+stop the run with the last checkpoint kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config, register_recipe
+from ..diffusion.conversions import expand_time
+from ..diffusion.guidance import guided_velocity
+from ..diffusion.schedules import flow_time_grid, shift_time
+from ..errors import UserError
+from ..models import masks
+from ..train.parallel import global_sum
+from .self_forcing import self_forcing_rollout
+from .teacher_forcing import TFDistillRecipe, finite_rows, masked_mean
+
+
+@register_recipe("sf-dmd")
+def sf_dmd_config() -> Config:
+    config = Config(recipe="sf-dmd")
+    config.data.frames_per_chunk = 2
+    config.train.steps = 1000
+    config.train.batch_size = 16
+    config.train.eval_every = 250
+    config.optim.lr = 1e-5
+    config.optim.warmup_steps = 0
+    config.optim.ema_decay = 0.99
+    return config
+
+
+def dmd_generator_loss(
+    x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DMD's surrogate loss, per-sample kept mask and the normalised gradient.
+
+    Args: x (B, ...) generator output with gradient; x0_real, x0_fake: the teacher's and the
+    critic's x0 estimates at the noised x (no gradient). Returns ``(loss, keep, grad)``; samples
+    with a non-finite gradient are left out of the loss (a zero loss when none is kept).
+    """
+    with torch.no_grad():
+        dims = tuple(range(1, x.ndim))
+        normaliser = (x.detach().float() - x0_real.float()).abs().mean(dim=dims, keepdim=True)
+        grad = (x0_fake.float() - x0_real.float()) / normaliser
+        keep = finite_rows(grad)
+        grad = torch.where(keep.view(-1, *[1] * (x.ndim - 1)), grad, torch.zeros_like(grad))
+    per_sample = 0.5 * (x.float() - (x.detach().float() - grad)).square().flatten(1).mean(dim=1)
+    return masked_mean(per_sample, keep), keep, grad
+
+
+class SFDMDRecipe(TFDistillRecipe):
+    """Self-forcing DMD of a causal few-step student; groups ``student`` (generator) and ``critic``."""
+
+    name = "sf-dmd"
+
+    @classmethod
+    def prepare(cls, config: Config) -> None:
+        from ..models.adapters import load_checkpoint, read_pipeline_config
+
+        if not config.train.teacher:
+            raise UserError(
+                f"{config.recipe} needs train.teacher=PATH: the teacher whose distribution is matched "
+                "(the bidirectional `causal-rcm train teacher` model; a causal teacher works too)"
+            )
+        if not Path(config.train.teacher).exists():
+            raise UserError(f"train.teacher not found: {config.train.teacher}")
+        if config.train.init:
+            pipeline = read_pipeline_config(config.train.init)
+            if pipeline and not pipeline.get("causal", False):
+                raise UserError(f"train.init={config.train.init} is a bidirectional model; self forcing needs a causal student")
+        else:  # "no init": the student starts from the teacher's weights
+            config.model = load_checkpoint(config.train.teacher)[0]
+        obj = config.objective
+        if config.data.num_frames % config.data.frames_per_chunk:
+            raise UserError(
+                f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
+            )
+        if obj.critic_steps < 1:
+            raise UserError(f"objective.critic_steps must be >= 1, got {obj.critic_steps}")
+        if not 0 <= obj.dmd_min_s < obj.dmd_max_s <= 1:
+            raise UserError(f"need 0 <= objective.dmd_min_s < objective.dmd_max_s <= 1, got {obj.dmd_min_s}, {obj.dmd_max_s}")
+        if obj.sample_steps < 1:
+            raise UserError(f"objective.sample_steps must be >= 1, got {obj.sample_steps}")
+
+    def __init__(self, config: Config, world) -> None:
+        super().__init__(config, world)
+        self.solver = "meanflow" if config.model.interval_embedding else "consistency"
+
+    def build(self, device: torch.device) -> None:
+        from ..models.adapters import read_pipeline_config
+
+        self.device = device
+        cfg = self.config
+        self.teacher = self.load_model(cfg.train.teacher).to(device).eval().requires_grad_(False)
+        self.teacher_causal = bool(read_pipeline_config(cfg.train.teacher).get("causal", False))
+        self.student = (self.load_model(cfg.train.init) if cfg.train.init else self.student_from_teacher()).to(device).train()
+        self.critic = self.load_model(cfg.train.teacher).to(device).train()
+
+    def trainable(self):
+        return {"student": self.student, "critic": self.critic}
+
+    def optimizer_options(self, group: str) -> dict:
+        return {"betas": (0.0, self.config.optim.beta2)}  # DMD2: Adam with beta1 = 0 for both
+
+    def score_mask(self) -> masks.BlockSparseMask | None:
+        if not self.teacher_causal:
+            return None
+        return masks.block_causal(self.num_chunks(), self.frames_per_chunk(), self.tokens_per_frame())
+
+    def rollout(self, batch: dict, rnd, *, with_grad: bool) -> tuple[torch.Tensor, int]:
+        obj = self.config.objective
+        grid = flow_time_grid(obj.sample_steps, obj.shift)
+        exit_step = rnd.shared_randint(obj.sample_steps)  # the same on every rank
+        noise = rnd.randn_like(batch["latents"])
+        with torch.set_grad_enabled(with_grad):
+            video = self_forcing_rollout(
+                self.student, noise, batch["context"], grid=grid, exit_step=exit_step,
+                frames_per_chunk=self.frames_per_chunk(), solver=self.solver, window_frames=self.config.data.num_frames,
+                draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"),
+            )
+        return video, exit_step
+
+    def noise_levels(self, rnd, batch: int) -> torch.Tensor:
+        obj = self.config.objective
+        u = obj.dmd_min_s + (obj.dmd_max_s - obj.dmd_min_s) * rnd.rand(batch, 1)
+        return shift_time(u, obj.shift).expand(batch, self.config.data.num_frames)  # one level per video
+
+    def losses(self, batch, rnd, step):
+        obj = self.config.objective
+        generator_step = step % obj.critic_steps == 0
+        video, exit_step = self.rollout(batch, rnd, with_grad=generator_step)
+        context = batch["context"]
+        B = video.shape[0]
+        out = {}
+        mask, actions = self.score_mask(), batch.get("actions")
+        kwargs = {} if actions is None else {"actions": actions}
+        if generator_step:
+            s = self.noise_levels(rnd, B)
+            s_ = expand_time(s, video)
+            x_s = ((1 - s_) * video.detach() + s_ * rnd.randn_like(video)).to(video.dtype)
+            with torch.no_grad():
+                v_real = guided_velocity(
+                    self.teacher, x_s, 1000 * s, context, guidance=obj.guidance,
+                    neg_context=self.world.empty_context(B), mask=mask, **kwargs,
+                )
+                v_fake = self.critic(x_s, 1000 * s, context, mask=mask, **kwargs)
+            loss, keep, grad = dmd_generator_loss(video, x_s - s_ * v_real.float(), x_s - s_ * v_fake.float())
+            if global_sum(keep.sum().float()) == 0:  # the same decision on every rank
+                loss = None
+            out["student"] = (loss, {
+                "exit_step": float(exit_step),
+                "dmd_grad_rms": float(grad[keep].square().mean().sqrt()) if keep.any() else float("nan"),
+                "nonfinite_samples": float((~keep).sum()),
+            })
+        out["critic"] = self.critic_loss(video.detach(), context, rnd, mask, kwargs)
+        return out
+
+    def critic_loss(self, x: torch.Tensor, context: torch.Tensor, rnd, mask, kwargs) -> tuple[torch.Tensor | None, dict]:
+        """Flow matching of the critic on generator samples; None (rejected) when it diverged."""
+        B, _, F = x.shape[:3]
+        s = self.sample_s(rnd, B, 1, F)
+        eps = rnd.randn_like(x)
+        s_ = expand_time(s, x)
+        v = self.critic((1 - s_) * x + s_ * eps, 1000 * s, context, mask=mask, **kwargs)
+        loss = (v.float() - (eps - x).float()).square().mean()
+        value = global_sum(loss.detach().float()) / _world_size()  # the same decision on every rank
+        if not value == value or value > self.config.objective.critic_max_loss:  # NaN or too large
+            return None, {"diverged": 1.0, "loss": value}
+        return loss, {}
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

@@ -1,0 +1,88 @@
+"""Self-forcing rollout (Huang et al. 2025): the student generates its own training video.
+
+The few-step student samples the whole video chunk by chunk from noise with its own KV cache,
+exactly as at inference (fresh noise between steps, cache refreshed with each clean chunk at
+t = 0), so training sees the student's own history instead of ground truth: the exposure bias
+of teacher forcing goes away. To keep memory flat, one exit step k is drawn per iteration
+(shared by every rank and chunk): steps before k run without gradient, step k runs with
+gradient and its x0 estimate is the chunk's output, and the cache refresh runs without
+gradient on the detached chunk. Memory therefore does not grow with the number of sampler
+steps or with the steps before the exit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..diffusion.conversions import velocity_to_x0
+from ..diffusion.samplers import refresh_kv_caches
+from ..diffusion.schedules import to_net_time
+
+__all__ = ["self_forcing_rollout"]
+
+
+def self_forcing_rollout(
+    model: Any,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    *,
+    grid: torch.Tensor,
+    exit_step: int,
+    frames_per_chunk: int,
+    solver: str = "consistency",
+    window_frames: int | None = None,
+    sink_frames: int = 0,
+    draw_noise: Callable[[torch.Size], torch.Tensor] | None = None,
+    actions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Roll the student out over the whole video; gradient only through each chunk's exit step.
+
+    Args:
+        model: the causal student ``model(x, t_net, context, *, kv_cache, update_cache, interval, actions)``.
+        noise: (B, C, F, H, W) initial noise of every chunk (s = 1).
+        context: (B, L, D) prompts (the student samples without guidance: CFG was distilled into it).
+        grid: (N + 1,) flow-matching times from 1 to 0, the student's few-step schedule.
+        exit_step: k in [0, N): the step whose x0 estimate, with gradient, is each chunk's output.
+        solver: ``consistency`` (re-noise the x0 estimate with fresh noise) or ``meanflow``
+            (the average-velocity jump, no fresh noise).
+        draw_noise: shape -> standard normal tensor for the fresh noise between steps.
+        actions: (B, F) per-frame actions for world models.
+    Returns:
+        (B, C, F, H, W) the generated video; only the exit-step computations carry gradient.
+    """
+    N = len(grid) - 1
+    if not 0 <= exit_step < N:
+        raise ValueError(f"exit_step must be in [0, {N}), got {exit_step}")
+    if solver not in ("consistency", "meanflow"):
+        raise ValueError(f"self forcing needs a few-step solver (consistency or meanflow), got {solver!r}")
+    cache = model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
+    chunks = noise.split(frames_per_chunk, dim=2)
+    action_chunks = None if actions is None else actions.split(frames_per_chunk, dim=1)
+    outputs = []
+    for c, x in enumerate(chunks):
+        kwargs = {} if action_chunks is None else {"actions": action_chunks[c]}
+        B, _, Fc = x.shape[:3]
+        for i in range(exit_step + 1):
+            s, s_next = float(grid[i]), float(grid[i + 1])
+            t_net = to_net_time(torch.full((B, Fc), s, device=x.device))
+            step_kwargs = dict(kwargs)
+            if solver == "meanflow":  # jump to s_next, or all the way to 0 at the exit step (its x0 estimate)
+                r = 0.0 if i == exit_step else s_next
+                step_kwargs["interval"] = to_net_time(torch.full((B, Fc), s - r, device=x.device))
+            with torch.set_grad_enabled(i == exit_step and torch.is_grad_enabled()):
+                v = model(x, t_net, context, kv_cache=cache, **step_kwargs)
+                if i == exit_step:
+                    x0 = velocity_to_x0(v.float(), x.float(), s)  # consistency function f = x - s v
+                    break
+                if solver == "meanflow":
+                    x = (x + (s_next - s) * v).to(x.dtype)
+                else:
+                    x0 = velocity_to_x0(v, x, s).to(x.dtype)
+                    eps = draw_noise(x.shape) if draw_noise is not None else torch.randn_like(x)
+                    x = (1 - s_next) * x0 + s_next * eps.to(x.dtype)
+        outputs.append(x0)
+        if c + 1 < len(chunks):
+            refresh_kv_caches(model, x0.detach().to(noise.dtype), context, (cache,), **kwargs)
+    return torch.cat(outputs, dim=2)

@@ -1,0 +1,157 @@
+"""Self-forcing rollout and DMD: where the gradient goes, flat memory, and the safety checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from causal_rcm.config import load_config
+from causal_rcm.diffusion.samplers import causal_sample
+from causal_rcm.diffusion.schedules import flow_time_grid
+from causal_rcm.distill.dmd import dmd_generator_loss
+from causal_rcm.distill.self_forcing import self_forcing_rollout
+from causal_rcm.train import train
+from tests.conftest import random_model, small_config
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a model and records, per call: grad mode, whether it updates the cache, input requires_grad."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.calls = []
+
+    def new_kv_cache(self, **kw):
+        return self.model.new_kv_cache(**kw)
+
+    def forward(self, x, t, context, **kw):
+        self.calls.append({"grad": torch.is_grad_enabled(), "refresh": kw.get("update_cache", False), "x_grad": x.requires_grad})
+        return self.model(x, t, context, **kw)
+
+
+def _inputs(F=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 4, F, 4, 6, generator=g), torch.randn(2, 8, 24, generator=g)
+
+
+@pytest.mark.parametrize("solver", ["consistency", "meanflow"])
+@pytest.mark.parametrize("exit_step", [0, 2])
+def test_gradient_reaches_only_each_chunks_exit_step_and_no_refresh(exit_step, solver):
+    model = Recorder(random_model(small_config(interval_embedding=solver == "meanflow"), backend="math"))
+    noise, context = _inputs()
+    grid = flow_time_grid(3, 3.0)
+    video = self_forcing_rollout(model, noise, context, grid=grid, exit_step=exit_step, frames_per_chunk=2, solver=solver)
+    chunks = 2
+    per_chunk = exit_step + 1
+    denoise = [c for c in model.calls if not c["refresh"]]
+    refresh = [c for c in model.calls if c["refresh"]]
+    assert len(denoise) == chunks * per_chunk and len(refresh) == chunks - 1
+    for chunk in range(chunks):
+        steps = denoise[chunk * per_chunk : (chunk + 1) * per_chunk]
+        assert [c["grad"] for c in steps] == [False] * exit_step + [True]
+    assert all(not c["grad"] and not c["x_grad"] for c in refresh)  # the refresh carries no gradient
+    assert video.requires_grad
+
+    # and through the exit steps the gradient reaches the parameters
+    video.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.model.named_parameters() if p.grad is not None}
+    assert grads and any(g.abs().max() > 0 for g in grads.values())
+
+
+def test_rollout_memory_does_not_grow_with_sampler_steps():
+    model = random_model(small_config(), backend="math")
+    noise, context = _inputs()
+
+    def saved_bytes(steps: int, exit_step: int) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            self_forcing_rollout(model, noise, context, grid=flow_time_grid(steps, 3.0), exit_step=exit_step, frames_per_chunk=2)
+        return total
+
+    base = saved_bytes(1, 0)
+    assert base > 0
+    assert saved_bytes(4, 3) == base  # the last of four steps saves what the only step of one does
+    assert saved_bytes(8, 5) == base
+
+
+def test_a_rollout_at_the_last_exit_step_equals_causal_sampling():
+    """With exit at the last step and the same fresh noise, self forcing is the inference sampler."""
+    model = random_model(small_config(), backend="math")
+    noise, context = _inputs()
+    grid = flow_time_grid(3, 3.0)
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        rolled = self_forcing_rollout(
+            model, noise, context, grid=grid, exit_step=2, frames_per_chunk=2, window_frames=4,
+            draw_noise=lambda shape: torch.randn(shape, generator=gen_a),
+        )
+        sampled = causal_sample(model, noise, context, frames_per_chunk=2, steps=grid, solver="consistency", window_frames=4, generator=gen_b)
+    torch.testing.assert_close(rolled, sampled, rtol=1e-4, atol=1e-5)
+
+
+def test_dmd_gradient_points_from_fake_to_real_and_drops_non_finite_samples():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 2, 2, 2, generator=g, requires_grad=True)
+    real, fake = torch.randn(3, 2, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, 2, generator=g)
+    loss, keep, grad = dmd_generator_loss(x, real, fake)
+    loss.backward()
+    expected = (fake - real) / (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(x.grad, expected / expected[0].numel() / 3)  # d/dx of the mean of 0.5 ||x - sg(x - grad)||^2
+    fake[1] = float("nan")
+    x.grad = None
+    loss, keep, _ = dmd_generator_loss(x, real, fake)
+    assert keep.tolist() == [True, False, True] and torch.isfinite(loss)
+    loss.backward()
+    assert torch.all(x.grad[1] == 0)
+
+
+FAST = [
+    "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64", "train.batch_size=4",
+    "train.eval_videos=2", "train.eval_steps=2", "train.log_every=1", "train.progress=false", "optim.warmup_steps=1",
+    "data.num_frames=4", "data.frames_per_chunk=2", "objective.student_steps=1", "train.eval_drift=0",
+]
+
+
+@pytest.fixture(scope="module")
+def bidirectional_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train(load_config("teacher", None, FAST + ["train.steps=1", f"train.out_dir={out}", "train.eval_steps=1"]), restart=True)
+    return out / "model"
+
+
+def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(bidirectional_teacher, tmp_path):
+    out = tmp_path / "sf"
+    config = load_config("sf-dmd", None, FAST + ["train.steps=4", f"train.out_dir={out}", f"train.teacher={bidirectional_teacher}", "objective.critic_steps=2"])
+    summary = train(config, restart=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/' in line]
+    assert [("loss/student" in r) for r in records] == [True, False, True, False]
+    assert all("loss/critic" in r for r in records)
+    assert all(r["student/exit_step"] in (0.0, 1.0) for r in records if "loss/student" in r)
+    meta = json.loads((out / "model" / "config.json").read_text())
+    assert meta["pipeline"]["causal"] and meta["pipeline"]["sampler"]["guidance"] == 1.0
+    assert 0 <= summary["eval"]["caption_adherence"] <= 1
+
+
+def test_a_diverged_critic_is_reported_and_not_trained_on(bidirectional_teacher, tmp_path):
+    out = tmp_path / "div"
+    config = load_config("sf-dmd", None, FAST + [
+        "train.steps=3", f"train.out_dir={out}", f"train.teacher={bidirectional_teacher}", "objective.critic_max_loss=1e-6",
+        "optim.max_bad_steps=2",
+    ])
+    from causal_rcm.errors import TrainingStopped
+
+    with pytest.raises(TrainingStopped, match="2 consecutive steps with non-finite or rejected"):
+        train(config, restart=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["skipped/critic"] == 1.0 and r["critic/diverged"] == 1.0 for r in records)
+    assert not any("loss/critic" in r for r in records)
