@@ -81,6 +81,7 @@ class TrainConfig:
     out_dir: str = ""  # default: runs/<recipe>
     init: str = ""  # checkpoint to initialise the trainable model from
     teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes
+    dmd_teacher: str = ""  # causal-rcm: the teacher SF-DMD matches (default: train.teacher)
     progress: bool = True
 
 
@@ -108,6 +109,11 @@ class ObjectiveConfig:
     dmd_max_s: float = 0.98
     critic_max_loss: float = 50.0  # a critic loss above this (or non-finite) counts as diverged: not trained on
     ode_steps: int = 40  # ode-init: teacher Euler steps of each regression pair
+    # The full recipe (causal-rcm): a consistency stage, then SF-DMD from its student
+    cm_method: str = "tf-scm"  # tf-scm | tf-meanflow | tf-dcm
+    cm_steps: int = 2000
+    dmd_steps: int = 1000
+    dmd_lr: float = 1e-5
 
 
 @dataclass

@@ -14,6 +14,7 @@ from causal_rcm.distill.dmd import dmd_generator_loss
 from causal_rcm.distill.self_forcing import self_forcing_rollout
 from causal_rcm.train import train
 from tests.conftest import random_model, small_config
+from tests.distill.conftest import FAST as BASE
 
 
 class Recorder(torch.nn.Module):
@@ -115,23 +116,12 @@ def test_dmd_gradient_points_from_fake_to_real_and_drops_non_finite_samples():
     assert torch.all(x.grad[1] == 0)
 
 
-FAST = [
-    "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64", "train.batch_size=4",
-    "train.eval_videos=2", "train.eval_steps=2", "train.log_every=1", "train.progress=false", "optim.warmup_steps=1",
-    "data.num_frames=4", "data.frames_per_chunk=2", "objective.student_steps=1", "train.eval_drift=0",
-]
+FAST = [*BASE, "objective.student_steps=1", "train.eval_drift=0"]
 
 
-@pytest.fixture(scope="module")
-def bidirectional_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    train(load_config("teacher", None, FAST + ["train.steps=1", f"train.out_dir={out}", "train.eval_steps=1"]), restart=True)
-    return out / "model"
-
-
-def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(bidirectional_teacher, tmp_path):
+def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(teachers, tmp_path):
     out = tmp_path / "sf"
-    config = load_config("sf-dmd", None, FAST + ["train.steps=4", f"train.out_dir={out}", f"train.teacher={bidirectional_teacher}", "objective.critic_steps=2"])
+    config = load_config("sf-dmd", None, FAST + ["train.steps=4", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.critic_steps=2"])
     summary = train(config, restart=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/' in line]
     assert [("loss/student" in r) for r in records] == [True, False, True, False]
@@ -142,10 +132,10 @@ def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(bidirect
     assert 0 <= summary["eval"]["caption_adherence"] <= 1
 
 
-def test_a_diverged_critic_is_reported_and_not_trained_on(bidirectional_teacher, tmp_path):
+def test_a_diverged_critic_is_reported_and_not_trained_on(teachers, tmp_path):
     out = tmp_path / "div"
     config = load_config("sf-dmd", None, FAST + [
-        "train.steps=3", f"train.out_dir={out}", f"train.teacher={bidirectional_teacher}", "objective.critic_max_loss=1e-6",
+        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.critic_max_loss=1e-6",
         "optim.max_bad_steps=2",
     ])
     from causal_rcm.errors import TrainingStopped
@@ -155,3 +145,40 @@ def test_a_diverged_critic_is_reported_and_not_trained_on(bidirectional_teacher,
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["skipped/critic"] == 1.0 and r["critic/diverged"] == 1.0 for r in records)
     assert not any("loss/critic" in r for r in records)
+
+
+def test_ode_init_regresses_on_teacher_ode_pairs(teachers, tmp_path):
+    out = tmp_path / "ode"
+    config = load_config("ode-init", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.ode_steps=4"])
+    summary = train(config, restart=True)
+    assert torch.isfinite(torch.tensor(summary["final"]["loss/student"]))
+    assert json.loads((out / "model" / "config.json").read_text())["pipeline"]["sampler"]["solver"] == "consistency"
+
+
+def test_ode_pairs_hit_the_student_grid_times():
+    from causal_rcm.distill.ode_init import ode_grid
+
+    student = flow_time_grid(2, 3.0)
+    grid = ode_grid(student, 3)
+    assert len(grid) == 7 and float(grid[0]) == 1.0 and float(grid[-1]) == 0.0
+    assert float(grid[3]) == float(student[1])  # every third Euler step lands on a student time
+    assert torch.all(grid[1:] < grid[:-1])
+
+
+def test_the_full_recipe_runs_both_stages_and_resumes(teachers, tmp_path):
+    from causal_rcm.cli import main
+
+    out = tmp_path / "full"
+    argv = [
+        "train", "causal-rcm", *FAST, f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}",
+        f"train.dmd_teacher={teachers['teacher']}", "objective.cm_steps=2", "objective.dmd_steps=2", "objective.critic_steps=1",
+    ]
+    main(argv)
+    report = json.loads((out / "train_report.json").read_text())
+    assert [s["recipe"] for s in report["stages"]] == ["tf-scm", "sf-dmd"]
+    assert (out / "model" / "model.safetensors").exists()
+    stage2 = json.loads((out / "stage2-sf-dmd" / "config.json").read_text())
+    assert stage2["train"]["init"].endswith("stage1-tf-scm/model") and stage2["train"]["teacher"] == str(teachers["teacher"])
+    before = (out / "stage1-tf-scm" / "checkpoint.pt").stat().st_mtime
+    main(argv)  # resumes: both stages are complete, nothing is retrained
+    assert (out / "stage1-tf-scm" / "checkpoint.pt").stat().st_mtime == before

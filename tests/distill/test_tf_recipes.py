@@ -15,11 +15,8 @@ from causal_rcm.config import load_config
 from causal_rcm.models.wan import CausalWanModel
 from causal_rcm.train import train
 
-FAST = [
-    "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64",
-    "train.batch_size=4", "train.eval_videos=2", "train.eval_steps=2", "train.log_every=1",
-    "train.progress=false", "optim.warmup_steps=1", "data.num_frames=4", "data.frames_per_chunk=2",
-]
+from tests.distill.conftest import FAST
+
 RECIPES = {"tf-dcm": "consistency", "tf-scm": "consistency", "tf-meanflow": "meanflow"}
 
 
@@ -33,17 +30,6 @@ def _env():
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "causal_rcm.cli", *args], env=_env(), capture_output=True, text=True, **kw)
-
-
-@pytest.fixture(scope="module")
-def teachers(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("teachers")
-    out = {}
-    for recipe in ("causal-teacher", "teacher"):
-        config = load_config(recipe, None, FAST + ["train.steps=2", f"train.out_dir={root / recipe}", "train.eval_steps=1"])
-        train(config, restart=True)
-        out[recipe] = root / recipe / "model"
-    return out
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -6,6 +6,8 @@ from ..config import Config
 from ..errors import UserError
 from .dmd import SFDMDRecipe
 from .flow import CausalTeacherRecipe, TeacherRecipe
+from .full_recipe import CausalRCMRecipe
+from .ode_init import ODEInitRecipe
 from .tf_dcm import TFDCMRecipe
 from .tf_meanflow import TFMeanFlowRecipe
 from .tf_scm import TFSCMRecipe
@@ -17,6 +19,8 @@ RECIPE_CLASSES = {
     "tf-scm": TFSCMRecipe,
     "tf-meanflow": TFMeanFlowRecipe,
     "sf-dmd": SFDMDRecipe,
+    "ode-init": ODEInitRecipe,
+    "causal-rcm": CausalRCMRecipe,
 }
 
 

@@ -15,13 +15,16 @@ def train(config: Config, restart: bool = False) -> dict:
     from ..errors import UserError
     from .parallel import init_world, shutdown
 
+    cls = recipe_class(config.recipe)
+    if getattr(cls, "staged", False):  # a recipe of several training runs (causal-rcm)
+        return cls.run(config, restart=restart)
     if config.data.world != "shapes":
         raise UserError(f"data.world={config.data.world!r} is not available yet; use 'shapes'")
     if config.train.init:
         from ..models.adapters import load_checkpoint
 
         config.model = load_checkpoint(config.train.init)[0]  # the student takes the checkpoint's architecture
-    recipe_class(config.recipe).prepare(config)
+    cls.prepare(config)
     world = init_world(config.train.device)
     data = None
     try:

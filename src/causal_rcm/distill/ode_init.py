@@ -1,0 +1,116 @@
+"""``ode-init``: the Self-Forcing / CausVid initialisation, regressing the causal student on teacher ODE pairs.
+
+For each batch the frozen teacher (with CFG) integrates its probability-flow ODE from noise
+to a clean video x0 with ``objective.ode_steps`` Euler steps, on a grid that contains the
+student's few-step times s_0 = 1 > s_1 > ... > s_{N-1} (``objective.sample_steps``, shifted).
+Each chunk of the student's input is the ODE state at one of those times, drawn per chunk, and
+the student regresses its x0 estimate f = x - s v onto the ODE's endpoint (CausVid, Yin et al.
+2025, Sec. 3.3; Self Forcing's ``ode`` initialisation):
+
+    L = || f_theta(x_{s_i}, s_i | clean chunks before) - x0 ||^2.
+
+The context is given under teacher forcing (``[x0 | noisy]``, the ``teacher_forcing`` mask):
+the clean chunks are the ODE's own endpoint, as the KV cache holds generated chunks at
+inference. The teacher is the bidirectional one (whole-video ODE); a causal teacher is run with
+the block-causal mask. The student starts from the teacher's weights unless ``train.init`` is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config, register_recipe
+from ..diffusion.conversions import expand_time
+from ..diffusion.samplers import euler_sample
+from ..diffusion.schedules import flow_time_grid
+from ..errors import UserError
+from ..models import masks
+from .teacher_forcing import TFDistillRecipe
+
+
+@register_recipe("ode-init")
+def ode_init_config() -> Config:
+    config = Config(recipe="ode-init")
+    config.data.frames_per_chunk = 2
+    config.train.steps = 1000
+    config.train.batch_size = 16
+    config.train.eval_every = 250
+    config.optim.lr = 2e-5
+    config.optim.warmup_steps = 0
+    config.optim.ema_decay = 0.99
+    return config
+
+
+def ode_grid(student_grid: torch.Tensor, substeps: int) -> torch.Tensor:
+    """The student's grid with each interval split into ``substeps`` equal Euler steps (float64)."""
+    parts = [torch.linspace(float(a), float(b), substeps + 1, dtype=torch.float64)[:-1] for a, b in zip(student_grid[:-1], student_grid[1:])]
+    return torch.cat([*parts, torch.zeros(1, dtype=torch.float64)])
+
+
+class ODEInitRecipe(TFDistillRecipe):
+    name = "ode-init"
+
+    @classmethod
+    def prepare(cls, config: Config) -> None:
+        from ..models.adapters import load_checkpoint
+
+        if not config.train.teacher:
+            raise UserError("ode-init needs train.teacher=PATH: the teacher whose ODE pairs the student regresses")
+        if not Path(config.train.teacher).exists():
+            raise UserError(f"train.teacher not found: {config.train.teacher}")
+        if not config.train.init:
+            config.model = load_checkpoint(config.train.teacher)[0]
+        if config.data.num_frames % config.data.frames_per_chunk:
+            raise UserError(
+                f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
+            )
+        if config.objective.ode_steps < config.objective.sample_steps:
+            raise UserError(f"objective.ode_steps={config.objective.ode_steps} must be >= objective.sample_steps={config.objective.sample_steps}")
+
+    def build(self, device: torch.device) -> None:
+        from ..models.adapters import read_pipeline_config
+
+        super().build(device)
+        self.teacher_causal = bool(read_pipeline_config(self.config.train.teacher).get("causal", False))
+
+    def ode_pairs(self, batch: dict, rnd) -> tuple[torch.Tensor, torch.Tensor]:
+        """ODE states at the student's grid times (N, B, C, F, h, w) and the endpoint x0 (B, C, F, h, w)."""
+        obj = self.config.objective
+        student_grid = flow_time_grid(obj.sample_steps, obj.shift)
+        substeps = max(1, obj.ode_steps // obj.sample_steps)
+        grid = ode_grid(student_grid, substeps)
+        noise = rnd.randn_like(batch["latents"])
+        context = batch["context"]
+        mask = masks.block_causal(self.num_chunks(), self.frames_per_chunk(), self.tokens_per_frame()) if self.teacher_causal else None
+        states = []
+
+        def keep(info):
+            if info["i"] % substeps == 0:
+                states.append(info["x"])
+
+        with torch.no_grad():
+            x0 = euler_sample(
+                self.teacher, noise, context, steps=grid, guidance=obj.guidance,
+                neg_context=self.world.empty_context(context.shape[0]), mask=mask, callback=keep,
+                **({} if batch.get("actions") is None else {"actions": batch["actions"]}),
+            )
+        return torch.stack(states), x0
+
+    def losses(self, batch, rnd, step):
+        obj = self.config.objective
+        states, x0 = self.ode_pairs(batch, rnd)
+        B, _, F = x0.shape[:3]
+        student_grid = flow_time_grid(obj.sample_steps, obj.shift).to(x0.device)
+        index = self.per_chunk(rnd.randint(obj.sample_steps, B, self.num_chunks()))  # (B, F) grid index per chunk
+        s = student_grid[index].float()
+        # each frame's state at its chunk's time: gather along the N axis
+        x_s = states.permute(1, 2, 3, 0, 4, 5).gather(3, index[:, None, :, None, None, None].expand(B, x0.shape[1], F, 1, *x0.shape[3:]))
+        x_s = x_s.squeeze(3).to(x0.dtype)
+        v = self.student(
+            self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), batch["context"], mask=self.tf_mask(), **self.tf_actions(batch)
+        )[:, :, F:]
+        f = x_s.float() - expand_time(s, x_s) * v.float()
+        loss = (f - x0.float()).square().mean()
+        return {"student": (loss, {"mean_s": float(s.mean())})}
