@@ -177,6 +177,8 @@ def convert(src: Path, dst: Path, layout: str) -> None:
               help="Causal checkpoints: switch to PROMPT at TIME ('4s', '2.5s' or '12f' frames); repeatable.")
 @click.option("--seconds", type=float, default=None, help="Video length (default: the checkpoint's training length).")
 @click.option("--steps", type=int, default=None, help="Sampler steps per chunk (default: the checkpoint's).")
+@click.option("--times", default=None, metavar="T1,T2,...",
+              help="Causal few-step students: intermediate flow-matching times, e.g. 0.75 for 2 steps 1 -> 0.75 -> 0.")
 @click.option("--mode", type=click.Choice(["chunk", "frame"]), default="chunk", show_default=True,
               help="Causal checkpoints: denoise the checkpoint's frames_per_chunk at a time, or one frame.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -184,7 +186,7 @@ def convert(src: Path, dst: Path, layout: str) -> None:
 @click.option("--scale", type=int, default=1, show_default=True, help="Nearest-neighbour upscaling of the written video.")
 @click.option("--device", default="cpu", show_default=True)
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
-             steps: int | None, mode: str, seed: int, out: Path, scale: int, device: str) -> None:
+             steps: int | None, times: str | None, mode: str, seed: int, out: Path, scale: int, device: str) -> None:
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
     import time
 
@@ -205,7 +207,13 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     num_frames = None if seconds is None else max(1, round(seconds * fps))
     schedule = [(_frame_at(when, fps), text) for when, text in switches]
     started = time.perf_counter()
-    frames = pipe.generate(prompt, num_frames=num_frames, steps=steps, mode=mode, seed=seed, switches=schedule)
+    grid = None
+    if times is not None:
+        try:
+            grid = [float(x) for x in times.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--times must be comma-separated numbers, got {times!r}") from None
+    frames = pipe.generate(prompt, num_frames=num_frames, steps=steps, mode=mode, seed=seed, switches=schedule, times=grid)
     elapsed = time.perf_counter() - started
     try:
         (write_gif if out.suffix.lower() == ".gif" else write_mp4)(out, frames, fps=fps, scale=scale)

@@ -133,6 +133,7 @@ class Stream:
         guidance: float,
         num_frames: int | None,
         actions: Actions,
+        times: Sequence[float] | None = None,
     ) -> None:
         self._pipe = pipe
         cfg = pipe.config
@@ -143,7 +144,7 @@ class Stream:
         self._context = pipe.encode_prompt(prompt)  # (1, L, D)
         self._neg = None if is_unguided(guidance) else pipe.encode_prompt("")
         self._guidance = guidance
-        self._grid = time_grid(steps, float(cfg.sampler["shift"]))
+        self._grid = time_grid(steps, float(cfg.sampler["shift"])) if times is None else time_grid([1.0, *times, 0.0])
         self._solver = cfg.sampler["solver"]
         self._generator = torch.Generator(pipe.device).manual_seed(seed)
         self._sink, self._window = int(cfg.stream["sink_frames"]), cfg.stream["window_frames"]
@@ -343,6 +344,19 @@ class StreamingPipeline:
             raise UserError(f"steps must be a positive integer, got {steps!r}")
         return steps
 
+    @staticmethod
+    def _times(times: Sequence[float] | None, steps: int | None) -> tuple[list[float] | None, int | None]:
+        """Validated intermediate times and the step count they imply (``steps`` must agree if given)."""
+        if times is None:
+            return None, steps
+        times = [float(x) for x in times]
+        grid = [1.0, *times, 0.0]
+        if any(not a > b for a, b in zip(grid, grid[1:])):
+            raise UserError(f"intermediate times must decrease strictly between 1 and 0, got {times}")
+        if steps is not None and steps != len(times) + 1:
+            raise UserError(f"{len(times)} intermediate times make {len(times) + 1} steps, but steps={steps}")
+        return times, len(times) + 1
+
     def _guidance(self, guidance: float | None) -> float:
         return float(self.config.sampler["guidance"]) if guidance is None else float(guidance)
 
@@ -357,6 +371,7 @@ class StreamingPipeline:
         guidance: float | None = None,
         num_frames: int | None = None,
         actions: Actions = None,
+        times: Sequence[float] | None = None,
     ) -> Stream:
         """Start a causal stream of decoded frames.
 
@@ -369,12 +384,15 @@ class StreamingPipeline:
             num_frames: stop after this many frames; None = unbounded.
             actions: world models only: a function frame index -> action id, or an iterable of
                 action ids (one per frame); None = noop.
+            times: the few-step sampler's intermediate flow-matching times, e.g. ``[0.75]`` for 2
+                steps 1 -> 0.75 -> 0 (default: the checkpoint's shifted uniform grid).
         Returns:
             a :class:`Stream`, iterating :class:`StreamFrame` with ``image`` uint8 (H, W, 3).
         """
         cfg = self.config
         if not cfg.causal:
             raise UserError("this checkpoint is a bidirectional model and cannot stream: use `generate` (fixed length)")
+        times, steps = self._times(times, steps)
         if mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_frames is not None and num_frames < 1:
@@ -387,7 +405,7 @@ class StreamingPipeline:
             raise UserError(f"seed must be a non-negative integer, got {seed!r}")
         return Stream(
             self, prompt, steps=self._steps(steps), frames_per_chunk=fc, seed=seed, guidance=self._guidance(guidance),
-            num_frames=num_frames, actions=actions,
+            num_frames=num_frames, actions=actions, times=times,
         )
 
     def generate(
@@ -401,6 +419,7 @@ class StreamingPipeline:
         guidance: float | None = None,
         switches: Sequence[tuple[int, str]] = (),
         actions: Actions = None,
+        times: Sequence[float] | None = None,
     ) -> np.ndarray:
         """A whole video, uint8 (F, H, W, 3).
 
@@ -415,7 +434,7 @@ class StreamingPipeline:
         if cfg.causal:
             stream = self.stream(
                 prompt, steps=steps, mode=mode, seed=seed, guidance=guidance,
-                num_frames=cfg.num_frames if num_frames is None else num_frames, actions=actions,
+                num_frames=cfg.num_frames if num_frames is None else num_frames, actions=actions, times=times,
             )
             schedule = sorted(switches, key=lambda s: s[0])
             frames = []
@@ -433,6 +452,8 @@ class StreamingPipeline:
             )
         if actions is not None:
             raise UserError("actions need a causal world-model checkpoint")
+        if times is not None:
+            raise UserError("intermediate times are for causal few-step students")
         guidance = self._guidance(guidance)
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = torch.randn((1, *self.latent_shape(cfg.num_frames)), generator=generator, device=self.device)

@@ -62,6 +62,29 @@ def test_a_meanflow_student_generates_from_the_cli(teachers, tmp_path):
     result = _cli("generate", "-c", str(out / "model"), "-p", "a red circle moves right", "--steps", "2", "--seconds", "1", "-o", str(video))
     assert result.returncode == 0, result.stderr
     assert video.stat().st_size > 0
+    chosen = _cli("generate", "-c", str(out / "model"), "-p", "a red circle", "--times", "0.8,0.4", "-o", str(tmp_path / "t.gif"))
+    assert chosen.returncode == 0, chosen.stderr
+    bad = _cli("generate", "-c", str(out / "model"), "-p", "a red circle", "--times", "0.4,0.8", "-o", str(tmp_path / "b.gif"))
+    assert bad.returncode == 2 and "must decrease strictly" in bad.stderr
+
+
+def test_chosen_intermediate_times_are_the_grid_the_student_sees(teachers, tmp_path):
+    from causal_rcm.pipeline import StreamingPipeline
+
+    out = tmp_path / "scm"
+    train(load_config("tf-scm", None, FAST + ["train.steps=1", f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}", "objective.student_steps=1", "train.eval_drift=0"]), restart=True)
+    pipe = StreamingPipeline.from_pretrained(out / "model")
+    seen = []
+    original = pipe.model.forward
+
+    def spy(x, t, context, **kw):
+        if not kw.get("update_cache"):
+            seen.append(round(float(t[0, 0]) / 1000, 4))
+        return original(x, t, context, **kw)
+
+    pipe.model.forward = spy
+    pipe.generate("a red circle", num_frames=2, times=[0.6])
+    assert seen == [1.0, 0.6]  # one chunk of 2 frames, two steps: 1 -> 0.6 -> 0
 
 
 def test_a_meanflow_student_starts_as_its_teacher(teachers):
