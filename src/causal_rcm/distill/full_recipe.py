@@ -70,26 +70,34 @@ class CausalRCMRecipe(Recipe):
 
     @classmethod
     def run(cls, config: Config, restart: bool = False) -> dict:
-        import os
-
         from ..train import train
+        from ..train.parallel import init_world, shutdown
 
         cls.prepare(config)
-        reports = []
-        for stage in cls.stage_configs(config):
-            reports.append(train(stage, restart=restart))
-        out = config.out_dir()
-        summary = {
+        world = init_world(config.train.device)  # one process group for both stages
+        try:
+            reports = [train(stage, restart=restart, world=world) for stage in cls.stage_configs(config)]
+            if world.is_main:
+                cls._finish(config, reports)
+        finally:
+            shutdown(world)
+        return cls._summary(reports)
+
+    @staticmethod
+    def _summary(reports: list[dict]) -> dict:
+        return {
             "recipe": "causal-rcm",
             "stages": reports,
             "steps": sum(r["steps"] for r in reports),
             "train_seconds": sum(r["train_seconds"] for r in reports),
             "eval": reports[-1].get("eval", {}),
         }
-        if int(os.environ.get("RANK", "0")) == 0:
-            final = out / "model"
-            if final.exists():
-                shutil.rmtree(final)
-            shutil.copytree(out / "stage2-sf-dmd" / "model", final)
-            (out / "train_report.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+
+    @classmethod
+    def _finish(cls, config: Config, reports: list[dict]) -> None:
+        out = config.out_dir()
+        final = out / "model"
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.copytree(out / "stage2-sf-dmd" / "model", final)
+        (out / "train_report.json").write_text(json.dumps(cls._summary(reports), indent=2) + "\n")

@@ -8,8 +8,13 @@ from .trainer import Recipe, Trainer
 __all__ = ["Recipe", "Trainer", "train"]
 
 
-def train(config: Config, restart: bool = False) -> dict:
-    """Run ``config.recipe`` on its data world; under torchrun every process calls this."""
+def train(config: Config, restart: bool = False, *, world=None) -> dict:
+    """Run ``config.recipe`` on its data world; under torchrun every process calls this.
+
+    ``world`` (from :func:`~.parallel.init_world`) reuses a process group that the caller owns
+    and leaves it up (staged recipes train several runs in one group); by default the group is
+    joined here and left at the end.
+    """
     from ..data.embedded import ShapesWorld
     from ..distill import build_recipe, recipe_class
     from ..errors import UserError
@@ -25,7 +30,8 @@ def train(config: Config, restart: bool = False) -> dict:
 
         config.model = load_checkpoint(config.train.init)[0]  # the student takes the checkpoint's architecture
     cls.prepare(config)
-    world = init_world(config.train.device)
+    owns_world = world is None
+    world = world or init_world(config.train.device)
     data = None
     try:
         local_batch = config.train.batch_size // world.size
@@ -35,4 +41,9 @@ def train(config: Config, restart: bool = False) -> dict:
     finally:
         if data is not None:
             data.close()
-        shutdown(world)
+        if owns_world:
+            shutdown(world)
+        elif world.distributed:  # the next run may read what the main process just exported
+            import torch.distributed as dist
+
+            dist.barrier()
