@@ -117,7 +117,7 @@ class SFDMDRecipe(TFDistillRecipe):
         cfg = self.config
         self.teacher = self.load_model(cfg.train.teacher).to(device).eval().requires_grad_(False)
         self.teacher_causal = bool(read_pipeline_config(cfg.train.teacher).get("causal", False))
-        self.student = (self.load_model(cfg.train.init) if cfg.train.init else self.student_from_teacher()).to(device).train()
+        self.student = (self.load_model(cfg.train.init) if cfg.train.init else self.student_from(self.teacher)).to(device).train()
         self.critic = self.load_model(cfg.train.teacher).to(device).train()
 
     def trainable(self):

@@ -135,20 +135,17 @@ class TFDistillRecipe(DenoisingRecipe):
     def build(self, device: torch.device) -> None:
         self.device = device
         self.teacher = self.load_model(self.config.train.teacher).to(device).eval().requires_grad_(False)
-        if self.config.train.init:
-            self.student = self.load_model(self.config.train.init)
-        else:
-            self.student = self.student_from_teacher()
-        self.student = self.student.to(device).train()
+        source = self.load_model(self.config.train.init) if self.config.train.init else self.teacher
+        self.student = self.student_from(source).to(device).train()
 
-    def student_from_teacher(self) -> CausalWanModel:
-        """The student architecture (``config.model``) with the teacher's weights; new parts keep their init."""
+    def student_from(self, source: CausalWanModel) -> CausalWanModel:
+        """The student architecture (``config.model``) with ``source``'s weights; parts it lacks keep their init."""
         student = CausalWanModel(self.config.model, attn_backend=self.config.attn_backend)
-        missing, unexpected = student.load_state_dict(self.teacher.state_dict(), strict=False)
+        missing, unexpected = student.load_state_dict(source.state_dict(), strict=False)
         new = {name for name, _ in student.named_parameters() if any(name.startswith(p) for p in self.new_parameters())}
         if unexpected or set(missing) - new:
             raise UserError(
-                f"the student ({self.config.recipe}) does not fit the teacher's weights: "
+                f"the student ({self.config.recipe}) does not fit the weights it starts from: "
                 f"missing {sorted(set(missing) - new)[:3]}, unexpected {sorted(unexpected)[:3]}"
             )
         return student
