@@ -159,7 +159,7 @@ class Trainer:
             raise UserError(f"cannot resume from {path}: {exc}; delete it or use another train.out_dir") from None
         saved, current = dict(state["config"]), config_to_dict(self.config)
         for cfg in (saved, current):  # a longer run or a new log cadence may resume
-            for key in ("steps", "log_every", "ckpt_every", "eval_every", "progress"):
+            for key in ("steps", "max_seconds", "log_every", "ckpt_every", "eval_every", "progress"):
                 cfg["train"].pop(key, None)
         if saved != current:
             raise UserError(f"{self.out_dir} holds a run with a different config; use another train.out_dir or --restart")
@@ -182,6 +182,14 @@ class Trainer:
     def elapsed(self) -> float:
         """Training wall-clock seconds, over every resumed segment."""
         return self._elapsed_before + time.perf_counter() - self._start
+
+    def _out_of_time(self) -> bool:
+        """``train.max_seconds`` reached; every process takes the same decision (any one out of time)."""
+        limit = self.config.train.max_seconds
+        if limit <= 0:
+            return False
+        late = torch.tensor(float(self.elapsed() >= limit), device=self.world.device)
+        return all_reduce_mean(late, self.world).item() > 0
 
     # ------------------------------------------------------------------ loop
     def _lr(self) -> float:
@@ -222,6 +230,8 @@ class Trainer:
         return logged
 
     def evaluate(self) -> dict[str, float]:
+        if self.config.train.eval_videos <= 0:
+            return {}
         ema_state = self.ema.full_state_dict()  # collective
         metrics: dict[str, float] = {}
         if self.world.is_main:
@@ -262,17 +272,21 @@ class Trainer:
                 bar.write(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
         self._start, window = time.perf_counter(), []
         try:
-            while self.step < cfg.steps:
+            out_of_time = resumed and self._out_of_time()  # a fresh run makes at least one step
+            stop = self.step >= cfg.steps or out_of_time
+            while not stop:
                 batch = self.data.next_batch()
                 logged = self._train_step(batch)
                 self.bad_steps = self.bad_steps + 1 if any(k.startswith("nonfinite/") for k in logged) else 0
                 self.step += 1
+                out_of_time = self._out_of_time()
+                stop = self.step >= cfg.steps or out_of_time
                 window.append(logged)
                 if bar is not None:
                     bar.update(1)
                     losses = {k.split("/", 1)[1]: v for k, v in logged.items() if k.startswith("loss/")}
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or stop:
                     record = _mean_records(window)
                     record.update(step=self.step, lr=self._lr(), time=self.elapsed())
                     window = []
@@ -289,10 +303,12 @@ class Trainer:
                         f"{self.bad_steps} consecutive steps with non-finite losses or gradients up to step {self.step}; "
                         f"the last checkpoint is kept in {self.out_dir}"
                     )
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
                     self._log_eval(self.evaluate(), log_file, writer)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.ckpt_every == 0 or stop:
                     self.save_checkpoint()
+            if out_of_time and bar is not None:
+                bar.write(f"time guard: stopped at step {self.step} of {cfg.steps} after {self.elapsed():.0f} s (train.max_seconds={cfg.max_seconds:g})")
             final_eval = self.evaluate()
             self._log_eval(final_eval, log_file, writer)
             ema_state = self.ema.full_state_dict()
@@ -303,6 +319,7 @@ class Trainer:
                 "device": str(self.world.device),
                 "precision": self.precision,
                 "train_seconds": self.elapsed(),
+                "time_guard": out_of_time,
                 "final": self.history[-1] if self.history else {},
                 "eval": final_eval,
             }
