@@ -191,3 +191,27 @@ def test_the_readme_quickstart_command_is_what_the_cli_accepts():
 
     shown = CliRunner().invoke(cli_group, [*words[1:], "--help"])
     assert shown.exit_code == 0 and "--from-scratch" in shown.output
+
+
+def test_restart_clears_only_what_the_quickstart_wrote(tmp_path):
+    from causal_rcm.quickstart import STAGES, _clear
+
+    for stage in STAGES:
+        (tmp_path / stage.name).mkdir()
+        (tmp_path / stage.name / "stage.json").write_text("{}")
+    for name in ("report.md", "report.json", "quickstart.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.png").write_text("x")
+    _clear(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_minutes_rescale_the_time_guards_of_the_stages_that_train():
+    from causal_rcm.quickstart import BUDGETS
+
+    cpu = BUDGETS["cpu"]
+    scaled = cpu.scaled(7.5, ["teacher", "causal-teacher"])
+    assert scaled.seconds["teacher"] + scaled.seconds["causal-teacher"] == pytest.approx(450)
+    assert scaled.seconds["teacher"] / scaled.seconds["causal-teacher"] == pytest.approx(cpu.seconds["teacher"] / cpu.seconds["causal-teacher"])
+    assert cpu.scaled(None, ["teacher"]) is cpu

@@ -263,7 +263,7 @@ def _teacher_stage(name: str, *, drift: bool, init: Callable[[Quickstart], Path 
 def _causal_teacher_here(q: Quickstart) -> dict:
     """With a shipped causal teacher, a short run of its recipe here (from the teacher), to see training work."""
     if q.shipped.get("causal-teacher") is None:
-        return {"skipped": "the causal teacher was trained here in this run: its training is this run's training on this device"}
+        return {"skipped": "the causal teacher itself was trained here in this run"}
     training = q.train("causal-teacher-here", "causal-teacher", init=q.model("teacher"))
     model = q.dir("causal-teacher-here") / "model"
     return {"source": "trained here", "training": training, **q.evaluate("causal-teacher-here", model, drift=True)}

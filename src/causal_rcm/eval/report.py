@@ -117,16 +117,18 @@ def _plots(out: Path, stages: list[dict], drift_factor: int) -> dict[str, str]:
     panels = [("Oracle metrics (training length)", METRICS, scored)]
     if has_long:
         panels.append((f"Rollouts {drift_factor}x the training length: first vs last window", LONG_METRICS, has_long))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
+    colours = {r["name"]: f"C{i}" for i, r in enumerate(scored)}  # one colour per model in every panel
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.8 * len(panels)), squeeze=False)
     for ax, (title, keys, rows) in zip(axes[:, 0], panels):
         width = 0.8 / len(rows)
         for i, r in enumerate(rows):
             values = [_num(r["metrics"].get(k)) for k in keys]
-            ax.bar(np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width, values, width, label=r["label"])
+            ax.bar(np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width, values, width, label=r["label"],
+                   color=colours[r["name"]])
         ax.set_xticks(np.arange(len(keys)), [k.replace("long_", "").replace("_", " ") for k in keys], fontsize=8)
-        ax.set(ylim=(0, 1.05), ylabel="score (1 = perfect)", title=title)
+        ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel="score (1 = perfect)", title=title)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, ncol=min(len(rows), 5))
+        ax.legend(fontsize=8, ncol=min(len(rows), 6), loc="upper center")
     fig.tight_layout()
     fig.savefig(out / "plots" / "oracle.png", dpi=110)
     plt.close(fig)

@@ -3,7 +3,7 @@
 A :class:`Recipe` owns its models and losses; the trainer owns everything around them:
 devices and processes (FSDP2 under torchrun), optimisers (AdamW, warm-up, clipping), the EMA
 of the student, bf16 autocast on CUDA, non-finite detection, progress bar, jsonl and
-TensorBoard logs, periodic evaluation, atomic checkpoints and exact resume (models, EMA,
+TensorBoard logs, periodic evaluation, a time guard, atomic checkpoints and exact resume (models, EMA,
 optimisers, RNG, data position, step).
 """
 
@@ -267,7 +267,8 @@ class Trainer:
         if self.world.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.config.recipe, unit="step", dynamic_ncols=True)
+            guard = f" (time guard {cfg.max_seconds:g} s)" if cfg.max_seconds > 0 else ""
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.config.recipe + guard, unit="step", dynamic_ncols=True)
             if resumed:
                 bar.write(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
         self._start, window = time.perf_counter(), []
