@@ -132,6 +132,8 @@ def test_given_teachers_are_used_and_a_short_causal_run_is_trained_here(fast_run
     assert stages["teacher"]["source"] == stages["causal-teacher"]["source"] == "given"
     assert stages["teacher"]["model_path"] == str(teachers / "teacher" / "model")
     assert not (out / "teacher" / "model").exists()  # nothing trained for it
+    assert stages["teacher"]["training"]["command"] == (teachers / "teacher" / "command.txt").read_text().strip()
+    assert stages["teacher"]["training"]["command"].startswith("causal-rcm train teacher ")
     here = stages["causal-teacher-here"]
     assert here["source"] == "trained here" and here["training"]["init"] == str(teachers / "teacher" / "model")
     assert "**teacher: given** (`--teachers`)" in (out / "report.md").read_text()

@@ -145,31 +145,34 @@ class Quickstart:
 
     # ------------------------------------------------------------ training
     def train(self, stage: str, recipe: str, *, steps: int | None = None, init: Path | None = None,
-              config_file: Path | None = None) -> dict:
+              config_file: Path | None = None, overrides: tuple[str, ...] = ()) -> dict:
         """Run ``recipe`` (on ``config_file``, a resolved config, if given) into ``OUT/<stage>`` within the
-        budget, resuming its checkpoint; a summary."""
+        budget, resuming its checkpoint; a summary. ``overrides`` come last (e.g. ``train.teacher=...``)."""
         from .config import load_config
         from .train import train
 
         b = self.budget
-        overrides = [
+        args = [
             f"train.out_dir={self.dir(stage).resolve()}", f"train.device={self.device}",
             f"train.batch_size={b.batch_size}", f"train.steps={b.steps[stage] if steps is None else steps}",
             "train.eval_videos=0", f"train.progress={str(self.progress and steps != 0).lower()}", *b.overrides,
             *b.recipe_overrides.get(recipe, ()),
         ]
         if steps is None:
-            overrides.append(f"train.max_seconds={b.seconds[stage]:.0f}")
+            args.append(f"train.max_seconds={b.seconds[stage]:g}")
             self.say(f"  training {recipe} on {self.device} for up to {b.seconds[stage]:.0f} s or {b.steps[stage]} steps")
         if init is not None:
-            overrides.append(f"train.init={init.resolve()}")
-        summary = train(load_config(recipe, config_file, overrides))
+            args.append(f"train.init={init.resolve()}")
+        args += overrides
+        command = " ".join(["causal-rcm train", recipe, *(["--config", shlex.quote(str(config_file))] if config_file else []),
+                            *(shlex.quote(a) for a in args)])
+        summary = train(load_config(recipe, config_file, args))
+        (self.dir(stage) / "command.txt").write_text(command + "\n")  # the folder has the shipped teachers' layout
         losses = _losses(self.dir(stage) / "metrics.jsonl")
         return {
             "recipe": recipe,
             "where": "here",
-            "command": " ".join(["causal-rcm train", recipe, *(["--config", shlex.quote(str(config_file))] if config_file else []),
-                                 *(shlex.quote(o) for o in overrides)]),
+            "command": command,
             "steps": summary["steps"],
             "batch_size": b.batch_size,
             "device": summary["device"],
@@ -291,7 +294,7 @@ STAGES: list[Stage] = [
         trains=lambda q: q.shipped.get("causal-teacher") is None,
     ),
     Stage(
-        "causal-teacher-here", "causal (here)",
+        "causal-teacher-here", "causal (short run)",
         "The causal-teacher recipe run on this device for a short budget from the teacher, beside the shipped causal "
         "teacher (only when that one is shipped).",
         _causal_teacher_here,

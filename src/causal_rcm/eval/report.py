@@ -95,7 +95,7 @@ def _plots(out: Path, stages: list[dict], drift_factor: int) -> dict[str, str]:
             records = [json.loads(line) for line in (out / log).read_text().splitlines() if line.strip()]
             points = [(rec["step"], rec["loss/student"]) for rec in records if "loss/student" in rec]
             if points:
-                curves.append((f"{r['label']} ({r['source']}, {r['training'].get('device') or '?'})", points))
+                curves.append((f"{r['label']}: {r['source']}, {r['training'].get('device') or '?'}", points))
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4))
         for label, points in curves:
