@@ -18,6 +18,64 @@ def cli() -> None:
     """Causal-rCM: turn a video diffusion model into a real-time streaming generator."""
 
 
+@cli.command()
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/quickstart"), show_default=True,
+              help="Folder for the stages and the report.")
+@click.option("--from-scratch", is_flag=True, help="Train the teachers here instead of using the shipped ones.")
+@click.option("--teachers", type=click.Path(path_type=Path), default=None,
+              help="Folder with teacher/ and causal-teacher/ runs to use (default: the shipped checkpoints/shapes).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--minutes", type=float, default=None,
+              help="Training time of this run, shared by the stages that train (default on a CPU: 3.75 min when "
+                   "the teachers are trained here, 2 min beside shipped ones).")
+@click.option("--fast", is_flag=True, help="Test mode: seconds of training, 4 videos, 4 sampler steps; numbers measure nothing.")
+@click.option("--restart", is_flag=True, help="Redo every stage (default: finished stages are skipped, training resumes).")
+def quickstart(out: Path, from_scratch: bool, teachers: Path | None, device: str, minutes: float | None, fast: bool,
+               restart: bool) -> None:
+    """The whole recipe on the embedded shapes world, with a report (report.md, report.json, plots, videos).
+
+    Starts from the shipped teachers (trained on a GPU by scripts/train_shapes_teachers.sh); without
+    them, or with --from-scratch, trains them here within the budget. Every stage is evaluated with
+    the shapes world's oracle beside the ground truth and an untrained model. Re-running continues.
+    """
+    import shlex
+    import time
+
+    started = time.perf_counter()
+    _check_writable(out)
+    from .quickstart import run_quickstart
+
+    args = ["--out", str(out), "--device", device]
+    args += ["--from-scratch"] * from_scratch + ["--fast"] * fast + ["--restart"] * restart
+    args += [] if teachers is None else ["--teachers", str(teachers)]
+    args += [] if minutes is None else ["--minutes", f"{minutes:g}"]
+    command = "causal-rcm quickstart " + " ".join(shlex.quote(a) for a in args)
+    report = run_quickstart(out, device=device, from_scratch=from_scratch, teachers=teachers, minutes=minutes, fast=fast,
+                            restart=restart, command=command, started=started, say=click.echo)
+    _print_summary(report, out)
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    rows = [("stage", "source", "caption", "direction", "temporal", "NFE", "s/video", "training")]
+    for r in report["stages"]:
+        if "skipped" in r:
+            rows.append((r["name"], "skipped", "", "", "", "", "", ""))
+            continue
+        m, cost, t = r.get("metrics", {}), r.get("cost"), r.get("training")
+        rows.append((
+            r["name"], r["source"], *(f"{m[k]:.3f}" if isinstance(m.get(k), float) else "-" for k in
+                                      ("caption_adherence", "direction_accuracy", "temporal_consistency")),
+            f"{cost['nfe_per_video']:.0f}" if cost else "-", f"{cost['seconds_per_video']:.2f}" if cost else "-",
+            f"{t['steps']} steps, {t['seconds']:.0f} s on {t['device']}" if t and t.get("seconds") is not None else "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    click.echo("")
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    mode = " (test mode)" if report["mode"]["test_mode"] else ""
+    click.echo(f"\nreport: {out / 'report.md'}{mode}; wall-clock {report['wall_seconds']:.0f} s ({report['wall_seconds'] / 60:.1f} min)")
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")

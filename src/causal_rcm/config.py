@@ -68,6 +68,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    max_seconds: float = 0.0  # time guard: stop (checkpoint, evaluate, export) once training took this long; 0 = none
     batch_size: int = 32  # global batch (split across processes)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -75,7 +76,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200
     eval_every: int = 0  # 0 = only at the end
-    eval_videos: int = 16
+    eval_videos: int = 16  # 0 = no evaluation
     eval_steps: int = 50  # sampler steps for evaluation
     eval_drift: int = 4  # causal models: also roll out this many times the training length (0 = off)
     out_dir: str = ""  # default: runs/<recipe>

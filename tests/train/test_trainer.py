@@ -90,7 +90,7 @@ def test_non_finite_losses_are_skipped_and_stop_the_run(tmp_path, monkeypatch):
     config = load_config("teacher", None, FAST + ["train.steps=10", "optim.max_bad_steps=3", f"train.out_dir={tmp_path}"])
     from causal_rcm.train.trainer import NonFiniteError
 
-    with pytest.raises(NonFiniteError, match="3 consecutive steps with non-finite losses or gradients up to step 5"):
+    with pytest.raises(NonFiniteError, match="3 consecutive steps with non-finite or rejected losses or gradients up to step 5"):
         train_pkg.train(config)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("nonfinite/student", 0) for r in records] == [0, 0, 1, 1, 1]
@@ -139,3 +139,17 @@ def test_config_overrides_and_print(tmp_path):
     resolved.write_text(result.stdout)
     again = load_config("teacher", resolved, [])
     assert again.train.steps == 7
+
+
+def test_time_guard_stops_checkpoints_and_exports(tmp_path):
+    from causal_rcm import train as train_pkg
+
+    config = load_config("teacher", None, FAST + ["train.steps=50", "train.max_seconds=1e-6", "train.ckpt_every=100",
+                                                   "train.eval_videos=0", f"train.out_dir={tmp_path}"])
+    summary = train_pkg.train(config)
+    assert summary["time_guard"] is True and summary["steps"] == 1 and summary["eval"] == {}
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 1  # saved although not a ckpt_every step
+    assert (tmp_path / "model" / "model.safetensors").is_file() and len(_losses(tmp_path)) == 1
+    again = train_pkg.train(load_config("teacher", None, FAST + ["train.steps=50", "train.max_seconds=1e-6", "train.ckpt_every=100",
+                                                                  "train.eval_videos=0", f"train.out_dir={tmp_path}"]))
+    assert again["steps"] == 1  # resumed past its guard: no step more

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ import torch
 from ..data.embedded import ShapesWorld
 from ..data.video import grid, to_uint8, write_gif
 from ..diffusion.samplers import causal_sample, consistency_sample, euler_sample
+
+BATCH = 16  # videos sampled together
 
 
 @dataclass
@@ -29,11 +33,50 @@ class SamplerSpec:
     def to_dict(self) -> dict:
         return {"solver": self.solver, "steps": self.steps, "shift": self.shift, "guidance": self.guidance}
 
+    def calls_per_batch(self, num_frames: int) -> int:
+        """Network calls to sample one batch of ``num_frames`` frames: steps x CFG branches, per chunk
+        when causal, plus the cache commit of every chunk but the last (see ``causal_sample_stream``)."""
+        branches = 1 if self.guidance == 1 else 2
+        if not self.causal:
+            return self.steps * branches
+        chunks = math.ceil(num_frames / self.frames_per_chunk)
+        return (chunks * self.steps + chunks - 1) * branches
+
+
+class NetworkCalls:
+    """Counts a model's forward calls (network evaluations) with a hook; optionally a progress bar over them.
+
+    ``with NetworkCalls(model, total, desc="teacher") as calls: ...``, then ``calls.count``.
+    """
+
+    def __init__(self, model: torch.nn.Module, total: int | None = None, desc: str | None = None) -> None:
+        self.model, self.total, self.desc = model, total, desc
+        self.count = 0
+        self._bar = self._hook = None
+
+    def __enter__(self) -> NetworkCalls:
+        if self.desc is not None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.desc, unit="call", dynamic_ncols=True, leave=False)
+        self._hook = self.model.register_forward_hook(self._called)
+        return self
+
+    def _called(self, module, args, output) -> None:
+        self.count += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
+        if self._bar is not None:
+            self._bar.close()
+
 
 @torch.no_grad()
 def sample_videos(
     model, world: ShapesWorld, captions: list[str], spec: SamplerSpec, *, num_frames: int | None = None,
-    seed: int = 0, actions: torch.Tensor | None = None, batch_size: int = 16,
+    seed: int = 0, actions: torch.Tensor | None = None, batch_size: int = BATCH,
 ) -> torch.Tensor:
     """Generate one video per caption -> pixels (B, 3, F, H, W) in [-1, 1] (float32, CPU)."""
     device = next(model.parameters()).device
@@ -61,6 +104,63 @@ def sample_videos(
     return torch.cat(videos)
 
 
+@dataclass
+class Evaluation:
+    """Oracle metrics of one model, its samples and what sampling them cost."""
+
+    metrics: dict[str, float]
+    videos: torch.Tensor  # (n, 3, F, H, W) in [-1, 1]
+    reference: dict = field(repr=False)  # the eval set: caption, scene, video (ground truth)
+    long_videos: torch.Tensor | None = None  # (n, 3, k F, H, W) with drift_factor = k
+    nfe_per_video: float = 0.0  # network evaluations per video (a causal model's each covers one chunk)
+    seconds_per_video: float = 0.0  # sampling wall-clock per video (in batches of BATCH), oracle excluded
+
+
+def evaluate(
+    model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
+    progress: str | None = None,
+) -> Evaluation:
+    """Sample ``n`` held-out prompts (and, causal with ``drift_factor = k``, rollouts k times as long) and score them.
+
+    ``progress`` names a progress bar over the network calls. Long rollouts add ``long_*`` metrics
+    (see :func:`drift_metrics`).
+    """
+    frames = world.data.num_frames
+    ref = world.eval_set(n)
+    long_frames = frames * drift_factor if drift_factor and spec.causal else 0
+    batches = math.ceil(n / BATCH)
+    total = batches * (spec.calls_per_batch(frames) + (spec.calls_per_batch(long_frames) if long_frames else 0))
+    with NetworkCalls(model, total, progress) as calls:
+        started = time.perf_counter()
+        videos = sample_videos(model, world, ref["caption"], spec, seed=seed, actions=ref.get("actions"))
+        seconds, nfe = time.perf_counter() - started, calls.count
+        long_videos = long_ref = None
+        if long_frames:
+            long_ref = world.eval_set(n, num_frames=long_frames)
+            long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
+    metrics = dict(world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
+    if long_videos is not None:
+        metrics.update(drift_metrics(world, long_videos, long_ref["caption"], window=frames))
+    return Evaluation(metrics, videos, ref, long_videos, nfe_per_video=nfe / batches, seconds_per_video=seconds / n)
+
+
+def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[str], window: int) -> dict[str, float]:
+    """Caption adherence / temporal consistency over the first and the last ``window`` frames of long
+    videos (B, 3, F, H, W), and the oracle's drift between them, averaged over videos (``long_*`` keys)."""
+    first, last, drift = [], [], []
+    for i in range(len(captions)):
+        d = world.oracle.drift(long_videos[i : i + 1], captions[i], window=window)
+        first.append((d.caption_adherence[0], d.temporal_consistency[0]))
+        last.append((d.caption_adherence[-1], d.temporal_consistency[-1]))
+        drift.append(d.drift)
+    first_a, last_a = np.nanmean(np.array(first, dtype=float), axis=0), np.nanmean(np.array(last, dtype=float), axis=0)
+    return dict(
+        long_first_caption_adherence=float(first_a[0]), long_first_temporal_consistency=float(first_a[1]),
+        long_last_caption_adherence=float(last_a[0]), long_last_temporal_consistency=float(last_a[1]),
+        long_drift=float(np.nanmean(drift)),
+    )
+
+
 def evaluate_model(
     model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, out_dir: Path | None = None,
     tag: str = "samples", drift_factor: int = 0,
@@ -69,43 +169,22 @@ def evaluate_model(
 
     With ``drift_factor = k`` a causal model also generates videos k times its training length
     and reports caption adherence / temporal consistency over the first and the last training-length
-    window (``long_*`` keys) and the oracle's drift.
+    window (``long_*`` keys) and the oracle's drift. With ``out_dir``, GIFs of ground truth beside samples.
     """
-    frames = world.data.num_frames
-    ref = world.eval_set(n)
-    videos = sample_videos(model, world, ref["caption"], spec, seed=seed, actions=ref.get("actions"))
-    report = world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions"))
-    metrics = dict(report.metrics)
+    result = evaluate(model, world, spec, n=n, seed=seed, drift_factor=drift_factor)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        ref, videos = result.reference, result.videos
         pairs = [v for i in range(min(n, 8)) for v in (to_uint8(ref["video"][i]), to_uint8(videos[i]))]
         write_gif(out_dir / f"{tag}.gif", grid(pairs, columns=4), fps=8, scale=4)
-    if drift_factor and spec.causal:
-        long_frames = frames * drift_factor
-        long_ref = world.eval_set(n, num_frames=long_frames)
-        long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
-        first, last, drift = [], [], []
-        for i in range(n):
-            d = world.oracle.drift(long_videos[i : i + 1], long_ref["caption"][i], window=frames)
-            first.append((d.caption_adherence[0], d.temporal_consistency[0]))
-            last.append((d.caption_adherence[-1], d.temporal_consistency[-1]))
-            drift.append(d.drift)
-        first_a, last_a = np.nanmean(np.array(first, dtype=float), axis=0), np.nanmean(np.array(last, dtype=float), axis=0)
-        metrics.update(
-            long_first_caption_adherence=float(first_a[0]), long_first_temporal_consistency=float(first_a[1]),
-            long_last_caption_adherence=float(last_a[0]), long_last_temporal_consistency=float(last_a[1]),
-            long_drift=float(np.nanmean(drift)),
-        )
-        if out_dir is not None:
-            write_gif(out_dir / f"{tag}_long.gif", grid([to_uint8(long_videos[i]) for i in range(min(n, 4))], columns=4), fps=8, scale=4)
-    return metrics
+        if result.long_videos is not None:
+            long = result.long_videos
+            write_gif(out_dir / f"{tag}_long.gif", grid([to_uint8(long[i]) for i in range(min(n, 4))], columns=4), fps=8, scale=4)
+    return result.metrics
 
 
-def evaluate_checkpoint(
-    path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
-    out_dir: Path | None = None,
-) -> dict[str, float]:
-    """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it)."""
+def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tuple[torch.nn.Module, ShapesWorld, SamplerSpec]:
+    """A checkpoint written by ``train`` -> (model in eval mode, its world, its sampler from the ``pipeline`` config)."""
     from ..config import DataConfig
     from ..errors import UserError
     from ..models.adapters import read_pipeline_config
@@ -130,4 +209,13 @@ def evaluate_checkpoint(
         guidance=sampler["guidance"], frames_per_chunk=pipe["frames_per_chunk"], sink_frames=stream.get("sink_frames", 0),
         window_frames=stream.get("window_frames"),
     )
-    return evaluate_model(model.to(dev).eval(), world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor)
+    return model.to(dev).eval(), world, spec
+
+
+def evaluate_checkpoint(
+    path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
+    out_dir: Path | None = None,
+) -> dict[str, float]:
+    """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it)."""
+    model, world, spec = load_for_eval(path, steps=steps, device=device)
+    return evaluate_model(model, world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor)

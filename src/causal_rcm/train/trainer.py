@@ -3,7 +3,7 @@
 A :class:`Recipe` owns its models and losses; the trainer owns everything around them:
 devices and processes (FSDP2 under torchrun), optimisers (AdamW, warm-up, clipping), the EMA
 of the student, bf16 autocast on CUDA, non-finite detection, progress bar, jsonl and
-TensorBoard logs, periodic evaluation, atomic checkpoints and exact resume (models, EMA,
+TensorBoard logs, periodic evaluation, a time guard, atomic checkpoints and exact resume (models, EMA,
 optimisers, RNG, data position, step).
 """
 
@@ -169,7 +169,7 @@ class Trainer:
             raise UserError(f"cannot resume from {path}: {exc}; delete it or use another train.out_dir") from None
         saved, current = dict(state["config"]), config_to_dict(self.config)
         for cfg in (saved, current):  # a longer run or a new log cadence may resume
-            for key in ("steps", "log_every", "ckpt_every", "eval_every", "progress"):
+            for key in ("steps", "max_seconds", "log_every", "ckpt_every", "eval_every", "progress"):
                 cfg["train"].pop(key, None)
         if saved != current:
             raise UserError(f"{self.out_dir} holds a run with a different config; use another train.out_dir or --restart")
@@ -192,6 +192,14 @@ class Trainer:
     def elapsed(self) -> float:
         """Training wall-clock seconds, over every resumed segment."""
         return self._elapsed_before + time.perf_counter() - self._start
+
+    def _out_of_time(self) -> bool:
+        """``train.max_seconds`` reached; every process takes the same decision (any one out of time)."""
+        limit = self.config.train.max_seconds
+        if limit <= 0:
+            return False
+        late = torch.tensor(float(self.elapsed() >= limit), device=self.world.device)
+        return all_reduce_mean(late, self.world).item() > 0
 
     # ------------------------------------------------------------------ loop
     def _lr(self) -> float:
@@ -236,6 +244,8 @@ class Trainer:
         return logged
 
     def evaluate(self) -> dict[str, float]:
+        if self.config.train.eval_videos <= 0:
+            return {}
         ema_state = self.ema.full_state_dict()  # collective
         metrics: dict[str, float] = {}
         if self.world.is_main:
@@ -271,23 +281,28 @@ class Trainer:
         if self.world.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.config.recipe, unit="step", dynamic_ncols=True)
+            guard = f" (time guard {cfg.max_seconds:g} s)" if cfg.max_seconds > 0 else ""
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.config.recipe + guard, unit="step", dynamic_ncols=True)
             if resumed:
                 bar.write(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
         self._start, window = time.perf_counter(), []
         try:
-            while self.step < cfg.steps:
+            out_of_time = resumed and self._out_of_time()  # a fresh run makes at least one step
+            stop = self.step >= cfg.steps or out_of_time
+            while not stop:
                 batch = self.data.next_batch()
                 logged = self._train_step(batch)
                 bad = any(k.startswith(("nonfinite/", "skipped/")) for k in logged)
                 self.bad_steps = self.bad_steps + 1 if bad else 0
                 self.step += 1
+                out_of_time = self._out_of_time()
+                stop = self.step >= cfg.steps or out_of_time
                 window.append(logged)
                 if bar is not None:
                     bar.update(1)
                     losses = {k.split("/", 1)[1]: v for k, v in logged.items() if k.startswith("loss/")}
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or stop:
                     record = _mean_records(window)
                     record.update(step=self.step, lr=self._lr(), time=self.elapsed())
                     window = []
@@ -304,10 +319,12 @@ class Trainer:
                         f"{self.bad_steps} consecutive steps with non-finite or rejected losses or gradients up to step {self.step}; "
                         f"the last checkpoint is kept in {self.out_dir}"
                     )
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not stop:
                     self._log_eval(self.evaluate(), log_file, writer)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.ckpt_every == 0 or stop:
                     self.save_checkpoint()
+            if out_of_time and bar is not None:
+                bar.write(f"time guard: stopped at step {self.step} of {cfg.steps} after {self.elapsed():.0f} s (train.max_seconds={cfg.max_seconds:g})")
             final_eval = self.evaluate()
             self._log_eval(final_eval, log_file, writer)
             ema_state = self.ema.full_state_dict()
@@ -318,6 +335,7 @@ class Trainer:
                 "device": str(self.world.device),
                 "precision": self.precision,
                 "train_seconds": self.elapsed(),
+                "time_guard": out_of_time,
                 "final": self.history[-1] if self.history else {},
                 "eval": final_eval,
             }

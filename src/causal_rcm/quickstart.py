@@ -1,0 +1,489 @@
+"""``causal-rcm quickstart``: the recipe end to end on the embedded shapes world, stage by stage, and a report.
+
+The stages (:data:`STAGES`, in order) share one :class:`Quickstart` (output folder, device,
+budget, the results of earlier stages). A stage returns a JSON-able result that is written to
+``OUT/<stage>/stage.json`` when it finishes, so a re-run skips finished stages and a training
+stage killed half-way resumes from its checkpoint; ``restart=True`` redoes everything. Then
+``eval.report`` writes ``report.md``, ``report.json``, plots and sample grids from the results.
+
+The shapes-world teachers are trained on a GPU by ``scripts/train_shapes_teachers.sh`` and
+shipped under :data:`SHIPPED_TEACHERS`; a CPU cannot train them in minutes (DESIGN section 7).
+Without them (or with ``from_scratch``) the teachers are trained here within the budget and
+labelled so. A later distillation stage is one more :class:`Stage` entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["SHIPPED_TEACHERS", "TEACHERS", "Budget", "BUDGETS", "Stage", "STAGES", "Quickstart", "run_quickstart"]
+
+SHIPPED_TEACHERS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
+"""The shipped teachers, in the source tree: ``teacher/`` and ``causal-teacher/``, each a
+``causal-rcm train`` output folder (``model/`` = safetensors + config, the resolved
+``config.json``, ``command.txt``, ``train_report.json``, ``metrics.jsonl``), as written by
+``scripts/train_shapes_teachers.sh``."""
+
+TEACHERS = ("teacher", "causal-teacher")
+RESULT = "stage.json"
+OPTIONS = "quickstart.json"
+SAMPLE_ROWS = 4  # prompts shown in the sample grids
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work the stages do: per-stage training step caps and time guards, evaluation size."""
+
+    name: str
+    label: str  # how the report names this mode
+    batch_size: int
+    steps: dict[str, int]  # training stage -> step cap
+    seconds: dict[str, float]  # training stage -> time guard (train.max_seconds)
+    eval_videos: int
+    eval_steps: int  # Euler steps (with CFG) for every model
+    drift_factor: int = 4  # causal models also roll out this many times their training length
+    overrides: tuple[str, ...] = ()  # for every training run
+    recipe_overrides: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # recipe -> more overrides
+
+    def scaled(self, minutes: float | None, training: list[str]) -> Budget:
+        """The time guards rescaled so that the stages in ``training`` share ``minutes`` as by default."""
+        if minutes is None or not training:
+            return self
+        factor = minutes * 60 / sum(self.seconds[name] for name in training)
+        return dataclasses.replace(self, seconds={k: v * factor for k, v in self.seconds.items()})
+
+
+BUDGETS = {
+    # About 5-6 minutes on a 2-core CPU in all (measured; see README).
+    "cpu": Budget(
+        "cpu", "default, CPU", batch_size=16,
+        steps={"teacher": 6000, "causal-teacher": 3000, "causal-teacher-here": 3000},
+        seconds={"teacher": 150, "causal-teacher": 75, "causal-teacher-here": 120},
+        eval_videos=16, eval_steps=50, overrides=("train.log_every=10", "train.ckpt_every=100"),
+        # Measured on this budget: the teacher at lr 1e-3 reaches colour ~0.85 and caption ~0.46 in 150 s,
+        # at the recipe's 3e-4 it stays at the floor; the causal fine-tune's loss falls faster at 5e-4 than 1e-4.
+        recipe_overrides={"teacher": ("optim.lr=1e-3",), "causal-teacher": ("optim.lr=5e-4", "optim.warmup_steps=20")},
+    ),
+    # The shipped teachers' settings (scripts/train_shapes_teachers.sh).
+    "gpu": Budget(
+        "gpu", "default, GPU", batch_size=64,
+        steps={"teacher": 3000, "causal-teacher": 1500, "causal-teacher-here": 500},
+        seconds={"teacher": 330, "causal-teacher": 180, "causal-teacher-here": 60},
+        eval_videos=16, eval_steps=50, overrides=("train.log_every=100", "train.ckpt_every=250"),
+    ),
+    "fast": Budget(
+        "fast", "fast (test mode: a few training steps, 4 videos, 4 sampler steps; its numbers measure nothing)",
+        batch_size=4, steps={"teacher": 6, "causal-teacher": 4, "causal-teacher-here": 4},
+        seconds={"teacher": 60, "causal-teacher": 60, "causal-teacher-here": 60},
+        eval_videos=4, eval_steps=4, overrides=("train.log_every=1", "train.ckpt_every=2", "optim.warmup_steps=2"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the quickstart: ``run`` returns its result (metrics, training, files) as a dict."""
+
+    name: str  # its folder under OUT and its key in report.json
+    label: str  # a short name for plots and sample grids
+    about: str  # what it is, one sentence for the report
+    run: Callable[[Quickstart], dict]
+    trains: Callable[[Quickstart], bool] = lambda q: False  # does it train in this run (budget split)
+
+
+class Quickstart:
+    """What the stages share: options, budget, device, and the results of the stages before."""
+
+    def __init__(self, out: Path, *, device: str, budget: Budget, teachers: Path | None, progress: bool = True,
+                 say: Callable[[str], None] = print) -> None:
+        from .train.parallel import resolve_device
+
+        self.out = out
+        self.device = str(resolve_device(device))
+        self.budget = budget
+        self.teachers = teachers  # the folder teachers are taken from; None: train them here
+        self.shipped = {name: _shipped_run(teachers, name) for name in TEACHERS} if teachers else {}
+        self.progress = progress
+        self.say = say
+        self.results: dict[str, dict] = {}
+
+    def teacher_source(self) -> str:
+        """How the report names a teacher taken from ``self.teachers``: the project's, or the user's (--teachers)."""
+        return "shipped" if self.teachers is not None and Path(self.teachers).resolve() == SHIPPED_TEACHERS else "given"
+
+    def dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the output folder when inside it (the report is movable), else absolute."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(self.out.resolve()))
+        except ValueError:
+            return str(path)
+
+    def teacher_config_file(self) -> Path | None:
+        """The shipped teacher's resolved config (its world and architecture), or None for the recipe's defaults."""
+        shipped = self.shipped.get("teacher")
+        return None if shipped is None else shipped / "config.json"
+
+    def model(self, stage: str) -> Path:
+        """The checkpoint an earlier stage produced or used."""
+        return Path(self.results[stage]["model_path"])
+
+    # ------------------------------------------------------------ training
+    def train(self, stage: str, recipe: str, *, steps: int | None = None, init: Path | None = None,
+              config_file: Path | None = None, overrides: tuple[str, ...] = ()) -> dict:
+        """Run ``recipe`` (on ``config_file``, a resolved config, if given) into ``OUT/<stage>`` within the
+        budget, resuming its checkpoint; a summary. ``overrides`` come last (e.g. ``train.teacher=...``)."""
+        from .config import load_config
+        from .train import train
+
+        b = self.budget
+        args = [
+            f"train.out_dir={self.dir(stage).resolve()}", f"train.device={self.device}",
+            f"train.batch_size={b.batch_size}", f"train.steps={b.steps[stage] if steps is None else steps}",
+            "train.eval_videos=0", f"train.progress={str(self.progress and steps != 0).lower()}", *b.overrides,
+            *b.recipe_overrides.get(recipe, ()),
+        ]
+        if steps is None:
+            args.append(f"train.max_seconds={b.seconds[stage]:g}")
+            self.say(f"  training {recipe} on {self.device} for up to {b.seconds[stage]:.0f} s or {b.steps[stage]} steps")
+        if init is not None:
+            args.append(f"train.init={init.resolve()}")
+        args += overrides
+        command = " ".join(["causal-rcm train", recipe, *(["--config", shlex.quote(str(config_file))] if config_file else []),
+                            *(shlex.quote(a) for a in args)])
+        summary = train(load_config(recipe, config_file, args))
+        (self.dir(stage) / "command.txt").write_text(command + "\n")  # the folder has the shipped teachers' layout
+        losses = _losses(self.dir(stage) / "metrics.jsonl")
+        return {
+            "recipe": recipe,
+            "where": "here",
+            "command": command,
+            "steps": summary["steps"],
+            "batch_size": b.batch_size,
+            "device": summary["device"],
+            "seconds": summary["train_seconds"],
+            "time_guard": summary["time_guard"],
+            "init": None if init is None else str(init),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "log": self.rel(self.dir(stage) / "metrics.jsonl"),
+        }
+
+    # ---------------------------------------------------------- evaluation
+    def evaluate(self, stage: str, model_path: Path, *, drift: bool) -> dict:
+        """Oracle metrics, sampling cost and sample videos of a checkpoint (Euler with CFG, budget's steps)."""
+        from .data.video import to_uint8
+        from .eval.shapes import evaluate, load_for_eval
+
+        model, world, spec = load_for_eval(model_path, steps=self.budget.eval_steps, device=self.device)
+        rollouts = f", and {self.budget.drift_factor}x-length rollouts" if drift and spec.causal else ""
+        self.say(f"  sampling {self.budget.eval_videos} videos ({spec.steps} Euler steps, CFG {spec.guidance:g}{rollouts})")
+        result = evaluate(
+            model, world, spec, n=self.budget.eval_videos, drift_factor=self.budget.drift_factor if drift else 0,
+            progress=f"{stage}: sampling" if self.progress else None,
+        )
+        videos = {"samples": to_uint8(result.videos[:SAMPLE_ROWS])}
+        if result.long_videos is not None:
+            videos["long"] = to_uint8(result.long_videos[:SAMPLE_ROWS])
+        return {
+            "model_path": str(model_path),
+            "sampler": {**spec.to_dict(), "causal": spec.causal, "frames_per_chunk": spec.frames_per_chunk},
+            "metrics": result.metrics,
+            "cost": {"nfe_per_video": result.nfe_per_video, "seconds_per_video": result.seconds_per_video},
+            "videos": self.save_videos(stage, videos),
+        }
+
+    def save_videos(self, stage: str, videos: dict[str, np.ndarray]) -> str:
+        """uint8 videos (B, F, H, W, 3) by kind ('samples', 'long') -> ``OUT/<stage>/videos.npz`` (the grids' columns)."""
+        path = self.dir(stage) / "videos.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **videos)
+        return self.rel(path)
+
+
+# ------------------------------------------------------------------ the stages
+def _ground_truth(q: Quickstart) -> dict:
+    """The eval set's ground-truth renders through the oracle: the ceiling of every metric."""
+    from .config import load_config
+    from .data.embedded import ShapesWorld
+    from .data.video import to_uint8
+    from .eval.shapes import drift_metrics
+
+    config = load_config("teacher", q.teacher_config_file())
+    world = ShapesWorld(config.data, config.model.text_dim)
+    n, frames = q.budget.eval_videos, config.data.num_frames
+    ref = world.eval_set(n)
+    long = world.eval_set(n, num_frames=frames * q.budget.drift_factor)
+    metrics = dict(world.oracle.evaluate(ref["video"], ref["scene"]).metrics)
+    metrics.update(drift_metrics(world, long["video"], long["caption"], window=frames))
+    videos = {"samples": to_uint8(ref["video"][:SAMPLE_ROWS]), "long": to_uint8(long["video"][:SAMPLE_ROWS])}
+    return {
+        "source": "ground truth",
+        "metrics": metrics,
+        "captions": list(ref["caption"][:SAMPLE_ROWS]),
+        "long_captions": list(long["caption"][:SAMPLE_ROWS]),
+        "videos": q.save_videos("ground-truth", videos),
+    }
+
+
+def _untrained(q: Quickstart) -> dict:
+    """The teacher's architecture at initialisation (0 training steps), sampled like the teacher: the floor."""
+    q.train("untrained", "teacher", steps=0, config_file=q.teacher_config_file())
+    return {"source": "untrained", **q.evaluate("untrained", q.dir("untrained") / "model", drift=False)}
+
+
+def _teacher_stage(name: str, *, drift: bool, init: Callable[[Quickstart], Path | None]) -> Callable[[Quickstart], dict]:
+    """A teacher: the shipped one if there is one (and not from scratch), else trained here."""
+
+    def run(q: Quickstart) -> dict:
+        shipped = q.shipped.get(name)
+        if shipped is not None:
+            q.say(f"  the {q.teacher_source()} {name}: {shipped}")
+            training, source, model = _shipped_training(shipped), q.teacher_source(), shipped / "model"
+        else:
+            start = init(q)
+            training, source, model = q.train(name, name, init=start), "trained here", q.dir(name) / "model"
+        return {"source": source, "training": training, **q.evaluate(name, model, drift=drift)}
+
+    return run
+
+
+def _causal_teacher_here(q: Quickstart) -> dict:
+    """With a shipped causal teacher, a short run of its recipe here (from the teacher), to see training work."""
+    if q.shipped.get("causal-teacher") is None:
+        return {"skipped": "the causal teacher itself was trained here in this run"}
+    training = q.train("causal-teacher-here", "causal-teacher", init=q.model("teacher"))
+    model = q.dir("causal-teacher-here") / "model"
+    return {"source": "trained here", "training": training, **q.evaluate("causal-teacher-here", model, drift=True)}
+
+
+STAGES: list[Stage] = [
+    Stage("ground-truth", "ground truth", "The eval prompts rendered by the simulator, scored by the oracle: the ceiling.", _ground_truth),
+    Stage(
+        "untrained", "untrained",
+        "The teacher's architecture at initialisation (what every training run starts from; Wan's init zeroes the "
+        "output layer, so its samples are its input noise), sampled like the teacher: the floor.",
+        _untrained,
+    ),
+    Stage(
+        "teacher", "teacher",
+        "Bidirectional flow-matching teacher, sampled with Euler steps and CFG over the whole clip.",
+        _teacher_stage("teacher", drift=False, init=lambda q: None),
+        trains=lambda q: q.shipped.get("teacher") is None,
+    ),
+    Stage(
+        "causal-teacher", "causal teacher",
+        "Causal teacher (teacher-forcing diffusion, chunks of 2 frames, initialised from the teacher), sampled chunk "
+        "by chunk with a KV cache (Euler steps and CFG per chunk), also on rollouts 4x its training length.",
+        _teacher_stage("causal-teacher", drift=True, init=lambda q: q.model("teacher")),
+        trains=lambda q: q.shipped.get("causal-teacher") is None,
+    ),
+    Stage(
+        "causal-teacher-here", "causal (short run)",
+        "The causal-teacher recipe run on this device for a short budget from the teacher, beside the shipped causal "
+        "teacher (only when that one is shipped).",
+        _causal_teacher_here,
+        trains=lambda q: q.shipped.get("causal-teacher") is not None,
+    ),
+]
+
+
+# ------------------------------------------------------------------- runner
+def run_quickstart(
+    out: str | Path = "runs/quickstart", *, device: str = "auto", from_scratch: bool = False, teachers: str | Path | None = None,
+    minutes: float | None = None, fast: bool = False, restart: bool = False, progress: bool = True,
+    command: str = "causal-rcm quickstart", started: float | None = None, say: Callable[[str], None] = print,
+) -> dict:
+    """Run every stage (skipping finished ones) and write the report; returns report.json's content."""
+    from .eval.report import write_report
+    from .train.parallel import resolve_device
+
+    started = time.perf_counter() if started is None else started
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if minutes is not None and minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {minutes:g}")
+    if from_scratch and teachers is not None:
+        raise UserError("--from-scratch trains the teachers here; leave out --teachers")
+    dev = resolve_device(device)
+    teacher_dir = None if from_scratch else Path(teachers) if teachers is not None else SHIPPED_TEACHERS
+    if teachers is not None and not any(_shipped_run(teacher_dir, name) for name in TEACHERS):
+        raise UserError(f"--teachers {teachers} holds neither teacher/model nor causal-teacher/model (the layout "
+                        "scripts/train_shapes_teachers.sh writes)")
+    budget = BUDGETS["fast" if fast else "gpu" if dev.type == "cuda" else "cpu"]
+    q = Quickstart(out, device=str(dev), budget=budget, teachers=teacher_dir, progress=progress, say=say)
+    training = [s.name for s in STAGES if s.trains(q)]
+    q.budget = budget.scaled(minutes, training)
+
+    if restart:
+        _clear(out)
+    options = {
+        "budget": budget.name, "minutes": minutes, "device": q.device,
+        "teachers": {name: str(path) if path else None for name, path in q.shipped.items()},
+    }
+    _check_options(out, options)
+
+    if from_scratch:
+        say(f"--from-scratch: training the teachers here on {q.device}")
+    elif missing := [name for name in TEACHERS if q.shipped.get(name) is None]:
+        say(f"no shipped {' and '.join(missing)} in {teacher_dir} (they are made on a GPU by scripts/train_shapes_teachers.sh): "
+            f"training {'them' if len(missing) > 1 else 'it'} here on {q.device}, labelled 'trained here' in the report")
+    if budget.name == "fast":
+        say("fast mode: a test of the plumbing; its numbers measure nothing")
+
+    for i, stage in enumerate(STAGES, 1):
+        path = q.dir(stage.name) / RESULT
+        head = f"[{i}/{len(STAGES)}] {stage.name}"
+        if path.exists():
+            q.results[stage.name] = json.loads(path.read_text())
+            say(f"{head}: done in an earlier run, skipped ({q.rel(path)})")
+            continue
+        say(head)
+        t0 = time.perf_counter()
+        result = {"name": stage.name, "label": stage.label, "about": stage.about, **stage.run(q)}
+        result["seconds"] = time.perf_counter() - t0
+        _write_json(path, result)
+        q.results[stage.name] = result
+        say(f"{head}: {_one_line(result)}")
+
+    report = {
+        "command": command,
+        "mode": {"name": q.budget.name, "label": q.budget.label, "test_mode": q.budget.name == "fast"},
+        "budget": dataclasses.asdict(q.budget),
+        "device": q.device,
+        "environment": _environment(),
+        "teachers": options["teachers"],
+        "shipped_teachers_folder": str(teacher_dir) if teacher_dir else None,
+        "stages": [q.results[s.name] for s in STAGES],
+        "stage_seconds": sum(r.get("seconds", 0.0) for r in q.results.values()),
+    }
+    write_report(out, report, started=started)
+    return report
+
+
+def _one_line(result: dict) -> str:
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    m = result.get("metrics", {})
+    parts = [result["source"], f"caption adherence {m.get('caption_adherence', float('nan')):.3f}",
+             f"direction {m.get('direction_accuracy', float('nan')):.3f}"]
+    if "training" in result and result["training"].get("where") == "here":
+        t = result["training"]
+        parts.append(f"trained {t['steps']} steps in {t['seconds']:.0f} s")
+    parts.append(f"{result['seconds']:.0f} s")
+    return ", ".join(parts)
+
+
+def _shipped_run(folder: Path | None, name: str) -> Path | None:
+    """``folder/name`` if it holds a checkpoint (``model/model.safetensors``), else None."""
+    if folder is None:
+        return None
+    run = Path(folder) / name
+    return run.resolve() if (run / "model" / "model.safetensors").is_file() else None
+
+
+def _shipped_training(run: Path) -> dict:
+    """What a shipped teacher's folder records of its training (command, steps, device, time, loss log)."""
+    report = _read_json(run / "train_report.json")
+    config = _read_json(run / "config.json")
+    command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else None
+    losses = _losses(run / "metrics.jsonl")
+    return {
+        "recipe": config.get("recipe") or report.get("recipe"),
+        "where": "elsewhere",
+        "command": command,
+        "steps": report.get("steps"),
+        "batch_size": config.get("train", {}).get("batch_size"),
+        "device": report.get("device"),
+        "seconds": report.get("train_seconds"),
+        "time_guard": report.get("time_guard"),
+        "init": config.get("train", {}).get("init") or None,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "log": str(run / "metrics.jsonl") if losses else None,
+    }
+
+
+def _losses(path: Path) -> list[float]:
+    if not path.is_file():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r["loss/student"] for r in records if "loss/student" in r]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomically (temp file + rename): a stage counts as done only once its result is whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _check_options(out: Path, options: dict) -> None:
+    """Refuse to mix stages made with other options in one folder; record the options of a new one."""
+    path = out / OPTIONS
+    if path.exists():
+        saved = _read_json(path)
+        if saved != options:
+            changed = ", ".join(sorted(k for k in options if saved.get(k) != options[k])) or "the options file"
+            raise UserError(f"{out} holds a quickstart run with other options ({changed} differ); use another --out or --restart")
+        return
+    _write_json(path, options)
+
+
+def _clear(out: Path) -> None:
+    """Remove what the quickstart wrote under ``out`` (its stage folders and report), nothing else."""
+    from .eval.report import REPORT_FILES
+
+    for stage in STAGES:
+        shutil.rmtree(out / stage.name, ignore_errors=True)
+    for name in (OPTIONS, *REPORT_FILES):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+
+def _environment() -> dict:
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    return {
+        "causal_rcm": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+

@@ -1,0 +1,36 @@
+"""Sampling cost accounting of the shapes-world evaluation: counted network calls match the sampler's."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from causal_rcm.eval.shapes import NetworkCalls, evaluate, load_for_eval, sample_videos
+
+from ..checkpoints import make_checkpoint
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_counted_calls_match_calls_per_batch(tmp_path, causal, guidance):
+    path = make_checkpoint(tmp_path / "ckpt", causal=causal, solver="euler", steps=3, guidance=guidance)
+    model, world, spec = load_for_eval(path, device="cpu")
+    # 8 frames in chunks of 2 frames: 4 chunks; 10 frames: a last chunk of 2 as well, 14: a short last chunk
+    for frames in (8, 14):
+        with NetworkCalls(model) as calls:
+            sample_videos(model, world, ["a red circle moves left"] * 3, spec, num_frames=frames)
+        assert calls.count == spec.calls_per_batch(frames)
+    branches = 1 if guidance == 1 else 2
+    expected = 3 * branches if not causal else (4 * 3 + 3) * branches
+    assert spec.calls_per_batch(8) == expected
+
+
+def test_evaluate_reports_cost_metrics_and_long_rollouts(tmp_path):
+    model, world, spec = load_for_eval(make_checkpoint(tmp_path / "ckpt", steps=2), device="cpu")
+    result = evaluate(model, world, spec, n=3, drift_factor=2, progress="test")
+    assert result.nfe_per_video == spec.calls_per_batch(8) and result.seconds_per_video > 0
+    assert result.videos.shape == (3, 3, 8, 32, 32) and result.long_videos.shape == (3, 3, 16, 32, 32)
+    assert {"caption_adherence", "long_first_caption_adherence", "long_drift"} <= set(result.metrics)
+    bidirectional = dataclasses.replace(spec, causal=False)
+    assert evaluate(model, world, bidirectional, n=2, drift_factor=2).long_videos is None  # drift is for causal models
