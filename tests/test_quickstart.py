@@ -55,7 +55,7 @@ def test_fast_run_is_quick_and_says_what_it_does(fast_run):
     assert seconds < 90
     assert "--from-scratch: training the teachers here on cpu" in result.stdout
     assert "fast mode" in result.stdout and "report:" in result.stdout
-    for name in ("ground-truth", "untrained", "teacher", "causal-teacher", "causal-teacher-here"):
+    for name in ("ground-truth", "untrained", "teacher", "causal-teacher", "causal-teacher-here", "tf-scm", "sf-dmd"):
         assert f"] {name}" in result.stdout
 
 
@@ -84,7 +84,12 @@ def test_report_has_every_stage_with_metrics_in_range(fast_run):
     assert report["mode"]["test_mode"] is True
     assert "test mode" in (out / "report.md").read_text()
     stages = _stages(report)
-    assert list(stages) == ["ground-truth", "untrained", "teacher", "causal-teacher", "causal-teacher-here"]
+    assert list(stages) == ["ground-truth", "untrained", "teacher", "causal-teacher", "causal-teacher-here", "tf-scm", "sf-dmd"]
+    for name in ("tf-scm", "sf-dmd"):  # distilled students: their own 2-step sampler without CFG, and 1 step
+        assert stages[name]["sampler"]["steps"] == 2 and stages[name]["sampler"]["guidance"] == 1.0
+        assert 0.0 <= stages[name]["one_step"]["caption_adherence"] <= 1.0
+        assert "long_drift" in stages[name]["metrics"]
+    assert stages["sf-dmd"]["training"]["init"].endswith("tf-scm/model")
     assert "skipped" in stages["causal-teacher-here"]  # the causal teacher was trained here
     for name, stage in stages.items():
         if "skipped" in stage:
@@ -104,19 +109,20 @@ def test_report_has_every_stage_with_metrics_in_range(fast_run):
     steps = report["budget"]["eval_steps"]
     assert stages["teacher"]["cost"]["nfe_per_video"] == 2 * steps  # CFG: two calls a step
     assert stages["causal-teacher"]["cost"]["nfe_per_video"] == 2 * (4 * steps + 3)  # 4 chunks, 3 cache commits
+    assert stages["tf-scm"]["cost"]["nfe_per_video"] == 4 * 2 + 3  # 2 steps a chunk, no CFG
 
 
 def test_a_rerun_skips_finished_stages_and_a_lost_stage_is_redone(fast_run):
     out, _, _ = fast_run
     again = cli("quickstart", "--fast", "--from-scratch", "--device", "cpu", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done in an earlier run, skipped") == 5
+    assert again.stdout.count("done in an earlier run, skipped") == 7
 
     (out / "causal-teacher" / "stage.json").unlink()  # as if killed after training, before its evaluation
     before = json.loads((out / "causal-teacher" / "train_report.json").read_text())
     again = cli("quickstart", "--fast", "--from-scratch", "--device", "cpu", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done in an earlier run, skipped") == 4
+    assert again.stdout.count("done in an earlier run, skipped") == 6
     assert "resumed from" in again.stdout + again.stderr  # the trainer continued from its checkpoint: no step is redone
     after = json.loads((out / "causal-teacher" / "train_report.json").read_text())
     assert after["steps"] == before["steps"]

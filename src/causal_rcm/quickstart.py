@@ -37,6 +37,7 @@ SHIPPED_TEACHERS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes
 ``scripts/train_shapes_teachers.sh``."""
 
 TEACHERS = ("teacher", "causal-teacher")
+STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers once a GPU made them (scripts/train_shapes_students.sh)
 RESULT = "stage.json"
 OPTIONS = "quickstart.json"
 SAMPLE_ROWS = 4  # prompts shown in the sample grids
@@ -69,24 +70,27 @@ BUDGETS = {
     # About 5-6 minutes on a 2-core CPU in all (measured; see README).
     "cpu": Budget(
         "cpu", "default, CPU", batch_size=16,
-        steps={"teacher": 6000, "causal-teacher": 3000, "causal-teacher-here": 3000},
-        seconds={"teacher": 150, "causal-teacher": 75, "causal-teacher-here": 120},
+        steps={"teacher": 6000, "causal-teacher": 3000, "causal-teacher-here": 3000, "tf-scm": 3000, "sf-dmd": 3000},
+        seconds={"teacher": 150, "causal-teacher": 75, "causal-teacher-here": 120, "tf-scm": 75, "sf-dmd": 75},
         eval_videos=16, eval_steps=50, overrides=("train.log_every=10", "train.ckpt_every=100"),
         # Measured on this budget: the teacher at lr 1e-3 reaches colour ~0.85 and caption ~0.46 in 150 s,
         # at the recipe's 3e-4 it stays at the floor; the causal fine-tune's loss falls faster at 5e-4 than 1e-4.
-        recipe_overrides={"teacher": ("optim.lr=1e-3",), "causal-teacher": ("optim.lr=5e-4", "optim.warmup_steps=20")},
+        recipe_overrides={
+            "teacher": ("optim.lr=1e-3",), "causal-teacher": ("optim.lr=5e-4", "optim.warmup_steps=20"),
+            "tf-scm": ("optim.lr=1e-4", "objective.tangent_warmup=100"), "sf-dmd": ("optim.lr=2e-5", "objective.critic_steps=3"),
+        },
     ),
     # The shipped teachers' settings (scripts/train_shapes_teachers.sh).
     "gpu": Budget(
         "gpu", "default, GPU", batch_size=64,
-        steps={"teacher": 3000, "causal-teacher": 1500, "causal-teacher-here": 500},
-        seconds={"teacher": 330, "causal-teacher": 180, "causal-teacher-here": 60},
+        steps={"teacher": 3000, "causal-teacher": 1500, "causal-teacher-here": 500, "tf-scm": 2000, "sf-dmd": 1000},
+        seconds={"teacher": 330, "causal-teacher": 180, "causal-teacher-here": 60, "tf-scm": 300, "sf-dmd": 300},
         eval_videos=16, eval_steps=50, overrides=("train.log_every=100", "train.ckpt_every=250"),
     ),
     "fast": Budget(
         "fast", "fast (test mode: a few training steps, 4 videos, 4 sampler steps; its numbers measure nothing)",
-        batch_size=4, steps={"teacher": 6, "causal-teacher": 4, "causal-teacher-here": 4},
-        seconds={"teacher": 60, "causal-teacher": 60, "causal-teacher-here": 60},
+        batch_size=4, steps={"teacher": 6, "causal-teacher": 4, "causal-teacher-here": 4, "tf-scm": 3, "sf-dmd": 3},
+        seconds={"teacher": 60, "causal-teacher": 60, "causal-teacher-here": 60, "tf-scm": 60, "sf-dmd": 60},
         eval_videos=4, eval_steps=4, overrides=("train.log_every=1", "train.ckpt_every=2", "optim.warmup_steps=2"),
     ),
 }
@@ -114,7 +118,7 @@ class Quickstart:
         self.device = str(resolve_device(device))
         self.budget = budget
         self.teachers = teachers  # the folder teachers are taken from; None: train them here
-        self.shipped = {name: _shipped_run(teachers, name) for name in TEACHERS} if teachers else {}
+        self.shipped = {name: _shipped_run(teachers, name) for name in (*TEACHERS, *STUDENTS)} if teachers else {}
         self.progress = progress
         self.say = say
         self.results: dict[str, dict] = {}
@@ -185,27 +189,33 @@ class Quickstart:
         }
 
     # ---------------------------------------------------------- evaluation
-    def evaluate(self, stage: str, model_path: Path, *, drift: bool) -> dict:
-        """Oracle metrics, sampling cost and sample videos of a checkpoint (Euler with CFG, budget's steps)."""
+    def evaluate(self, stage: str, model_path: Path, *, drift: bool, steps: int | None = None, videos: bool = True) -> dict:
+        """Oracle metrics, sampling cost and sample videos of a checkpoint.
+
+        Teachers sample with the budget's Euler steps and CFG; few-step students (``steps`` given)
+        with their own solver and ``steps`` steps, without CFG (it is distilled into them).
+        ``videos=False`` keeps no samples (a second evaluation of the same stage).
+        """
         from .data.video import to_uint8
         from .eval.shapes import evaluate, load_for_eval
 
-        model, world, spec = load_for_eval(model_path, steps=self.budget.eval_steps, device=self.device)
+        model, world, spec = load_for_eval(model_path, steps=steps or self.budget.eval_steps, device=self.device)
         rollouts = f", and {self.budget.drift_factor}x-length rollouts" if drift and spec.causal else ""
-        self.say(f"  sampling {self.budget.eval_videos} videos ({spec.steps} Euler steps, CFG {spec.guidance:g}{rollouts})")
+        sampler = "Euler" if spec.solver == "euler" else spec.solver
+        self.say(f"  sampling {self.budget.eval_videos} videos ({spec.steps} {sampler} steps, CFG {spec.guidance:g}{rollouts})")
         result = evaluate(
             model, world, spec, n=self.budget.eval_videos, drift_factor=self.budget.drift_factor if drift else 0,
             progress=f"{stage}: sampling" if self.progress else None,
         )
-        videos = {"samples": to_uint8(result.videos[:SAMPLE_ROWS])}
+        samples = {"samples": to_uint8(result.videos[:SAMPLE_ROWS])}
         if result.long_videos is not None:
-            videos["long"] = to_uint8(result.long_videos[:SAMPLE_ROWS])
+            samples["long"] = to_uint8(result.long_videos[:SAMPLE_ROWS])
         return {
             "model_path": str(model_path),
             "sampler": {**spec.to_dict(), "causal": spec.causal, "frames_per_chunk": spec.frames_per_chunk},
             "metrics": result.metrics,
             "cost": {"nfe_per_video": result.nfe_per_video, "seconds_per_video": result.seconds_per_video},
-            "videos": self.save_videos(stage, videos),
+            "videos": self.save_videos(stage, samples) if videos else None,
         }
 
     def save_videos(self, stage: str, videos: dict[str, np.ndarray]) -> str:
@@ -272,6 +282,29 @@ def _causal_teacher_here(q: Quickstart) -> dict:
     return {"source": "trained here", "training": training, **q.evaluate("causal-teacher-here", model, drift=True)}
 
 
+def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Callable[[Quickstart], dict]:
+    """A distilled student: the shipped one (with a short run of its recipe here beside it), or trained here.
+
+    ``teacher`` / ``init`` name the earlier stages whose checkpoints the recipe takes as
+    ``train.teacher`` / ``train.init``. Students are scored at 2 steps (with 4x rollouts) and 1 step.
+    """
+
+    def run(q: Quickstart) -> dict:
+        shipped = q.shipped.get(name)
+        overrides = (f"train.teacher={q.model(teacher).resolve()}",)
+        init_path = None if init is None else q.model(init)
+        training = q.train(name, recipe, init=init_path, overrides=overrides)
+        here = q.dir(name) / "model"
+        result = {"source": "trained here", "training": training, **q.evaluate(name, here, drift=True, steps=2)}
+        result["one_step"] = q.evaluate(name, here, drift=False, steps=1, videos=False)["metrics"]
+        if shipped is not None:
+            shipped_eval = q.evaluate(name, shipped / "model", drift=True, steps=2, videos=False)
+            result["shipped"] = {"source": q.teacher_source(), "training": _shipped_training(shipped), **shipped_eval}
+        return result
+
+    return run
+
+
 STAGES: list[Stage] = [
     Stage("ground-truth", "ground truth", "The eval prompts rendered by the simulator, scored by the oracle: the ceiling.", _ground_truth),
     Stage(
@@ -299,6 +332,20 @@ STAGES: list[Stage] = [
         "teacher (only when that one is shipped).",
         _causal_teacher_here,
         trains=lambda q: q.shipped.get("causal-teacher") is not None,
+    ),
+    Stage(
+        "tf-scm", "TF-sCM 2-step",
+        "Teacher-forcing sCM student distilled from the causal teacher (continuous-time consistency, JVP through the "
+        "network), sampled in 2 steps per chunk without CFG; also 1 step and 4x rollouts.",
+        _student_stage("tf-scm", "tf-scm", teacher="causal-teacher", init=None),
+        trains=lambda q: True,
+    ),
+    Stage(
+        "sf-dmd", "SF-DMD 2-step",
+        "Self-forcing DMD from the TF-sCM student: the student rolls out its own videos with its KV cache and matches "
+        "the bidirectional teacher's distribution; 2 steps per chunk, also 1 step and 4x rollouts.",
+        _student_stage("sf-dmd", "sf-dmd", teacher="teacher", init="tf-scm"),
+        trains=lambda q: True,
     ),
 ]
 

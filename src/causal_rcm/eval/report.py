@@ -173,23 +173,33 @@ def _markdown(report: dict) -> str:
                          "The shipped teachers are trained on a GPU by `scripts/train_shapes_teachers.sh`.")
     lines += ["", "## Results", "",
               f"Oracle metrics on {report['budget']['eval_videos']} held-out prompts (1 = perfect; analytic detector, no learned judge). "
-              f"Models are sampled with {report['budget']['eval_steps']} Euler steps and CFG; causal ones chunk by chunk with a KV cache, "
+              f"Teachers are sampled with {report['budget']['eval_steps']} Euler steps and CFG, distilled students with their "
+              "few-step sampler (2 steps per chunk; the 1-step caption column) and no CFG (it is distilled into them); causal models chunk by chunk with a KV cache, "
               f"also on rollouts {report['budget']['drift_factor']}x their training length (first and last training-length window, "
               "and the oracle's drift = drop in quality between them). NFE: network evaluations per video (a causal model's each "
               "covers one chunk); seconds per video of sampling on this device.", ""]
-    header = ["stage", "source", "caption", "colour", "shape", "direction", "temporal", "long caption first → last", "drift",
-              "NFE / video", "s / video", "training"]
+    header = ["stage", "source", "sampler", "caption", "1-step caption", "colour", "shape", "direction", "temporal",
+              "long caption first → last", "drift", "NFE / video", "s / video", "training"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for r in stages:
         if "skipped" in r:
             continue
+        rows.append(r)
+        if r.get("shipped"):  # the same recipe's shipped checkpoint (GPU budget) beside this run's
+            rows.append({**r["shipped"], "name": f"{r['name']} (shipped)", "one_step": None})
+    for r in rows:
         m, cost = r.get("metrics", {}), r.get("cost")
+        sampler = r.get("sampler")
+        sampler_text = "—" if not sampler else f"{sampler['steps']} {sampler['solver']}" + (
+            f", CFG {sampler['guidance']:g}" if sampler.get("guidance", 1) != 1 else "")
         long = "—"
         if "long_first_caption_adherence" in m:
             long = f"{_fmt(m['long_first_caption_adherence'])} → {_fmt(m['long_last_caption_adherence'])}"
         lines.append("| " + " | ".join([
-            r["name"], r["source"], *(_fmt(m.get(k)) for k in ("caption_adherence", "colour_adherence", "shape_adherence",
-                                                                  "direction_accuracy", "temporal_consistency")),
+            r["name"], r["source"], sampler_text, _fmt(m.get("caption_adherence")),
+            _fmt((r.get("one_step") or {}).get("caption_adherence")) if r.get("one_step") else "—",
+            *(_fmt(m.get(k)) for k in ("colour_adherence", "shape_adherence", "direction_accuracy", "temporal_consistency")),
             long, _fmt(m.get("long_drift")),
             f"{cost['nfe_per_video']:.0f}" if cost else "—", f"{cost['seconds_per_video']:.2f}" if cost else "—",
             _training_text(r["training"]) if r.get("training") else "—",
