@@ -67,7 +67,7 @@ class Budget:
 
 
 BUDGETS = {
-    # About 5-6 minutes on a 2-core CPU in all (measured; see README).
+    # About 8 minutes on an idle 2-core CPU in all, the distillation stages included (measured; see README).
     "cpu": Budget(
         "cpu", "default, CPU", batch_size=16,
         steps={"teacher": 6000, "causal-teacher": 3000, "causal-teacher-here": 3000, "tf-scm": 3000, "sf-dmd": 3000},
