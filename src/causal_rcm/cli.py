@@ -137,17 +137,19 @@ def _print_metrics(metrics: dict) -> None:
 
 @cli.group()
 def bench() -> None:
-    """GPU benchmarks (JSON under benchmarks/results/): attention kernels, whole-model JVP, sCM step."""
+    """GPU benchmarks (JSON under benchmarks/results/): attention kernels, whole-model JVP, sCM step, streaming."""
 
 
 def _register_benchmarks() -> None:
     from .bench.attention import attention_command
     from .bench.jvp import jvp_command
     from .bench.scm_step import scm_step_command
+    from .bench.stream import stream_command
 
     bench.add_command(attention_command)
     bench.add_command(jvp_command)
     bench.add_command(scm_step_command)
+    bench.add_command(stream_command)
 
 
 _register_benchmarks()

@@ -1,0 +1,207 @@
+"""``causal-rcm bench stream``: streaming speed of a causal student at Wan2.1 scale.
+
+Random weights (bf16 on CUDA) of the chosen architecture at 480x832 (latent 60 x 104), a video
+of ``latent_frames`` latent frames (21 = 81 pixel frames with Wan's 4x temporal compression,
+the first latent frame being one pixel frame). For every sampler step count and mode (``chunk``:
+3 latent frames per chunk; ``frame``: 1) it streams the video with the few-step consistency
+sampler and the KV cache (no CFG: it is distilled into students) and reports:
+
+* throughput in pixel frames per second, and latency to the first frame, without and with VAE
+  decoding (diffusers' ``AutoencoderKLWan`` with random weights, decoded chunk by chunk with its
+  causal cache by :class:`~causal_rcm.models.vae_stream.StreamingWanDecoder`); with decoding, the
+  decode of chunk k runs on a second CUDA stream while chunk k + 1 is generated;
+* a breakdown per chunk (denoising steps, cache refresh, decode; measured in a separate,
+  synchronised pass) and peak GPU memory;
+* in the same run, the bidirectional 50-step baseline for the same video: 50 steps x 2 (CFG)
+  forwards over all frames (one forward measured, times 100) plus one whole-video decode.
+
+``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+FRAMES_PER_CHUNK = 3
+
+
+def _pixel_frames(latent_frames: int) -> int:
+    return 1 + 4 * (latent_frames - 1)
+
+
+class _Clock:
+    """Wall-clock on the CPU; CUDA events on a GPU (no host sync inside the timed loop)."""
+
+    def __init__(self, cuda: bool) -> None:
+        import torch
+
+        self.cuda = cuda
+        self.torch = torch
+
+    def mark(self, stream=None):
+        if not self.cuda:
+            return time.perf_counter()
+        event = self.torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
+
+    def ms(self, start, end) -> float:
+        if not self.cuda:
+            return (end - start) * 1000
+        end.synchronize()
+        return start.elapsed_time(end)
+
+
+def run_stream_bench(
+    size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, latent_frames: int = 21,
+    steps: tuple[int, ...] = (1, 2, 4), modes: tuple[str, ...] = ("chunk", "frame"), device_name: str = "cuda",
+    vae_config: dict | None = None, log=print,
+) -> dict:
+    import torch
+
+    from ..diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
+    from ..models.vae_stream import StreamingWanDecoder
+    from ..models.wan import CausalWanConfig, CausalWanModel
+    from . import environment
+
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    overrides = {} if size != "tiny" else {"in_dim": 16, "out_dim": 16}
+    torch.manual_seed(0)
+    model = CausalWanModel(CausalWanConfig.preset(size, **overrides), attn_backend="sdpa").to(device, dtype).eval()
+    model.time_embedding.float()  # modulation in fp32, as Wan computes it
+    model.time_projection.float()
+    model.requires_grad_(False)
+    cfg = model.config
+    h, w = height // 8, width // 8
+    context = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan(**(vae_config or {})).to(device, dtype).eval().requires_grad_(False)
+    decoder = StreamingWanDecoder(vae)
+    clock = _Clock(cuda)
+    side = torch.cuda.Stream() if cuda else None
+    pixels = _pixel_frames(latent_frames)
+    log(f"model {size}: {model.num_parameters() / 1e6:.0f} M parameters; {latent_frames} latent frames "
+        f"({pixels} pixel frames) at {height}x{width}, device {device}")
+
+    def stream(num_steps: int, fpc: int, decode: bool, profile: dict | None = None) -> tuple[float, float]:
+        """One streamed video: (total ms, ms to the first frame). ``profile`` collects per-phase ms (synchronised)."""
+        grid = flow_time_grid(num_steps, 3.0)
+        generator = torch.Generator(device).manual_seed(0)
+        caches = make_kv_caches(model, guidance=1.0, window_frames=None)
+        decoder.reset()
+        start, first = clock.mark(), None
+        sizes = [fpc] * (latent_frames // fpc) + ([latent_frames % fpc] if latent_frames % fpc else [])
+        with torch.inference_mode():
+            for k, n in enumerate(sizes):
+                noise = torch.randn((1, cfg.in_dim, n, h, w), generator=generator, device=device, dtype=dtype)
+                t0 = clock.mark() if profile is not None else None
+                x0 = sample_chunk(model, noise, context, caches, steps=grid, solver="consistency", generator=generator, refresh=False)
+                t1 = clock.mark() if profile is not None else None
+                if k + 1 < len(sizes):
+                    refresh_kv_caches(model, x0, context, caches)
+                t2 = clock.mark() if profile is not None else None
+                if decode:
+                    if side is not None and profile is None:
+                        side.wait_stream(torch.cuda.current_stream())
+                        with torch.cuda.stream(side):
+                            decoder.decode(x0)
+                        x0.record_stream(side)
+                        done = clock.mark(side)
+                    else:
+                        decoder.decode(x0)
+                        done = clock.mark()
+                else:
+                    done = clock.mark()
+                if profile is not None:
+                    t3 = clock.mark()
+                    profile.setdefault("denoise_ms", []).append(clock.ms(t0, t1))
+                    profile.setdefault("refresh_ms", []).append(clock.ms(t1, t2))
+                    profile.setdefault("decode_ms", []).append(clock.ms(t2, t3) if decode else 0.0)
+                first = first or done
+        end = clock.mark(side) if (decode and side is not None) else clock.mark()
+        if cuda:
+            torch.cuda.synchronize()
+        return clock.ms(start, end), clock.ms(start, first)
+
+    results = []
+    for mode in modes:
+        fpc = FRAMES_PER_CHUNK if mode == "chunk" else 1
+        for num_steps in steps:
+            row = {"mode": mode, "steps": num_steps, "frames_per_chunk": fpc}
+            for decode in (False, True):
+                stream(num_steps, fpc, decode)  # warm-up (allocator, kernels)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                total, first = stream(num_steps, fpc, decode)
+                key = "with_vae" if decode else "without_vae"
+                row[key] = {"fps": pixels / (total / 1000), "first_frame_ms": first, "total_ms": total}
+                if cuda:
+                    row[key]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            profile: dict = {}
+            stream(num_steps, fpc, True, profile)
+            row["breakdown_ms_per_chunk"] = {k: sum(v) / len(v) for k, v in profile.items()}
+            results.append(row)
+            a, b = row["without_vae"], row["with_vae"]
+            log(f"{mode:>5} {num_steps} step: {a['fps']:7.1f} FPS, first frame {a['first_frame_ms']:7.1f} ms | with VAE "
+                f"{b['fps']:7.1f} FPS, first frame {b['first_frame_ms']:7.1f} ms | per chunk "
+                + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in row["breakdown_ms_per_chunk"].items()))
+
+    # The bidirectional 50-step baseline for the same video: one forward over all frames, x 100 (CFG), + one decode.
+    with torch.inference_mode():
+        x = torch.randn(1, cfg.in_dim, latent_frames, h, w, device=device, dtype=dtype)
+        t = torch.full((1, latent_frames), 500.0, device=device)
+        model(x, t, context)
+        s = clock.mark()
+        model(x, t, context)
+        forward_ms = clock.ms(s, clock.mark())
+        vae.decode(x)
+        s = clock.mark()
+        vae.decode(x)
+        decode_ms = clock.ms(s, clock.mark())
+    baseline_ms = 100 * forward_ms + decode_ms
+    baseline = {"forward_ms": forward_ms, "decode_ms": decode_ms, "total_ms": baseline_ms, "fps": pixels / (baseline_ms / 1000)}
+    log(f"bidirectional 50 steps x CFG: forward {forward_ms:.1f} ms x 100 + decode {decode_ms:.1f} ms = "
+        f"{baseline_ms / 1000:.2f} s ({baseline['fps']:.2f} FPS)")
+    header = environment("stream", device) if cuda else {"benchmark": "stream", "device": "cpu", "torch": torch.__version__}
+    return {
+        **header,
+        "setup": {"size": size, "height": height, "width": width, "latent_frames": latent_frames, "pixel_frames": pixels,
+                  "dtype": str(dtype).replace("torch.", ""), "weights": "random", "attention": "sdpa with KV cache",
+                  "sampler": "consistency, shift 3, no CFG", "vae": "diffusers AutoencoderKLWan, random weights, streamed"},
+        "results": results,
+        "bidirectional_baseline": baseline,
+    }
+
+
+@click.command("stream")
+@click.option("--size", type=click.Choice(["tiny", "wan2.1-1.3b", "wan2.1-14b"]), default="wan2.1-1.3b", show_default=True)
+@click.option("--height", default=480, show_default=True)
+@click.option("--width", default=832, show_default=True)
+@click.option("--latent-frames", default=21, show_default=True, help="latent frames (21 = 81 pixel frames)")
+@click.option("--steps", default="1,2,4", show_default=True)
+@click.option("--modes", default="chunk,frame", show_default=True)
+@click.option("--device", "device_name", default="cuda", show_default=True, help="cuda, or cpu with --size tiny for a toy check")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir) -> None:
+    """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
+    import torch
+
+    from .attention import write_result
+
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("bench stream needs a CUDA GPU (or --device cpu --size tiny for a toy-size check)")
+    if height % 16 or width % 16:
+        raise click.BadParameter("height and width must be multiples of 16 (VAE /8, patch 2)")
+    step_counts = tuple(int(x) for x in steps.split(",") if x)
+    mode_names = tuple(m for m in modes.split(",") if m)
+    if not set(mode_names) <= {"chunk", "frame"} or not step_counts or min(step_counts) < 1:
+        raise click.BadParameter("--modes takes chunk,frame and --steps positive integers")
+    record = run_stream_bench(size, height, width, latent_frames, step_counts, mode_names, device_name, log=click.echo)
+    if device_name == "cuda":
+        click.echo(f"wrote {write_result(record, out_dir, f'stream_{size}')}")

@@ -1,0 +1,27 @@
+"""`causal-rcm bench stream` at toy size on the CPU: every mode and step count is timed with and without the VAE."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from causal_rcm.bench.stream import run_stream_bench  # noqa: E402
+
+TINY_VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+
+
+def test_stream_bench_reports_every_mode_and_step_count_on_cpu():
+    lines = []
+    record = run_stream_bench("tiny", 64, 64, latent_frames=5, steps=(1, 2), modes=("chunk", "frame"), device_name="cpu",
+                              vae_config=TINY_VAE, log=lines.append)
+    rows = {(r["mode"], r["steps"]): r for r in record["results"]}
+    assert set(rows) == {("chunk", 1), ("chunk", 2), ("frame", 1), ("frame", 2)}
+    for row in rows.values():
+        for key in ("without_vae", "with_vae"):
+            assert row[key]["fps"] > 0 and 0 < row[key]["first_frame_ms"] <= row[key]["total_ms"]
+        assert set(row["breakdown_ms_per_chunk"]) == {"denoise_ms", "refresh_ms", "decode_ms"}
+        assert row["breakdown_ms_per_chunk"]["decode_ms"] > 0
+    assert record["setup"]["pixel_frames"] == 17
+    assert record["bidirectional_baseline"]["total_ms"] > 100 * record["bidirectional_baseline"]["forward_ms"] * 0.99
+    assert any("bidirectional 50 steps" in line for line in lines)
