@@ -37,19 +37,12 @@ from ..errors import UserError
 from ..models import masks
 from ..train.parallel import global_sum
 from .self_forcing import self_forcing_rollout
-from .teacher_forcing import TFDistillRecipe, finite_rows, masked_mean
+from .teacher_forcing import TFDistillRecipe, distill_config, finite_rows, masked_mean
 
 
 @register_recipe("sf-dmd")
 def sf_dmd_config() -> Config:
-    config = Config(recipe="sf-dmd")
-    config.data.frames_per_chunk = 2
-    config.train.steps = 1000
-    config.train.batch_size = 16
-    config.train.eval_every = 250
-    config.optim.lr = 1e-5
-    config.optim.warmup_steps = 0
-    config.optim.ema_decay = 0.99
+    config = distill_config("sf-dmd", steps=1000, batch_size=16, eval_every=250, lr=1e-5)
     return config
 
 

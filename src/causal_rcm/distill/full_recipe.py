@@ -20,19 +20,15 @@ import shutil
 from ..config import Config, register_recipe
 from ..errors import UserError
 from ..train.trainer import Recipe
+from .teacher_forcing import distill_config
 
 CM_METHODS = ("tf-scm", "tf-meanflow", "tf-dcm")
 
 
 @register_recipe("causal-rcm")
 def causal_rcm_config() -> Config:
-    config = Config(recipe="causal-rcm")
-    config.data.frames_per_chunk = 2
-    config.train.batch_size = 32
-    config.train.eval_every = 500
-    config.optim.lr = 2e-5
-    config.optim.warmup_steps = 0
-    config.optim.ema_decay = 0.99
+    config = distill_config("causal-rcm", steps=1000, batch_size=32, eval_every=500, lr=2e-5)
+    config.objective.tangent_warmup = 500  # as tf-scm's own default
     return config
 
 

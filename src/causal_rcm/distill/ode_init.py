@@ -27,19 +27,12 @@ from ..diffusion.samplers import euler_sample
 from ..diffusion.schedules import flow_time_grid
 from ..errors import UserError
 from ..models import masks
-from .teacher_forcing import TFDistillRecipe
+from .teacher_forcing import TFDistillRecipe, distill_config
 
 
 @register_recipe("ode-init")
 def ode_init_config() -> Config:
-    config = Config(recipe="ode-init")
-    config.data.frames_per_chunk = 2
-    config.train.steps = 1000
-    config.train.batch_size = 16
-    config.train.eval_every = 250
-    config.optim.lr = 2e-5
-    config.optim.warmup_steps = 0
-    config.optim.ema_decay = 0.99
+    config = distill_config("ode-init", steps=1000, batch_size=16, eval_every=250, lr=2e-5)
     return config
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -29,6 +29,20 @@ from ..train.parallel import StepRandom
 from .flow import DenoisingRecipe
 
 JVP_BACKENDS = ("math", "triton")
+
+
+def distill_config(recipe: str, *, steps: int, batch_size: int, eval_every: int, lr: float) -> Config:
+    """Defaults shared by the distillation recipes: chunks of 2 frames, no warm-up (the student
+    starts from a trained model), a fast EMA."""
+    config = Config(recipe=recipe)
+    config.data.frames_per_chunk = 2
+    config.train.steps = steps
+    config.train.batch_size = batch_size
+    config.train.eval_every = eval_every
+    config.optim.lr = lr
+    config.optim.warmup_steps = 0
+    config.optim.ema_decay = 0.99
+    return config
 
 
 def resolve_jvp_backend(config: Config) -> str:

@@ -21,19 +21,12 @@ import torch
 from ..config import Config, register_recipe
 from ..diffusion.conversions import expand_time
 from ..diffusion.schedules import shift_time
-from .teacher_forcing import TFDistillRecipe
+from .teacher_forcing import TFDistillRecipe, distill_config
 
 
 @register_recipe("tf-dcm")
 def tf_dcm_config() -> Config:
-    config = Config(recipe="tf-dcm")
-    config.data.frames_per_chunk = 2
-    config.train.steps = 2000
-    config.train.batch_size = 32
-    config.train.eval_every = 500
-    config.optim.lr = 2e-5
-    config.optim.warmup_steps = 0
-    config.optim.ema_decay = 0.99
+    config = distill_config("tf-dcm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
     return config
 
 

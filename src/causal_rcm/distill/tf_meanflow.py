@@ -25,7 +25,7 @@ import torch
 from ..config import Config, register_recipe
 from ..diffusion.conversions import expand_time
 from ..diffusion.schedules import shift_time
-from .teacher_forcing import TFDistillRecipe, attention_backend, finite_rows, masked_mean
+from .teacher_forcing import TFDistillRecipe, attention_backend, distill_config, finite_rows, masked_mean
 
 
 def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -41,14 +41,7 @@ def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: 
 
 @register_recipe("tf-meanflow")
 def tf_meanflow_config() -> Config:
-    config = Config(recipe="tf-meanflow")
-    config.data.frames_per_chunk = 2
-    config.train.steps = 2000
-    config.train.batch_size = 32
-    config.train.eval_every = 500
-    config.optim.lr = 2e-5
-    config.optim.warmup_steps = 0
-    config.optim.ema_decay = 0.99
+    config = distill_config("tf-meanflow", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
     return config
 
 

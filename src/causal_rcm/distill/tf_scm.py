@@ -30,7 +30,15 @@ import torch
 from ..config import Config, register_recipe
 from ..diffusion.conversions import expand_time, trigflow_to_flow_time, velocity_to_trigflow
 from ..models.precond import TrigFlowWrapper
-from .teacher_forcing import TFDistillRecipe, attention_backend, chunk_norm, finite_rows, log_normal_trigflow_time, masked_mean
+from .teacher_forcing import (
+    TFDistillRecipe,
+    attention_backend,
+    chunk_norm,
+    distill_config,
+    finite_rows,
+    log_normal_trigflow_time,
+    masked_mean,
+)
 
 
 def scm_tangent(F_fn, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,14 +68,7 @@ def scm_direction(
 
 @register_recipe("tf-scm")
 def tf_scm_config() -> Config:
-    config = Config(recipe="tf-scm")
-    config.data.frames_per_chunk = 2
-    config.train.steps = 2000
-    config.train.batch_size = 32
-    config.train.eval_every = 500
-    config.optim.lr = 2e-5
-    config.optim.warmup_steps = 0
-    config.optim.ema_decay = 0.99
+    config = distill_config("tf-scm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
     config.objective.tangent_warmup = 500
     return config
 
