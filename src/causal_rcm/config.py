@@ -77,6 +77,7 @@ class TrainConfig:
     ckpt_every: int = 200
     eval_every: int = 0  # 0 = only at the end
     eval_videos: int = 16  # 0 = no evaluation
+    eval_at_start: bool = False  # also evaluate the initial model (step 0) of a fresh run
     eval_steps: int = 50  # sampler steps for evaluation
     eval_drift: int = 4  # causal models: also roll out this many times the training length (0 = off)
     out_dir: str = ""  # default: runs/<recipe>

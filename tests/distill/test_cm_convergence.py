@@ -28,9 +28,9 @@ def test_cm_convergence_writes_curves_table_and_plot(tmp_path, capsys):
     assert set(result["methods"]) == {"tf-dcm", "tf-scm", "tf-meanflow"}
     for data in result["methods"].values():
         steps = [p["step"] for p in data["curve"]]
-        assert steps == [1, 2]  # evaluated along training, not only at the end
+        assert steps == [0, 1, 2]  # the starting point, then along training, not only at the end
         assert all(0 <= p[k] <= 1 for p in data["curve"] for k in ("1", "2", "4"))
-        assert data["curve"][-1]["seconds"] > 0
+        assert data["curve"][0]["seconds"] == 0.0 and data["curve"][-1]["seconds"] > 0
     assert 0 <= result["threshold"] <= 1
     assert (out / "cm_convergence.png").stat().st_size > 10_000
     assert "| tf-scm |" in (out / "cm_convergence.md").read_text()
@@ -50,3 +50,5 @@ def test_threshold_table_and_ratios():
     assert speedups(table, 300)["tf-scm"]["1"] == {"steps": 10.0, "seconds": 10.0, "lower_bound": False}
     table["tf-dcm"]["1"] = {"step": None, "seconds": None}
     assert speedups(table, 300)["tf-scm"]["1"] == {"steps": 15.0, "seconds": None, "lower_bound": True}
+    table["tf-dcm"]["1"] = {"step": 0, "seconds": 0.0}  # the init already met the threshold
+    assert speedups(table, 300)["tf-scm"]["1"]["at_start"] is True

@@ -58,7 +58,7 @@ def run_cm_convergence(
         threshold = 0.9 * teacher_metrics[QUALITY]
     common = [
         f"train.teacher={teacher}", f"train.steps={steps}", f"train.eval_every={eval_every}",
-        f"train.eval_videos={videos}", "train.eval_drift=0", f"train.device={device}",
+        f"train.eval_videos={videos}", "train.eval_drift=0", f"train.device={device}", "train.eval_at_start=true",
         "objective.student_steps=1,2,4",
     ]
     curves: dict[str, dict] = {}
@@ -145,8 +145,10 @@ def speedups(table: dict, budget: int) -> dict:
         ratios[method] = {}
         for k, reached in table[method].items():
             ref = base[k]
-            if not reached["step"]:
+            if reached["step"] is None:
                 ratios[method][k] = None
+            elif reached["step"] == 0 or ref["step"] == 0:  # already there at initialisation: no ratio
+                ratios[method][k] = {"steps": None, "seconds": None, "lower_bound": False, "at_start": True}
             elif ref["step"]:
                 ratios[method][k] = {
                     "steps": ref["step"] / reached["step"],
@@ -184,6 +186,8 @@ def markdown(result: dict) -> str:
         for k, ratio in per_k.items():
             if ratio is None:
                 text = "not measurable (the continuous-time run did not reach the threshold)"
+            elif ratio.get("at_start"):
+                text = "not measurable (a run met the threshold at initialisation; raise --threshold)"
             elif ratio["lower_bound"]:
                 text = f">= {ratio['steps']:.2f}x in steps (dCM did not reach the threshold within {result['steps']} steps)"
             else:

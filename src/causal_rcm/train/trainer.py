@@ -287,6 +287,8 @@ class Trainer:
                 bar.write(f"resumed from {self.out_dir / CHECKPOINT} at step {self.step}")
         self._start, window = time.perf_counter(), []
         try:
+            if cfg.eval_at_start and self.step == 0 and cfg.eval_videos:  # the starting point of a curve
+                self._log_eval(self.evaluate(), log_file, writer)
             out_of_time = resumed and self._out_of_time()  # a fresh run makes at least one step
             stop = self.step >= cfg.steps or out_of_time
             while not stop:
