@@ -37,5 +37,5 @@ def test_gpu_benchmarks_say_they_need_a_gpu(name):
 
 def test_help_lists_every_command():
     result = subprocess.run(_console_script() + ["--help"], capture_output=True, text=True)
-    for command in ("quickstart", "train", "eval", "generate", "serve", "convert", "bench"):
+    for command in ("quickstart", "train", "eval", "generate", "serve", "convert", "bench", "experiment"):
         assert command in result.stdout

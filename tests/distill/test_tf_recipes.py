@@ -148,3 +148,12 @@ def test_config_errors_fail_at_start_with_one_line(extra, message, teachers, tmp
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_eval_scores_a_causal_checkpoint_with_drift_from_the_cli(teachers, tmp_path):
+    out = tmp_path / "metrics.json"
+    result = _cli("eval", "-c", str(teachers["causal-teacher"]), "--steps", "2", "-n", "2", "--drift", "2", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    assert 0 <= metrics["caption_adherence"] <= 1 and "long_drift" in metrics
+    assert "caption_adherence" in result.stdout
