@@ -20,3 +20,11 @@ def environment(benchmark: str, device) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
     }
+
+
+def check_video_size(height: int, width: int) -> None:
+    """Video benchmarks' pixel sizes must map to whole latent patches (Wan: VAE /8, patch 2)."""
+    import click
+
+    if height % 16 or width % 16:
+        raise click.BadParameter("height and width must be multiples of 16 (VAE /8, patch 2)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from . import environment
+from . import check_video_size, environment
 
 from .attention import write_result
 
@@ -114,8 +114,7 @@ def jvp_command(size: str, height: int, width: int, repeats: int, out_dir: Path)
 
     if not torch.cuda.is_available():
         raise click.UsageError("bench jvp needs a CUDA GPU")
-    if height % 16 or width % 16:
-        raise click.BadParameter("height and width must be multiples of 16 (VAE /8, patch 2)")
+    check_video_size(height, width)
     click.echo(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}")
     record = run_jvp_bench(size, height, width, repeats, log=click.echo)
     click.echo(f"wrote {write_result(record, out_dir, f'jvp_{size}')}")

@@ -146,12 +146,12 @@ def scm_step_command(size, height, width, frames, frames_per_chunk, repeats, dev
     """A TF-sCM training step vs a plain TF diffusion step (same model, mask and batch)."""
     import torch
 
+    from . import check_video_size
     from .attention import write_result
 
     if device_name == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("bench scm-step needs a CUDA GPU (or --device cpu --size tiny for a toy-size check)")
-    if height % 16 or width % 16:
-        raise click.BadParameter("height and width must be multiples of 16 (VAE /8, patch 2)")
+    check_video_size(height, width)
     if frames % frames_per_chunk:
         raise click.BadParameter("--frames must be a multiple of --frames-per-chunk")
     record = run_scm_step_bench(size, height, width, frames, frames_per_chunk, repeats, device_name, log=click.echo)

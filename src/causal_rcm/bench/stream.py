@@ -192,12 +192,12 @@ def stream_command(size, height, width, latent_frames, steps, modes, device_name
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
 
+    from . import check_video_size
     from .attention import write_result
 
     if device_name == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("bench stream needs a CUDA GPU (or --device cpu --size tiny for a toy-size check)")
-    if height % 16 or width % 16:
-        raise click.BadParameter("height and width must be multiples of 16 (VAE /8, patch 2)")
+    check_video_size(height, width)
     step_counts = tuple(int(x) for x in steps.split(",") if x)
     mode_names = tuple(m for m in modes.split(",") if m)
     if not set(mode_names) <= {"chunk", "frame"} or not step_counts or min(step_counts) < 1:

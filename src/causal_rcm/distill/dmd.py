@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 
 from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time
+from ..diffusion.conversions import expand_time, velocity_to_x0
 from ..diffusion.guidance import guided_velocity
 from ..diffusion.schedules import flow_time_grid, shift_time
 from ..errors import UserError
 from ..models import masks
-from ..train.parallel import global_sum
+from ..train.parallel import global_mean, global_sum
 from .self_forcing import self_forcing_rollout
-from .teacher_forcing import TFDistillRecipe, distill_config, finite_rows, masked_mean
+from .teacher_forcing import TFDistillRecipe, check_chunks, distill_config, finite_rows, masked_mean
 
 
 @register_recipe("sf-dmd")
@@ -88,10 +88,7 @@ class SFDMDRecipe(TFDistillRecipe):
         else:  # "no init": the student starts from the teacher's weights
             config.model = load_checkpoint(config.train.teacher)[0]
         obj = config.objective
-        if config.data.num_frames % config.data.frames_per_chunk:
-            raise UserError(
-                f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
-            )
+        check_chunks(config)
         if obj.critic_steps < 1:
             raise UserError(f"objective.critic_steps must be >= 1, got {obj.critic_steps}")
         if not 0 <= obj.dmd_min_s < obj.dmd_max_s <= 1:
@@ -161,7 +158,7 @@ class SFDMDRecipe(TFDistillRecipe):
                     neg_context=self.world.empty_context(B), mask=mask, **kwargs,
                 )
                 v_fake = self.critic(x_s, 1000 * s, context, mask=mask, **kwargs)
-            loss, keep, grad = dmd_generator_loss(video, x_s - s_ * v_real.float(), x_s - s_ * v_fake.float())
+            loss, keep, grad = dmd_generator_loss(video, velocity_to_x0(v_real.float(), x_s, s), velocity_to_x0(v_fake.float(), x_s, s))
             if global_sum(keep.sum().float()) == 0:  # the same decision on every rank
                 loss = None
             out["student"] = (loss, {
@@ -180,11 +177,8 @@ class SFDMDRecipe(TFDistillRecipe):
         s_ = expand_time(s, x)
         v = self.critic((1 - s_) * x + s_ * eps, 1000 * s, context, mask=mask, **kwargs)
         loss = (v.float() - (eps - x).float()).square().mean()
-        value = global_sum(loss.detach().float()) / _world_size()  # the same decision on every rank
+        value = global_mean(loss.detach().float())  # the same decision on every rank
         if not value == value or value > self.config.objective.critic_max_loss:  # NaN or too large
             return None, {"diverged": 1.0, "loss": value}
         return loss, {}
 
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time
+from ..diffusion.conversions import velocity_to_x0
 from ..diffusion.samplers import euler_sample
 from ..diffusion.schedules import flow_time_grid
 from ..errors import UserError
 from ..models import masks
-from .teacher_forcing import TFDistillRecipe, distill_config
+from .teacher_forcing import TFDistillRecipe, check_chunks, distill_config
 
 
 @register_recipe("ode-init")
@@ -55,10 +55,7 @@ class ODEInitRecipe(TFDistillRecipe):
             raise UserError(f"train.teacher not found: {config.train.teacher}")
         if not config.train.init:
             config.model = load_checkpoint(config.train.teacher)[0]
-        if config.data.num_frames % config.data.frames_per_chunk:
-            raise UserError(
-                f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
-            )
+        check_chunks(config)
         if config.objective.ode_steps < config.objective.sample_steps:
             raise UserError(f"objective.ode_steps={config.objective.ode_steps} must be >= objective.sample_steps={config.objective.sample_steps}")
 
@@ -104,6 +101,6 @@ class ODEInitRecipe(TFDistillRecipe):
         v = self.student(
             self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), batch["context"], mask=self.tf_mask(), **self.tf_actions(batch)
         )[:, :, F:]
-        f = x_s.float() - expand_time(s, x_s) * v.float()
+        f = velocity_to_x0(v.float(), x_s.float(), s)
         loss = (f - x0.float()).square().mean()
         return {"student": (loss, {"mean_s": float(s.mean())})}

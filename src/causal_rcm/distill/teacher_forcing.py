@@ -45,6 +45,14 @@ def distill_config(recipe: str, *, steps: int, batch_size: int, eval_every: int,
     return config
 
 
+def check_chunks(config: Config) -> None:
+    """Causal recipes split each video into whole chunks: ``data.num_frames`` must be a multiple of ``frames_per_chunk``."""
+    if config.data.num_frames % config.data.frames_per_chunk:
+        raise UserError(
+            f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
+        )
+
+
 def resolve_jvp_backend(config: Config) -> str:
     """The attention backend for network JVPs: ``objective.jvp_backend`` checked against the device.
 
@@ -136,10 +144,7 @@ class TFDistillRecipe(DenoisingRecipe):
         if not config.train.init:
             config.model = load_checkpoint(config.train.teacher)[0]  # the student takes the teacher's architecture
         config.model = dataclasses.replace(config.model, **cls.student_overrides)
-        if config.data.num_frames % config.data.frames_per_chunk:
-            raise UserError(
-                f"data.num_frames={config.data.num_frames} is not a multiple of data.frames_per_chunk={config.data.frames_per_chunk}"
-            )
+        check_chunks(config)
         for k in (*config.objective.student_steps, config.objective.sample_steps):
             if k < 1:
                 raise UserError(f"student sampling steps must be >= 1, got {k}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time
+from ..diffusion.conversions import expand_time, velocity_to_x0
 from ..diffusion.schedules import shift_time
 from .teacher_forcing import TFDistillRecipe, distill_config
 
@@ -40,7 +40,7 @@ class TFDCMRecipe(TFDistillRecipe):
         v = self.student(
             self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), batch["context"], mask=self.tf_mask(), **self.tf_actions(batch)
         )[:, :, F:]
-        return x_s.float() - expand_time(s, x_s) * v.float()
+        return velocity_to_x0(v.float(), x_s.float(), s)
 
     def losses(self, batch, rnd, step):
         obj = self.config.objective

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time, trigflow_to_flow_time, velocity_to_trigflow
+from ..diffusion.conversions import expand_time, trigflow_to_flow_time, trigflow_to_flow_x, velocity_to_trigflow
 from ..models.precond import TrigFlowWrapper
 from .teacher_forcing import (
     TFDistillRecipe,
@@ -90,7 +90,7 @@ class TFSCMRecipe(TFDistillRecipe):
 
         # Teacher PF-ODE tangent dx_t/dt = F_teacher, from its CFG velocity at the flow-matching point.
         s = trigflow_to_flow_time(t)
-        x_s = (x_t / (torch.cos(t_) + torch.sin(t_))).to(x0.dtype)
+        x_s = trigflow_to_flow_x(x_t, t).to(x0.dtype)
         dxdt = velocity_to_trigflow(self.teacher_velocity(x0, x_s, s, batch), x_t, t)
 
         student = TrigFlowWrapper(self.student)

@@ -104,6 +104,12 @@ def global_sum(value: torch.Tensor) -> float:
     return float(value)
 
 
+def global_mean(value: torch.Tensor) -> float:
+    """Mean of a scalar over the processes (itself without torchrun)."""
+    size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return global_sum(value) / size
+
+
 class StepRandom:
     """Randomness of one training step, identical whatever the number of processes.
 
