@@ -1,24 +1,57 @@
 #!/usr/bin/env bash
 # The GPU work that CPU sessions leave for a device machine, one stage per call (each fits the
 # device tool's 10-minute limit). Run from the repository root on the device, e.g.
-#   bash scripts/device_session.sh tests     # GPU-marked tests: kernels on H100, math vs flex gradients
-#   bash scripts/device_session.sh bench     # bench scm-step and bench stream (Wan2.1-1.3B, random weights)
 #   bash scripts/device_session.sh teachers  # the shipped shapes-world teachers (scripts/train_shapes_teachers.sh)
-#   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
-# Results go under $OUT (the device tool brings that folder back). The device image lacks click,
-# tqdm and diffusers: put their wheels in .whl/ (pip download --no-deps) and carry it.
+#   bash scripts/device_session.sh tests     # the kernel and model tests on CUDA, alone
+#   bash scripts/device_session.sh bench     # bench scm-step and bench stream (Wan2.1-1.3B, random weights)
+#   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers,
+#                                            # with the kernel and model tests beside them (they time nothing)
+# Results go under $OUT (the device tool brings that folder back, at most 8 files): each trained
+# stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
+# lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh tests|bench|teachers|students}
+stage=${1:?usage: device_session.sh teachers|tests|bench|students}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install --quiet --no-deps .whl/*.whl; fi
-export PYTHONPATH=src CAUSAL_RCM="python3 -m causal_rcm.cli"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
+runs=/tmp/runs
+
+# The kernel and model tests on CUDA: the GPU-marked ones and every other one there, which takes
+# CUDA tensors whenever a GPU is present (tests/kernels/conftest.py).
+gpu_tests() {
+    timeout "${TESTS_SECONDS:-480}" python3 -m pytest -q -p no:cacheprovider -m "gpu or not slow" tests/kernels tests/models \
+        > "$out/gpu_tests.txt" 2>&1
+}
+
+pack() {  # pack DIR NAME...: one tar per trained stage folder, without the resumable checkpoint
+    local dir=$1; shift
+    for name in "$@"; do
+        [ -d "$dir/$name" ] && tar -C "$dir" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb "$name"
+    done
+}
+
 case "$stage" in
-    tests) python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/models 2>&1 | tee "$out/gpu_tests.txt" ;;
+    tests) gpu_tests; tail -3 "$out/gpu_tests.txt" ;;
+    teachers)
+        status=0
+        bash scripts/train_shapes_teachers.sh "$runs" > "$out/teachers.txt" 2>&1 || status=$?
+        pack "$runs" teacher causal-teacher
+        grep -E "trained|caption_adherence|direction_accuracy|long_" "$out/teachers.txt" || true
+        exit "$status" ;;
     bench)
         $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt"
         $CAUSAL_RCM bench stream --out "$out" 2>&1 | tee "$out/stream.txt" ;;
-    teachers) bash scripts/train_shapes_teachers.sh "$out/teachers" 2>&1 | tee "$out/teachers.txt" ;;
-    students) bash scripts/train_shapes_students.sh "$out/students" "${TEACHERS:-checkpoints/shapes}" 2>&1 | tee "$out/students.txt" ;;
+    students)
+        gpu_tests & tests_pid=$!
+        status=0
+        bash scripts/train_shapes_students.sh "$runs" "${TEACHERS:-checkpoints/shapes}" > "$out/students.txt" 2>&1 || status=$?
+        pack "$runs" tf-scm sf-dmd
+        wait "$tests_pid" || true
+        tail -3 "$out/gpu_tests.txt"; grep -E "trained|caption_adherence|direction_accuracy|long_" "$out/students.txt" || true
+        exit "$status" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

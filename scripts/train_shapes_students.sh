@@ -10,7 +10,7 @@ set -euo pipefail
 out=${1:?usage: train_shapes_students.sh OUT_DIR [TEACHERS_DIR]}
 teachers=${2:-checkpoints/shapes}
 cli=${CAUSAL_RCM:-causal-rcm}
-common="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=32 data.frames_per_chunk=2"
+common="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=32 data.frames_per_chunk=2 train.export_dtype=float16"
 extra=${EXTRA:-}
 
 stage() {  # stage RECIPE DIR SECONDS OVERRIDES...

@@ -8,7 +8,7 @@
 set -euo pipefail
 out=${1:?usage: train_shapes_teachers.sh OUT_DIR}
 cli=${CAUSAL_RCM:-causal-rcm}
-common="train.progress=false train.log_every=100 train.ckpt_every=250"
+common="train.progress=false train.log_every=100 train.ckpt_every=500 train.export_dtype=float16 train.compile=true"
 extra=${EXTRA:-}  # more overrides, e.g. for a quick check
 
 stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
@@ -19,6 +19,8 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
     $command
 }
 
-stage teacher "$out/teacher" "${TEACHER_SECONDS:-330}" train.steps=3000 train.batch_size=64 train.eval_every=1000
-stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-180}" train.steps=1500 train.batch_size=64 \
-    train.init="$out/teacher/model"
+# Batch 256: the 3.5M-parameter model is launch-bound on a GPU, so a step of 256 videos costs
+# about what one of 64 does (attempt 1, docs/results/shapes_teachers_attempt1.md).
+stage teacher "$out/teacher" "${TEACHER_SECONDS:-330}" train.steps=30000 train.batch_size=256 train.eval_every=2000
+stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-170}" train.steps=15000 train.batch_size=256 \
+    train.eval_every=2000 train.init="$out/teacher/model"

@@ -49,7 +49,7 @@ class DataConfig:
     codec_scale: float = 1.92
     text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
-    workers: int = -1  # processes rendering batches ahead; -1 = auto (none on CPU, up to 8 beside a GPU)
+    workers: int = -1  # processes rendering batches ahead; -1 = auto (none on CPU, up to 12 beside a GPU)
     seed: int = 0
 
 
@@ -73,6 +73,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    activation_checkpointing: bool = False  # recompute each block of the trained models in backward (memory for time)
+    compile: bool = False  # torch.compile each block of the trained models (one graph serves every block)
     log_every: int = 10
     ckpt_every: int = 200
     eval_every: int = 0  # 0 = only at the end
@@ -85,6 +87,7 @@ class TrainConfig:
     teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes
     dmd_teacher: str = ""  # causal-rcm: the teacher SF-DMD matches (default: train.teacher)
     progress: bool = True
+    export_dtype: str = "float32"  # weights of the exported model: float32 | float16 | bfloat16 (training state stays fp32)
 
 
 @dataclass
@@ -273,7 +276,12 @@ def load_config(recipe: str, config_file: str | Path | None = None, overrides: l
     return apply_overrides(config, list(overrides))
 
 
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+
+
 def _revalidate(config: Config) -> None:
+    if config.train.export_dtype not in EXPORT_DTYPES:
+        raise UserError(f"train.export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {config.train.export_dtype!r}")
     try:
         config.model = CausalWanConfig(**dataclasses.asdict(config.model))
     except (TypeError, ValueError) as exc:

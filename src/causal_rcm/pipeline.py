@@ -304,7 +304,11 @@ class StreamingPipeline:
     def from_pretrained(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, attn_backend: str = "sdpa"
     ) -> StreamingPipeline:
-        """Load a checkpoint folder in our layout (config.json with a ``pipeline`` section + model.safetensors)."""
+        """Load a checkpoint folder in our layout (config.json with a ``pipeline`` section + model.safetensors).
+
+        ``dtype`` None keeps the stored dtype on a GPU and loads float32 on the CPU (which runs
+        half-precision weights slowly, if at all).
+        """
         from .models.adapters import detect_layout, read_pipeline_config
         from .models.wan import CausalWanModel
 
@@ -314,6 +318,8 @@ class StreamingPipeline:
         if not path.is_dir() or detect_layout(path) != "causal-rcm":
             raise UserError(f"{path} is not a causal-rcm checkpoint folder (config.json + model.safetensors)")
         config = PipelineConfig.from_dict(read_pipeline_config(path), source=str(path))
+        if dtype is None and torch.device(device).type == "cpu":
+            dtype = torch.float32
         model = CausalWanModel.from_pretrained(path, device=device, dtype=dtype, attn_backend=attn_backend)
         return cls(model, config, device=device)
 

@@ -227,6 +227,16 @@ def test_dispatch_backend_and_compile(device):
         _assert_close(got.grad, want.grad, torch.float32, "compiled grad")
 
 
+def test_dispatch_under_autocast_takes_mixed_input_dtypes(device):
+    """Under bf16 autocast a model hands fp32 q, k (RMSNorm's fp32 weight promotes them) beside a bf16 v."""
+    mask = _mask("teacher_forcing", device)
+    (q, k, v), _ = _inputs("teacher_forcing", 32, torch.float32, device, seed=3)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = dispatch_attention(q, k, v.bfloat16(), mask, backend="triton")
+    assert out.dtype == torch.bfloat16
+    _assert_close(out, _math(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask), torch.bfloat16, "autocast")
+
+
 def test_bad_inputs_are_refused(device):
     mask = _mask("teacher_forcing", device)
     q = torch.randn(1, 2, 84, 32, device=device)

@@ -235,3 +235,26 @@ def test_a_bf16_model_runs_without_autocast(model):
         out = model.to(torch.bfloat16)(x, t, ctx)
     assert out.dtype == x.dtype  # output in the input's dtype
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_activation_checkpointing_gives_the_same_gradients_with_less_saved_memory():
+    mask = M.teacher_forcing(3, 1, 4)
+    x, t, ctx = _inputs(mask.num_frames_q, seed=5)
+    grads, saved = {}, {}
+    for recompute in (False, True):
+        model = random_model(small_config(num_layers=3), std=0.05)
+        model.activation_checkpointing = recompute
+        sizes = []
+
+        def pack(tensor):
+            sizes.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(x, t, ctx, mask=mask).square().mean()
+        loss.backward()
+        grads[recompute] = [p.grad for p in model.parameters()]
+        saved[recompute] = sum(sizes)
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert saved[True] < 0.5 * saved[False]

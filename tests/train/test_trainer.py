@@ -153,3 +153,20 @@ def test_time_guard_stops_checkpoints_and_exports(tmp_path):
     again = train_pkg.train(load_config("teacher", None, FAST + ["train.steps=50", "train.max_seconds=1e-6", "train.ckpt_every=100",
                                                                   "train.eval_videos=0", f"train.out_dir={tmp_path}"]))
     assert again["steps"] == 1  # resumed past its guard: no step more
+
+
+def test_export_dtype_halves_the_shipped_weights_and_loads_as_float32(tmp_path):
+    from causal_rcm import train as train_pkg
+    from causal_rcm.models.wan import CausalWanModel
+
+    common = FAST + ["train.steps=2", "train.eval_videos=0"]
+    train_pkg.train(load_config("teacher", None, common + [f"train.out_dir={tmp_path / 'a'}"]))
+    train_pkg.train(load_config("teacher", None, common + ["train.export_dtype=float16", f"train.out_dir={tmp_path / 'b'}"]))
+    full, half = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b"))
+    assert {v.dtype for v in half.values()} == {torch.float16}
+    for name, value in full.items():
+        torch.testing.assert_close(half[name].float(), value, atol=1e-3, rtol=1e-3)
+    model = CausalWanModel.from_pretrained(tmp_path / "b" / "model", dtype=torch.float32)
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(UserError, match="train.export_dtype must be one of"):
+        load_config("teacher", None, ["train.export_dtype=int8"])

@@ -11,15 +11,26 @@ import multiprocessing
 import os
 from typing import Any
 
+import numpy as np
 import torch
 
 from .codec import PixelCodec
 from .oracle import ShapesOracle
-from .shapes import ShapesConfig, ShapesDataset, collate
+from .shapes import ShapesConfig, ShapesDataset
 from .text import ToyTextEncoder
 
 # Evaluation prompts come from a stream the training stream never reaches.
 EVAL_SEED_OFFSET = 1_000_003
+
+
+def _single_thread() -> None:
+    """Worker initialiser: rendering is numpy; idle torch thread pools would only contend for cores."""
+    torch.set_num_threads(1)
+
+
+def _render(task: tuple[ShapesDataset, list[int]]) -> list[dict[str, Any]]:
+    dataset, indices = task
+    return [dataset.render_sample(i) for i in indices]
 
 
 class ShapesWorld:
@@ -35,10 +46,14 @@ class ShapesWorld:
         self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
         self.oracle = ShapesOracle(self.shapes)
         self._empty: torch.Tensor | None = None
-        workers = data.workers if data.workers >= 0 else (0 if self.device.type == "cpu" else min(8, (os.cpu_count() or 2) - 1))
+        workers = data.workers if data.workers >= 0 else (0 if self.device.type == "cpu" else max(1, min(12, (os.cpu_count() or 2) - 2)))
         # Samples depend only on their global index, so rendering them in other processes (one
         # batch ahead) gives exactly the serial batches; the position counts consumed batches only.
-        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else None
+        # Each worker renders one slice of a batch per task and sends uint8 numpy frames back
+        # (torch tensors would cross through shared-memory files, one per tensor: slower than
+        # rendering serially).
+        self._workers = workers
+        self._pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_single_thread) if workers > 0 else None
         self._pending = None
 
     # ------------------------------------------------------------ shapes
@@ -66,17 +81,24 @@ class ShapesWorld:
     # -------------------------------------------------------- data source
     def _submit(self, position: int):
         indices = [self.dataset.global_index(position + i) for i in range(self.local_batch)]
-        return position, self._pool.map_async(self.dataset.sample, indices)
+        slices = [indices[i :: self._workers] for i in range(self._workers)]
+        return position, self._pool.map_async(_render, [(self.dataset, part) for part in slices if part])
 
-    def _next_raw(self) -> dict[str, Any]:
+    def _next_raw(self) -> list[dict[str, Any]]:
+        """This process's next batch as rendered samples, in stream order."""
         if self._pool is None:
-            return self.dataset.batch(self.local_batch)
+            items = [self.dataset.render_sample(self.dataset.global_index(self.dataset.position + i)) for i in range(self.local_batch)]
+            self.dataset.position += self.local_batch
+            return items
         if self._pending is None or self._pending[0] != self.dataset.position:
             self._pending = self._submit(self.dataset.position)
-        items = self._pending[1].get()
+        parts = self._pending[1].get()
         self.dataset.position += self.local_batch
         self._pending = self._submit(self.dataset.position)
-        return collate(items)
+        items = [None] * self.local_batch
+        for i, part in enumerate(parts):  # undo the round-robin split
+            items[i :: self._workers] = part
+        return items
 
     def close(self) -> None:
         if self._pool is not None:
@@ -84,15 +106,18 @@ class ShapesWorld:
             self._pool = self._pending = None
 
     def next_batch(self) -> dict[str, Any]:
-        raw = self._next_raw()
+        items = self._next_raw()
+        frames = torch.from_numpy(np.stack([it["frames"] for it in items])).to(self.device)  # (B, F, H, W, 3) uint8
+        video = frames.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)  # (B, 3, F, H, W) in [-1, 1]
+        captions = [it["caption"] for it in items]
         batch = {
-            "latents": self.codec.encode(raw["video"]).to(self.device),  # (B, C, F, h, w)
-            "context": self.encode_text(raw["caption"]),
-            "caption": raw["caption"],
-            "scene": raw["scene"],
+            "latents": self.codec.encode(video),  # (B, C, F, h, w)
+            "context": self.encode_text(captions),
+            "caption": captions,
+            "scene": [it["scene"] for it in items],
         }
-        if "actions" in raw:
-            batch["actions"] = raw["actions"].to(self.device)
+        if "actions" in items[0]:
+            batch["actions"] = torch.from_numpy(np.stack([it["actions"] for it in items])).to(self.device)
         return batch
 
     def state_dict(self) -> dict:

@@ -527,14 +527,22 @@ class ShapesDataset(IterableDataset):
     def global_index(self, position: int) -> int:
         return self.rank + self.world_size * position
 
-    def sample(self, index: int) -> dict[str, Any]:
-        """Global sample ``index`` (pure function of seed and index)."""
+    def render_sample(self, index: int) -> dict[str, Any]:
+        """Global sample ``index`` as rendered (pure function of seed and index): ``frames`` uint8
+        ``[F, H, W, 3]`` and ``actions`` int64 ``[F]`` as numpy arrays, cheap to send between processes."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         scene, actions = sample_scene(rng, self.config)
-        frames = render(scene, self.config.num_frames, actions)
-        out: dict[str, Any] = {"video": _to_video(frames), "caption": caption(scene), "scene": scene, "index": index}
+        out: dict[str, Any] = {"frames": render(scene, self.config.num_frames, actions), "caption": caption(scene), "scene": scene, "index": index}
         if actions is not None:
-            out["actions"] = torch.from_numpy(actions)
+            out["actions"] = actions
+        return out
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Global sample ``index`` (pure function of seed and index)."""
+        out = self.render_sample(index)
+        out["video"] = _to_video(out.pop("frames"))
+        if "actions" in out:
+            out["actions"] = torch.from_numpy(out["actions"])
         return out
 
     def __iter__(self):

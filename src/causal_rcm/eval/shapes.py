@@ -191,7 +191,7 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
     from ..models.wan import CausalWanModel
     from ..train.parallel import resolve_device
 
-    model = CausalWanModel.from_pretrained(path)
+    model = CausalWanModel.from_pretrained(path, dtype=torch.float32)  # shipped weights may be stored in half precision
     pipe = read_pipeline_config(path)
     if pipe.get("world") != "shapes":
         raise UserError(f"{path} has no shapes-world pipeline config: only checkpoints written by `causal-rcm train` can be scored")

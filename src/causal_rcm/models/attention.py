@@ -57,7 +57,7 @@ def attention(
         backend: one of :func:`available_backends`.
         scale: defaults to D ** -0.5.
     Returns:
-        (B, H, Sq, D) in q's dtype.
+        (B, H, Sq, D) in q's dtype (the autocast dtype under autocast).
     """
     if mask is not None and (mask.seq_len_q != q.shape[-2] or mask.seq_len_k != k.shape[-2]):
         raise ValueError(
@@ -71,6 +71,12 @@ def attention(
         raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(available_backends())}")
     if mask is not None and mask.allowed.device != q.device:
         mask = mask.to(q.device)
+    if torch.is_autocast_enabled(q.device.type):
+        # Under autocast, RMSNorm's fp32 weight promotes q and k to fp32 while v stays in the
+        # autocast dtype. SDPA casts its inputs under autocast; every backend does the same here
+        # (as Wan casts q, k, v to bf16 before its attention).
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     return fn(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale)
 
 

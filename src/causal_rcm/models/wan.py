@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .attention import attention, available_backends
@@ -264,6 +265,9 @@ class CausalWanModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.attn_backend = attn_backend
+        # Recompute each block in backward instead of keeping its activations (torchtitan's
+        # per-block activation checkpointing): a runtime switch, not part of the weights' config.
+        self.activation_checkpointing = False
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(
             nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
@@ -446,7 +450,11 @@ class CausalWanModel(nn.Module):
         rope = (cos_q, sin_q, cos_k, sin_k)
 
         # 5. blocks
+        recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
+            if recompute:
+                h = torch.utils.checkpoint.checkpoint(block, h, e6, context, rope, mask, self.attn_backend, None, False, use_reentrant=False)
+                continue
             layer_cache = kv_cache.layers[i] if kv_cache is not None else None
             h = block(h, e6, context, rope, mask, self.attn_backend, layer_cache, update_cache)
         if update_cache:

@@ -111,6 +111,11 @@ class Trainer:
         self.recipe.build(self.world.device)
         self.groups = self.recipe.trainable()
         for name, module in self.groups.items():
+            if hasattr(module, "activation_checkpointing"):
+                module.activation_checkpointing = self.config.train.activation_checkpointing
+            if self.config.train.compile:  # torchtitan's order: checkpointing, compile, then fully_shard
+                for block in getattr(module, "blocks", []):
+                    block.compile()
             self.groups[name] = apply_fsdp(module, self.world, mixed_precision=self.precision == "bf16")
         optim = self.config.optim
         self.optimizers = {}
@@ -342,7 +347,8 @@ class Trainer:
                 "eval": final_eval,
             }
             if self.world.is_main:
-                self.recipe.export(ema_state, self.out_dir / "model")
+                dtype = getattr(torch, cfg.export_dtype)
+                self.recipe.export({k: v.to(dtype) for k, v in ema_state.items()}, self.out_dir / "model")
                 (self.out_dir / "train_report.json").write_text(json.dumps(summary, indent=2) + "\n")
             return summary
         finally:
