@@ -21,6 +21,6 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 
 # Batch 256: the 3.5M-parameter model is launch-bound on a GPU, so a step of 256 videos costs
 # about what one of 64 does (attempt 1, docs/results/shapes_teachers_attempt1.md).
-stage teacher "$out/teacher" "${TEACHER_SECONDS:-330}" train.steps=30000 train.batch_size=256 train.eval_every=2000
-stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-170}" train.steps=15000 train.batch_size=256 \
+stage teacher "$out/teacher" "${TEACHER_SECONDS:-290}" train.steps=30000 train.batch_size=256 train.eval_every=2000
+stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-140}" train.steps=15000 train.batch_size=256 \
     train.eval_every=2000 train.init="$out/teacher/model"

@@ -82,10 +82,11 @@ BUDGETS = {
     ),
     # The shipped teachers' settings (scripts/train_shapes_teachers.sh).
     "gpu": Budget(
-        "gpu", "default, GPU", batch_size=64,
-        steps={"teacher": 3000, "causal-teacher": 1500, "causal-teacher-here": 500, "tf-scm": 2000, "sf-dmd": 1000},
-        seconds={"teacher": 330, "causal-teacher": 180, "causal-teacher-here": 60, "tf-scm": 300, "sf-dmd": 300},
-        eval_videos=16, eval_steps=50, overrides=("train.log_every=100", "train.ckpt_every=250"),
+        "gpu", "default, GPU", batch_size=256,
+        steps={"teacher": 30000, "causal-teacher": 15000, "causal-teacher-here": 500, "tf-scm": 2000, "sf-dmd": 1000},
+        seconds={"teacher": 290, "causal-teacher": 140, "causal-teacher-here": 60, "tf-scm": 300, "sf-dmd": 300},
+        eval_videos=16, eval_steps=50, overrides=("train.log_every=100", "train.ckpt_every=500"),
+        recipe_overrides={"teacher": ("train.compile=true",), "causal-teacher": ("train.compile=true",)},
     ),
     "fast": Budget(
         "fast", "fast (test mode: a few training steps, 4 videos, 4 sampler steps; its numbers measure nothing)",

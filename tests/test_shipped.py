@@ -1,0 +1,48 @@
+"""The shipped shapes-world checkpoints: complete, made by the committed script, and usable."""
+
+import dataclasses
+import json
+import shlex
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from causal_rcm.config import config_to_dict, load_config
+from causal_rcm.eval.shapes import load_for_eval, sample_videos
+from causal_rcm.quickstart import SHIPPED_TEACHERS, STUDENTS, TEACHERS, _shipped_run
+
+SHIPPED = [name for name in (*TEACHERS, *STUDENTS) if _shipped_run(SHIPPED_TEACHERS, name) is not None]
+SCRIPT = {"teacher": "train_shapes_teachers.sh", "causal-teacher": "train_shapes_teachers.sh",
+          "tf-scm": "train_shapes_students.sh", "sf-dmd": "train_shapes_students.sh"}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_run_records_its_command_and_config(name):
+    run = SHIPPED_TEACHERS / name
+    words = shlex.split((run / "command.txt").read_text())
+    config = json.loads((run / "config.json").read_text())
+    report = json.loads((run / "train_report.json").read_text())
+    assert words[words.index("train") + 1] == config["recipe"] == report["recipe"] == name
+    # The committed defaults and the command's overrides still resolve to the config it ran with
+    # (paths aside: they named the device machine's folders).
+    resolved = config_to_dict(load_config(name, None, [w for w in words if "=" in w]))
+    for saved in (config, resolved):
+        for key in ("out_dir", "init", "teacher"):
+            saved["train"].pop(key)
+    assert resolved == config
+    script = (SHIPPED_TEACHERS.parents[1] / "scripts" / SCRIPT[name]).read_text()
+    assert f"stage {name} " in script and "train.export_dtype=float16" in script
+    assert report["device"].startswith("cuda") and report["steps"] > 0 and report["eval"]
+    assert (run / "metrics.jsonl").read_text().strip()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_model_is_float16_and_samples_on_the_cpu(name):
+    run = SHIPPED_TEACHERS / name
+    weights = load_file(run / "model" / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.float16}
+    model, world, spec = load_for_eval(run / "model", device="cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    videos = sample_videos(model, world, ["a red circle moves left"], dataclasses.replace(spec, steps=2), seed=0)
+    assert videos.shape[:3] == (1, 3, world.data.num_frames) and torch.isfinite(videos).all()
