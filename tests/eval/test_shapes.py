@@ -34,3 +34,29 @@ def test_evaluate_reports_cost_metrics_and_long_rollouts(tmp_path):
     assert {"caption_adherence", "long_first_caption_adherence", "long_drift"} <= set(result.metrics)
     bidirectional = dataclasses.replace(spec, causal=False)
     assert evaluate(model, world, bidirectional, n=2, drift_factor=2).long_videos is None  # drift is for causal models
+
+
+def test_swap_directions_swaps_every_direction_word_and_nothing_else():
+    from causal_rcm.eval.shapes import swap_directions
+
+    caption = "a red circle moves left, a blue square moves up, a white triangle follows the actions"
+    swapped = swap_directions(caption)
+    assert swapped == "a red circle moves right, a blue square moves down, a white triangle follows the actions"
+    assert swap_directions(swapped) == caption
+
+
+def test_direction_word_gap_is_zero_for_a_model_blind_to_text_and_not_for_one_that_reads_it(tmp_path):
+    import torch
+
+    from causal_rcm.eval.shapes import direction_word_gap
+
+    model, world, _ = load_for_eval(make_checkpoint(tmp_path / "ckpt", steps=2), device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    reads = direction_word_gap(model, world, n=8)
+    with torch.no_grad():
+        model.text_embedding[-1].weight.zero_()  # the context no longer reaches the blocks
+        model.text_embedding[-1].bias.zero_()
+    assert direction_word_gap(model, world, n=8) == 0.0
+    assert reads != 0.0

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import Config, register_recipe
 from ..diffusion.schedules import shift_time
-from ..eval.shapes import SamplerSpec, evaluate_model
+from ..eval.shapes import SamplerSpec, direction_word_gap, evaluate_model
 from ..models import masks
 from ..models.wan import CausalWanModel
 from ..train.parallel import StepRandom
@@ -120,10 +120,13 @@ class DenoisingRecipe(Recipe):
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
-        return evaluate_model(
+        metrics = evaluate_model(
             student, self.world, self.sampler_spec(), n=self.config.train.eval_videos, out_dir=out_dir / "samples",
             tag=f"step{step:06d}", drift_factor=self.config.train.eval_drift if self.causal else 0,
         )
+        if not self.causal:  # the loss gap of swapped direction words: motion learned from text shows here first
+            metrics["direction_word_gap"] = direction_word_gap(student, self.world, n=max(self.config.train.eval_videos, 32))
+        return metrics
 
     def export(self, student_state: dict[str, torch.Tensor], path: Path) -> None:
         from ..models.adapters import save_checkpoint

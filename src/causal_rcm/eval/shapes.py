@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,42 @@ def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[
         long_last_caption_adherence=float(last_a[0]), long_last_temporal_consistency=float(last_a[1]),
         long_drift=float(np.nanmean(drift)),
     )
+
+
+_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def swap_directions(caption: str) -> str:
+    """``caption`` with every direction word replaced by its opposite (``left`` <-> ``right``, ``up`` <-> ``down``)."""
+    return re.sub(r"\b(left|right|up|down)\b", lambda m: _OPPOSITE[m.group(1)], caption)
+
+
+@torch.no_grad()
+def direction_word_gap(model, world: ShapesWorld, *, n: int = 32, seed: int = 0, levels: tuple[float, ...] = (0.5, 0.8, 0.95)) -> float:
+    """How much a bidirectional flow-matching model relies on the captions' direction words.
+
+    The flow-matching loss on ``n`` held-out videos noised to each level ``s`` of ``levels``, with
+    every direction word swapped for its opposite, minus the loss with the true captions, averaged
+    over the levels. 0 for a model that ignores those words; it rises before sampled videos follow
+    them (``docs/results/shapes_teachers_attempt2.md``).
+    """
+    ref = world.eval_set(n)
+    keep = [i for i, c in enumerate(ref["caption"]) if swap_directions(c) != c]
+    if not keep:
+        return float("nan")
+    device = next(model.parameters()).device
+    x0 = world.codec.encode(ref["video"][keep]).to(device)  # (B, C, F, h, w)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    captions = [ref["caption"][i] for i in keep]
+    contexts = (world.encode_text(captions), world.encode_text([swap_directions(c) for c in captions]))
+    actions = ref["actions"][keep].to(device) if "actions" in ref else None
+    gap = 0.0
+    for s in levels:
+        x_s = (1 - s) * x0 + s * eps
+        t = torch.full(x0.shape[:1] + x0.shape[2:3], 1000 * s, device=device)  # (B, F)
+        true, wrong = ((model(x_s, t, ctx, actions=actions).float() - (eps - x0)).square().mean().item() for ctx in contexts)
+        gap += (wrong - true) / len(levels)
+    return gap
 
 
 def evaluate_model(
