@@ -142,6 +142,7 @@ def test_given_teachers_are_used_and_a_short_causal_run_is_trained_here(fast_run
     assert stages["teacher"]["training"]["command"].startswith("causal-rcm train teacher ")
     here = stages["causal-teacher-here"]
     assert here["source"] == "trained here" and here["training"]["init"] == str(teachers / "teacher" / "model")
+    assert "caption_adherence" in here["metrics"] and "long_drift" not in here["metrics"]  # no 4x rollout for the short run
     assert "**teacher: given** (`--teachers`)" in (out / "report.md").read_text()
 
 

@@ -275,12 +275,15 @@ def _teacher_stage(name: str, *, drift: bool, init: Callable[[Quickstart], Path 
 
 
 def _causal_teacher_here(q: Quickstart) -> dict:
-    """With a shipped causal teacher, a short run of its recipe here (from the teacher), to see training work."""
+    """With a shipped causal teacher, a short run of its recipe here (from the teacher), to see training work.
+
+    Scored at the training length only: the drift baseline is the shipped causal teacher's, and a
+    4x rollout at 50 steps with CFG would take a CPU run minutes more."""
     if q.shipped.get("causal-teacher") is None:
         return {"skipped": "the causal teacher itself was trained here in this run"}
     training = q.train("causal-teacher-here", "causal-teacher", init=q.model("teacher"))
     model = q.dir("causal-teacher-here") / "model"
-    return {"source": "trained here", "training": training, **q.evaluate("causal-teacher-here", model, drift=True)}
+    return {"source": "trained here", "training": training, **q.evaluate("causal-teacher-here", model, drift=False)}
 
 
 def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Callable[[Quickstart], dict]:
