@@ -16,6 +16,10 @@ def test_worker_pool_gives_exactly_the_serial_batches_and_resumes():
             assert torch.equal(a["latents"], b["latents"]) and a["caption"] == b["caption"]
         state = pooled.state_dict()
         assert state == serial.state_dict()
+        # The uint8 frames converted on the device are the dataset's float videos, encoded.
+        ref = _world(0)
+        ref.dataset.position = serial.dataset.position - 3
+        assert torch.equal(a["latents"], ref.codec.encode(ref.dataset.batch(3)["video"]))
         resumed = _world(2)
         try:
             resumed.load_state_dict(state)

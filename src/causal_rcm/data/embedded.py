@@ -79,25 +79,29 @@ class ShapesWorld:
         return self._empty.expand(batch, -1, -1)
 
     # -------------------------------------------------------- data source
+    def _indices(self, position: int) -> list[int]:
+        """Global sample indices of the batch that starts at this process's ``position``."""
+        return [self.dataset.global_index(position + i) for i in range(self.local_batch)]
+
     def _submit(self, position: int):
-        indices = [self.dataset.global_index(position + i) for i in range(self.local_batch)]
+        indices = self._indices(position)
         slices = [indices[i :: self._workers] for i in range(self._workers)]
         return position, self._pool.map_async(_render, [(self.dataset, part) for part in slices if part])
 
     def _next_raw(self) -> list[dict[str, Any]]:
-        """This process's next batch as rendered samples, in stream order."""
+        """This process's next batch as rendered samples, in stream order; advances the position."""
+        position = self.dataset.position
         if self._pool is None:
-            items = [self.dataset.render_sample(self.dataset.global_index(self.dataset.position + i)) for i in range(self.local_batch)]
-            self.dataset.position += self.local_batch
-            return items
-        if self._pending is None or self._pending[0] != self.dataset.position:
-            self._pending = self._submit(self.dataset.position)
-        parts = self._pending[1].get()
-        self.dataset.position += self.local_batch
-        self._pending = self._submit(self.dataset.position)
-        items = [None] * self.local_batch
-        for i, part in enumerate(parts):  # undo the round-robin split
-            items[i :: self._workers] = part
+            items = _render((self.dataset, self._indices(position)))
+        else:
+            if self._pending is None or self._pending[0] != position:
+                self._pending = self._submit(position)
+            parts = self._pending[1].get()
+            self._pending = self._submit(position + self.local_batch)
+            items = [None] * self.local_batch
+            for i, part in enumerate(parts):  # undo the round-robin split
+                items[i :: self._workers] = part
+        self.dataset.position = position + self.local_batch
         return items
 
     def close(self) -> None:
