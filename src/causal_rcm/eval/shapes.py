@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data.embedded import ShapesWorld
+from ..data.shapes import DIRECTIONS
 from ..data.video import grid, to_uint8, write_gif
 from ..diffusion.samplers import causal_sample, consistency_sample, euler_sample
 
@@ -162,12 +163,13 @@ def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[
     )
 
 
-_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+_OPPOSITE = {d: next(e for e, w in DIRECTIONS.items() if w == (-v[0], -v[1])) for d, v in DIRECTIONS.items()}
+_DIRECTION_WORD = re.compile(r"\b(" + "|".join(DIRECTIONS) + r")\b")
 
 
 def swap_directions(caption: str) -> str:
     """``caption`` with every direction word replaced by its opposite (``left`` <-> ``right``, ``up`` <-> ``down``)."""
-    return re.sub(r"\b(left|right|up|down)\b", lambda m: _OPPOSITE[m.group(1)], caption)
+    return _DIRECTION_WORD.sub(lambda m: _OPPOSITE[m.group(1)], caption)
 
 
 @torch.no_grad()
