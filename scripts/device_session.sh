@@ -29,29 +29,27 @@ gpu_tests() {
         -m "gpu or not slow" tests/kernels tests/models > "$out/gpu_tests.txt" 2>&1
 }
 
-pack() {  # pack DIR NAME...: one tar per trained stage folder, without the resumable checkpoint
-    local dir=$1; shift
-    for name in "$@"; do
-        [ -d "$dir/$name" ] && tar -C "$dir" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb "$name"
+train() {  # train SCRIPT LOG STAGE... [-- SCRIPT_ARGS...]: run a training script into $runs, then
+    # one tar per stage folder that it made (without the resumable checkpoint), whatever its exit
+    local script=$1 log=$2 status=0 names=(); shift 2
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do names+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    bash "$script" "$runs" "$@" > "$out/$log" 2>&1 || status=$?
+    for name in "${names[@]}"; do
+        if [ -d "$runs/$name" ]; then
+            tar -C "$runs" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb "$name"
+        fi
     done
+    grep -E "trained|caption_adherence|direction_accuracy|long_" "$out/$log" || true
+    return "$status"
 }
 
 case "$stage" in
     tests) gpu_tests || true; grep -cE " PASSED" "$out/gpu_tests.txt" || true; grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true ;;
-    teachers)
-        status=0
-        bash scripts/train_shapes_teachers.sh "$runs" > "$out/teachers.txt" 2>&1 || status=$?
-        pack "$runs" teacher causal-teacher
-        grep -E "trained|caption_adherence|direction_accuracy|long_" "$out/teachers.txt" || true
-        exit "$status" ;;
+    teachers) train scripts/train_shapes_teachers.sh teachers.txt teacher causal-teacher ;;
     bench)
         $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt"
         $CAUSAL_RCM bench stream --out "$out" 2>&1 | tee "$out/stream.txt" ;;
-    students)
-        status=0
-        bash scripts/train_shapes_students.sh "$runs" "${TEACHERS:-checkpoints/shapes}" > "$out/students.txt" 2>&1 || status=$?
-        pack "$runs" tf-scm sf-dmd
-        grep -E "trained|caption_adherence|direction_accuracy|long_" "$out/students.txt" || true
-        exit "$status" ;;
+    students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
