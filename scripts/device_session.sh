@@ -5,11 +5,12 @@
 #   bash scripts/device_session.sh tests     # the kernel and model tests on CUDA, alone
 #   bash scripts/device_session.sh bench     # bench scm-step and bench stream (Wan2.1-1.3B, random weights)
 #   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
+#   bash scripts/device_session.sh teachers+tests  # both in one call: the tests (CPU-bound compiles) beside training
 # Results go under $OUT (the device tool brings that folder back, at most 8 files): each trained
 # stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh teachers|tests|bench|students}
+stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|students}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -47,6 +48,14 @@ train() {  # train SCRIPT LOG STAGE... [-- SCRIPT_ARGS...]: run a training scrip
 case "$stage" in
     tests) gpu_tests || true; grep -cE " PASSED" "$out/gpu_tests.txt" || true; grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true ;;
     teachers) train scripts/train_shapes_teachers.sh teachers.txt teacher causal-teacher ;;
+    teachers+tests)
+        TEST_WORKERS=${TEST_WORKERS:-4} gpu_tests &
+        tests=$!
+        status=0
+        train scripts/train_shapes_teachers.sh teachers.txt teacher causal-teacher || status=$?
+        wait "$tests" || true
+        grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true
+        exit "$status" ;;
     bench)
         $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt"
         $CAUSAL_RCM bench stream --out "$out" 2>&1 | tee "$out/stream.txt" ;;

@@ -70,6 +70,9 @@ class TrainConfig:
     steps: int = 1000
     max_seconds: float = 0.0  # time guard: stop (checkpoint, evaluate, export) once training took this long; 0 = none
     batch_size: int = 32  # global batch (split across processes)
+    # Data echoing (Choi et al. 2019): each batch serves this many consecutive steps, each with its
+    # own noise and times, for when rendering data costs more than a step (small models on a GPU).
+    data_echo: int = 1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
@@ -280,6 +283,8 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _revalidate(config: Config) -> None:
+    if config.train.data_echo < 1:
+        raise UserError(f"train.data_echo must be >= 1 (steps per rendered batch), got {config.train.data_echo}")
     if config.train.export_dtype not in EXPORT_DTYPES:
         raise UserError(f"train.export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {config.train.export_dtype!r}")
     try:

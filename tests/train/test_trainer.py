@@ -36,8 +36,10 @@ def _losses(out_dir: Path) -> list[float]:
     return [r["loss/student"] for r in records if "loss/student" in r]
 
 
-def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    args = ["train", "teacher", *FAST, "train.steps=16", "train.ckpt_every=4"]
+@pytest.mark.parametrize("echo", [1, 3])
+def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, echo):
+    # With data echo 3 the checkpoints at steps 4, 8, 12 fall mid-echo: the batch in use is drawn again.
+    args = ["train", "teacher", *FAST, "train.steps=16", "train.ckpt_every=4", f"train.data_echo={echo}"]
     full = tmp_path / "full"
     subprocess.run(_cli(*args, f"train.out_dir={full}"), check=True, env=_env(), capture_output=True)
 
@@ -58,6 +60,16 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert _losses(broken)[-1] == _losses(full)[-1]
+
+
+def test_data_echo_draws_one_batch_per_echo_cycle(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "teacher", *FAST, "train.steps=6", "train.ckpt_every=100", "train.eval_videos=0", "train.data_echo=2"]
+    subprocess.run(_cli(*args, f"train.out_dir={out}"), check=True, env=_env(), capture_output=True)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["data"]["samples_seen"] == 3 * 4  # batches drawn at steps 0, 2, 4 (batch size 4)
+    losses = _losses(out)
+    assert len(losses) == 6 and len(set(losses)) == 6  # fresh noise and times on every echo
 
 
 def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):

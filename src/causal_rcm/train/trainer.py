@@ -104,6 +104,8 @@ class Trainer:
         self.history: list[dict] = []
         self._elapsed_before = 0.0
         self._start = time.perf_counter()
+        self._batch: dict | None = None  # the batch in use (data echo serves it train.data_echo steps)
+        self._batch_data_state: dict | None = None  # the data position it was drawn from
 
     # --------------------------------------------------------------- set-up
     def _setup(self) -> None:
@@ -147,11 +149,24 @@ class Trainer:
             "models": {n: get_model_state_dict(m, options=options) for n, m in self.groups.items()},
             "optimizers": {n: get_optimizer_state_dict(self.groups[n], o, options=options) for n, o in self.optimizers.items()},
             "ema": self.ema.full_state_dict(),
-            "data": self.data.state_dict(),
+            "data": self._data_state(),
             "rng": rng_state(),
             "history": self.history,
             "train_seconds": self.elapsed(),
         }
+
+    def _data_state(self) -> dict:
+        """The data position to resume from: mid-echo, that of the batch in use, so it is drawn again."""
+        if self._batch is not None and self.step % self.config.train.data_echo:
+            return self._batch_data_state
+        return self.data.state_dict()
+
+    def _next_batch(self) -> dict:
+        """A new batch every ``train.data_echo`` steps (and after a resume), else the batch in use."""
+        if self._batch is None or self.step % self.config.train.data_echo == 0:
+            self._batch_data_state = self.data.state_dict()
+            self._batch = self.data.next_batch()
+        return self._batch
 
     def save_checkpoint(self) -> None:
         state = self._state()  # collective under FSDP: every process takes part
@@ -297,8 +312,7 @@ class Trainer:
             out_of_time = resumed and self._out_of_time()  # a fresh run makes at least one step
             stop = self.step >= cfg.steps or out_of_time
             while not stop:
-                batch = self.data.next_batch()
-                logged = self._train_step(batch)
+                logged = self._train_step(self._next_batch())
                 bad = any(k.startswith(("nonfinite/", "skipped/")) for k in logged)
                 self.bad_steps = self.bad_steps + 1 if bad else 0
                 self.step += 1
