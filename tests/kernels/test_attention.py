@@ -296,6 +296,8 @@ def test_wan_like_sizes_on_gpu(d, dtype):
     o, to = kernels.attention_jvp(q, k, v, tq, tk, tv, mask)
     _assert_close(o, o_ref, dtype, "O")
     _assert_close(to, to_ref, dtype, "tO")
+    _, to_func = torch.func.jvp(lambda a, b, c: kernels.attention(a, b, c, mask), (q, k, v), (tq, tk, tv))
+    _assert_close(to_func, to_ref, dtype, "func.jvp tO")
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     kernels.attention(*leaves, mask).backward(do)
     ref = [x.float().requires_grad_() for x in (q, k, v)]

@@ -10,14 +10,15 @@ Supported
 * frame-granular masks (:class:`~causal_rcm.models.masks.BlockSparseMask`): each query tile
   visits only the key tiles of its lists; FULL tiles run without any masking, PARTIAL tiles
   read ``allowed[q // tpf, k // tpf]`` from the tiny (Fq, Fk) frame matrix, EMPTY tiles are
-  never touched. Rows with no allowed key give O = 0, LSE = -inf, tO = 0 and zero gradients.
+  never touched. Rows with no allowed key give O = 0, LSE = -inf, tO = 0, tLSE = 0 and zero
+  gradients.
 
 Caveats
 * the tile lists are built on the host from the frame matrix (O(#tiles), no S x S tensor)
   and cached per (frame matrix, lengths, tile sizes); mutate a mask in place and the cache
   notices through the tensor's version counter;
-* the JVP kernel is first order only: there is no backward through it (sCM and MeanFlow take
-  the JVP under ``no_grad``);
+* the JVP kernels are first order only: there is no backward through them (sCM and MeanFlow
+  take the JVP under ``no_grad``);
 * no dropout, no attention bias, no GQA (H of q, k, v must match).
 
 Math (DESIGN section 5; S = Q K^T * scale, P = softmax(S) row-wise, O = P V):
