@@ -2,7 +2,8 @@
 
 Every mask kind, odd lengths (no multiple of any tile size), Lq != Lk, rows with no allowed
 key, head dims 16-64 (and a non power of two), fp32 / bf16 / fp16; forward, LSE, gradients
-(O and LSE), JVP through ``torch.func.jvp``, ``forward_ad`` and the one-pass op.
+(O and LSE), JVP through ``torch.func.jvp`` and ``forward_ad`` (the tangents-only kernel on the
+saved O, LSE), partial tangents, and the fused one-pass op.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _empty_rows(mask):
 
 
 CASES = [(name, 32, torch.float32) for name in MASKS] + [(name, 64, torch.bfloat16) for name in MASKS]
-CASES += [("teacher_forcing", 16, torch.float16), ("random_empty_rows", 40, torch.float32)]
+CASES += [("teacher_forcing", 16, torch.float16), ("random_empty_rows", 40, torch.float32),
+          ("random_empty_rows", 16, torch.bfloat16)]
 
 
 @pytest.mark.parametrize("mask_name,d,dtype", CASES)
@@ -89,18 +91,23 @@ def test_forward_lse_and_jvp(mask_name, d, dtype, device):
     o, lse = kernels.attention_with_lse(q, k, v, mask)
     assert o.shape == q.shape and o.dtype == dtype
     _assert_close(o, _math(q, k, v, mask), dtype, "O")
-    _, lse_ref = reference.forward(q, k, v, None if mask is None else mask.allowed, _tpf(mask), d**-0.5)
+    allowed = None if mask is None else mask.allowed
+    _, lse_ref, _, tlse_ref = reference.jvp(q, k, v, tq, tk, tv, allowed, _tpf(mask), d**-0.5)
+    f_math = lambda a, b, c: _math(a, b, c, mask)  # noqa: E731
+    o_ref, to_ref = torch.func.jvp(f_math, (q.float(), k.float(), v.float()), (tq.float(), tk.float(), tv.float()))
+    (o_jvp, lse_jvp), (to_jvp, tlse) = torch.func.jvp(
+        lambda a, b, c: kernels.attention_with_lse(a, b, c, mask), (q, k, v), (tq, tk, tv))
+    assert torch.equal(lse_jvp, lse)
     empty = _empty_rows(mask)
     if empty is not None and empty.any():
         assert torch.isneginf(lse[..., empty]).all() and (o[..., empty, :] == 0).all()
+        assert (to_jvp[..., empty, :] == 0).all() and (tlse[..., empty] == 0).all()
         lse, lse_ref = lse[..., ~empty], lse_ref[..., ~empty]
-    _assert_close(lse, lse_ref, torch.float32 if dtype == torch.float32 else dtype, "LSE")
-
-    f_math = lambda a, b, c: _math(a, b, c, mask)  # noqa: E731
-    o_ref, to_ref = torch.func.jvp(f_math, (q.float(), k.float(), v.float()), (tq.float(), tk.float(), tv.float()))
-    o_jvp, to_jvp = torch.func.jvp(lambda a, b, c: kernels.attention(a, b, c, mask), (q, k, v), (tq, tk, tv))
+    tol = torch.float32 if dtype == torch.float32 else dtype
+    _assert_close(lse, lse_ref, tol, "LSE")
     _assert_close(o_jvp, o_ref, dtype, "func.jvp primal")
     _assert_close(to_jvp, to_ref, dtype, "func.jvp tangent")
+    _assert_close(tlse, tlse_ref, tol, "func.jvp tLSE")
 
     o_one, to_one = kernels.attention_jvp(q, k, v, tq, tk, tv, mask)
     _assert_close(o_one, o_ref, dtype, "one-pass primal")
@@ -155,16 +162,39 @@ def test_lse_is_differentiable(mask_name, device):
     _assert_close(tlse, tlse_ref, torch.float32, "tLSE")
 
 
-def test_forward_ad_and_partial_tangents(device):
-    """forward_ad with tangents on some inputs only (the others count as zero)."""
-    mask = _mask("teacher_forcing", device)
-    (q, k, v), (tq, _, tv) = _inputs("teacher_forcing", 32, torch.float32, device, seed=4)
+@pytest.mark.parametrize("mask_name,dtype", [("teacher_forcing", torch.float32), ("random_empty_rows", torch.float32),
+                                             ("kv_cache_lq_ne_lk", torch.bfloat16)])
+@pytest.mark.parametrize("which", ["q", "k", "v", "qv"])
+def test_partial_tangents(which, mask_name, dtype, device):
+    """Tangents on some of q, k, v only: absent (None inside ``jvp``, through ``torch.func.jvp``
+    and ``forward_ad``) and explicit zeros both count as zero."""
+    mask = _mask(mask_name, device)
+    primals, tangents = _inputs(mask_name, 32, dtype, device, seed=4)
+    moving = ["qkv".index(c) for c in which]
+
+    def partial(attn):
+        def f(*xs):  # attention of the inputs in ``which``, the others held fixed
+            args = list(primals)
+            for i, x in zip(moving, xs):
+                args[i] = x
+            return attn(*args, mask)
+        return f
+
+    sub_primals, sub_tangents = tuple(primals[i] for i in moving), tuple(tangents[i] for i in moving)
+    o_ref, to_ref = torch.func.jvp(partial(_math), tuple(x.float() for x in sub_primals),
+                                   tuple(t.float() for t in sub_tangents))
+    _, to_func = torch.func.jvp(partial(kernels.attention), sub_primals, sub_tangents)
     with fwAD.dual_level():
-        out = kernels.attention(fwAD.make_dual(q, tq), k, fwAD.make_dual(v, tv), mask)
-        o, to = fwAD.unpack_dual(out)
-    o_ref, to_ref = torch.func.jvp(lambda a, c: _math(a, k, c, mask), (q, v), (tq, tv))
-    _assert_close(o, o_ref, torch.float32, "forward_ad primal")
-    _assert_close(to, to_ref, torch.float32, "forward_ad tangent")
+        duals = [fwAD.make_dual(x, t) if i in moving else x for i, (x, t) in enumerate(zip(primals, tangents))]
+        o_ad, to_ad = fwAD.unpack_dual(kernels.attention(*duals, mask))
+    zeroed = tuple(t if i in moving else torch.zeros_like(t) for i, t in enumerate(tangents))
+    _, to_zero = torch.func.jvp(lambda a, b, c: kernels.attention(a, b, c, mask), tuple(primals), zeroed)
+    _assert_close(o_ad, o_ref, dtype, "forward_ad primal")
+    for what, to in (("func.jvp", to_func), ("forward_ad", to_ad), ("zero tangents", to_zero)):
+        _assert_close(to, to_ref, dtype, f"{what} tangent")
+    empty = _empty_rows(mask)
+    if empty is not None and empty.any():
+        assert (to_func[..., empty, :] == 0).all()
 
 
 def test_empty_rows_give_zeros_without_nan(device):
@@ -177,8 +207,12 @@ def test_empty_rows_give_zeros_without_nan(device):
     o = kernels.attention(*leaves, mask)
     o.backward(do)
     _, to = kernels.attention_jvp(q, k, v, tq, tk, tv, mask)
+    _, (to_func, tlse) = torch.func.jvp(lambda a, b, c: kernels.attention_with_lse(a, b, c, mask),
+                                        (q, k, v), (tq, tk, tv))
     empty = _empty_rows(mask)
     assert (o[..., empty, :] == 0).all() and (to[..., empty, :] == 0).all()
+    assert torch.isfinite(to_func).all() and torch.isfinite(tlse).all()
+    assert (to_func[..., empty, :] == 0).all() and (tlse[..., empty] == 0).all()
     assert (leaves[0].grad[..., empty, :] == 0).all()
     assert all(torch.isfinite(x.grad).all() for x in leaves)
     # keys of frame 3 are seen by no query: no gradient reaches them
@@ -262,6 +296,8 @@ def test_wan_like_sizes_on_gpu(d, dtype):
     o, to = kernels.attention_jvp(q, k, v, tq, tk, tv, mask)
     _assert_close(o, o_ref, dtype, "O")
     _assert_close(to, to_ref, dtype, "tO")
+    _, to_func = torch.func.jvp(lambda a, b, c: kernels.attention(a, b, c, mask), (q, k, v), (tq, tk, tv))
+    _assert_close(to_func, to_ref, dtype, "func.jvp tO")
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     kernels.attention(*leaves, mask).backward(do)
     ref = [x.float().requires_grad_() for x in (q, k, v)]

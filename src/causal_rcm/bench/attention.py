@@ -10,10 +10,11 @@ S in {4680, 32760, 65520} (3, 21, 42 frames), with the masks
 
 it times SDPA forward (dense boolean mask where it fits), FlexAttention forward and
 forward+backward (compiled, block mask from the same tile table), our Triton kernels forward,
-forward+backward, the fused one-pass JVP and ``torch.func.jvp`` through our op (forward, then
-the JVP kernel), and ``torch.func.jvp`` of math attention where its S x S fp32 tensors fit.
+forward+backward, the fused one-pass JVP, the tangents-only JVP kernel on a saved (O, LSE)
+and ``torch.func.jvp`` through our op (forward, then the tangents-only kernel), and
+``torch.func.jvp`` of math attention where its S x S fp32 tensors fit.
 Times are medians of ``triton.testing.do_bench`` in ms; TFLOP/s count only allowed pairs
-(forward 4 S^2 D H density, backward 2.5x, JVP 3x).
+(forward 4 S^2 D H density, backward 2.5x, fused JVP 3x, tangents-only JVP 2.5x).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def run_attention_bench(
     from triton.testing import do_bench
 
     from .. import kernels
+    from ..kernels import flash
     from ..models.attention import math_attention
 
     if not torch.cuda.is_available():
@@ -118,6 +120,11 @@ def run_attention_bench(
             res["ours_fwd"] = timed(lambda: kernels.attention(q, k, v, mask))
             res["ours_fwd_bwd"] = timed(fwd_bwd(lambda a, b, c: kernels.attention(a, b, c, mask)))
             res["ours_jvp"] = timed(lambda: kernels.attention_jvp(q, k, v, tq, tk, tv, mask))
+            o, lse = kernels.attention_with_lse(q, k, v, mask)
+            mask_args = (None, 1) if mask is None else (mask.allowed, mask.tokens_per_frame)
+            res["ours_jvp_tangents"] = timed(
+                lambda: flash.jvp_tangents(q, k, v, o, lse, (tq, tk, tv), *mask_args, head_dim**-0.5))
+            del o, lse
             res["ours_func_jvp"] = timed(
                 lambda: torch.func.jvp(lambda a, b, c: kernels.attention(a, b, c, mask), (q, k, v), (tq, tk, tv))
             )
@@ -128,7 +135,8 @@ def run_attention_bench(
             flops = _flops_fwd(batch, heads, seq_len, head_dim, density)
             tflops = {
                 name: flops * mult / (res[name] * 1e-3) / 1e12
-                for name, mult in (("ours_fwd", 1.0), ("ours_fwd_bwd", 3.5), ("ours_jvp", 3.0), ("flex_fwd", 1.0))
+                for name, mult in (("ours_fwd", 1.0), ("ours_fwd_bwd", 3.5), ("ours_jvp", 3.0),
+                                   ("ours_jvp_tangents", 2.5), ("flex_fwd", 1.0))
                 if res.get(name)
             }
             row = {"seq_len": seq_len, "mask": kind, "density": density, "ms": res, "tflops": tflops}
@@ -146,19 +154,23 @@ def run_attention_bench(
     }
 
 
-_COLUMNS = ("sdpa_fwd", "flex_fwd", "flex_fwd_bwd", "ours_fwd", "ours_fwd_bwd", "ours_jvp", "ours_func_jvp",
-            "math_func_jvp")
+_COLUMNS = ("sdpa_fwd", "flex_fwd", "flex_fwd_bwd", "ours_fwd", "ours_fwd_bwd", "ours_jvp", "ours_jvp_tangents",
+            "ours_func_jvp", "math_func_jvp")
+
+
+def _width(column: str) -> int:
+    return max(13, len(column))
 
 
 def _header() -> str:
-    return f"{'S':>6} {'mask':<16} {'dens':>5} " + " ".join(f"{c:>13}" for c in _COLUMNS)
+    return f"{'S':>6} {'mask':<16} {'dens':>5} " + " ".join(f"{c:>{_width(c)}}" for c in _COLUMNS)
 
 
 def _format_row(row: dict) -> str:
     cells = []
     for c in _COLUMNS:
         value = row["ms"].get(c, "-")
-        cells.append(f"{'-' if value == '-' else ('OOM' if value is None else f'{value:.2f}'):>13}")
+        cells.append(f"{'-' if value == '-' else ('OOM' if value is None else f'{value:.2f}'):>{_width(c)}}")
     return f"{row['seq_len']:>6} {row['mask']:<16} {row['density']:>5.2f} " + " ".join(cells)
 
 
@@ -173,6 +185,9 @@ def _ratios(rows: list[dict]) -> dict:
             out[f"ours_fwd/flex_fwd {key}"] = ms["ours_fwd"] / ms["flex_fwd"]
         if ms.get("ours_jvp") and ms.get("flex_fwd"):
             out[f"ours_jvp/flex_fwd {key}"] = ms["ours_jvp"] / ms["flex_fwd"]
+        if ms.get("ours_fwd") and ms.get("ours_jvp_tangents") and ms.get("ours_jvp"):
+            fwd_then_tangents = ms["ours_fwd"] + ms["ours_jvp_tangents"]
+            out[f"(ours_fwd+ours_jvp_tangents)/ours_jvp {key}"] = fwd_then_tangents / ms["ours_jvp"]
         if ms.get("ours_fwd_bwd") and ms.get("flex_fwd_bwd"):
             out[f"ours_fwd_bwd/flex_fwd_bwd {key}"] = ms["ours_fwd_bwd"] / ms["flex_fwd_bwd"]
     for seq_len in sorted({r["seq_len"] for r in rows}):

@@ -1,4 +1,5 @@
-"""Block-sparse FlashAttention-2 kernels in Triton: forward (+ log-sum-exp), fused JVP, backward.
+"""Block-sparse FlashAttention-2 kernels in Triton: forward (+ log-sum-exp), JVP (fused, or tangents
+only from the saved O and LSE), backward.
 
 Supported
 * layout (B, H, S, D) with any strides whose last one is 1; Sq != Sk (queries against a KV cache);
@@ -9,14 +10,15 @@ Supported
 * frame-granular masks (:class:`~causal_rcm.models.masks.BlockSparseMask`): each query tile
   visits only the key tiles of its lists; FULL tiles run without any masking, PARTIAL tiles
   read ``allowed[q // tpf, k // tpf]`` from the tiny (Fq, Fk) frame matrix, EMPTY tiles are
-  never touched. Rows with no allowed key give O = 0, LSE = -inf, tO = 0 and zero gradients.
+  never touched. Rows with no allowed key give O = 0, LSE = -inf, tO = 0, tLSE = 0 and zero
+  gradients.
 
 Caveats
 * the tile lists are built on the host from the frame matrix (O(#tiles), no S x S tensor)
   and cached per (frame matrix, lengths, tile sizes); mutate a mask in place and the cache
   notices through the tensor's version counter;
-* the JVP kernel is first order only: there is no backward through it (sCM and MeanFlow take
-  the JVP under ``no_grad``);
+* the JVP kernels are first order only: there is no backward through them (sCM and MeanFlow
+  take the JVP under ``no_grad``);
 * no dropout, no attention bias, no GQA (H of q, k, v must match).
 
 Math (DESIGN section 5; S = Q K^T * scale, P = softmax(S) row-wise, O = P V):
@@ -27,6 +29,12 @@ Math (DESIGN section 5; S = Q K^T * scale, P = softmax(S) row-wise, O = P V):
   tP = P * (tS - rowsum(P * tS)), tO = tP V + P tV. In the same pass as the forward we
   accumulate, with the same rescaling by exp2(m_old - m_new), acc_t = sum P~ tV + (P~ * tS) V
   and r_i = rowsum(P~ * tS); then tO = acc_t / l_i - (r_i / l_i) O, and tLSE = r_i / l_i.
+* JVP, tangents only (``FROM_LSE``; what ``torch.func.jvp`` needs, having run the forward
+  already): with LSE known, P_ij = exp(S_ij - LSE_i) = exp2(S_ij log2e - LSE_i log2e) exactly,
+  so one pass with no running max and no rescaling accumulates acc_t = P tV + (P * tS) V and
+  r_i = rowsum(P * tS); then tO = acc_t - r_i O (O as saved), tLSE = r_i. Rows with no allowed
+  key (LSE = -inf) get P = 0, hence tO = 0 and tLSE = 0. It skips the forward's P V and
+  online-softmax work but still computes S = Q K^T.
 * backward (FlashAttention-2, Alg. 2): Delta = rowsum(dO * O) - dLSE, P = exp(S - LSE),
   dV = P^T dO, dP = dO V^T, dS = P * (dP - Delta), dQ = dS K * scale, dK = dS^T Q * scale;
   one kernel per key tile for dK, dV (walking the transposed tile lists), one per query
@@ -46,7 +54,7 @@ import triton.language as tl
 
 from ..models.masks import FULL, PARTIAL, BlockSparseMask, _left_aligned_indices
 
-__all__ = ["forward", "backward", "KernelConfig", "tile_lists"]
+__all__ = ["forward", "jvp_tangents", "backward", "KernelConfig", "tile_lists"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -98,14 +106,18 @@ _SIZES_BY_K_TILE = ["H", "SEQ_Q", "SEQ_K", "TILES_Q", "FRAMES_K", "TOKENS_PER_FR
 @triton.jit(do_not_specialize=_SIZES_BY_Q_TILE)
 def _attn_fwd_kernel(
     Q, K, V, TQ, TK, TV,  # (B, H, S, D) inputs; the tangents are read only when JVP
-    O, LSE, TO, TLSE,  # (B, H, Sq, D), (B, H, Sq) fp32 outputs, contiguous
+    O, LSE, TO, TLSE,  # (B, H, Sq, D), (B, H, Sq) fp32, contiguous; O, LSE are inputs when FROM_LSE
     ALLOWED, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX,  # frame matrix (Fq, Fk) int8; tile lists (Mq,), (Mq, Nk)
     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_tqb, stride_tqh, stride_tqs, stride_tkb, stride_tkh, stride_tks, stride_tvb, stride_tvh, stride_tvs,
     H, SEQ_Q, SEQ_K, TILES_K, FRAMES_K, TOKENS_PER_FRAME, sm_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_MASK: tl.constexpr, JVP: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, JVP: tl.constexpr, FROM_LSE: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    # FROM_LSE: (O, LSE) of these inputs are given, P = exp(S - LSE) exactly, and only the
+    # tangents (tO, tLSE) are computed: no running max, no rescaling, no P V. A flag rather
+    # than a second kernel: the tile walk, the loads and the masking are the same code.
+    tl.static_assert(JVP or not FROM_LSE)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -127,9 +139,15 @@ def _attn_fwd_kernel(
         TK += b * stride_tkb + h * stride_tkh
         TV += b * stride_tvb + h * stride_tvh
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    if FROM_LSE:
+        # Rows with nothing allowed (LSE = -inf) and rows past the end get P = exp2(S - inf) = 0.
+        out_rows = pid_bh.to(tl.int64) * SEQ_Q + offs_m
+        lse = tl.load(LSE + out_rows, mask=row_ok, other=float("-inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     r_i = tl.zeros([BLOCK_M], tl.float32)
     acc_t = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
@@ -159,16 +177,20 @@ def _attn_fwd_kernel(
                 else:
                     keep = row_ok[:, None] & col_ok[None, :]
                 s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            if phase == 1:
-                # A row with nothing allowed so far keeps m = -inf; shift by 0 to avoid inf - inf.
-                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            if FROM_LSE:
+                p = tl.math.exp2(s - lse2[:, None])  # (BLOCK_M, BLOCK_N), final: rows sum to 1
             else:
-                m_shift = m_new
-            alpha = tl.math.exp2(m_i - m_shift)
-            p = tl.math.exp2(s - m_shift[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                if phase == 1:
+                    # A row with nothing allowed so far keeps m = -inf; shift by 0 to avoid inf - inf.
+                    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+                else:
+                    m_shift = m_new
+                alpha = tl.math.exp2(m_i - m_shift)
+                p = tl.math.exp2(s - m_shift[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+                m_i = m_new
             if JVP:
                 if phase == 0:
                     tkT = tl.load(TK + cols[None, :] * stride_tks + offs_d[:, None])
@@ -179,21 +201,31 @@ def _attn_fwd_kernel(
                 ts = tl.dot(q, tkT, input_precision=PRECISION)
                 ts = tl.dot(tq, kT, ts, input_precision=PRECISION) * sm_scale  # tS in natural units
                 pts = p * ts  # zero wherever p is (masked entries included)
-                r_i = r_i * alpha + tl.sum(pts, 1)
-                acc_t = tl.dot(p.to(v.dtype), tv, acc_t * alpha[:, None], input_precision=PRECISION)
+                if FROM_LSE:
+                    r_i += tl.sum(pts, 1)
+                    acc_t = tl.dot(p.to(v.dtype), tv, acc_t, input_precision=PRECISION)
+                else:
+                    r_i = r_i * alpha + tl.sum(pts, 1)
+                    acc_t = tl.dot(p.to(v.dtype), tv, acc_t * alpha[:, None], input_precision=PRECISION)
                 acc_t = tl.dot(pts.to(v.dtype), v, acc_t, input_precision=PRECISION)
-            m_i = m_new
 
-    empty_row = l_i == 0.0
-    l_safe = tl.where(empty_row, 1.0, l_i)
-    o = acc / l_safe[:, None]
-    lse = tl.where(empty_row, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-    out_rows = pid_bh.to(tl.int64) * SEQ_Q + offs_m
-    tl.store(O + out_rows[:, None] * HEAD_DIM + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + out_rows, lse, mask=row_ok)
+    if FROM_LSE:
+        o = tl.load(O + out_rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        r = r_i
+        to = acc_t - r[:, None] * o.to(tl.float32)
+    else:
+        empty_row = l_i == 0.0
+        l_safe = tl.where(empty_row, 1.0, l_i)
+        o = acc / l_safe[:, None]
+        lse = tl.where(empty_row, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+        # Late on purpose: computed any earlier, it changes the (tuned) forward's generated code.
+        out_rows = pid_bh.to(tl.int64) * SEQ_Q + offs_m
+        tl.store(O + out_rows[:, None] * HEAD_DIM + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(LSE + out_rows, lse, mask=row_ok)
+        if JVP:
+            r = r_i / l_safe
+            to = acc_t / l_safe[:, None] - r[:, None] * o
     if JVP:
-        r = r_i / l_safe
-        to = acc_t / l_safe[:, None] - r[:, None] * o
         tl.store(TO + out_rows[:, None] * HEAD_DIM + offs_d[None, :], to.to(TO.dtype.element_ty), mask=row_ok[:, None])
         tl.store(TLSE + out_rows, r, mask=row_ok)
 
@@ -429,6 +461,9 @@ _CUDA_CONFIGS = {
             128: KernelConfig(128, 128, 8, 3), 256: KernelConfig(64, 32, 8, 2)},
     "jvp": {16: KernelConfig(64, 64, 4, 2), 32: KernelConfig(64, 64, 4, 2), 64: KernelConfig(128, 64, 8, 2),
             128: KernelConfig(128, 64, 8, 2), 256: KernelConfig(32, 32, 4, 1)},
+    # The tangents-only JVP (FROM_LSE) starts from the fused JVP's tiles: not tuned separately.
+    "jvp_tangents": {16: KernelConfig(64, 64, 4, 2), 32: KernelConfig(64, 64, 4, 2),
+                     64: KernelConfig(128, 64, 8, 2), 128: KernelConfig(128, 64, 8, 2), 256: KernelConfig(32, 32, 4, 1)},
     "bwd_dkdv": {16: KernelConfig(64, 64, 4, 2), 32: KernelConfig(64, 64, 4, 2), 64: KernelConfig(64, 64, 4, 2),
                  128: KernelConfig(64, 64, 4, 2), 256: KernelConfig(32, 32, 4, 1)},
     "bwd_dq": {16: KernelConfig(64, 64, 4, 2), 32: KernelConfig(64, 64, 4, 2), 64: KernelConfig(128, 64, 8, 2),
@@ -447,7 +482,7 @@ def _config(kernel: str, head_dim: int, device: torch.device) -> KernelConfig:
 
 
 def set_config(kernel: str, config: KernelConfig | None) -> None:
-    """Override the tile config of one kernel ("fwd", "jvp", "bwd_dkdv", "bwd_dq"); None resets."""
+    """Override the tile config of one kernel ("fwd", "jvp", "jvp_tangents", "bwd_dkdv", "bwd_dq"); None resets."""
     if kernel not in _CUDA_CONFIGS:
         raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(_CUDA_CONFIGS)}")
     if config is None:
@@ -492,6 +527,45 @@ def _mask_args(allowed, tokens_per_frame, device):
     return _frames_int8(allowed, device), tokens_per_frame, allowed.shape[1]
 
 
+def _unpad(x: torch.Tensor, d: int) -> torch.Tensor:
+    return x if x.shape[-1] == d else x[..., :d].contiguous()
+
+
+def _launch_fwd(q, k, v, allowed, tokens_per_frame, scale, tangents, saved):
+    """One launch of ``_attn_fwd_kernel``: the forward; with ``tangents`` the fused JVP; with
+    ``saved`` = (O, LSE) as well, the tangents only. Returns (O, LSE, tO, tLSE), O and tO
+    head-dim padded (without tangents tO, tLSE are O, LSE)."""
+    _check_device(q)
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    d_pad = _padded_dim(D)
+    q, k, v = (_prep(x, d_pad) for x in (q, k, v))
+    jvp = tangents is not None
+    tq, tk, tv = (_prep(x.to(q.dtype), d_pad) for x in tangents) if jvp else (q, k, v)
+    cfg = _config("fwd" if not jvp else "jvp" if saved is None else "jvp_tangents", d_pad, q.device)
+    frames, tpf, frames_k = _mask_args(allowed, tokens_per_frame, q.device)
+    lists = tile_lists(allowed, tokens_per_frame, Sq, Sk, cfg.block_m, cfg.block_n, q.device)
+    if saved is None:
+        o = torch.empty(B, H, Sq, d_pad, device=q.device, dtype=q.dtype)
+        lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
+    else:
+        o = _prep(saved[0].to(q.dtype), d_pad).contiguous()
+        lse = saved[1].float().contiguous()
+    to = torch.empty_like(o) if jvp else o
+    tlse = torch.empty_like(lse) if jvp else lse
+    grid = (triton.cdiv(Sq, cfg.block_m), B * H)
+    _attn_fwd_kernel[grid](
+        q, k, v, tq, tk, tv, o, lse, to, tlse,
+        frames if frames is not None else lists.full_num, *lists,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(tq), *_strides(tk), *_strides(tv),
+        H, Sq, Sk, lists.full_idx.shape[1], frames_k, tpf, scale,
+        HEAD_DIM=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_MASK=allowed is not None, JVP=jvp, FROM_LSE=saved is not None, PRECISION=_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return o, lse, to, tlse
+
+
 def forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -514,33 +588,30 @@ def forward(
         LSE, tLSE (B, H, Sq) fp32 with LSE = logsumexp_j(S_ij) (-inf on empty rows) and
         tLSE = rowsum(P * tS).
     """
-    _check_device(q)
-    B, H, Sq, D = q.shape
-    Sk = k.shape[2]
-    d_pad = _padded_dim(D)
-    q, k, v = (_prep(x, d_pad) for x in (q, k, v))
-    jvp = tangents is not None
-    tq, tk, tv = (_prep(x.to(q.dtype), d_pad) for x in tangents) if jvp else (q, k, v)
-    cfg = _config("jvp" if jvp else "fwd", d_pad, q.device)
-    frames, tpf, frames_k = _mask_args(allowed, tokens_per_frame, q.device)
-    lists = tile_lists(allowed, tokens_per_frame, Sq, Sk, cfg.block_m, cfg.block_n, q.device)
-    o = torch.empty(B, H, Sq, d_pad, device=q.device, dtype=q.dtype)
-    lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
-    to = torch.empty_like(o) if jvp else o
-    tlse = torch.empty_like(lse) if jvp else lse
-    grid = (triton.cdiv(Sq, cfg.block_m), B * H)
-    _attn_fwd_kernel[grid](
-        q, k, v, tq, tk, tv, o, lse, to, tlse,
-        frames if frames is not None else lists.full_num, *lists,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(tq), *_strides(tk), *_strides(tv),
-        H, Sq, Sk, lists.full_idx.shape[1], frames_k, tpf, scale,
-        HEAD_DIM=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_MASK=allowed is not None, JVP=jvp, PRECISION=_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    if d_pad != D:
-        o, to = o[..., :D].contiguous(), to[..., :D].contiguous()
-    return (o, lse, to, tlse) if jvp else (o, lse)
+    o, lse, to, tlse = _launch_fwd(q, k, v, allowed, tokens_per_frame, scale, tangents, None)
+    d = q.shape[-1]
+    return (_unpad(o, d), lse, _unpad(to, d), tlse) if tangents is not None else (_unpad(o, d), lse)
+
+
+def jvp_tangents(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    tangents: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    allowed: torch.Tensor | None,
+    tokens_per_frame: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tO, tLSE): the JVP of :func:`forward` along ``tangents``, given its outputs (O, LSE).
+
+    One pass with P = exp(S - LSE) exactly (no online softmax): acc_t = P tV + (P * tS) V,
+    r = rowsum(P * tS); tO = acc_t - r O, tLSE = r. Arguments as in :func:`forward`;
+    ``o`` (B, H, Sq, D) and ``lse`` (B, H, Sq) are its outputs for the same (q, k, v, mask).
+    """
+    _, _, to, tlse = _launch_fwd(q, k, v, allowed, tokens_per_frame, scale, tangents, (o, lse))
+    return _unpad(to, q.shape[-1]), tlse
 
 
 def backward(
@@ -596,6 +667,4 @@ def backward(
         HEAD_DIM=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_MASK=allowed is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if d_pad != D:
-        dq, dk, dv = (x[..., :D].contiguous() for x in (dq, dk, dv))
-    return dq, dk, dv
+    return _unpad(dq, D), _unpad(dk, D), _unpad(dv, D)

@@ -2,11 +2,12 @@
 
 Two layers:
 
-* three ``torch.library`` custom ops, ``causal_rcm::flash_attention`` (-> O, LSE),
-  ``causal_rcm::flash_attention_backward`` and ``causal_rcm::flash_attention_jvp``. They take
-  the mask as plain values (frame matrix, tokens per frame), have fake (meta) kernels, and
-  the forward op has a registered backward, so ``torch.compile`` captures them without a
-  graph break and trains through them;
+* four ``torch.library`` custom ops, ``causal_rcm::flash_attention`` (-> O, LSE),
+  ``causal_rcm::flash_attention_backward``, ``causal_rcm::flash_attention_jvp`` (fused: -> O,
+  LSE, tO, tLSE) and ``causal_rcm::flash_attention_jvp_tangents`` (-> tO, tLSE from the saved
+  O, LSE). They take the mask as plain values (frame matrix, tokens per frame), have fake
+  (meta) kernels, and the forward op has a registered backward, so ``torch.compile`` captures
+  them without a graph break and trains through them;
 * :class:`FlashAttention`, an ``autograd.Function`` (forward, setup_context, backward, jvp)
   over the same ops, used in eager mode: ordinary backward, ``torch.autograd.forward_ad``
   and ``torch.func.jvp`` all work through it. Dynamo cannot trace an ``autograd.Function``
@@ -71,6 +72,19 @@ def _(q, k, v, tq, tk, tv, allowed, tokens_per_frame, scale):
     return q.new_empty(q.shape), lse, q.new_empty(q.shape), torch.empty_like(lse)
 
 
+@torch.library.custom_op("causal_rcm::flash_attention_jvp_tangents", mutates_args=())
+def _flash_attention_jvp_tangents(
+    q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, tq: Tensor, tk: Tensor, tv: Tensor,
+    allowed: Tensor | None, tokens_per_frame: int, scale: float,
+) -> tuple[Tensor, Tensor]:
+    return flash.jvp_tangents(q, k, v, o, lse, (tq, tk, tv), allowed, tokens_per_frame, scale)
+
+
+@_flash_attention_jvp_tangents.register_fake
+def _(q, k, v, o, lse, tq, tk, tv, allowed, tokens_per_frame, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
 def _backward_from_grads(q, k, v, o, lse, do, dlse, allowed, tokens_per_frame, scale):
     if do is None:
         do = torch.zeros_like(o)
@@ -109,8 +123,9 @@ class FlashAttention(torch.autograd.Function):
     both are differentiable (tLSE = rowsum(P * tS); dLSE enters the backward as
     Delta = rowsum(dO * O) - dLSE).
 
-    Under ``torch.func.jvp`` the forward runs first and ``jvp`` then runs the fused kernel,
-    which recomputes O on the way; call :func:`attention_jvp` to pay for one pass only.
+    Under ``torch.func.jvp`` (and ``forward_ad``) the forward runs first, then ``jvp`` runs
+    the tangents-only kernel on the saved O and LSE (P = exp(S - LSE), no second online
+    softmax). :func:`attention_jvp` instead computes O and tO in one fused pass.
     """
 
     @staticmethod
@@ -124,7 +139,7 @@ class FlashAttention(torch.autograd.Function):
         ctx.mask_args = (*_mask_args(mask), scale)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.save_for_forward(q, k, v)
+        ctx.save_for_forward(q, k, v, o, lse)
 
     @staticmethod
     def backward(ctx, do, dlse):
@@ -134,10 +149,9 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, tq, tk, tv, _tmask, _tscale):
-        q, k, v = ctx.saved_tensors
+        q, k, v, o, lse = ctx.saved_tensors
         tq, tk, tv = (torch.zeros_like(x) if t is None else t for x, t in ((q, tq), (k, tk), (v, tv)))
-        _, _, to, tlse = _flash_attention_jvp(q, k, v, tq, tk, tv, *ctx.mask_args)
-        return to, tlse
+        return _flash_attention_jvp_tangents(q, k, v, o, lse, tq, tk, tv, *ctx.mask_args)
 
 
 # -------------------------------------------------------------------------- public API
