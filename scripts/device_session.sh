@@ -6,11 +6,12 @@
 #   bash scripts/device_session.sh bench     # bench scm-step and bench stream (Wan2.1-1.3B, random weights)
 #   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
 #   bash scripts/device_session.sh teachers+tests  # both in one call: the tests (CPU-bound compiles) beside training
+#   bash scripts/device_session.sh students+cm     # the students, with cm-convergence and the kernel tests beside them
 # Results go under $OUT (the device tool brings that folder back, at most 8 files): each trained
 # stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|students}
+stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|students|students+cm}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -28,6 +29,11 @@ runs=/tmp/runs
 gpu_tests() {
     timeout "${TESTS_SECONDS:-540}" python3 -m pytest -v -p no:cacheprovider -n "${TEST_WORKERS:-12}" \
         -m "gpu or not slow" tests/kernels tests/models > "$out/gpu_tests.txt" 2>&1
+}
+
+gpu_tests_kernels() {  # the kernel tests alone (the Triton JVP and backward kernels at real tile sizes)
+    timeout "${TESTS_SECONDS:-540}" python3 -m pytest -v -p no:cacheprovider -n "${TEST_WORKERS:-12}" \
+        -m "gpu or not slow" tests/kernels > "$out/gpu_tests.txt" 2>&1
 }
 
 train() {  # train SCRIPT LOG STAGE... [-- SCRIPT_ARGS...]: run a training script into $runs, then
@@ -60,5 +66,19 @@ case "$stage" in
         $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt"
         $CAUSAL_RCM bench stream --out "$out" 2>&1 | tee "$out/stream.txt" ;;
     students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" ;;
+    students+cm)
+        # cm-convergence from the shipped causal teacher at a GPU budget (CM_STEPS per method), in the background
+        (timeout "${CM_SECONDS:-520}" $CAUSAL_RCM experiment cm-convergence -t "${TEACHERS:-checkpoints/shapes}/causal-teacher/model" \
+            --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" > "$out/cm_convergence.txt" 2>&1
+         tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples cm-convergence) &
+        cm=$!
+        (TEST_WORKERS=${TEST_WORKERS:-3} TESTS_SECONDS=${TESTS_SECONDS:-480} gpu_tests_kernels) &
+        kt=$!
+        status=0
+        train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" || status=$?
+        wait "$cm" "$kt" || true
+        tail -15 "$out/cm_convergence.txt" || true
+        grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true
+        exit "$status" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

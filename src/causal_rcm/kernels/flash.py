@@ -473,12 +473,19 @@ _INTERPRET_CONFIG = KernelConfig(16, 32, 4, 1)
 _OVERRIDES: dict[str, KernelConfig] = {}
 
 
-def _config(kernel: str, head_dim: int, device: torch.device) -> KernelConfig:
+def _config(kernel: str, head_dim: int, x: torch.Tensor) -> KernelConfig:
+    """Tiles for ``kernel`` at padded ``head_dim`` for inputs like ``x``.
+
+    The table is sized for 2-byte inputs; fp32 tiles take twice the shared memory, so they get
+    the tiles of twice the head dim (fp32 at D = 128 with the bf16 JVP tiles needs 320 KB of
+    shared memory, over an H100's or H200's 227 KB).
+    """
     if kernel in _OVERRIDES:
         return _OVERRIDES[kernel]
-    if device.type != "cuda":
+    if x.device.type != "cuda":
         return _INTERPRET_CONFIG
-    return _CUDA_CONFIGS[kernel][head_dim]
+    width = min(256, head_dim * x.element_size() // 2)
+    return _CUDA_CONFIGS[kernel][max(16, width)]
 
 
 def set_config(kernel: str, config: KernelConfig | None) -> None:
@@ -542,7 +549,7 @@ def _launch_fwd(q, k, v, allowed, tokens_per_frame, scale, tangents, saved):
     q, k, v = (_prep(x, d_pad) for x in (q, k, v))
     jvp = tangents is not None
     tq, tk, tv = (_prep(x.to(q.dtype), d_pad) for x in tangents) if jvp else (q, k, v)
-    cfg = _config("fwd" if not jvp else "jvp" if saved is None else "jvp_tangents", d_pad, q.device)
+    cfg = _config("fwd" if not jvp else "jvp" if saved is None else "jvp_tangents", d_pad, q)
     frames, tpf, frames_k = _mask_args(allowed, tokens_per_frame, q.device)
     lists = tile_lists(allowed, tokens_per_frame, Sq, Sk, cfg.block_m, cfg.block_n, q.device)
     if saved is None:
@@ -647,7 +654,7 @@ def backward(
     dk = torch.empty(B, H, Sk, d_pad, device=q.device, dtype=q.dtype)
     dv = torch.empty_like(dk)
 
-    cfg = _config("bwd_dkdv", d_pad, q.device)
+    cfg = _config("bwd_dkdv", d_pad, q)
     lists = tile_lists(allowed, tokens_per_frame, Sk, Sq, cfg.block_n, cfg.block_m, q.device, transpose=True)
     _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.block_n), B * H)](
         q, k, v, do, lse, delta, dk, dv,
@@ -657,7 +664,7 @@ def backward(
         HEAD_DIM=d_pad, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_MASK=allowed is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    cfg = _config("bwd_dq", d_pad, q.device)
+    cfg = _config("bwd_dq", d_pad, q)
     lists = tile_lists(allowed, tokens_per_frame, Sq, Sk, cfg.block_m, cfg.block_n, q.device)
     _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.block_m), B * H)](
         q, k, v, do, lse, delta, dq,
