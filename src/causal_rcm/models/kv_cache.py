@@ -32,7 +32,7 @@ query). Nothing is concatenated or copied per read; committing a chunk is free (
 values are already in place). ``window_frames`` counts the chunk: it sees the last
 ``window_frames - f`` recent frames, which matches ``masks.sliding_window``. Memory is
 ``(sink_frames + window_frames)`` frames of keys and of values plus ``sink_frames`` frames of keys
-before RoPE, per layer. With ``window_frames=None`` the ring grows (doubling) and nothing wraps.
+before RoPE, per layer. With ``window_frames=None`` the ring grows (by half, at least) and never wraps.
 
 Caveat of the ring: a read of f frames overwrites the ring slots of the f oldest frames. A later
 read of fewer frames before the next commit would need them; :meth:`KVCache.begin` raises then
@@ -141,7 +141,7 @@ class LayerKVCache:
             raise ValueError(f"KV cache holds batch size {self.k.shape[0]}, got {k.shape[0]}; reset() it first")
         ring = owner.window_frames or r.recent + k.shape[1] // tpf - r.to_sinks
         if self.k is None or self._ring() < ring:
-            self._allocate(k, v, ring if self.k is None else max(ring, 2 * self._ring()))
+            self._allocate(k, v, ring if self.k is None else max(ring, self._ring() * 3 // 2))
         # 1. the chunk: frames bound for the sinks into sink slots, the others into the ring
         k_keep, v_keep = k_rot.detach(), v.detach()
         split = r.to_sinks * tpf
