@@ -144,13 +144,23 @@ def run_stream_bench(
         caches = make_kv_caches(model, guidance=1.0, window_frames=None)
         cached = (latent_frames - 1) // fpc * fpc
         sections = []
+
+        def chunk():
+            return torch.randn((1, cfg.in_dim, fpc, h, w), generator=generator, device=device, dtype=dtype)
+
         with torch.inference_mode():
             for _ in range(cached // fpc):
-                refresh_kv_caches(model, torch.randn((1, cfg.in_dim, fpc, h, w), generator=generator, device=device, dtype=dtype), context, caches)
-            x = torch.randn((1, cfg.in_dim, fpc, h, w), generator=generator, device=device, dtype=dtype)
-            denoise = lambda: sample_chunk(model, x, context, caches, steps=flow_time_grid(1, 3.0), solver="consistency", refresh=False)  # noqa: E731
+                refresh_kv_caches(model, chunk(), context, caches)
+            x = chunk()
+
+            def denoise():
+                sample_chunk(model, x, context, caches, steps=flow_time_grid(1, 3.0), solver="consistency", refresh=False)
+
+            def refresh():
+                refresh_kv_caches(model, x, context, caches)
+
             denoise()  # warm-up at these shapes (the refresh runs the same kernels)
-            for name, step in (("denoising forward", denoise), ("cache refresh", lambda: refresh_kv_caches(model, x, context, caches))):
+            for name, step in (("denoising forward", denoise), ("cache refresh", refresh)):
                 with profile(activities=activities) as prof:
                     step()
                     if cuda:
