@@ -11,10 +11,10 @@ from causal_rcm.bench.stream import run_stream_bench  # noqa: E402
 TINY_VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
 
 
-def test_stream_bench_reports_every_mode_and_step_count_on_cpu():
+def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
     lines = []
     record = run_stream_bench("tiny", 64, 64, latent_frames=5, steps=(1, 2), modes=("chunk", "frame"), device_name="cpu",
-                              vae_config=TINY_VAE, log=lines.append)
+                              vae_config=TINY_VAE, log=lines.append, profile_dir=tmp_path)
     rows = {(r["mode"], r["steps"]): r for r in record["results"]}
     assert set(rows) == {("chunk", 1), ("chunk", 2), ("frame", 1), ("frame", 2)}
     for row in rows.values():
@@ -25,3 +25,6 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu():
     assert record["setup"]["pixel_frames"] == 17
     assert record["bidirectional_baseline"]["total_ms"] > 100 * record["bidirectional_baseline"]["forward_ms"] * 0.99
     assert any("bidirectional 50 steps" in line for line in lines)
+    profile = (tmp_path / "stream_tiny_profile.txt").read_text()
+    assert profile.count("top 30 by CPU time") == 4 and "aten::" in profile  # 2 modes x (denoising, refresh)
+    assert "3 frame(s) a chunk on 3 cached frames" in profile and "1 frame(s) a chunk on 4 cached frames" in profile

@@ -81,7 +81,7 @@ def test_unbounded_stream_holds_bounded_state(tmp_path):
     assert len(sizes) == 60
     assert sizes[10] == sizes[-1]  # constant once the window is full
     per_frame = 2 * 2 * 16 * 32 * 4  # 2 layers x (keys, values) x 16 tokens x 32 dims, fp32
-    assert sizes[-1]["kv_cache"] == (1 + 4) * per_frame
+    assert sizes[-1]["kv_cache"] == (1 + 4) * per_frame + 1 * per_frame // 2  # + the sink frame's keys before RoPE
     assert sizes[-1]["history"] == 5 * 48 * 8 * 8 * 4  # the sink frame's chunk + the window's 4 frames
 
 

@@ -118,7 +118,8 @@ class Stream:
     """A running stream: iterate for :class:`StreamFrame` s; ``switch_prompt`` / ``close`` from any thread.
 
     Work happens lazily in ``__next__``, one chunk at a time; ``num_frames=None`` never ends.
-    State held: the KV caches (``sink_frames + window_frames`` frames per layer and CFG branch)
+    State held: the KV caches (``sink_frames + window_frames`` frames per layer and CFG branch, see
+    ``kv_cache.py``)
     and the clean latents they cover (for prompt switches), so memory is bounded.
     """
 

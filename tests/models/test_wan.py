@@ -160,8 +160,9 @@ def test_long_stream_keeps_cache_bounded_and_positions_in_range(model):
     assert cache.num_frames >= 4 * (sink + window)
     bound = sizes[-1]
     assert max(sizes) == bound and sizes[-5:] == [bound] * 5  # reached its bound and stays there
-    per_frame = sizes[0] // chunk
-    assert bound == per_frame * (sink + window)
+    cfg = model.config
+    frame = cfg.num_layers * 4 * cfg.dim * 4  # one frame (4 tokens) of keys or values in every layer, fp32
+    assert bound == frame * (2 * (sink + window) + sink)  # keys and values of sinks + window; sink keys before RoPE
     assert max(max(p) for p in positions) <= sink + window - 1
 
 

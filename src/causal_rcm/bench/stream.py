@@ -15,6 +15,10 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
 * in the same run, the bidirectional 50-step baseline for the same video: 50 steps x 2 (CFG)
   forwards over all frames (one forward measured, times 100) plus one whole-video decode.
 
+``--profile`` also writes ``torch.profiler`` tables (top 30 ops by self CUDA time and by CPU time)
+for the last chunk of a stream in each mode, one denoising forward and one cache refresh, to
+``stream_<size>_profile.txt`` in the output folder: where a streamed forward's fixed cost goes.
+
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
 """
 
@@ -58,7 +62,7 @@ class _Clock:
 def run_stream_bench(
     size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, latent_frames: int = 21,
     steps: tuple[int, ...] = (1, 2, 4), modes: tuple[str, ...] = ("chunk", "frame"), device_name: str = "cuda",
-    vae_config: dict | None = None, log=print,
+    vae_config: dict | None = None, log=print, profile_dir: Path | None = None,
 ) -> dict:
     import torch
 
@@ -69,6 +73,8 @@ def run_stream_bench(
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
+    if cuda:  # the VAE's 3D convolutions run at a few fixed shapes: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if cuda else torch.float32
     overrides = {} if size != "tiny" else {"in_dim": 16, "out_dim": 16}
     torch.manual_seed(0)
@@ -93,7 +99,7 @@ def run_stream_bench(
         """One streamed video: (total ms, ms to the first frame). ``profile`` collects per-phase ms (synchronised)."""
         grid = flow_time_grid(num_steps, 3.0)
         generator = torch.Generator(device).manual_seed(0)
-        caches = make_kv_caches(model, guidance=1.0, window_frames=None)
+        caches = make_kv_caches(model, guidance=1.0, window_frames=latent_frames)  # the whole video: nothing evicted, no growth
         decoder.reset()
         start, first = clock.mark(), None
         sizes = [fpc] * (latent_frames // fpc) + ([latent_frames % fpc] if latent_frames % fpc else [])
@@ -129,6 +135,43 @@ def run_stream_bench(
             torch.cuda.synchronize()
         return clock.ms(start, end), clock.ms(start, first)
 
+    def profile_last_chunk(fpc: int) -> str:
+        """torch.profiler tables for the stream's last chunk: one denoising forward, then one cache refresh."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        generator = torch.Generator(device).manual_seed(0)
+        caches = make_kv_caches(model, guidance=1.0, window_frames=latent_frames)  # the whole video: nothing evicted, no growth
+        cached = (latent_frames - 1) // fpc * fpc
+        sections = []
+
+        def chunk():
+            return torch.randn((1, cfg.in_dim, fpc, h, w), generator=generator, device=device, dtype=dtype)
+
+        with torch.inference_mode():
+            for _ in range(cached // fpc):
+                refresh_kv_caches(model, chunk(), context, caches)
+            x = chunk()
+
+            def denoise():
+                sample_chunk(model, x, context, caches, steps=flow_time_grid(1, 3.0), solver="consistency", refresh=False)
+
+            def refresh():
+                refresh_kv_caches(model, x, context, caches)
+
+            denoise()  # warm-up at these shapes (the refresh runs the same kernels)
+            for name, step in (("denoising forward", denoise), ("cache refresh", refresh)):
+                with profile(activities=activities) as prof:
+                    step()
+                    if cuda:
+                        torch.cuda.synchronize()
+                table = prof.key_averages()
+                sections.append(f"=== {fpc} frame(s) a chunk on {cached} cached frames: {name} ===")
+                if cuda:
+                    sections += ["--- top 30 by self CUDA time ---", table.table(sort_by="self_cuda_time_total", row_limit=30)]
+                sections += ["--- top 30 by CPU time ---", table.table(sort_by="cpu_time_total", row_limit=30)]
+        return "\n".join(sections) + "\n"
+
     results = []
     for mode in modes:
         fpc = FRAMES_PER_CHUNK if mode == "chunk" else 1
@@ -151,6 +194,12 @@ def run_stream_bench(
             log(f"{mode:>5} {num_steps} step: {a['fps']:7.1f} FPS, first frame {a['first_frame_ms']:7.1f} ms | with VAE "
                 f"{b['fps']:7.1f} FPS, first frame {b['first_frame_ms']:7.1f} ms | per chunk "
                 + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in row["breakdown_ms_per_chunk"].items()))
+
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        path = profile_dir / f"stream_{size}_profile.txt"
+        path.write_text("\n".join(profile_last_chunk(FRAMES_PER_CHUNK if m == "chunk" else 1) for m in modes))
+        log(f"wrote {path}")
 
     # The bidirectional 50-step baseline for the same video: one forward over all frames, x 100 (CFG), + one decode.
     with torch.inference_mode():
@@ -188,7 +237,8 @@ def run_stream_bench(
 @click.option("--modes", default="chunk,frame", show_default=True)
 @click.option("--device", "device_name", default="cuda", show_default=True, help="cuda, or cpu with --size tiny for a toy check")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir) -> None:
+@click.option("--profile", is_flag=True, help="also write torch.profiler tables of one streamed chunk step to --out")
+def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir, profile) -> None:
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
 
@@ -202,6 +252,7 @@ def stream_command(size, height, width, latent_frames, steps, modes, device_name
     mode_names = tuple(m for m in modes.split(",") if m)
     if not set(mode_names) <= {"chunk", "frame"} or not step_counts or min(step_counts) < 1:
         raise click.BadParameter("--modes takes chunk,frame and --steps positive integers")
-    record = run_stream_bench(size, height, width, latent_frames, step_counts, mode_names, device_name, log=click.echo)
+    record = run_stream_bench(size, height, width, latent_frames, step_counts, mode_names, device_name, log=click.echo,
+                              profile_dir=out_dir if profile else None)
     if device_name == "cuda":
         click.echo(f"wrote {write_result(record, out_dir, f'stream_{size}')}")

@@ -1,9 +1,9 @@
 """Per-layer rolling KV cache with attention-sink frames, for unbounded streaming.
 
-Design (see docs/architecture.md): the cache stores keys **before RoPE** and assigns
-temporal positions when it is read. The visible frames of a read are the ``sink_frames``
-first frames of the stream followed by the most recent frames, and they get the contiguous
-positions ``0 .. P-1``; the new chunk follows at ``P .. P+f-1``. Two consequences:
+Positions (see docs/architecture.md). A chunk of f frames sees the ``sink_frames`` first frames
+of the stream, then the most recent frames, then itself; the model sees them at the contiguous
+temporal positions ``0 .. s-1`` (sinks), ``s .. P-1`` (recent) and ``P .. P+f-1`` (the chunk).
+Two consequences:
 
 * while the stream fits (no frame evicted yet) these are exactly the absolute positions, so
   streaming equals the block-causal forward over the whole sequence;
@@ -11,88 +11,172 @@ positions ``0 .. P-1``; the new chunk follows at ``P .. P+f-1``. Two consequence
   can run forever without leaving the position range seen in training (StreamingLLM,
   Xiao et al. 2023, assigns positions within the cache the same way).
 
-Storing keys after RoPE would freeze each key's absolute position, so the distance between a
-new query and the sink frames would grow without bound.
+How they are applied cheaply. RoPE scores depend only on ``q_pos - k_pos``, and from one read to
+the next the recent frames and the chunk move by the *same* shift. So every non-sink key is
+rotated once, when its chunk is written, at its **stored position**: its frame's index in the
+stream (queries use the same positions), and the recent frames are never re-rotated. Only the
+sinks' distance changes, so their keys are kept before RoPE and re-rotated at ``offset + j``,
+``offset = stored - seen`` position of the chunk, whenever the offset changes (once per committed
+chunk, over ``sink_frames`` frames). Stored positions grow with the stream, but only their
+differences reach the scores: the angles are computed in float64 from exact integer positions
+(error ~ position x 1e-16 rad) before cos / sin are rounded to fp32, so a key at frame 10^6 is
+rotated as accurately as one at frame 0, and the scores equal those at the seen positions to
+float rounding (tested on a long stream against a re-rotate-on-read reference).
 
-Memory is bounded by ``sink_frames + window_frames`` frames per layer. ``window_frames``
-counts the current chunk as well: a chunk of f frames sees the sinks plus the last
-``window_frames - f`` cached frames, which matches ``masks.sliding_window``.
+Memory. One preallocated buffer per layer for keys (after RoPE) and one for values, laid out
+``[sink slots | ring of window_frames slots]`` (sink j in slot ``sink_frames - 1 - j``, so the
+sinks held are always the slots just before the ring). A forward writes its chunk into the ring
+over the oldest frames and attends to one contiguous view: the held sinks plus the ring's used
+slots (attention is order-independent over keys, and every key in the view is visible to every
+query). Nothing is concatenated or copied per read; committing a chunk is free (its keys and
+values are already in place). ``window_frames`` counts the chunk: it sees the last
+``window_frames - f`` recent frames, which matches ``masks.sliding_window``. Memory is
+``(sink_frames + window_frames)`` frames of keys and of values plus ``sink_frames`` frames of keys
+before RoPE, per layer. With ``window_frames=None`` the ring grows (by half, at least) and never wraps.
+
+Caveat of the ring: a read of f frames overwrites the ring slots of the f oldest frames. A later
+read of fewer frames before the next commit would need them; :meth:`KVCache.begin` raises then
+(the samplers always read one chunk size between commits).
+
+With gradient (self forcing's exit step), the chunk's own keys and values must stay in the
+autograd graph: the cached part is then copied next to the live chunk instead of read in place.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.autograd.forward_ad as fwAD
+
+from .rope import apply_rope
 
 __all__ = ["KVCache", "LayerKVCache"]
 
 
+class _Read(NamedTuple):
+    """Where one forward of ``new`` frames reads and writes, in frames (the same for every layer)."""
+
+    sinks: int  # sink frames held
+    to_sinks: int  # frames at the chunk's start that become sinks when committed
+    recent: int  # non-sink frames committed so far (ring slot of recent frame i: i mod ring)
+    keep: int  # recent frames the chunk sees (the last ``keep``)
+    ring_used: int  # ring slots attended: the visible recent frames and the chunk's non-sink frames
+    offset: int  # stored position - seen position, for this read
+
+
+def _tracked(x: torch.Tensor) -> bool:
+    """Does ``x`` carry a gradient or a forward-mode tangent?"""
+    return (x.requires_grad and torch.is_grad_enabled()) or fwAD.unpack_dual(x).tangent is not None
+
+
 class LayerKVCache:
-    """Keys (pre-RoPE) and values of one self-attention layer, (B, N, H, D), sinks kept apart."""
+    """Keys (rotated at their stored positions) and values of one self-attention layer."""
 
     def __init__(self, owner: KVCache) -> None:
         self._owner = owner
-        self.sink_k = self.sink_v = None  # (B, n_sink * tpf, H, D)
-        self.recent_k = self.recent_v = None  # (B, n_recent * tpf, H, D)
+        self.k = self.v = None  # (B, (sink_frames + ring) * tpf, H, D): [sink slots | ring]
+        self.sink_k = None  # (B, sink_frames * tpf, H, D): sink keys before RoPE
+        self._sinks_rotated = None  # (offset, sinks) the sink slots of self.k are rotated for
 
-    def _frames(self, x: torch.Tensor | None) -> int:
-        return 0 if x is None else x.shape[1] // self._owner.tokens_per_frame
+    def _ring(self) -> int:
+        return self.k.shape[1] // self._owner.tokens_per_frame - self._owner.sink_frames
 
-    def num_frames(self) -> int:
-        return self._frames(self.sink_k) + self._frames(self.recent_k)
+    def _allocate(self, k: torch.Tensor, v: torch.Tensor, ring: int) -> None:
+        """Buffers for ``ring`` ring frames (B, *, H, D) like k and v; a grown ring keeps its content."""
+        tpf, sinks = self._owner.tokens_per_frame, self._owner.sink_frames
+        B, _, H, D = k.shape
+        old_k, old_v = self.k, self.v
+        self.k = k.new_empty(B, (sinks + ring) * tpf, H, D)
+        self.v = v.new_empty(B, (sinks + ring) * tpf, H, v.shape[-1])
+        if old_k is not None:
+            self.k[:, : old_k.shape[1]] = old_k
+            self.v[:, : old_v.shape[1]] = old_v
+        elif sinks:
+            self.sink_k = k.new_empty(B, sinks * tpf, H, D)
 
-    def read(self, new_frames: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Visible cached (k, v) for a chunk of ``new_frames`` frames, in position order."""
+    def _write_sinks(self, buf: torch.Tensor, x: torch.Tensor, first: int) -> None:
+        """Sink frames ``first ..`` of x (B, m * tpf, ...) into their slots (sink j in slot sink_frames - 1 - j)."""
+        tpf = self._owner.tokens_per_frame
+        m = x.shape[1] // tpf
+        lo = (self._owner.sink_frames - first - m) * tpf
+        buf[:, lo : lo + m * tpf] = x.unflatten(1, (m, tpf)).flip(1).flatten(1, 2)
+
+    def _write_ring(self, buf: torch.Tensor, x: torch.Tensor, slot: int) -> None:
+        """Frames of x (B, m * tpf, ...) into the ring from ``slot`` on, wrapping around."""
+        tpf, base, ring = self._owner.tokens_per_frame, self._owner.sink_frames, self._ring()
+        m = x.shape[1] // tpf
+        head = min(m, ring - slot)
+        buf[:, (base + slot) * tpf : (base + slot + head) * tpf] = x[:, : head * tpf]
+        if head < m:
+            buf[:, base * tpf : (base + m - head) * tpf] = x[:, head * tpf :]
+
+    def _cached_ranges(self, r: _Read) -> list[tuple[int, int]]:
+        """Buffer frame ranges of the held sinks and the visible recent frames (without the chunk)."""
+        base, ring = self._owner.sink_frames, self._ring()
+        end = r.recent % ring if self._owner.window_frames is not None else r.recent  # ring slot after the newest
+        ranges = [(base - r.sinks, base)]
+        if end >= r.keep:
+            ranges.append((base + end - r.keep, base + end))
+        else:
+            ranges += [(base, base + end), (base + ring - (r.keep - end), base + ring)]
+        return [(a, b) for a, b in ranges if b > a]
+
+    def update(
+        self, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor,
+        sink_rope: tuple[torch.Tensor, torch.Tensor] | None, commit: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a chunk and return every key and value it attends to, (B, N, H, D) each.
+
+        Args:
+            k, k_rot, v: the chunk's keys before and after RoPE (at its stored positions) and
+                values, (B, f * tpf, H, D).
+            sink_rope: (cos, sin) of the held sink frames at this read's positions, or None.
+            commit: keep the chunk for later forwards (``update_cache=True``).
+        """
         owner = self._owner
-        parts_k, parts_v = [], []
-        if self.sink_k is not None:
-            parts_k.append(self.sink_k)
-            parts_v.append(self.sink_v)
-        if self.recent_k is not None:
-            keep = self._frames(self.recent_k)
-            if owner.window_frames is not None:
-                keep = min(keep, owner.window_frames - new_frames)
-            if keep > 0:
-                start = self.recent_k.shape[1] - keep * owner.tokens_per_frame
-                parts_k.append(self.recent_k[:, start:])
-                parts_v.append(self.recent_v[:, start:])
-        if not parts_k:
-            return None, None
-        if len(parts_k) == 1:
-            return parts_k[0], parts_v[0]
-        return torch.cat(parts_k, dim=1), torch.cat(parts_v, dim=1)
-
-    def visible_frames(self, new_frames: int) -> int:
-        k, _ = self.read(new_frames)
-        return self._frames(k)
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Commit a chunk's (k, v) (B, f * tpf, H, D); evict the oldest non-sink frames beyond the window."""
-        owner = self._owner
-        k, v = k.detach(), v.detach()
-        if self.sink_k is not None and self.sink_k.shape[0] != k.shape[0]:
-            raise ValueError(f"KV cache holds batch size {self.sink_k.shape[0]}, got {k.shape[0]}; reset() it first")
-        room = (owner.sink_frames - self._frames(self.sink_k)) * owner.tokens_per_frame
-        if room > 0:
-            to_sink_k, k = k[:, :room], k[:, room:]
-            to_sink_v, v = v[:, :room], v[:, room:]
-            self.sink_k = to_sink_k if self.sink_k is None else torch.cat([self.sink_k, to_sink_k], dim=1)
-            self.sink_v = to_sink_v if self.sink_v is None else torch.cat([self.sink_v, to_sink_v], dim=1)
-        if k.shape[1] == 0:
-            return
-        self.recent_k = k if self.recent_k is None else torch.cat([self.recent_k, k], dim=1)
-        self.recent_v = v if self.recent_v is None else torch.cat([self.recent_v, v], dim=1)
-        if owner.window_frames is not None:
-            limit = owner.window_frames * owner.tokens_per_frame
-            if self.recent_k.shape[1] > limit:
-                self.recent_k = self.recent_k[:, -limit:].clone()
-                self.recent_v = self.recent_v[:, -limit:].clone()
+        tpf, base = owner.tokens_per_frame, owner.sink_frames
+        r = owner._read(k.shape[1] // tpf)
+        if self.k is not None and self.k.shape[0] != k.shape[0]:
+            raise ValueError(f"KV cache holds batch size {self.k.shape[0]}, got {k.shape[0]}; reset() it first")
+        ring = owner.window_frames or r.recent + k.shape[1] // tpf - r.to_sinks
+        if self.k is None or self._ring() < ring:
+            self._allocate(k, v, ring if self.k is None else max(ring, self._ring() * 3 // 2))
+        # 1. the chunk: frames bound for the sinks into sink slots, the others into the ring
+        k_keep, v_keep = k_rot.detach(), v.detach()
+        split = r.to_sinks * tpf
+        if split:
+            self._write_sinks(self.k, k_keep[:, :split], r.sinks)
+            self._write_sinks(self.v, v_keep[:, :split], r.sinks)
+            if commit:
+                self.sink_k[:, r.sinks * tpf : r.sinks * tpf + split] = k[:, :split].detach()
+                self._sinks_rotated = None
+        ring_slot = r.recent % self._ring() if owner.window_frames is not None else r.recent
+        self._write_ring(self.k, k_keep[:, split:], ring_slot)
+        self._write_ring(self.v, v_keep[:, split:], ring_slot)
+        # 2. the held sinks, rotated at this read's positions (only when these changed)
+        if r.sinks and self._sinks_rotated != (r.offset, r.sinks):
+            cos, sin = sink_rope
+            self._write_sinks(self.k, apply_rope(self.sink_k[:, : r.sinks * tpf], cos, sin), 0)
+            self._sinks_rotated = (r.offset, r.sinks)
+        # 3. what the chunk attends to
+        if _tracked(k_rot) or _tracked(v):  # keep the chunk's own keys/values in the graph
+            ranges = self._cached_ranges(r)
+            keys = torch.cat([self.k[:, a * tpf : b * tpf] for a, b in ranges] + [k_rot], dim=1)
+            values = torch.cat([self.v[:, a * tpf : b * tpf] for a, b in ranges] + [v], dim=1)
+            return keys, values
+        lo, hi = (base - r.sinks - r.to_sinks) * tpf, (base + r.ring_used) * tpf
+        return self.k[:, lo:hi].to(k_rot.dtype), self.v[:, lo:hi].to(v.dtype)
 
     def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in (self.sink_k, self.sink_v, self.recent_k, self.recent_v) if x is not None)
+        return sum(x.numel() * x.element_size() for x in (self.k, self.v, self.sink_k) if x is not None)
 
 
 class KVCache:
     """The KV cache of a whole model: one :class:`LayerKVCache` per block.
+
+    A forward brackets its layers with :meth:`begin` (check, seen positions), :meth:`rope_frames`
+    (the positions to rotate at) and :meth:`end` (commit).
 
     Args:
         num_layers: blocks of the model.
@@ -116,17 +200,51 @@ class KVCache:
         self.layers = [LayerKVCache(self) for _ in range(self.num_layers)]
         self.num_frames = 0
         self.tokens_per_frame: int | None = None
+        self._valid_from = 0  # recent frames before this one were overwritten in the ring
+
+    def _read(self, new_frames: int) -> _Read:
+        sinks = min(self.num_frames, self.sink_frames)
+        recent = self.num_frames - sinks
+        to_sinks = min(self.sink_frames - sinks, new_frames)
+        if self.window_frames is None:
+            keep, ring_used = recent, recent + new_frames - to_sinks
+        else:
+            keep = min(recent, self.window_frames - new_frames)
+            ring_used = min(recent + new_frames - to_sinks, self.window_frames)
+        return _Read(sinks, to_sinks, recent, keep, ring_used, self.num_frames - sinks - keep)
 
     def begin(self, new_frames: int, tokens_per_frame: int) -> torch.Tensor:
-        """Check a forward of ``new_frames`` frames and return the temporal positions of its frames."""
+        """Check a forward of ``new_frames`` frames and return the temporal positions the model sees for them."""
         if self.tokens_per_frame is None:
             self.tokens_per_frame = tokens_per_frame
         elif self.tokens_per_frame != tokens_per_frame:
             raise ValueError(f"KV cache holds {self.tokens_per_frame} tokens per frame, got {tokens_per_frame}")
         if self.window_frames is not None and new_frames > self.window_frames:
             raise ValueError(f"a chunk of {new_frames} frames does not fit a window of {self.window_frames} frames")
-        start = self.layers[0].visible_frames(new_frames)
+        r = self._read(new_frames)
+        if r.recent - r.keep < self._valid_from:
+            raise ValueError(
+                f"a chunk of {new_frames} frames needs cached frames that an earlier, larger chunk overwrote in the "
+                "window; read chunks of one size between commits (update_cache=True), or reset() the cache"
+            )
+        start = r.sinks + r.keep
         return torch.arange(start, start + new_frames)
+
+    def rope_frames(self, new_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored positions to rotate at: the chunk's queries and keys (f,), the held sinks' keys (sinks,)."""
+        r = self._read(new_frames)
+        return (
+            torch.arange(self.num_frames, self.num_frames + new_frames),
+            torch.arange(r.offset, r.offset + r.sinks),
+        )
+
+    def end(self, new_frames: int, commit: bool) -> None:
+        """After a forward of ``new_frames`` frames wrote every layer: note what it overwrote; commit it."""
+        r = self._read(new_frames)
+        if self.window_frames is not None:
+            self._valid_from = max(self._valid_from, r.recent + new_frames - r.to_sinks - self.window_frames)
+        if commit:
+            self.num_frames += new_frames
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)

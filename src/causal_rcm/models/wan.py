@@ -168,30 +168,23 @@ class SelfAttention(_Projections):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        rope: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None],
         mask: BlockSparseMask | None,
         backend: str,
         cache: LayerKVCache | None,
         update_cache: bool,
-        num_frames: int,
     ) -> torch.Tensor:
-        """x (B, S, dim) of ``num_frames`` frames; rope = (cos_q, sin_q, cos_k, sin_k) for queries and all keys."""
+        """x (B, S, dim); rope = (cos, sin) (S, D/2) of x's tokens and, with a cache, the held sinks' (cos, sin) or None."""
         heads = self.num_heads
         q = self.norm_q(self.q(x)).unflatten(-1, (heads, -1))  # (B, S, H, D)
         k = self.norm_k(self.k(x)).unflatten(-1, (heads, -1))
         v = self.v(x).unflatten(-1, (heads, -1))
-        k_all, v_all = k, v
-        if cache is not None:
-            k_prev, v_prev = cache.read(num_frames)
-            if k_prev is not None:
-                k_all = torch.cat([k_prev.to(k.dtype), k], dim=1)  # (B, Sc + S, H, D)
-                v_all = torch.cat([v_prev.to(v.dtype), v], dim=1)
-            if update_cache:
-                cache.append(k, v)
-        cos_q, sin_q, cos_k, sin_k = rope
-        q = apply_rope(q, cos_q, sin_q)
-        k_all = apply_rope(k_all, cos_k, sin_k)
-        out = attention(q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), mask, backend=backend)
+        cos, sin, sink_rope = rope
+        q = apply_rope(q, cos, sin)
+        k_rot = apply_rope(k, cos, sin)
+        if cache is not None:  # keys and values of the visible cached frames and the chunk, (B, N, H, D)
+            k_rot, v = cache.update(k, k_rot, v, sink_rope, commit=update_cache)
+        out = attention(q.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2), mask, backend=backend)
         return self.o(out.transpose(1, 2).flatten(2))  # (B, S, dim)
 
 
@@ -230,7 +223,7 @@ class WanBlock(nn.Module):
 
         # 1. self-attention
         h = (at_least_fp32(self.norm1(x)) * (1 + scale_sa) + shift_sa).to(x.dtype)
-        y = self.self_attn(h.flatten(1, 2), rope, mask, backend, cache, update_cache, F_).view(B, F_, T, dim)
+        y = self.self_attn(h.flatten(1, 2), rope, mask, backend, cache, update_cache).view(B, F_, T, dim)
         x = (at_least_fp32(x) + at_least_fp32(y) * gate_sa).to(x.dtype)
         # 2. cross-attention
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), context, backend).view(B, F_, T, dim)
@@ -437,17 +430,19 @@ class CausalWanModel(nn.Module):
         # 3. text
         context = self.text_embedding(context)  # (B, L, dim)
 
-        # 4. rotary positions: queries are the F frames; keys add the visible cached frames
+        # 4. rotary positions. With a cache, the model sees bounded positions (q_pos) but rotates at
+        # stored positions that differ from them by a uniform shift, and the sinks apart (kv_cache.py).
+        sink_rope = None
         if kv_cache is not None:
-            q_pos = kv_cache.begin(F_, tpf).to(x.device)
-            k_pos = torch.arange(int(q_pos[-1]) + 1, device=x.device)
+            q_pos = kv_cache.begin(F_, tpf)
+            rot_pos, sink_pos = kv_cache.rope_frames(F_)
+            if sink_pos.numel():
+                sink_rope = rope_angles(sink_pos.to(x.device), gh, gw, cfg.head_dim, cfg.rope_theta)
         else:
-            q_pos = k_pos = mask.positions().to(x.device) if mask is not None else torch.arange(F_, device=x.device)
+            q_pos = rot_pos = mask.positions() if mask is not None else torch.arange(F_)
         if int(q_pos.max()) >= cfg.max_frames:
             raise ValueError(f"temporal position {int(q_pos.max())} exceeds max_frames={cfg.max_frames}")
-        cos_q, sin_q = rope_angles(q_pos, gh, gw, cfg.head_dim, cfg.rope_theta)
-        cos_k, sin_k = (cos_q, sin_q) if k_pos is q_pos else rope_angles(k_pos, gh, gw, cfg.head_dim, cfg.rope_theta)
-        rope = (cos_q, sin_q, cos_k, sin_k)
+        rope = (*rope_angles(rot_pos.to(x.device), gh, gw, cfg.head_dim, cfg.rope_theta), sink_rope)
 
         # 5. blocks
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
@@ -457,8 +452,8 @@ class CausalWanModel(nn.Module):
                 continue
             layer_cache = kv_cache.layers[i] if kv_cache is not None else None
             h = block(h, e6, context, rope, mask, self.attn_backend, layer_cache, update_cache)
-        if update_cache:
-            kv_cache.num_frames += F_
+        if kv_cache is not None:
+            kv_cache.end(F_, commit=update_cache)
 
         # 6. head and unpatchify: features are ordered (p_t, p_h, p_w, c) as in Wan
         out = self.head(h, e)  # (B, F, T, out * ph * pw)
