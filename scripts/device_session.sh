@@ -67,9 +67,11 @@ case "$stage" in
         $CAUSAL_RCM bench stream --out "$out" 2>&1 | tee "$out/stream.txt" ;;
     students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" ;;
     students+cm)
-        # cm-convergence from the shipped causal teacher at a GPU budget (CM_STEPS per method), in the background
+        # cm-convergence from the shipped causal teacher at a GPU budget (CM_STEPS per method), in the background;
+        # its runs' logs come back even when the guard stops it (`|| true`: under set -e a timed-out command
+        # would end the subshell before the tar, as it did on 2026-12-02)
         (timeout "${CM_SECONDS:-520}" $CAUSAL_RCM experiment cm-convergence -t "${TEACHERS:-checkpoints/shapes}/causal-teacher/model" \
-            --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" > "$out/cm_convergence.txt" 2>&1
+            --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" > "$out/cm_convergence.txt" 2>&1 || true
          tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples cm-convergence) &
         cm=$!
         (TEST_WORKERS=${TEST_WORKERS:-3} TESTS_SECONDS=${TESTS_SECONDS:-480} gpu_tests_kernels) &

@@ -21,7 +21,7 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
     $command
 }
 
-stage tf-scm "$out/tf-scm" "${SCM_SECONDS:-300}" train.steps=2000 train.eval_every=500 \
+stage tf-scm "$out/tf-scm" "${SCM_SECONDS:-200}" train.steps=2000 train.eval_every=500 \
     train.teacher="$teachers/causal-teacher/model"
-stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-300}" train.steps=1000 train.eval_every=250 \
+stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-190}" train.steps=1000 train.eval_every=250 \
     train.teacher="$teachers/teacher/model" train.init="$out/tf-scm/model"
