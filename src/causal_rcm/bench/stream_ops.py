@@ -39,7 +39,7 @@ _NO_KERNEL = {
     "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::set_",
     "aten::resize_", "aten::to", "aten::contiguous", "aten::view_as", "aten::expand_as", "aten::item",
     "aten::_local_scalar_dense", "aten::is_nonzero", "aten::_has_compatible_shallow_copy_type",
-    "aten::promote_types",
+    "aten::promote_types", "aten::view_as_real", "aten::view_as_complex", "aten::real", "aten::imag",
 }
 SCOPES = ("layer", "model", "sampler")
 
