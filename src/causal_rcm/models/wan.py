@@ -290,6 +290,7 @@ class CausalWanModel(nn.Module):
         )
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        self._rope_memo: dict[tuple, torch.Tensor] = {}  # see _rope_freqs
         self.init_weights()
 
     # ---------------------------------------------------------------- set-up
@@ -349,6 +350,25 @@ class CausalWanModel(nn.Module):
         return save_checkpoint(self.config, self.state_dict(), path, layout, pipeline)
 
     # --------------------------------------------------------------- forward
+    def _rope_freqs(self, positions: torch.Tensor, gh: int, gw: int, device: torch.device) -> torch.Tensor:
+        """``rope_freqs`` of a (positions, grid) on ``device``, kept for host positions.
+
+        A stream's forwards of one chunk (its denoising steps and its cache refresh) rotate at the
+        same positions: the table is built once, with one small host-to-device copy of the
+        positions, instead of once per forward. Positions already on a device are not looked up
+        (that would synchronise). Inference-mode tables are kept apart: they cannot enter autograd.
+        """
+        cfg = self.config
+        if positions.device.type != "cpu":
+            return rope_freqs(positions.to(device), gh, gw, cfg.head_dim, cfg.rope_theta)
+        key = (tuple(positions.tolist()), gh, gw, torch.device(device), torch.is_inference_mode_enabled())
+        freqs = self._rope_memo.get(key)
+        if freqs is None:
+            if len(self._rope_memo) >= 8:  # a stream needs two (its chunk and its sinks)
+                self._rope_memo.clear()
+            freqs = self._rope_memo[key] = rope_freqs(positions.to(device), gh, gw, cfg.head_dim, cfg.rope_theta)
+        return freqs
+
     def _check_inputs(self, x, t, context, mask, kv_cache, update_cache, actions, interval=None):
         cfg = self.config
         if x.ndim != 5 or x.shape[1] != cfg.in_dim:
@@ -446,12 +466,12 @@ class CausalWanModel(nn.Module):
             q_pos = kv_cache.begin(F_, tpf)
             rot_pos, sink_pos = kv_cache.rope_frames(F_)
             if sink_pos.numel():
-                sink_freqs = rope_freqs(sink_pos.to(x.device), gh, gw, cfg.head_dim, cfg.rope_theta)
+                sink_freqs = self._rope_freqs(sink_pos, gh, gw, x.device)
         else:
             q_pos = rot_pos = mask.positions() if mask is not None else torch.arange(F_)
         if int(q_pos.max()) >= cfg.max_frames:
             raise ValueError(f"temporal position {int(q_pos.max())} exceeds max_frames={cfg.max_frames}")
-        rope = (rope_freqs(rot_pos.to(x.device), gh, gw, cfg.head_dim, cfg.rope_theta), sink_freqs)
+        rope = (self._rope_freqs(rot_pos, gh, gw, x.device), sink_freqs)
 
         # 5. blocks
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
