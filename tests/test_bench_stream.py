@@ -28,3 +28,14 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
     profile = (tmp_path / "stream_tiny_profile.txt").read_text()
     assert profile.count("top 30 by CPU time") == 4 and "aten::" in profile  # 2 modes x (denoising, refresh)
     assert "3 frame(s) a chunk on 3 cached frames" in profile and "1 frame(s) a chunk on 4 cached frames" in profile
+
+
+def test_count_stream_ops_counts_per_layer_and_extrapolates_to_the_preset():
+    from causal_rcm.bench.stream_ops import count_stream_ops, format_counts
+
+    result = count_stream_ops("tiny", num_layers=1, height=32, width=32, cached_frames=2)
+    for name in ("denoising forward", "cache refresh"):
+        p = result["passes"][name]
+        assert p["per_layer"] > 10 and "aten::linear" in p["top_per_layer"]
+        assert p["per_forward"] == p["per_layer"] * 4 + p["model_outside_layers"] + p["sampler"]  # tiny: 4 layers
+    assert "ops per forward" in format_counts(result)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from causal_rcm.models.kv_cache import KVCache
-from causal_rcm.models.rope import apply_rope, rope_angles
+from causal_rcm.models.rope import apply_rope, rope_freqs
 
 from ..conftest import random_model
 
@@ -44,14 +44,14 @@ class _ReferenceLayer:
     def __init__(self, owner, index):
         self.owner, self.index = owner, index
 
-    def update(self, k, k_rot, v, sink_rope, commit):
+    def update(self, k, k_rot, v, sink_freqs, commit):
         owner = self.owner
         f = k.shape[1] // TPF
         seen = [owner.frames[self.index][j] for j in owner.visible(f)]
         keys, values = k_rot, v
         if seen:
-            cos, sin = rope_angles(torch.arange(len(seen)), *GRID, owner.head_dim)
-            keys = torch.cat([apply_rope(torch.cat([a for a, _ in seen], 1), cos, sin), k_rot], dim=1)
+            freqs = rope_freqs(torch.arange(len(seen)), *GRID, owner.head_dim)
+            keys = torch.cat([apply_rope(torch.cat([a for a, _ in seen], 1), freqs), k_rot], dim=1)
             values = torch.cat([b for _, b in seen] + [v], dim=1)
         if commit:
             owner.frames[self.index] += [(a.detach(), b.detach()) for a, b in zip(k.split(TPF, 1), v.split(TPF, 1))]
@@ -119,8 +119,8 @@ def test_reads_attend_in_place_without_copies():
     for step in range(6):
         cache.begin(1, TPF)
         k, v = torch.randn(2, 1, TPF, 2, 8, generator=g)
-        sink_rope = rope_angles(*cache.rope_frames(1)[1:], *GRID, 8) if step > 0 else None
-        keys, values = layer.update(k, k, v, sink_rope, commit=True)
+        sink_freqs = rope_freqs(*cache.rope_frames(1)[1:], *GRID, 8) if step > 0 else None
+        keys, values = layer.update(k, k, v, sink_freqs, commit=True)
         assert keys.untyped_storage().data_ptr() == layer.k.untyped_storage().data_ptr()
         assert values.untyped_storage().data_ptr() == layer.v.untyped_storage().data_ptr()
         cache.end(1, commit=True)
@@ -149,7 +149,7 @@ def test_rope_scores_depend_on_position_differences_only_even_far_into_a_stream(
     pos_q, pos_k = torch.tensor([7, 8, 9]), torch.tensor([0, 4, 9])
     scores = []
     for shift in (0, 10**6):
-        rq = apply_rope(q, *rope_angles(pos_q + shift, *GRID, 24))
-        rk = apply_rope(k, *rope_angles(pos_k + shift, *GRID, 24))
+        rq = apply_rope(q, rope_freqs(pos_q + shift, *GRID, 24))
+        rk = apply_rope(k, rope_freqs(pos_k + shift, *GRID, 24))
         scores.append(torch.einsum("bshd,bthd->bhst", rq, rk))
     torch.testing.assert_close(scores[1], scores[0], atol=2e-5, rtol=0)

@@ -259,3 +259,16 @@ def test_activation_checkpointing_gives_the_same_gradients_with_less_saved_memor
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     assert saved[True] < 0.5 * saved[False]
+
+
+def test_rope_tables_are_built_once_per_positions_and_kept_apart_from_inference_mode():
+    from causal_rcm.models.rope import rope_freqs
+
+    model = random_model()
+    pos = torch.arange(3, 5)
+    with torch.inference_mode():
+        kept = model._rope_freqs(pos, 2, 3, torch.device("cpu"))
+        assert model._rope_freqs(pos.clone(), 2, 3, torch.device("cpu")) is kept
+    torch.testing.assert_close(kept, rope_freqs(pos, 2, 3, model.config.head_dim, model.config.rope_theta), rtol=0, atol=0)
+    trained = model._rope_freqs(pos, 2, 3, torch.device("cpu"))  # outside inference mode: a table autograd can use
+    assert trained is not kept and not trained.is_inference()

@@ -19,6 +19,9 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
 for the last chunk of a stream in each mode, one denoising forward and one cache refresh, to
 ``stream_<size>_profile.txt`` in the output folder: where a streamed forward's fixed cost goes.
 
+``--count-ops`` only counts the aten ops of one streamed forward, per layer, in fp32 and bf16, on
+any device (a CPU is enough): see :mod:`causal_rcm.bench.stream_ops`.
+
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
 """
 
@@ -238,13 +241,24 @@ def run_stream_bench(
 @click.option("--device", "device_name", default="cuda", show_default=True, help="cuda, or cpu with --size tiny for a toy check")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 @click.option("--profile", is_flag=True, help="also write torch.profiler tables of one streamed chunk step to --out")
-def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir, profile) -> None:
+@click.option("--count-ops", is_flag=True,
+              help="only count the aten ops of a streamed forward per layer, fp32 and bf16, any --device (stream_ops.py)")
+def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops) -> None:
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
 
     from . import check_video_size
     from .attention import write_result
 
+    if count_ops:
+        from .stream_ops import count_stream_ops, format_counts
+
+        for mode in (m for m in modes.split(",") if m):
+            fpc = FRAMES_PER_CHUNK if mode == "chunk" else 1
+            for dtype in ("float32", "bfloat16"):
+                click.echo(format_counts(count_stream_ops(size, frames_per_chunk=fpc, cached_frames=latent_frames - fpc,
+                                                          dtype=dtype, device_name=device_name)))
+        return
     if device_name == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("bench stream needs a CUDA GPU (or --device cpu --size tiny for a toy-size check)")
     check_video_size(height, width)

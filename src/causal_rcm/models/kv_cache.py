@@ -124,14 +124,14 @@ class LayerKVCache:
 
     def update(
         self, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor,
-        sink_rope: tuple[torch.Tensor, torch.Tensor] | None, commit: bool,
+        sink_freqs: torch.Tensor | None, commit: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a chunk and return every key and value it attends to, (B, N, H, D) each.
 
         Args:
             k, k_rot, v: the chunk's keys before and after RoPE (at its stored positions) and
                 values, (B, f * tpf, H, D).
-            sink_rope: (cos, sin) of the held sink frames at this read's positions, or None.
+            sink_freqs: rotations (``rope_freqs``) of the held sink frames at this read's positions, or None.
             commit: keep the chunk for later forwards (``update_cache=True``).
         """
         owner = self._owner
@@ -156,8 +156,7 @@ class LayerKVCache:
         self._write_ring(self.v, v_keep[:, split:], ring_slot)
         # 2. the held sinks, rotated at this read's positions (only when these changed)
         if r.sinks and self._sinks_rotated != (r.offset, r.sinks):
-            cos, sin = sink_rope
-            self._write_sinks(self.k, apply_rope(self.sink_k[:, : r.sinks * tpf], cos, sin), 0)
+            self._write_sinks(self.k, apply_rope(self.sink_k[:, : r.sinks * tpf], sink_freqs), 0)
             self._sinks_rotated = (r.offset, r.sinks)
         # 3. what the chunk attends to
         if _tracked(k_rot) or _tracked(v):  # keep the chunk's own keys/values in the graph

@@ -2,7 +2,8 @@
 
 The head dimension D is split into a temporal part of D - 4 (D // 6) channels and two spatial
 parts of 2 (D // 6) channels each (44 / 42 / 42 for D = 128). Each part rotates consecutive
-channel pairs (2i, 2i+1) by ``pos * theta ** (-2i / d_part)``. Positions are explicit tensors,
+channel pairs (2i, 2i+1), as the complex number x_2i + i x_2i+1, by ``pos * theta ** (-2i / d_part)``
+(one complex multiply, as Wan's ``rope_apply``). Positions are explicit tensors,
 so callers choose temporal positions freely: teacher forcing repeats them for the noisy
 chunks, and the KV cache re-assigns them inside its window (see ``kv_cache.py``).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rope_split", "rope_angles", "apply_rope"]
+__all__ = ["rope_split", "rope_freqs", "apply_rope"]
 
 
 def rope_split(head_dim: int) -> tuple[int, int, int]:
@@ -27,15 +28,16 @@ def _axis_angles(positions: torch.Tensor, dim: int, theta: float) -> torch.Tenso
     return positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (P, dim / 2)
 
 
-def rope_angles(
+def rope_freqs(
     frame_positions: torch.Tensor, height: int, width: int, head_dim: int, theta: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles for every token of a (frames, height, width) grid.
+) -> torch.Tensor:
+    """The rotations cos + i sin of every token of a (frames, height, width) grid.
 
     Args:
         frame_positions: (F,) temporal index of each frame.
     Returns:
-        cos, sin: (F * height * width, head_dim // 2) float32, tokens in (f, h, w) order.
+        (F * height * width, head_dim // 2) complex64, tokens in (f, h, w) order; angles in
+        float64, cos and sin rounded to float32.
     """
     d_t, d_h, d_w = rope_split(head_dim)
     device = frame_positions.device
@@ -51,7 +53,7 @@ def rope_angles(
         ],
         dim=-1,
     ).reshape(num_frames * height * width, head_dim // 2)
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -59,10 +61,11 @@ def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of x (B, S, H, D) by angles given as cos/sin (S, D/2); fp32 math."""
-    x_pairs = at_least_fp32(x).unflatten(-1, (-1, 2))  # (B, S, H, D/2, 2)
-    x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of x (B, S, H, D) by freqs (S, D/2) from :func:`rope_freqs`; fp32 math, x's dtype out.
+
+    (x_2i + i x_2i+1)(cos + i sin) is (x_2i cos - x_2i+1 sin) + i (x_2i sin + x_2i+1 cos): the
+    real-valued rotation, in one op instead of six (to float rounding: a fused multiply-add).
+    """
+    x_c = torch.view_as_complex(at_least_fp32(x).contiguous().unflatten(-1, (-1, 2)))  # (B, S, H, D/2)
+    return torch.view_as_real(x_c * freqs[None, :, None, :]).flatten(-2).to(x.dtype)

@@ -37,7 +37,7 @@ from torch import nn
 from .attention import attention, available_backends
 from .kv_cache import KVCache, LayerKVCache
 from .masks import BlockSparseMask
-from .rope import apply_rope, at_least_fp32, rope_angles
+from .rope import apply_rope, at_least_fp32, rope_freqs
 
 __all__ = ["CausalWanConfig", "CausalWanModel", "PRESETS"]
 
@@ -118,7 +118,7 @@ PRESETS: dict[str, dict] = {
 
 # --------------------------------------------------------------------------- layers
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in fp32 (written with plain ops: forward-AD friendly)."""
+    """RMSNorm over the last dim, computed in fp32 and rounded to x's dtype before the weight (as Wan)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -126,18 +126,23 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = at_least_fp32(x)
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        # F.rms_norm upcasts half inputs: x * rsqrt(mean(x^2) + eps) in fp32, out in x's dtype
+        # (one fused op on CUDA; forward AD defined). The weight multiplies after the rounding, as in Wan.
+        return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * self.weight
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and cast back (Wan and diffusers do the same)."""
+    """LayerNorm computed in fp32 and cast back (Wan and diffusers do the same).
+
+    ``F.layer_norm`` computes half inputs in fp32 and rounds once, so x goes in as it is when
+    the weight has its dtype (no casts); an fp32 weight with a half x casts x up instead.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = at_least_fp32(x)
-        w = None if self.weight is None else self.weight.to(x32.dtype)
-        b = None if self.bias is None else self.bias.to(x32.dtype)
-        return F.layer_norm(x32, self.normalized_shape, w, b, self.eps).to(x.dtype)
+        x_in = x if self.weight is None or self.weight.dtype == x.dtype else at_least_fp32(x)
+        w = None if self.weight is None else self.weight.to(x_in.dtype)
+        b = None if self.bias is None else self.bias.to(x_in.dtype)
+        return F.layer_norm(x_in, self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -168,22 +173,22 @@ class SelfAttention(_Projections):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None],
+        rope: tuple[torch.Tensor, torch.Tensor | None],
         mask: BlockSparseMask | None,
         backend: str,
         cache: LayerKVCache | None,
         update_cache: bool,
     ) -> torch.Tensor:
-        """x (B, S, dim); rope = (cos, sin) (S, D/2) of x's tokens and, with a cache, the held sinks' (cos, sin) or None."""
+        """x (B, S, dim); rope = rotations (S, D/2) of x's tokens (``rope_freqs``) and, with a cache, the held sinks' or None."""
         heads = self.num_heads
         q = self.norm_q(self.q(x)).unflatten(-1, (heads, -1))  # (B, S, H, D)
         k = self.norm_k(self.k(x)).unflatten(-1, (heads, -1))
         v = self.v(x).unflatten(-1, (heads, -1))
-        cos, sin, sink_rope = rope
-        q = apply_rope(q, cos, sin)
-        k_rot = apply_rope(k, cos, sin)
+        freqs, sink_freqs = rope
+        q = apply_rope(q, freqs)
+        k_rot = apply_rope(k, freqs)
         if cache is not None:  # keys and values of the visible cached frames and the chunk, (B, N, H, D)
-            k_rot, v = cache.update(k, k_rot, v, sink_rope, commit=update_cache)
+            k_rot, v = cache.update(k, k_rot, v, sink_freqs, commit=update_cache)
         out = attention(q.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2), mask, backend=backend)
         return self.o(out.transpose(1, 2).flatten(2))  # (B, S, dim)
 
@@ -216,20 +221,24 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(self, x, e, context, rope, mask, backend, cache, update_cache):
-        """x (B, F, T, dim) tokens grouped by frame; e (B, F, 6, dim) fp32 per-frame modulation."""
+        """x (B, F, T, dim) tokens grouped by frame; e (B, F, 6, dim) fp32 per-frame modulation.
+
+        The modulation math is fp32 without casting x: e is (at least) fp32, so type promotion
+        computes ``x * (1 + scale)`` and ``x + y * gate`` in fp32 inside the op, exactly as on x.float().
+        """
         B, F_, T, dim = x.shape
-        mod = (at_least_fp32(self.modulation[None]) + e).unsqueeze(3)  # (B, F, 6, 1, dim)
+        mod = (self.modulation + e).unsqueeze(3)  # (B, F, 6, 1, dim), in e's dtype
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # each (B, F, 1, dim)
 
         # 1. self-attention
-        h = (at_least_fp32(self.norm1(x)) * (1 + scale_sa) + shift_sa).to(x.dtype)
+        h = (self.norm1(x) * (1 + scale_sa) + shift_sa).to(x.dtype)
         y = self.self_attn(h.flatten(1, 2), rope, mask, backend, cache, update_cache).view(B, F_, T, dim)
-        x = (at_least_fp32(x) + at_least_fp32(y) * gate_sa).to(x.dtype)
+        x = (x + y * gate_sa).to(x.dtype)
         # 2. cross-attention
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), context, backend).view(B, F_, T, dim)
         # 3. feed-forward
-        h = (at_least_fp32(self.norm2(x)) * (1 + scale_ff) + shift_ff).to(x.dtype)
-        x = (at_least_fp32(x) + at_least_fp32(self.ffn(h)) * gate_ff).to(x.dtype)
+        h = (self.norm2(x) * (1 + scale_ff) + shift_ff).to(x.dtype)
+        x = (x + self.ffn(h) * gate_ff).to(x.dtype)
         return x
 
 
@@ -241,9 +250,9 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x (B, F, T, dim), e (B, F, dim) fp32 -> (B, F, T, out_dim * prod(patch))."""
-        shift, scale = (at_least_fp32(self.modulation[None]) + e[:, :, None]).unsqueeze(3).unbind(2)  # (B, F, 1, dim)
-        return self.head((at_least_fp32(self.norm(x)) * (1 + scale) + shift).to(x.dtype))
+        """x (B, F, T, dim), e (B, F, dim) fp32 -> (B, F, T, out_dim * prod(patch)); fp32 modulation as in WanBlock."""
+        shift, scale = (self.modulation + e[:, :, None]).unsqueeze(3).unbind(2)  # (B, F, 1, dim)
+        return self.head((self.norm(x) * (1 + scale) + shift).to(x.dtype))
 
 
 # --------------------------------------------------------------------------- model
@@ -281,6 +290,7 @@ class CausalWanModel(nn.Module):
         )
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        self._rope_memo: dict[tuple, torch.Tensor] = {}  # see _rope_freqs
         self.init_weights()
 
     # ---------------------------------------------------------------- set-up
@@ -340,6 +350,25 @@ class CausalWanModel(nn.Module):
         return save_checkpoint(self.config, self.state_dict(), path, layout, pipeline)
 
     # --------------------------------------------------------------- forward
+    def _rope_freqs(self, positions: torch.Tensor, gh: int, gw: int, device: torch.device) -> torch.Tensor:
+        """``rope_freqs`` of a (positions, grid) on ``device``, kept for host positions.
+
+        A stream's forwards of one chunk (its denoising steps and its cache refresh) rotate at the
+        same positions: the table is built once, with one small host-to-device copy of the
+        positions, instead of once per forward. Positions already on a device are not looked up
+        (that would synchronise). Inference-mode tables are kept apart: they cannot enter autograd.
+        """
+        cfg = self.config
+        if positions.device.type != "cpu":
+            return rope_freqs(positions.to(device), gh, gw, cfg.head_dim, cfg.rope_theta)
+        key = (tuple(positions.tolist()), gh, gw, torch.device(device), torch.is_inference_mode_enabled())
+        freqs = self._rope_memo.get(key)
+        if freqs is None:
+            if len(self._rope_memo) >= 8:  # a stream needs two (its chunk and its sinks)
+                self._rope_memo.clear()
+            freqs = self._rope_memo[key] = rope_freqs(positions.to(device), gh, gw, cfg.head_dim, cfg.rope_theta)
+        return freqs
+
     def _check_inputs(self, x, t, context, mask, kv_cache, update_cache, actions, interval=None):
         cfg = self.config
         if x.ndim != 5 or x.shape[1] != cfg.in_dim:
@@ -432,17 +461,17 @@ class CausalWanModel(nn.Module):
 
         # 4. rotary positions. With a cache, the model sees bounded positions (q_pos) but rotates at
         # stored positions that differ from them by a uniform shift, and the sinks apart (kv_cache.py).
-        sink_rope = None
+        sink_freqs = None
         if kv_cache is not None:
             q_pos = kv_cache.begin(F_, tpf)
             rot_pos, sink_pos = kv_cache.rope_frames(F_)
             if sink_pos.numel():
-                sink_rope = rope_angles(sink_pos.to(x.device), gh, gw, cfg.head_dim, cfg.rope_theta)
+                sink_freqs = self._rope_freqs(sink_pos, gh, gw, x.device)
         else:
             q_pos = rot_pos = mask.positions() if mask is not None else torch.arange(F_)
         if int(q_pos.max()) >= cfg.max_frames:
             raise ValueError(f"temporal position {int(q_pos.max())} exceeds max_frames={cfg.max_frames}")
-        rope = (*rope_angles(rot_pos.to(x.device), gh, gw, cfg.head_dim, cfg.rope_theta), sink_rope)
+        rope = (self._rope_freqs(rot_pos, gh, gw, x.device), sink_freqs)
 
         # 5. blocks
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
