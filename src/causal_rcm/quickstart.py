@@ -67,7 +67,7 @@ class Budget:
 
 
 BUDGETS = {
-    # On a 2-core CPU, the distillation stages included: 9.6 minutes from the shipped teachers, 8.0 with
+    # On a 2-core CPU, the distillation stages included: 7.2 minutes from the shipped models (2026-12-02), 8.0 with
     # --from-scratch (measured; see README).
     "cpu": Budget(
         "cpu", "default, CPU", batch_size=16,
