@@ -176,3 +176,16 @@ def test_loading_errors(tmp_path):
         tmp_path / "mismatch", pipeline=pipeline_section())
     with pytest.raises(UserError, match="latent channels"):
         StreamingPipeline.from_pretrained(tmp_path / "mismatch")
+
+
+@pytest.mark.parametrize("mode", ["frame", "chunk"])
+def test_compiled_stream_gives_the_eager_frames(tmp_path, mode):
+    """compile=True: the same frames (fp32) past the window with a sink, the last chunk cut to fit."""
+    torch._dynamo.reset()
+    eager = frames_of(load(tmp_path).stream(PROMPT_A, mode=mode, seed=3, num_frames=11))
+    pipe = StreamingPipeline.from_pretrained(tmp_path / "ckpt", compile=True)
+    assert all(block.stages is not None for block in pipe.model.blocks)
+    compiled = frames_of(pipe.stream(PROMPT_A, mode=mode, seed=3, num_frames=11))
+    close_uint8(compiled, eager)
+    assert (compiled == eager).mean() > 0.999
+    torch._dynamo.reset()

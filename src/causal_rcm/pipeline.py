@@ -281,10 +281,16 @@ class StreamingPipeline:
         model: a :class:`~causal_rcm.models.wan.CausalWanModel` (eval mode).
         config: the checkpoint's :class:`PipelineConfig`.
         device: where the model runs; frames are returned on the CPU.
+        compile: ``torch.compile`` each block's pure tensor math
+            (:meth:`~causal_rcm.models.wan.CausalWanModel.compile_blocks`): the first chunks of a
+            stream compile (seconds to a minute), later ones run the fused kernels; the same frames
+            to float rounding. Off by default.
     """
 
-    def __init__(self, model: Any, config: PipelineConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: Any, config: PipelineConfig, device: torch.device | str = "cpu", *, compile: bool = False) -> None:
         self.model = model.eval()
+        if compile:
+            model.compile_blocks()
         self.config = config
         self.device = torch.device(device)
         codec, text = config.codec, config.text
@@ -303,12 +309,13 @@ class StreamingPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, attn_backend: str = "sdpa"
+        cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, attn_backend: str = "sdpa",
+        compile: bool = False,
     ) -> StreamingPipeline:
         """Load a checkpoint folder in our layout (config.json with a ``pipeline`` section + model.safetensors).
 
         ``dtype`` None keeps the stored dtype on a GPU and loads float32 on the CPU (which runs
-        half-precision weights slowly, if at all).
+        half-precision weights slowly, if at all). ``compile``: see the class.
         """
         from .models.adapters import detect_layout, read_pipeline_config
         from .models.wan import CausalWanModel
@@ -322,7 +329,7 @@ class StreamingPipeline:
         if dtype is None and torch.device(device).type == "cpu":
             dtype = torch.float32
         model = CausalWanModel.from_pretrained(path, device=device, dtype=dtype, attn_backend=attn_backend)
-        return cls(model, config, device=device)
+        return cls(model, config, device=device, compile=compile)
 
     # ------------------------------------------------------------ pieces
     @property

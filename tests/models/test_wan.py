@@ -272,3 +272,54 @@ def test_rope_tables_are_built_once_per_positions_and_kept_apart_from_inference_
     torch.testing.assert_close(kept, rope_freqs(pos, 2, 3, model.config.head_dim, model.config.rope_theta), rtol=0, atol=0)
     trained = model._rope_freqs(pos, 2, 3, torch.device("cpu"))  # outside inference mode: a table autograd can use
     assert trained is not kept and not trained.is_inference()
+
+
+def test_apply_rope_takes_the_real_view_of_the_table():
+    """The real form (for compiled code) rotates as the complex multiply."""
+    from causal_rcm.models.rope import apply_rope, rope_freqs
+
+    freqs = rope_freqs(torch.arange(3, 6), 2, 2, 16, 10000.0)  # (12, 8) complex
+    x = torch.randn(2, 12, 3, 16)
+    torch.testing.assert_close(apply_rope(x, torch.view_as_real(freqs)), apply_rope(x, freqs), rtol=0, atol=1e-6)
+
+
+def _stream_outputs(model, sizes, context, sink_frames=1, window_frames=4, per_chunk=None):
+    """Stream noise chunks of ``sizes`` frames: a denoising forward (t = 500), then a commit at t = 0 -> outputs."""
+    g = torch.Generator().manual_seed(3)
+    cache = model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
+    outs = []
+    with torch.inference_mode():
+        for n in sizes:
+            x = torch.randn(1, 4, n, 4, 4, generator=g)
+            outs.append(model(x, torch.full((1, n), 500.0), context, kv_cache=cache))
+            outs.append(model(x, torch.zeros(1, n), context, kv_cache=cache, update_cache=True))
+            if per_chunk is not None:
+                per_chunk()
+    return outs
+
+
+@pytest.mark.parametrize("sizes", [[1] * 6, [2] * 5 + [1]], ids=["frame-wise", "chunk-wise-last-cut"])
+def test_compiled_blocks_stream_like_eager_without_a_recompile_per_chunk(sizes):
+    """compile_blocks: the same outputs (fp32) over a stream past its window with a sink; graphs stop growing."""
+    from torch._dynamo.utils import counters
+
+    model = random_model(backend="sdpa")
+    context = torch.randn(1, 8, 24)
+    expected = _stream_outputs(model, sizes, context)
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    got = _stream_outputs(model.compile_blocks(), sizes, context,
+                          per_chunk=lambda: graphs.append(counters["stats"]["unique_graphs"]))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Two stages, one graph each for all blocks and all forwards of a chunk size: the first chunk
+    # compiles them, the cut last chunk adds a pair for its size, no other chunk compiles.
+    assert graphs == [2] * (len(sizes) - 1) + [2 if sizes[-1] == sizes[0] else 4], graphs
+    assert not counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_compile_blocks_refuses_cuda_graph_modes():
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        random_model().compile_blocks(mode="reduce-overhead")

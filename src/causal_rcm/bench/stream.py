@@ -22,6 +22,9 @@ for the last chunk of a stream in each mode, one denoising forward and one cache
 ``--count-ops`` only counts the aten ops of one streamed forward, per layer, in fp32 and bf16, on
 any device (a CPU is enough): see :mod:`causal_rcm.bench.stream_ops`.
 
+``--compile`` compiles each block's pure tensor math first (``CausalWanModel.compile_blocks``;
+the warm-up pass of each mode compiles); its JSON is written as ``stream_<size>_compiled_...``.
+
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
 """
 
@@ -65,7 +68,7 @@ class _Clock:
 def run_stream_bench(
     size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, latent_frames: int = 21,
     steps: tuple[int, ...] = (1, 2, 4), modes: tuple[str, ...] = ("chunk", "frame"), device_name: str = "cuda",
-    vae_config: dict | None = None, log=print, profile_dir: Path | None = None,
+    vae_config: dict | None = None, log=print, profile_dir: Path | None = None, compile: bool = False,
 ) -> dict:
     import torch
 
@@ -85,6 +88,8 @@ def run_stream_bench(
     model.time_embedding.float()  # modulation in fp32, as Wan computes it
     model.time_projection.float()
     model.requires_grad_(False)
+    if compile:
+        model.compile_blocks()
     cfg = model.config
     h, w = height // 8, width // 8
     context = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
@@ -200,7 +205,7 @@ def run_stream_bench(
 
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
-        path = profile_dir / f"stream_{size}_profile.txt"
+        path = profile_dir / f"stream_{size}{'_compiled' if compile else ''}_profile.txt"
         path.write_text("\n".join(profile_last_chunk(FRAMES_PER_CHUNK if m == "chunk" else 1) for m in modes))
         log(f"wrote {path}")
 
@@ -225,7 +230,8 @@ def run_stream_bench(
         **header,
         "setup": {"size": size, "height": height, "width": width, "latent_frames": latent_frames, "pixel_frames": pixels,
                   "dtype": str(dtype).replace("torch.", ""), "weights": "random", "attention": "sdpa with KV cache",
-                  "sampler": "consistency, shift 3, no CFG", "vae": "diffusers AutoencoderKLWan, random weights, streamed"},
+                  "sampler": "consistency, shift 3, no CFG", "vae": "diffusers AutoencoderKLWan, random weights, streamed",
+                  "compile": "torch.compile of each block's pure stages (compile_blocks)" if compile else "none"},
         "results": results,
         "bidirectional_baseline": baseline,
     }
@@ -243,13 +249,17 @@ def run_stream_bench(
 @click.option("--profile", is_flag=True, help="also write torch.profiler tables of one streamed chunk step to --out")
 @click.option("--count-ops", is_flag=True,
               help="only count the aten ops of a streamed forward per layer, fp32 and bf16, any --device (stream_ops.py)")
-def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops) -> None:
+@click.option("--compile", "compile_blocks", is_flag=True,
+              help="torch.compile each block's pure tensor math (not CUDA graphs); the warm-up pass compiles")
+def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks) -> None:
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
 
     from . import check_video_size
     from .attention import write_result
 
+    if count_ops and compile_blocks:
+        raise click.UsageError("--count-ops counts the eager aten ops; leave out --compile")
     if count_ops:
         from .stream_ops import count_stream_ops, format_counts
 
@@ -267,6 +277,6 @@ def stream_command(size, height, width, latent_frames, steps, modes, device_name
     if not set(mode_names) <= {"chunk", "frame"} or not step_counts or min(step_counts) < 1:
         raise click.BadParameter("--modes takes chunk,frame and --steps positive integers")
     record = run_stream_bench(size, height, width, latent_frames, step_counts, mode_names, device_name, log=click.echo,
-                              profile_dir=out_dir if profile else None)
+                              profile_dir=out_dir if profile else None, compile=compile_blocks)
     if device_name == "cuda":
-        click.echo(f"wrote {write_result(record, out_dir, f'stream_{size}')}")
+        click.echo(f"wrote {write_result(record, out_dir, f'stream_{size}' + ('_compiled' if compile_blocks else ''))}")

@@ -66,6 +66,12 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
     (x_2i + i x_2i+1)(cos + i sin) is (x_2i cos - x_2i+1 sin) + i (x_2i sin + x_2i+1 cos): the
     real-valued rotation, in one op instead of six (to float rounding: a fused multiply-add).
+    ``freqs`` may also be the table's real view (S, D/2, 2) (``torch.view_as_real``): the six-op
+    form then, for compiled code (inductor makes no code for complex tensors; it fuses the six ops).
     """
+    if not freqs.is_complex():
+        x0, x1 = at_least_fp32(x).unflatten(-1, (-1, 2)).unbind(-1)  # (B, S, H, D/2) each
+        cos, sin = freqs[None, :, None].unbind(-1)  # (1, S, 1, D/2) each
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).to(x.dtype)
     x_c = torch.view_as_complex(at_least_fp32(x).contiguous().unflatten(-1, (-1, 2)))  # (B, S, H, D/2)
     return torch.view_as_real(x_c * freqs[None, :, None, :]).flatten(-2).to(x.dtype)

@@ -168,29 +168,40 @@ class _Projections(nn.Module):
 
 
 class SelfAttention(_Projections):
-    """Multi-head self-attention with q/k RMSNorm (across heads), 3D RoPE, a mask or a KV cache."""
+    """Multi-head self-attention with q/k RMSNorm (across heads), 3D RoPE, a mask or a KV cache.
 
-    def forward(
+    In two parts, so that the pure tensor math can be compiled apart from the cache (``WanBlock``):
+    :meth:`project` (projections, norms, RoPE) and :meth:`attend` (cache and attention kernel).
+    """
+
+    def project(self, x: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (B, S, dim), freqs (S, D/2) (``rope_freqs``) -> q (rotated), k (before RoPE), k_rot, v, each (B, S, H, D)."""
+        heads = self.num_heads
+        q = self.norm_q(self.q(x)).unflatten(-1, (heads, -1))  # (B, S, H, D)
+        k = self.norm_k(self.k(x)).unflatten(-1, (heads, -1))
+        v = self.v(x).unflatten(-1, (heads, -1))
+        return apply_rope(q, freqs), k, apply_rope(k, freqs), v
+
+    def attend(
         self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor | None],
+        q: torch.Tensor,
+        k: torch.Tensor,
+        k_rot: torch.Tensor,
+        v: torch.Tensor,
+        sink_freqs: torch.Tensor | None,
         mask: BlockSparseMask | None,
         backend: str,
         cache: LayerKVCache | None,
         update_cache: bool,
     ) -> torch.Tensor:
-        """x (B, S, dim); rope = rotations (S, D/2) of x's tokens (``rope_freqs``) and, with a cache, the held sinks' or None."""
-        heads = self.num_heads
-        q = self.norm_q(self.q(x)).unflatten(-1, (heads, -1))  # (B, S, H, D)
-        k = self.norm_k(self.k(x)).unflatten(-1, (heads, -1))
-        v = self.v(x).unflatten(-1, (heads, -1))
-        freqs, sink_freqs = rope
-        q = apply_rope(q, freqs)
-        k_rot = apply_rope(k, freqs)
+        """The output of :meth:`project` attended over the chunk (and the cache) -> (B, S, H * D), before ``o``.
+
+        sink_freqs: with a cache, the rotations of the held sink frames (or None).
+        """
         if cache is not None:  # keys and values of the visible cached frames and the chunk, (B, N, H, D)
             k_rot, v = cache.update(k, k_rot, v, sink_freqs, commit=update_cache)
         out = attention(q.transpose(1, 2), k_rot.transpose(1, 2), v.transpose(1, 2), mask, backend=backend)
-        return self.o(out.transpose(1, 2).flatten(2))  # (B, S, dim)
+        return out.transpose(1, 2).flatten(2)  # (B, S, H * D)
 
 
 class CrossAttention(_Projections):
@@ -207,7 +218,15 @@ class CrossAttention(_Projections):
 
 
 class WanBlock(nn.Module):
-    """One DiT block; modulation (shift, scale, gate) x 2 per frame, computed in fp32."""
+    """One DiT block; modulation (shift, scale, gate) x 2 per frame, computed in fp32.
+
+    ``forward`` runs in three stages. :meth:`pre_attention` (modulation, norm, q/k/v, RoPE) and
+    :meth:`post_attention` (output projection, gate, cross-attention, FFN) are pure tensor math
+    whose shapes depend only on the chunk's frame count; between them ``self_attn.attend`` writes
+    the KV cache (in-place ring writes driven by host-side positions) and runs the attention
+    kernel over a key length that grows with the stream. :meth:`CausalWanModel.compile_blocks`
+    compiles the two pure stages and leaves the middle eager (see there for why).
+    """
 
     def __init__(self, cfg: CausalWanConfig) -> None:
         super().__init__()
@@ -219,27 +238,42 @@ class WanBlock(nn.Module):
         self.norm2 = LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.stages = None  # compiled (pre_attention, post_attention) functions, set by CausalWanModel.compile_blocks
 
-    def forward(self, x, e, context, rope, mask, backend, cache, update_cache):
-        """x (B, F, T, dim) tokens grouped by frame; e (B, F, 6, dim) fp32 per-frame modulation.
+    def pre_attention(self, x: torch.Tensor, e: torch.Tensor, freqs: torch.Tensor) -> tuple[tuple, tuple]:
+        """x (B, F, T, dim), e (B, F, 6, dim) fp32, freqs (F * T, D/2) (``apply_rope``) -> (q, k, k_rot, v), 4 modulations.
 
         The modulation math is fp32 without casting x: e is (at least) fp32, so type promotion
         computes ``x * (1 + scale)`` and ``x + y * gate`` in fp32 inside the op, exactly as on x.float().
         """
-        B, F_, T, dim = x.shape
         mod = (self.modulation + e).unsqueeze(3)  # (B, F, 6, 1, dim), in e's dtype
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # each (B, F, 1, dim)
-
-        # 1. self-attention
+        shift_sa, scale_sa, *rest = mod.unbind(2)  # each (B, F, 1, dim)
         h = (self.norm1(x) * (1 + scale_sa) + shift_sa).to(x.dtype)
-        y = self.self_attn(h.flatten(1, 2), rope, mask, backend, cache, update_cache).view(B, F_, T, dim)
-        x = (x + y * gate_sa).to(x.dtype)
+        return self.self_attn.project(h.flatten(1, 2), freqs), tuple(rest)
+
+    def post_attention(
+        self, x: torch.Tensor, mod: tuple, attn: torch.Tensor, context: torch.Tensor, backend: str
+    ) -> torch.Tensor:
+        """x (B, F, T, dim), mod from :meth:`pre_attention`, attn (B, F * T, dim) from ``attend`` -> (B, F, T, dim)."""
+        B, F_, T, dim = x.shape
+        gate_sa, shift_ff, scale_ff, gate_ff = mod
+        x = (x + self.self_attn.o(attn).view(B, F_, T, dim) * gate_sa).to(x.dtype)
         # 2. cross-attention
         x = x + self.cross_attn(self.norm3(x).flatten(1, 2), context, backend).view(B, F_, T, dim)
         # 3. feed-forward
         h = (self.norm2(x) * (1 + scale_ff) + shift_ff).to(x.dtype)
-        x = (x + self.ffn(h) * gate_ff).to(x.dtype)
-        return x
+        return (x + self.ffn(h) * gate_ff).to(x.dtype)
+
+    def forward(self, x, e, context, rope, mask, backend, cache, update_cache):
+        """x (B, F, T, dim) tokens grouped by frame; e (B, F, 6, dim) fp32 per-frame modulation."""
+        pre, post = self.stages or (WanBlock.pre_attention, WanBlock.post_attention)
+        freqs, sink_freqs = rope
+        if self.stages is not None:  # the table's real view: inductor makes no code for complex tensors
+            freqs = torch.view_as_real(freqs)
+        # 1. self-attention, the cache and the kernel between the two pure stages; 2. and 3. in post
+        qkv, mod = pre(self, x, e, freqs)
+        attn = self.self_attn.attend(*qkv, sink_freqs, mask, backend, cache, update_cache)
+        return post(self, x, mod, attn, context, backend)
 
 
 class Head(nn.Module):
@@ -323,6 +357,41 @@ class CausalWanModel(nn.Module):
         if self.interval_embedding is not None:
             nn.init.normal_(self.interval_embedding[0].weight, std=0.02)
             nn.init.zeros_(self.interval_embedding[-1].weight)
+
+    def compile_blocks(self, mode: str | None = None) -> CausalWanModel:
+        """Compile every block's pure tensor math with ``torch.compile``, for inference; returns self.
+
+        Opt-in (``StreamingPipeline(..., compile=True)``, ``bench stream --compile``): a streamed
+        forward at one latent frame a chunk is launch-bound on a GPU, and fusing each block's
+        elementwise work (fp32 modulation, norms, RoPE, gates, GELU) cuts its kernel launches.
+
+        What is compiled: :meth:`WanBlock.pre_attention` and :meth:`WanBlock.post_attention`, one
+        compiled function each, shared by all blocks (the weights are graph inputs, so one graph
+        serves every block). What stays eager: ``SelfAttention.attend``, the KV cache's ring writes
+        and the self-attention kernel. Compiling the whole block instead would trace the cache's
+        Python bookkeeping (slot and position integers that change every chunk, hence a guard
+        failure and a recompile per chunk, or a graph break at each ring write) and its key length
+        (which grows until the window is full). Split this way, the compiled stages see only the
+        chunk's frame count: dynamo's automatic dynamic shapes compile them once per stream mode,
+        plus once more with the frame count symbolic if a stream mixes chunk sizes (the last
+        chunk cut to fit); every forward of the stream after that, the cache refresh included,
+        reuses the graphs.
+
+        ``mode`` is ``torch.compile``'s mode; those that use CUDA graphs (``reduce-overhead``,
+        ``max-autotune``) are refused: a CUDA graph's outputs live in memory its next replay
+        overwrites, and the same graph runs for every block with the eager cache writes and
+        attention kernel in between, a pattern CUDA-graph trees have not been checked against here.
+        """
+        if mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(
+                f"compile mode {mode!r} uses CUDA graphs, which the streamed blocks do not support; "
+                "use None (default) or 'max-autotune-no-cudagraphs'"
+            )
+        pre = torch.compile(WanBlock.pre_attention, mode=mode)
+        post = torch.compile(WanBlock.post_attention, mode=mode)
+        for block in self.blocks:
+            block.stages = (pre, post)
+        return self
 
     def new_kv_cache(self, sink_frames: int = 0, window_frames: int | None = None) -> KVCache:
         """An empty cache for streaming (see ``kv_cache.py`` for the position design)."""
