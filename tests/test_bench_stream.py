@@ -39,3 +39,22 @@ def test_count_stream_ops_counts_per_layer_and_extrapolates_to_the_preset():
         assert p["per_layer"] > 10 and "aten::linear" in p["top_per_layer"]
         assert p["per_forward"] == p["per_layer"] * 4 + p["model_outside_layers"] + p["sampler"]  # tiny: 4 layers
     assert "ops per forward" in format_counts(result)
+
+
+def test_stream_bench_compiles_the_blocks_when_asked(tmp_path):
+    import torch
+    from click.testing import CliRunner
+    from torch._dynamo.utils import counters
+
+    from causal_rcm.bench.stream import stream_command
+
+    torch._dynamo.reset()
+    counters.clear()
+    record = run_stream_bench("tiny", 32, 32, latent_frames=4, steps=(1,), modes=("chunk", "frame"), device_name="cpu",
+                              vae_config=TINY_VAE, log=lambda line: None, compile=True)
+    assert record["setup"]["compile"] != "none" and all(r["with_vae"]["fps"] > 0 for r in record["results"])
+    # 2 stages x (3 frames, 1 frame, the baseline's 4): one pair per chunk size over ~30 streamed chunks
+    assert counters["stats"]["unique_graphs"] == 6
+    torch._dynamo.reset()
+    result = CliRunner().invoke(stream_command, ["--count-ops", "--compile", "--device", "cpu", "--size", "tiny"])
+    assert result.exit_code != 0 and "leave out --compile" in result.output

@@ -368,14 +368,16 @@ class CausalWanModel(nn.Module):
         What is compiled: :meth:`WanBlock.pre_attention` and :meth:`WanBlock.post_attention`, one
         compiled function each, shared by all blocks (the weights are graph inputs, so one graph
         serves every block). What stays eager: ``SelfAttention.attend``, the KV cache's ring writes
-        and the self-attention kernel. Compiling the whole block instead would trace the cache's
-        Python bookkeeping (slot and position integers that change every chunk, hence a guard
-        failure and a recompile per chunk, or a graph break at each ring write) and its key length
-        (which grows until the window is full). Split this way, the compiled stages see only the
-        chunk's frame count: dynamo's automatic dynamic shapes compile them once per stream mode,
-        plus once more with the frame count symbolic if a stream mixes chunk sizes (the last
-        chunk cut to fit); every forward of the stream after that, the cache refresh included,
-        reuses the graphs.
+        and the self-attention kernel. Compiling the whole block instead (the trainer's
+        ``block.compile()``) traces the cache's Python bookkeeping and ring writes into the graph,
+        and each new state of it (the sinks held, the window full) fails a guard and recompiles
+        (on the CPU, over the tests' 6-chunk frame-wise stream: 6 graphs, added at chunks 1, 2
+        and 6, against 2, all at chunk 1; past its recompile limit dynamo falls back to eager).
+        Split this way, the compiled stages see only the chunk's frame count: the first chunk
+        size compiles a pair of static graphs, and a new size adds one pair, at most twice
+        (dynamo specialises a count of 1; for counts >= 2 its automatic dynamic shapes make the
+        count symbolic, so one pair serves them all). Every other forward of a stream, the cache
+        refresh included, reuses the graphs.
 
         ``mode`` is ``torch.compile``'s mode; those that use CUDA graphs (``reduce-overhead``,
         ``max-autotune``) are refused: a CUDA graph's outputs live in memory its next replay
