@@ -62,6 +62,14 @@ def test_generate_causal_with_seconds_mode_and_a_prompt_schedule(checkpoints, tm
     assert video.shape == (24, 32, 32, 3) and video.std() > 10
 
 
+def test_generate_with_compiled_blocks(checkpoints, tmp_path):
+    out = tmp_path / "video.gif"
+    result = cli("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle moves left", "--seconds", "1.5",
+                 "--compile", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "12 frames (1.5 s at 8 fps)" in result.stdout and out.stat().st_size > 0
+
+
 def test_generate_bidirectional_over_its_training_length(checkpoints, tmp_path, capsys):
     out = tmp_path / "bi.gif"
     result = cli("generate", "-c", str(checkpoints["bidirectional"]), "-p", "a red circle moves left", "-o", str(out))

@@ -245,8 +245,11 @@ def convert(src: Path, dst: Path, layout: str) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output video, .mp4 or .gif.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Nearest-neighbour upscaling of the written video.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--compile", "compile_blocks", is_flag=True,
+              help="torch.compile each block's tensor math (the first chunks compile; worth it for long videos on a GPU).")
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
-             steps: int | None, times: str | None, mode: str, seed: int, out: Path, scale: int, device: str) -> None:
+             steps: int | None, times: str | None, mode: str, seed: int, out: Path, scale: int, device: str,
+             compile_blocks: bool) -> None:
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
     import time
 
@@ -262,7 +265,7 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
         raise UserError(f"--seconds must be positive, got {seconds}")
     if scale < 1:
         raise UserError(f"--scale must be a positive integer, got {scale}")
-    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks)
     fps = pipe.config.fps
     num_frames = None if seconds is None else max(1, round(seconds * fps))
     schedule = [(_frame_at(when, fps), text) for when, text in switches]
