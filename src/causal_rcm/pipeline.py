@@ -309,8 +309,8 @@ class StreamingPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, attn_backend: str = "sdpa",
-        compile: bool = False,
+        cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+        attn_backend: str = "sdpa", compile: bool = False,
     ) -> StreamingPipeline:
         """Load a checkpoint folder in our layout (config.json with a ``pipeline`` section + model.safetensors).
 

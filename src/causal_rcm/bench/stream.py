@@ -251,7 +251,9 @@ def run_stream_bench(
               help="only count the aten ops of a streamed forward per layer, fp32 and bf16, any --device (stream_ops.py)")
 @click.option("--compile", "compile_blocks", is_flag=True,
               help="torch.compile each block's pure tensor math (not CUDA graphs); the warm-up pass compiles")
-def stream_command(size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks) -> None:
+def stream_command(
+    size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks
+) -> None:
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
 
