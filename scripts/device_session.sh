@@ -3,7 +3,8 @@
 # device tool's 10-minute limit). Run from the repository root on the device, e.g.
 #   bash scripts/device_session.sh teachers  # the shipped shapes-world teachers (scripts/train_shapes_teachers.sh)
 #   bash scripts/device_session.sh tests     # the kernel and model tests on CUDA, alone
-#   bash scripts/device_session.sh bench     # bench scm-step and bench stream (Wan2.1-1.3B, random weights)
+#   bash scripts/device_session.sh bench     # bench jvp, bench stream eager and compiled (Wan2.1-1.3B, random weights)
+#   bash scripts/device_session.sh scm-step  # bench scm-step
 #   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
 #   bash scripts/device_session.sh teachers+tests  # both in one call: the tests (CPU-bound compiles) beside training
 #   bash scripts/device_session.sh students+cm     # the students, with cm-convergence and the kernel tests beside them
@@ -11,7 +12,7 @@
 # stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|students|students+cm}
+stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -62,9 +63,11 @@ case "$stage" in
         wait "$tests" || true
         grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true
         exit "$status" ;;
-    bench)
-        $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt"
-        $CAUSAL_RCM bench stream --out "$out" 2>&1 | tee "$out/stream.txt" ;;
+    bench)  # the whole-model JVP, and the stream eager and with compiled blocks (profiled)
+        $CAUSAL_RCM bench jvp --out "$out" 2>&1 | tee "$out/jvp.txt"
+        $CAUSAL_RCM bench stream --steps 1,2 --out "$out" 2>&1 | tee "$out/stream.txt"
+        $CAUSAL_RCM bench stream --steps 1,2 --compile --profile --out "$out" 2>&1 | tee "$out/stream_compiled.txt" ;;
+    scm-step) $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt" ;;
     students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" ;;
     students+cm)
         # cm-convergence from the shipped causal teacher at a GPU budget (CM_STEPS per method), in the background;
