@@ -210,7 +210,7 @@ def _markdown(report: dict) -> str:
                                                              f" ({r.get('seconds', 0):.0f} s)"))
         t = r.get("training")
         if t:
-            loss = "" if t.get("first_loss") is None else f" loss {t['first_loss']:.3f} → {t['last_loss']:.3f};"
+            loss = "" if t.get("first_loss") is None else f" loss {t['first_loss']:.3g} → {t['last_loss']:.3g};"
             lines.append(f"  Training {_training_text(t)};{loss} command: `{t.get('command') or 'not recorded'}`")
     lines += ["", "## Plots", ""]
     if "loss_png" in files:
