@@ -346,6 +346,7 @@ class Trainer:
                     self.save_checkpoint()
             if out_of_time and bar is not None:
                 bar.write(f"time guard: stopped at step {self.step} of {cfg.steps} after {self.elapsed():.0f} s (train.max_seconds={cfg.max_seconds:g})")
+            train_seconds = self.elapsed()  # the final evaluation and export are not training
             final_eval = self.evaluate()
             self._log_eval(final_eval, log_file, writer)
             ema_state = self.ema.full_state_dict()
@@ -355,7 +356,7 @@ class Trainer:
                 "processes": self.world.size,
                 "device": str(self.world.device),
                 "precision": self.precision,
-                "train_seconds": self.elapsed(),
+                "train_seconds": train_seconds,
                 "time_guard": out_of_time,
                 "final": self.history[-1] if self.history else {},
                 "eval": final_eval,
