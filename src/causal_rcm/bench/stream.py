@@ -38,6 +38,11 @@ import click
 FRAMES_PER_CHUNK = 3
 
 
+def _frames_per_chunk(mode: str) -> int:
+    """Latent frames a chunk of ``mode`` (chunk or frame) holds."""
+    return FRAMES_PER_CHUNK if mode == "chunk" else 1
+
+
 def _pixel_frames(latent_frames: int) -> int:
     return 1 + 4 * (latent_frames - 1)
 
@@ -103,11 +108,15 @@ def run_stream_bench(
     log(f"model {size}: {model.num_parameters() / 1e6:.0f} M parameters; {latent_frames} latent frames "
         f"({pixels} pixel frames) at {height}x{width}, device {device}")
 
+    def video_caches():
+        """Caches whose window is the whole video: nothing is evicted, and the buffers never grow."""
+        return make_kv_caches(model, guidance=1.0, window_frames=latent_frames)
+
     def stream(num_steps: int, fpc: int, decode: bool, profile: dict | None = None) -> tuple[float, float]:
         """One streamed video: (total ms, ms to the first frame). ``profile`` collects per-phase ms (synchronised)."""
         grid = flow_time_grid(num_steps, 3.0)
         generator = torch.Generator(device).manual_seed(0)
-        caches = make_kv_caches(model, guidance=1.0, window_frames=latent_frames)  # the whole video: nothing evicted, no growth
+        caches = video_caches()
         decoder.reset()
         start, first = clock.mark(), None
         sizes = [fpc] * (latent_frames // fpc) + ([latent_frames % fpc] if latent_frames % fpc else [])
@@ -149,7 +158,7 @@ def run_stream_bench(
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         generator = torch.Generator(device).manual_seed(0)
-        caches = make_kv_caches(model, guidance=1.0, window_frames=latent_frames)  # the whole video: nothing evicted, no growth
+        caches = video_caches()
         cached = (latent_frames - 1) // fpc * fpc
         sections = []
 
@@ -182,7 +191,7 @@ def run_stream_bench(
 
     results = []
     for mode in modes:
-        fpc = FRAMES_PER_CHUNK if mode == "chunk" else 1
+        fpc = _frames_per_chunk(mode)
         for num_steps in steps:
             row = {"mode": mode, "steps": num_steps, "frames_per_chunk": fpc}
             for decode in (False, True):
@@ -206,7 +215,7 @@ def run_stream_bench(
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
         path = profile_dir / f"stream_{size}{'_compiled' if compile else ''}_profile.txt"
-        path.write_text("\n".join(profile_last_chunk(FRAMES_PER_CHUNK if m == "chunk" else 1) for m in modes))
+        path.write_text("\n".join(profile_last_chunk(_frames_per_chunk(m)) for m in modes))
         log(f"wrote {path}")
 
     # The bidirectional 50-step baseline for the same video: one forward over all frames, x 100 (CFG), + one decode.
@@ -266,7 +275,7 @@ def stream_command(
         from .stream_ops import count_stream_ops, format_counts
 
         for mode in (m for m in modes.split(",") if m):
-            fpc = FRAMES_PER_CHUNK if mode == "chunk" else 1
+            fpc = _frames_per_chunk(mode)
             for dtype in ("float32", "bfloat16"):
                 click.echo(format_counts(count_stream_ops(size, frames_per_chunk=fpc, cached_frames=latent_frames - fpc,
                                                           dtype=dtype, device_name=device_name)))

@@ -111,10 +111,14 @@ class LayerKVCache:
         if head < m:
             buf[:, base * tpf : (base + m - head) * tpf] = x[:, head * tpf :]
 
+    def _next_slot(self, r: _Read) -> int:
+        """The ring slot after the newest committed recent frame: where this read's chunk goes."""
+        return r.recent % self._ring() if self._owner.window_frames is not None else r.recent
+
     def _cached_ranges(self, r: _Read) -> list[tuple[int, int]]:
         """Buffer frame ranges of the held sinks and the visible recent frames (without the chunk)."""
         base, ring = self._owner.sink_frames, self._ring()
-        end = r.recent % ring if self._owner.window_frames is not None else r.recent  # ring slot after the newest
+        end = self._next_slot(r)
         ranges = [(base - r.sinks, base)]
         if end >= r.keep:
             ranges.append((base + end - r.keep, base + end))
@@ -151,7 +155,7 @@ class LayerKVCache:
             if commit:
                 self.sink_k[:, r.sinks * tpf : r.sinks * tpf + split] = k[:, :split].detach()
                 self._sinks_rotated = None
-        ring_slot = r.recent % self._ring() if owner.window_frames is not None else r.recent
+        ring_slot = self._next_slot(r)
         self._write_ring(self.k, k_keep[:, split:], ring_slot)
         self._write_ring(self.v, v_keep[:, split:], ring_slot)
         # 2. the held sinks, rotated at this read's positions (only when these changed)
