@@ -8,10 +8,10 @@
 set -euo pipefail
 out=${1:?usage: train_shapes_teachers.sh OUT_DIR}
 cli=${CAUSAL_RCM:-causal-rcm}
-# Data echo 4: rendering 256 videos on the CPU costs more than a GPU step of this small model
-# (attempt 2 made 14.6 steps/s with 12 render workers), so each batch serves 4 steps, each with
-# its own noise and times. 8 render workers leave CPU cores for other work on the machine.
-common="train.progress=false train.log_every=100 train.ckpt_every=1000 train.export_dtype=float16 train.compile=true train.data_echo=4 data.workers=8"
+# Data echo 4: rendering 256 videos on the CPU (~2 ms a video) costs more than a GPU step of this
+# small model, so each batch serves 4 steps, each with its own noise and times; 10 render workers.
+# The learning rate anneals (cosine) over the time guard: the guard, not train.steps, ends these runs.
+common="train.progress=false train.log_every=200 train.ckpt_every=2000 train.export_dtype=float16 train.compile=true train.data_echo=4 data.workers=10 optim.schedule=cosine"
 extra=${EXTRA:-}  # more overrides, e.g. for a quick check
 
 stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
@@ -24,6 +24,6 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 
 # Batch 256: the 3.5M-parameter model is launch-bound on a GPU, so a step of 256 videos costs
 # about what one of 64 does (attempt 1, docs/results/shapes_teachers_attempt1.md).
-stage teacher "$out/teacher" "${TEACHER_SECONDS:-300}" train.steps=60000 train.batch_size=256 train.eval_every=2000
-stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-130}" train.steps=30000 train.batch_size=256 \
-    train.eval_every=2000 train.init="$out/teacher/model"
+stage teacher "$out/teacher" "${TEACHER_SECONDS:-390}" train.steps=200000 train.batch_size=256 train.eval_every=5000
+stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-140}" train.steps=100000 train.batch_size=256 \
+    train.eval_every=4000 train.init="$out/teacher/model"

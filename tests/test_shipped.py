@@ -28,6 +28,11 @@ def test_a_shipped_run_records_its_command_and_config(name):
     # (paths aside: they named the device machine's folders; and the JVP backend, which a recipe
     # resolves from "auto" for the device it runs on: triton there, math here).
     resolved = config_to_dict(load_config(name, None, [w for w in words if "=" in w]))
+    defaults = config_to_dict(load_config(name, None, []))
+    for section, values in resolved.items():  # keys added after the run, at defaults that keep the old behaviour
+        if isinstance(values, dict):
+            for key in set(values) - set(config[section]):
+                assert values.pop(key) == defaults[section][key], f"{section}.{key}"
     for saved in (config, resolved):
         for key in ("out_dir", "init", "teacher"):
             saved["train"].pop(key)

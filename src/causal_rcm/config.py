@@ -61,6 +61,11 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_steps: int = 100
+    # After warm-up: constant, or cosine down to lr * final_lr_ratio over the run's budget, which is
+    # train.steps or the time guard train.max_seconds, whichever is used up first (a GPU run stopped
+    # by its guard still ends annealed).
+    schedule: str = "constant"  # constant | cosine
+    final_lr_ratio: float = 0.1
     ema_decay: float = 0.999
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
 
@@ -280,11 +285,16 @@ def load_config(recipe: str, config_file: str | Path | None = None, overrides: l
 
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+SCHEDULES = ("constant", "cosine")
 
 
 def _revalidate(config: Config) -> None:
     if config.train.data_echo < 1:
         raise UserError(f"train.data_echo must be >= 1 (steps per rendered batch), got {config.train.data_echo}")
+    if config.optim.schedule not in SCHEDULES:
+        raise UserError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {config.optim.schedule!r}")
+    if not 0.0 <= config.optim.final_lr_ratio <= 1.0:
+        raise UserError(f"optim.final_lr_ratio must lie in [0, 1], got {config.optim.final_lr_ratio}")
     if config.train.export_dtype not in EXPORT_DTYPES:
         raise UserError(f"train.export_dtype must be one of {', '.join(EXPORT_DTYPES)}, got {config.train.export_dtype!r}")
     try:

@@ -182,3 +182,21 @@ def test_export_dtype_halves_the_shipped_weights_and_loads_as_float32(tmp_path):
     assert next(model.parameters()).dtype == torch.float32
     with pytest.raises(UserError, match="train.export_dtype must be one of"):
         load_config("teacher", None, ["train.export_dtype=int8"])
+
+
+def test_cosine_schedule_anneals_over_steps_or_the_time_guard(tmp_path):
+    from causal_rcm import train as train_pkg
+
+    # the logged lr is the mean of the rates used by the steps since the last line (one step a line here)
+    common = FAST + ["train.eval_videos=0", "optim.lr=1e-3", "optim.schedule=cosine", "optim.final_lr_ratio=0.1", "optim.warmup_steps=1"]
+    train_pkg.train(load_config("teacher", None, common + ["train.steps=12", f"train.out_dir={tmp_path / 'steps'}"]))
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "steps" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == pytest.approx(1e-3) and len(lrs) == 12
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert 1e-4 < lrs[-1] < 1.2e-4  # the last step starts with 11/12 of the budget used: near lr * final_lr_ratio
+    # a time guard used up after the first step: annealed at once although train.steps is far off
+    train_pkg.train(load_config("teacher", None, common + ["train.steps=1000", "train.max_seconds=1e-6", f"train.out_dir={tmp_path / 'time'}"]))
+    (record,) = [json.loads(line) for line in (tmp_path / "time" / "metrics.jsonl").read_text().splitlines()]
+    assert record["lr"] == pytest.approx(1e-4)
+    with pytest.raises(UserError, match="optim.schedule must be one of"):
+        load_config("teacher", None, ["optim.schedule=linear"])

@@ -96,6 +96,15 @@ def all_reduce_mean(value: torch.Tensor, world: World) -> torch.Tensor:
     return value
 
 
+def global_max(value: float, world: World) -> float:
+    """Largest of a host scalar over the processes (itself, with no device sync, without torchrun)."""
+    if not world.distributed:
+        return value
+    t = torch.tensor(value, dtype=torch.float64, device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 def global_sum(value: torch.Tensor) -> float:
     """Sum of a scalar over the processes (itself without torchrun): for decisions every rank must share."""
     if dist.is_available() and dist.is_initialized():

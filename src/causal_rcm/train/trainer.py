@@ -23,7 +23,7 @@ from ..config import Config, config_to_dict, save_config
 from ..errors import TrainingStopped, UserError
 from .checkpoint import atomic_torch_save, rng_state, set_rng_state
 from .ema import EMA
-from .parallel import StepRandom, World, all_reduce_mean, apply_fsdp, init_world, shutdown
+from .parallel import StepRandom, World, all_reduce_mean, apply_fsdp, global_max, init_world, shutdown
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -106,6 +106,7 @@ class Trainer:
         self._start = time.perf_counter()
         self._batch: dict | None = None  # the batch in use (data echo serves it train.data_echo steps)
         self._batch_data_state: dict | None = None  # the data position it was drawn from
+        self._budget_used = 0.0  # fraction of the run's budget (steps or time guard) used, see _update_budget
 
     # --------------------------------------------------------------- set-up
     def _setup(self) -> None:
@@ -213,24 +214,38 @@ class Trainer:
         """Training wall-clock seconds, over every resumed segment."""
         return self._elapsed_before + time.perf_counter() - self._start
 
-    def _out_of_time(self) -> bool:
-        """``train.max_seconds`` reached; every process takes the same decision (any one out of time)."""
-        limit = self.config.train.max_seconds
-        if limit <= 0:
-            return False
-        late = torch.tensor(float(self.elapsed() >= limit), device=self.world.device)
-        return all_reduce_mean(late, self.world).item() > 0
+    def _update_budget(self) -> bool:
+        """Record the fraction of the run's budget used; return whether the time guard is reached.
+
+        The budget is ``train.steps`` or ``train.max_seconds``, whichever is used up further; the
+        elapsed time is the largest over the processes, so every process takes the same decisions
+        and the same learning rate.
+        """
+        cfg = self.config.train
+        used = self.step / max(1, cfg.steps)
+        late = False
+        if cfg.max_seconds > 0:
+            elapsed = global_max(self.elapsed(), self.world)
+            late = elapsed >= cfg.max_seconds
+            used = max(used, elapsed / cfg.max_seconds)
+        self._budget_used = min(1.0, used)
+        return late
 
     # ------------------------------------------------------------------ loop
     def _lr(self) -> float:
+        """Linear warm-up, then constant or cosine to ``lr * final_lr_ratio`` over the budget (Loshchilov & Hutter 2017)."""
         optim = self.config.optim
-        return optim.lr * min(1.0, (self.step + 1) / max(1, optim.warmup_steps))
+        lr = optim.lr * min(1.0, (self.step + 1) / max(1, optim.warmup_steps))
+        if optim.schedule == "cosine":
+            lr *= optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * self._budget_used))
+        return lr
 
     def _train_step(self, batch: dict) -> dict[str, float]:
         rnd = StepRandom(self.config.train.seed, self.step, self.world)
+        lr = self._lr()
         with self._autocast():
             losses = self.recipe.losses(batch, rnd, self.step)
-        logged: dict[str, float] = {}
+        logged: dict[str, float] = {"lr": lr}
         for group, (loss, metrics) in losses.items():
             module, optimizer = self.groups[group], self.optimizers[group]
             params = [p for p in module.parameters() if p.requires_grad]
@@ -254,7 +269,7 @@ class Trainer:
                 logged[f"nonfinite/{group}"] = 1.0
                 continue
             for g in optimizer.param_groups:
-                g["lr"] = self._lr() * self.recipe.optimizer_options(group).get("lr_scale", 1.0)
+                g["lr"] = lr * self.recipe.optimizer_options(group).get("lr_scale", 1.0)
             optimizer.step()
             if group == self.student_group:
                 self.ema.update(module, self.step)
@@ -309,14 +324,14 @@ class Trainer:
         try:
             if cfg.eval_at_start and self.step == 0 and cfg.eval_videos:  # the starting point of a curve
                 self._log_eval(self.evaluate(), log_file, writer)
-            out_of_time = resumed and self._out_of_time()  # a fresh run makes at least one step
+            out_of_time = self._update_budget() and resumed  # a fresh run makes at least one step
             stop = self.step >= cfg.steps or out_of_time
             while not stop:
                 logged = self._train_step(self._next_batch())
                 bad = any(k.startswith(("nonfinite/", "skipped/")) for k in logged)
                 self.bad_steps = self.bad_steps + 1 if bad else 0
                 self.step += 1
-                out_of_time = self._out_of_time()
+                out_of_time = self._update_budget()
                 stop = self.step >= cfg.steps or out_of_time
                 window.append(logged)
                 if bar is not None:
@@ -325,7 +340,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
                 if self.step % cfg.log_every == 0 or stop:
                     record = _mean_records(window)
-                    record.update(step=self.step, lr=self._lr(), time=self.elapsed())
+                    record.update(step=self.step, time=self.elapsed())
                     window = []
                     self.history.append(record)
                     if log_file is not None:
