@@ -23,6 +23,10 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
         assert set(row["breakdown_ms_per_chunk"]) == {"denoise_ms", "refresh_ms", "decode_ms"}
         assert row["breakdown_ms_per_chunk"]["decode_ms"] > 0
     assert record["setup"]["pixel_frames"] == 17
+    formats = record["setup"]["vae_memory_format"]
+    assert formats["contiguous_ms"] > 0 and formats["channels_last_ms"] > 0
+    assert formats["chosen"] == min(("contiguous", "channels_last"), key=lambda n: formats[f"{n}_ms"])
+    assert any(line.startswith("VAE decode of 3 latent frames") for line in lines)
     assert record["bidirectional_baseline"]["total_ms"] > 100 * record["bidirectional_baseline"]["forward_ms"] * 0.99
     assert any("bidirectional 50 steps" in line for line in lines)
     profile = (tmp_path / "stream_tiny_profile.txt").read_text()

@@ -32,3 +32,24 @@ def test_chunked_decode_equals_whole_video_decode(chunks):
     torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-5)
     decoder.reset()  # a new video starts from a clean cache
     torch.testing.assert_close(decoder.decode(z[:, :, :2]), whole[:, :, :5], rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_decode_equals_the_default_layout_and_switches_back():
+    vae = _tiny_vae()
+    z = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    decoder = StreamingWanDecoder(vae)
+    default = decoder.decode(z)
+    seen = []
+    probes = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].is_contiguous(memory_format=torch.channels_last_3d)))
+              for m in vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    decoder.use_channels_last()
+    decoder.reset()
+    torch.testing.assert_close(decoder.decode(z), default, rtol=1e-4, atol=1e-5)
+    assert seen and all(seen)  # every convolution took its input channels-last
+    decoder.use_channels_last(False)
+    seen.clear()
+    decoder.reset()
+    torch.testing.assert_close(decoder.decode(z), default, rtol=1e-4, atol=1e-5)
+    assert not any(seen) and not decoder.channels_last
+    for probe in probes:
+        probe.remove()

@@ -9,7 +9,10 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
 * throughput in pixel frames per second, and latency to the first frame, without and with VAE
   decoding (diffusers' ``AutoencoderKLWan`` with random weights, decoded chunk by chunk with its
   causal cache by :class:`~causal_rcm.models.vae_stream.StreamingWanDecoder`); with decoding, the
-  decode of chunk k runs on a second CUDA stream while chunk k + 1 is generated;
+  decode of chunk k runs on a second CUDA stream while chunk k + 1 is generated, and the first
+  frame counts as shown once the first latent frame is decoded (the rest of its chunk after it,
+  as a player would show it); the VAE's convolution layout (contiguous or channels-last) is the
+  faster of the two in a timed decode of one chunk (``--vae-format`` to fix it);
 * a breakdown per chunk (denoising steps, cache refresh, decode; measured in a separate,
   synchronised pass) and peak GPU memory;
 * in the same run, the bidirectional 50-step baseline for the same video: 50 steps x 2 (CFG)
@@ -31,6 +34,7 @@ the warm-up pass of each mode compiles); its JSON is written as ``stream_<size>_
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -70,10 +74,36 @@ class _Clock:
         return start.elapsed_time(end)
 
 
+def _choose_vae_format(decoder, choice: str, shape: tuple, device, dtype, clock: _Clock, log) -> dict:
+    """Set the decoder's memory format: ``contiguous``, ``channels_last``, or ``auto``, which times one
+    chunk's decode (on a cache, after a warm-up) in both and keeps the faster. Returns the timings and the choice."""
+    import torch
+
+    if choice not in ("auto", "contiguous", "channels_last"):
+        raise ValueError(f"vae format must be auto, contiguous or channels_last, got {choice!r}")
+    timings = {}
+    for name in ("contiguous", "channels_last") if choice == "auto" else (choice,):
+        decoder.use_channels_last(name == "channels_last")
+        z = torch.randn(shape, device=device, dtype=dtype)
+        with torch.inference_mode():
+            for _ in range(2):  # the first pass autotunes cuDNN at these shapes
+                decoder.reset()
+                decoder.decode(z[:, :, :1])
+                start = clock.mark()
+                decoder.decode(z)
+                timings[f"{name}_ms"] = clock.ms(start, clock.mark())
+    chosen = min(("contiguous", "channels_last"), key=lambda n: timings.get(f"{n}_ms", float("inf")))
+    decoder.use_channels_last(chosen == "channels_last")
+    decoder.reset()
+    log(f"VAE decode of {shape[2]} latent frames: " + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in timings.items()) + f"; using {chosen}")
+    return {**timings, "chosen": chosen}
+
+
 def run_stream_bench(
     size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, latent_frames: int = 21,
     steps: tuple[int, ...] = (1, 2, 4), modes: tuple[str, ...] = ("chunk", "frame"), device_name: str = "cuda",
     vae_config: dict | None = None, log=print, profile_dir: Path | None = None, compile: bool = False,
+    vae_format: str = "auto",
 ) -> dict:
     import torch
 
@@ -103,6 +133,7 @@ def run_stream_bench(
     vae = AutoencoderKLWan(**(vae_config or {})).to(device, dtype).eval().requires_grad_(False)
     decoder = StreamingWanDecoder(vae)
     clock = _Clock(cuda)
+    vae_formats = _choose_vae_format(decoder, vae_format, (1, vae.config.z_dim, FRAMES_PER_CHUNK, h, w), device, dtype, clock, log)
     side = torch.cuda.Stream() if cuda else None
     pixels = _pixel_frames(latent_frames)
     log(f"model {size}: {model.num_parameters() / 1e6:.0f} M parameters; {latent_frames} latent frames "
@@ -130,15 +161,19 @@ def run_stream_bench(
                     refresh_kv_caches(model, x0, context, caches)
                 t2 = clock.mark() if profile is not None else None
                 if decode:
-                    if side is not None and profile is None:
-                        side.wait_stream(torch.cuda.current_stream())
-                        with torch.cuda.stream(side):
+                    target = side if profile is None else None  # the decode overlaps the next chunk on a second stream
+                    if target is not None:
+                        target.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(target) if target is not None else nullcontext():
+                        if first is None and n > 1:  # the first frame is shown once its latent frame is decoded
+                            decoder.decode(x0[:, :, :1])
+                            first = clock.mark(target)
+                            decoder.decode(x0[:, :, 1:])
+                        else:
                             decoder.decode(x0)
-                        x0.record_stream(side)
-                        done = clock.mark(side)
-                    else:
-                        decoder.decode(x0)
-                        done = clock.mark()
+                    if target is not None:
+                        x0.record_stream(target)
+                    done = clock.mark(target)
                 else:
                     done = clock.mark()
                 if profile is not None:
@@ -240,7 +275,9 @@ def run_stream_bench(
         "setup": {"size": size, "height": height, "width": width, "latent_frames": latent_frames, "pixel_frames": pixels,
                   "dtype": str(dtype).replace("torch.", ""), "weights": "random", "attention": "sdpa with KV cache",
                   "sampler": "consistency, shift 3, no CFG", "vae": "diffusers AutoencoderKLWan, random weights, streamed",
-                  "compile": "torch.compile of each block's pure stages (compile_blocks)" if compile else "none"},
+                  "compile": "torch.compile of each block's pure stages (compile_blocks)" if compile else "none",
+                  "vae_memory_format": vae_formats,
+                  "first_frame": "the first latent frame decoded alone (the rest of its chunk after it)"},
         "results": results,
         "bidirectional_baseline": baseline,
     }
@@ -260,8 +297,10 @@ def run_stream_bench(
               help="only count the aten ops of a streamed forward per layer, fp32 and bf16, any --device (stream_ops.py)")
 @click.option("--compile", "compile_blocks", is_flag=True,
               help="torch.compile each block's pure tensor math (not CUDA graphs); the warm-up pass compiles")
+@click.option("--vae-format", type=click.Choice(["auto", "contiguous", "channels_last"]), default="auto", show_default=True,
+              help="the VAE's 3D convolution layout; auto times one chunk's decode in both and keeps the faster")
 def stream_command(
-    size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks
+    size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks, vae_format
 ) -> None:
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
@@ -288,6 +327,6 @@ def stream_command(
     if not set(mode_names) <= {"chunk", "frame"} or not step_counts or min(step_counts) < 1:
         raise click.BadParameter("--modes takes chunk,frame and --steps positive integers")
     record = run_stream_bench(size, height, width, latent_frames, step_counts, mode_names, device_name, log=click.echo,
-                              profile_dir=out_dir if profile else None, compile=compile_blocks)
+                              profile_dir=out_dir if profile else None, compile=compile_blocks, vae_format=vae_format)
     if device_name == "cuda":
         click.echo(f"wrote {write_result(record, out_dir, f'stream_{size}' + ('_compiled' if compile_blocks else ''))}")

@@ -6,6 +6,11 @@ every frame, and clears it again, so it can only decode a whole video. A stream 
 the cache between calls: :meth:`StreamingWanDecoder.decode` takes the next latent frames and
 returns their pixels (4 per latent frame, 1 for the very first), exactly what a whole-video
 decode would have produced for them (tested against ``AutoencoderKLWan.decode``).
+
+Memory format: :meth:`StreamingWanDecoder.use_channels_last` stores the 3D convolutions' weights
+channels-last (NDHWC) and hands every convolution its input in that layout, the layout in which
+cuDNN's tensor-core kernels take 3D convolutions without transposing; whether that is faster on
+a given GPU is measured (``causal-rcm bench stream`` times both and keeps the faster).
 """
 
 from __future__ import annotations
@@ -23,7 +28,27 @@ class StreamingWanDecoder:
     def __init__(self, vae) -> None:
         self.vae = vae
         self._first_kw = "first_chunk" in inspect.signature(vae.decoder.forward).parameters
+        self._hooks: list = []
         self.reset()
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(self._hooks)
+
+    def use_channels_last(self, enabled: bool = True) -> None:
+        """Run the VAE's 3D convolutions channels-last (``enabled``) or in the default contiguous layout; same outputs."""
+        if enabled == self.channels_last:
+            return
+        fmt = torch.channels_last_3d if enabled else torch.contiguous_format
+        convs = [m for m in self.vae.modules() if isinstance(m, torch.nn.Conv3d)]
+        for conv in convs:
+            conv.weight.data = conv.weight.data.contiguous(memory_format=fmt)
+        if enabled:
+            self._hooks = [conv.register_forward_pre_hook(_channels_last_input) for conv in convs]
+        else:
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = []
 
     def reset(self) -> None:
         self.vae.clear_cache()
@@ -43,3 +68,8 @@ class StreamingWanDecoder:
             outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, **kwargs))
             self._started = True
         return torch.cat(outs, dim=2).clamp(-1.0, 1.0)
+
+
+def _channels_last_input(module, args):
+    """Forward pre-hook: a 3D convolution's input in channels-last layout (a no-op when it is already)."""
+    return (args[0].contiguous(memory_format=torch.channels_last_3d), *args[1:])
