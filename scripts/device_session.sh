@@ -8,11 +8,12 @@
 #   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
 #   bash scripts/device_session.sh teachers+tests  # both in one call: the tests (CPU-bound compiles) beside training
 #   bash scripts/device_session.sh students+cm     # the students, with cm-convergence and the kernel tests beside them
+#   bash scripts/device_session.sh ablation        # experiment init-ablation from the shipped teachers
 # Results go under $OUT (the device tool brings that folder back, at most 8 files): each trained
 # stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm}
+stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|ablation}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -21,6 +22,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
 runs=/tmp/runs
+teachers=${TEACHERS:-checkpoints/shapes}
+# The consistency students' settings of scripts/train_shapes_students.sh, for the experiments too
+# (the recipes' default learning rates, 2e-5 and 1e-5, are too low for these small models).
+cm_settings="optim.lr=1e-4 train.batch_size=64 objective.tangent_warmup=300"
 
 # The kernel and model tests on CUDA: the GPU-marked ones and every other one there, which takes
 # CUDA tensors whenever a GPU is present (tests/kernels/conftest.py).
@@ -63,24 +68,32 @@ case "$stage" in
         wait "$tests" || true
         grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true
         exit "$status" ;;
-    bench)  # the whole-model JVP, and the stream eager and with compiled blocks (profiled)
+    bench)  # the whole-model JVP, the stream eager and with compiled blocks (profiled), the compiled-blocks GPU test
         $CAUSAL_RCM bench jvp --out "$out" 2>&1 | tee "$out/jvp.txt"
         $CAUSAL_RCM bench stream --steps 1,2 --out "$out" 2>&1 | tee "$out/stream.txt"
-        $CAUSAL_RCM bench stream --steps 1,2 --compile --profile --out "$out" 2>&1 | tee "$out/stream_compiled.txt" ;;
+        $CAUSAL_RCM bench stream --steps 1,2 --compile --profile --out "$out" 2>&1 | tee "$out/stream_compiled.txt"
+        timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_wan.py -k compiled 2>&1 | tail -3 | tee "$out/gpu_compile_test.txt" ;;
     scm-step) $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt" ;;
-    students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" ;;
+    students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "$teachers" ;;
+    ablation)  # SF-DMD from every initialisation, same budget; its folder comes back even when the guard stops it
+        timeout "${ABLATION_SECONDS:-540}" $CAUSAL_RCM experiment init-ablation -t "$teachers/causal-teacher/model" \
+            --dmd-teacher "$teachers/teacher/model" --cm-steps "${ABLATION_CM_STEPS:-300}" --dmd-steps "${ABLATION_DMD_STEPS:-300}" \
+            --dmd-lr 2e-5 -o "$runs/init-ablation" $cm_settings > "$out/init_ablation.txt" 2>&1 || true
+        tar -C "$runs" -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples init-ablation
+        tail -20 "$out/init_ablation.txt" ;;
     students+cm)
         # cm-convergence from the shipped causal teacher at a GPU budget (CM_STEPS per method), in the background;
         # its runs' logs come back even when the guard stops it (`|| true`: under set -e a timed-out command
         # would end the subshell before the tar, as it did on 2026-12-02)
-        (timeout "${CM_SECONDS:-520}" $CAUSAL_RCM experiment cm-convergence -t "${TEACHERS:-checkpoints/shapes}/causal-teacher/model" \
-            --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" > "$out/cm_convergence.txt" 2>&1 || true
+        (timeout "${CM_SECONDS:-520}" $CAUSAL_RCM experiment cm-convergence -t "$teachers/causal-teacher/model" \
+            --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" $cm_settings data.workers=3 \
+            > "$out/cm_convergence.txt" 2>&1 || true
          tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples cm-convergence) &
         cm=$!
         (TEST_WORKERS=${TEST_WORKERS:-3} TESTS_SECONDS=${TESTS_SECONDS:-480} gpu_tests_kernels) &
         kt=$!
         status=0
-        train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "${TEACHERS:-checkpoints/shapes}" || status=$?
+        train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "$teachers" || status=$?
         wait "$cm" "$kt" || true
         tail -15 "$out/cm_convergence.txt" || true
         grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true

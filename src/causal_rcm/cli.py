@@ -194,20 +194,21 @@ def cm_convergence(overrides, teacher, out, steps, eval_every, videos, threshold
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/init-ablation"), show_default=True)
 @click.option("--cm-steps", type=int, default=1000, show_default=True, help="Training steps of every initialisation.")
 @click.option("--dmd-steps", type=int, default=500, show_default=True, help="SF-DMD steps of every arm.")
+@click.option("--dmd-lr", type=float, default=None, help="Learning rate of the SF-DMD arms (default: the sf-dmd recipe's).")
 @click.option("--videos", "-n", type=int, default=16, show_default=True, help="Prompts per evaluation.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--restart", is_flag=True, help="Retrain every run from scratch.")
-def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, videos, device, restart) -> None:
+def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd_lr, videos, device, restart) -> None:
     """SF-DMD from TF-sCM, TF-MeanFlow, TF-dCM, ODE init, the causal teacher and no init; plus TF-sCM alone.
 
-    KEY=VALUE overrides apply to every run (e.g. `train.batch_size=16`).
+    KEY=VALUE overrides apply to every run (e.g. `train.batch_size=16`); --dmd-lr, after them, to the SF-DMD arms.
     """
     from .experiments.init_ablation import run_init_ablation
 
     _check_writable(out)
     result = run_init_ablation(
         teacher, dmd_teacher, out, cm_steps=cm_steps, dmd_steps=dmd_steps, videos=videos, overrides=overrides,
-        restart=restart, device=device,
+        dmd_overrides=() if dmd_lr is None else (f"optim.lr={dmd_lr:g}",), restart=restart, device=device,
     )
     click.echo((out / "init_ablation.md").read_text())
     click.echo(f"wrote {out / 'init_ablation.json'} and {out / 'init_ablation.png'} in {result['seconds']:.0f} s")

@@ -12,7 +12,7 @@ def test_init_ablation_runs_every_arm_and_writes_table_and_plot(teachers, tmp_pa
     out = tmp_path / "ablation"
     main([
         "experiment", "init-ablation", "--teacher", str(teachers["causal-teacher"]), "--dmd-teacher", str(teachers["teacher"]),
-        "--out", str(out), "--cm-steps", "1", "--dmd-steps", "1", "--videos", "1", "--device", "cpu",
+        "--out", str(out), "--cm-steps", "1", "--dmd-steps", "1", "--dmd-lr", "3e-5", "--videos", "1", "--device", "cpu",
         *FAST, "objective.ode_steps=2", "objective.critic_steps=1",
     ])
     result = json.loads((out / "init_ablation.json").read_text())
@@ -22,6 +22,8 @@ def test_init_ablation_runs_every_arm_and_writes_table_and_plot(teachers, tmp_pa
         for key in ("1step/caption_adherence", "2step/caption_adherence", "long_last_caption_adherence", "long_drift"):
             assert key in data["eval"], (arm, key)
     assert json.loads((out / "dmd-tf-meanflow" / "model" / "config.json").read_text())["pipeline"]["sampler"]["solver"] == "meanflow"
+    lr = {run: json.loads((out / run / "config.json").read_text())["optim"]["lr"] for run in ("init-tf-scm", "dmd-no-init")}
+    assert lr["dmd-no-init"] == 3e-5 and lr["init-tf-scm"] != 3e-5  # --dmd-lr reaches the SF-DMD arms only
     table = (out / "init_ablation.md").read_text()
     assert table.count("| ") >= 7 and "no-init + sf-dmd" in table
     assert (out / "init_ablation.png").stat().st_size > 10_000

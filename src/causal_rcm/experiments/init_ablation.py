@@ -42,10 +42,14 @@ def run_init_ablation(
     dmd_steps: int = 500,
     videos: int = 16,
     overrides: tuple[str, ...] = (),
+    dmd_overrides: tuple[str, ...] = (),
     restart: bool = False,
     device: str = "auto",
 ) -> dict:
-    """Train the inits and the SF-DMD arms; write ``init_ablation.{json,md,png}`` under ``out``."""
+    """Train the inits and the SF-DMD arms; write ``init_ablation.{json,md,png}`` under ``out``.
+
+    ``overrides`` apply to every run; ``dmd_overrides`` after them, to the SF-DMD arms only.
+    """
     from ..train import train
 
     for path in (teacher, dmd_teacher):
@@ -73,7 +77,7 @@ def run_init_ablation(
     init_paths["causal-teacher"] = Path(teacher)
     arms: dict[str, dict] = {}
     for arm in ARMS:
-        extra = [f"train.teacher={dmd_teacher}"]
+        extra = [f"train.teacher={dmd_teacher}", *dmd_overrides]
         if arm != "no-init":
             extra.append(f"train.init={init_paths[arm]}")
         arms[f"{arm} + sf-dmd"] = run("sf-dmd", f"dmd-{arm}", dmd_steps, extra)
@@ -86,6 +90,7 @@ def run_init_ablation(
         "dmd_steps": dmd_steps,
         "videos": videos,
         "overrides": list(overrides),
+        "dmd_overrides": list(dmd_overrides),
         "inits": inits,
         "arms": arms,
         "seconds": time.perf_counter() - started,
@@ -102,7 +107,8 @@ def markdown(result: dict) -> str:
         "",
         f"Causal teacher `{result['teacher']}`, DMD teacher `{result['dmd_teacher']}`. Inits trained "
         f"{result['cm_steps']} steps, SF-DMD {result['dmd_steps']} steps, oracle on {result['videos']} prompts. "
-        f"Overrides: `{' '.join(result['overrides']) or 'none'}`.",
+        f"Overrides: `{' '.join(result['overrides']) or 'none'}`; SF-DMD arms also "
+        f"`{' '.join(result.get('dmd_overrides', [])) or 'none'}`.",
         "",
         "| arm | " + " | ".join(title for _, title in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
