@@ -8,12 +8,13 @@
 #   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
 #   bash scripts/device_session.sh teachers+tests  # both in one call: the tests (CPU-bound compiles) beside training
 #   bash scripts/device_session.sh students+cm     # the students, with cm-convergence and the kernel tests beside them
+#   bash scripts/device_session.sh teachers+cm     # the teachers, with cm-convergence (from the shipped ones) beside them
 #   bash scripts/device_session.sh ablation        # experiment init-ablation from the shipped teachers
 # Results go under $OUT (the device tool brings that folder back, at most 8 files): each trained
 # stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|ablation}
+stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|teachers+cm|ablation}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -57,6 +58,15 @@ train() {  # train SCRIPT LOG STAGE... [-- SCRIPT_ARGS...]: run a training scrip
     return "$status"
 }
 
+cm_convergence() {  # experiment cm-convergence from $teachers at a GPU budget (CM_STEPS per method); its runs'
+    # logs come back even when the guard stops it (`|| true`: under set -e a timed-out command would end
+    # the subshell before the tar, as it did on 2026-12-02)
+    timeout "${CM_SECONDS:-500}" $CAUSAL_RCM experiment cm-convergence -t "$teachers/causal-teacher/model" \
+        --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" $cm_settings data.workers=3 \
+        > "$out/cm_convergence.txt" 2>&1 || true
+    tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples cm-convergence
+}
+
 case "$stage" in
     tests) gpu_tests || true; grep -cE " PASSED" "$out/gpu_tests.txt" || true; grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true ;;
     teachers) train scripts/train_shapes_teachers.sh teachers.txt teacher causal-teacher ;;
@@ -82,13 +92,7 @@ case "$stage" in
         tar -C "$runs" -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples init-ablation
         tail -20 "$out/init_ablation.txt" ;;
     students+cm)
-        # cm-convergence from the shipped causal teacher at a GPU budget (CM_STEPS per method), in the background;
-        # its runs' logs come back even when the guard stops it (`|| true`: under set -e a timed-out command
-        # would end the subshell before the tar, as it did on 2026-12-02)
-        (timeout "${CM_SECONDS:-520}" $CAUSAL_RCM experiment cm-convergence -t "$teachers/causal-teacher/model" \
-            --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" $cm_settings data.workers=3 \
-            > "$out/cm_convergence.txt" 2>&1 || true
-         tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples cm-convergence) &
+        cm_convergence &
         cm=$!
         (TEST_WORKERS=${TEST_WORKERS:-3} TESTS_SECONDS=${TESTS_SECONDS:-480} gpu_tests_kernels) &
         kt=$!
@@ -97,6 +101,14 @@ case "$stage" in
         wait "$cm" "$kt" || true
         tail -15 "$out/cm_convergence.txt" || true
         grep -E "FAILED|ERROR| passed| failed" "$out/gpu_tests.txt" | tail -20 || true
+        exit "$status" ;;
+    teachers+cm)  # cm-convergence from the teachers already in $teachers, beside the training of new ones
+        cm_convergence &
+        cm=$!
+        status=0
+        train scripts/train_shapes_teachers.sh teachers.txt teacher causal-teacher || status=$?
+        wait "$cm" || true
+        tail -15 "$out/cm_convergence.txt" || true
         exit "$status" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
