@@ -24,7 +24,9 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 }
 
 # Batch 256: the 3.5M-parameter model is launch-bound on a GPU, so a step of 256 videos costs
-# about what one of 64 does (attempt 1, docs/results/shapes_teachers_attempt1.md).
-stage teacher "$out/teacher" "${TEACHER_SECONDS:-390}" train.steps=200000 train.batch_size=256 train.eval_every=5000 train.eval_videos=48
+# about what one of 64 does (attempt 1, docs/results/shapes_teachers_attempt1.md). Evaluations count
+# against the time guard: a few for the teacher, the final one alone for the causal teacher (its
+# 4x-long rollouts are the costly part), on 48 held-out prompts.
+stage teacher "$out/teacher" "${TEACHER_SECONDS:-390}" train.steps=200000 train.batch_size=256 train.eval_every=10000 train.eval_videos=48
 stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-140}" train.steps=100000 train.batch_size=256 \
-    train.eval_every=4000 train.eval_videos=48 train.init="$out/teacher/model"
+    train.eval_every=20000 train.eval_videos=48 train.init="$out/teacher/model"
