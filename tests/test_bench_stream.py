@@ -20,6 +20,7 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
     for row in rows.values():
         for key in ("without_vae", "with_vae"):
             assert row[key]["fps"] > 0 and 0 < row[key]["first_frame_ms"] <= row[key]["total_ms"]
+            assert row[key]["kv_cache_gib"] > 0
         assert set(row["breakdown_ms_per_chunk"]) == {"denoise_ms", "refresh_ms", "decode_ms"}
         assert row["breakdown_ms_per_chunk"]["decode_ms"] > 0
     assert record["setup"]["pixel_frames"] == 17

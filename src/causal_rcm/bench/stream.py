@@ -143,6 +143,8 @@ def run_stream_bench(
         """Caches whose window is the whole video: nothing is evicted, and the buffers never grow."""
         return make_kv_caches(model, guidance=1.0, window_frames=latent_frames)
 
+    cache_bytes = [0]  # the KV cache's size at the end of the last stream
+
     def stream(num_steps: int, fpc: int, decode: bool, profile: dict | None = None) -> tuple[float, float]:
         """One streamed video: (total ms, ms to the first frame). ``profile`` collects per-phase ms (synchronised)."""
         grid = flow_time_grid(num_steps, 3.0)
@@ -185,6 +187,7 @@ def run_stream_bench(
         end = clock.mark(side) if (decode and side is not None) else clock.mark()
         if cuda:
             torch.cuda.synchronize()
+        cache_bytes[0] = caches[0].nbytes()
         return clock.ms(start, end), clock.ms(start, first)
 
     def profile_last_chunk(fpc: int) -> str:
@@ -236,6 +239,7 @@ def run_stream_bench(
                 total, first = stream(num_steps, fpc, decode)
                 key = "with_vae" if decode else "without_vae"
                 row[key] = {"fps": pixels / (total / 1000), "first_frame_ms": first, "total_ms": total}
+                row[key]["kv_cache_gib"] = cache_bytes[0] / 2**30  # of the peak: the cache, the rest is weights and work
                 if cuda:
                     row[key]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             profile: dict = {}
