@@ -24,9 +24,10 @@ fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
 runs=/tmp/runs
 teachers=${TEACHERS:-checkpoints/shapes}
-# The consistency students' settings of scripts/train_shapes_students.sh, for the experiments too
-# (the recipes' default learning rates, 2e-5 and 1e-5, are too low for these small models).
-cm_settings="optim.lr=1e-4 train.batch_size=64 objective.tangent_warmup=300"
+# Extra settings of the experiments' runs (the recipes' defaults otherwise). The 2026-12-02 GPU
+# cm-convergence ran with "optim.lr=1e-4 train.batch_size=64 objective.tangent_warmup=300", under which
+# TF-sCM and TF-MeanFlow degraded (docs/results/cm_convergence_gpu_2026-12-02.md).
+cm_settings=${CM_SETTINGS:-}
 
 # The kernel and model tests on CUDA: the GPU-marked ones and every other one there, which takes
 # CUDA tensors whenever a GPU is present (tests/kernels/conftest.py).
@@ -64,7 +65,8 @@ cm_convergence() {  # experiment cm-convergence from $teachers at a GPU budget (
     timeout "${CM_SECONDS:-500}" $CAUSAL_RCM experiment cm-convergence -t "$teachers/causal-teacher/model" \
         --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" $cm_settings data.workers=3 \
         > "$out/cm_convergence.txt" 2>&1 || true
-    tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples cm-convergence
+    # without the weights: three fp32 models made the tar too large to come back (2026-12-02)
+    tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model cm-convergence
 }
 
 case "$stage" in
@@ -89,7 +91,7 @@ case "$stage" in
         timeout "${ABLATION_SECONDS:-540}" $CAUSAL_RCM experiment init-ablation -t "$teachers/causal-teacher/model" \
             --dmd-teacher "$teachers/teacher/model" --cm-steps "${ABLATION_CM_STEPS:-300}" --dmd-steps "${ABLATION_DMD_STEPS:-300}" \
             --dmd-lr 2e-5 -o "$runs/init-ablation" $cm_settings > "$out/init_ablation.txt" 2>&1 || true
-        tar -C "$runs" -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples init-ablation
+        tar -C "$runs" -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model init-ablation
         tail -20 "$out/init_ablation.txt" ;;
     students+cm)
         cm_convergence &
