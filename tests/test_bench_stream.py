@@ -63,3 +63,5 @@ def test_stream_bench_compiles_the_blocks_when_asked(tmp_path):
     torch._dynamo.reset()
     result = CliRunner().invoke(stream_command, ["--count-ops", "--compile", "--device", "cpu", "--size", "tiny"])
     assert result.exit_code != 0 and "leave out --compile" in result.output
+    result = CliRunner().invoke(stream_command, ["--vae-format", "nchw", "--device", "cpu", "--size", "tiny"])
+    assert result.exit_code == 2 and "--vae-format" in result.output
