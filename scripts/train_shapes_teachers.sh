@@ -16,6 +16,7 @@ cli=${CAUSAL_RCM:-causal-rcm}
 # are still far from converged when their guard stops them.
 common="train.progress=false train.log_every=200 train.ckpt_every=2000 train.export_dtype=float16 train.compile=true train.data_echo=8 data.workers=10"
 extra=${EXTRA:-}  # more overrides, e.g. for a quick check
+stages=${STAGES:-teacher causal-teacher}  # STAGES=teacher trains the bidirectional teacher alone
 
 stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
     local recipe=$1 dir=$2 seconds=$3; shift 3
@@ -29,6 +30,10 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 # about what one of 64 does (attempt 1, docs/results/shapes_teachers_attempt1.md). Evaluations count
 # against the time guard: a few for the teacher, the final one alone for the causal teacher (its
 # 4x-long rollouts are the costly part), on 48 held-out prompts.
-stage teacher "$out/teacher" "${TEACHER_SECONDS:-390}" train.steps=200000 train.batch_size=256 train.eval_every=10000 train.eval_videos=48
-stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-140}" train.steps=100000 train.batch_size=256 \
-    train.eval_every=20000 train.eval_videos=48 train.init="$out/teacher/model"
+if [[ " $stages " == *" teacher "* ]]; then
+    stage teacher "$out/teacher" "${TEACHER_SECONDS:-390}" train.steps=200000 train.batch_size=256 train.eval_every=10000 train.eval_videos=48
+fi
+if [[ " $stages " == *" causal-teacher "* ]]; then
+    stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-140}" train.steps=100000 train.batch_size=256 \
+        train.eval_every=20000 train.eval_videos=48 train.init="$out/teacher/model"
+fi
