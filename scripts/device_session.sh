@@ -3,7 +3,8 @@
 # device tool's 10-minute limit). Run from the repository root on the device, e.g.
 #   bash scripts/device_session.sh teachers  # the shipped shapes-world teachers (scripts/train_shapes_teachers.sh)
 #   bash scripts/device_session.sh tests     # the kernel and model tests on CUDA, alone
-#   bash scripts/device_session.sh bench     # bench jvp, bench stream eager and compiled (Wan2.1-1.3B, random weights)
+#   bash scripts/device_session.sh bench     # bench jvp, bench stream eager and compiled (Wan2.1-1.3B, random weights;
+#                                            # BENCH_JVP=0 / BENCH_EAGER=0 leave out the first two)
 #   bash scripts/device_session.sh scm-step  # bench scm-step
 #   bash scripts/device_session.sh students  # the shipped TF-sCM and SF-DMD students from those teachers
 #   bash scripts/device_session.sh teachers+tests  # both in one call: the tests (CPU-bound compiles) beside training
@@ -82,7 +83,7 @@ case "$stage" in
         exit "$status" ;;
     bench)  # the whole-model JVP, the stream eager and with compiled blocks (profiled), the compiled-blocks GPU test
         if [ "${BENCH_JVP:-1}" = 1 ]; then $CAUSAL_RCM bench jvp --out "$out" 2>&1 | tee "$out/jvp.txt"; fi
-        $CAUSAL_RCM bench stream --steps 1,2 --out "$out" 2>&1 | tee "$out/stream.txt"
+        if [ "${BENCH_EAGER:-1}" = 1 ]; then $CAUSAL_RCM bench stream --steps 1,2 --out "$out" 2>&1 | tee "$out/stream.txt"; fi
         $CAUSAL_RCM bench stream --steps 1,2 --compile --profile --out "$out" 2>&1 | tee "$out/stream_compiled.txt"
         timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_wan.py -k compiled 2>&1 | tail -3 | tee "$out/gpu_compile_test.txt" ;;
     scm-step) $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt" ;;

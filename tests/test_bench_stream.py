@@ -31,8 +31,8 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
     assert record["bidirectional_baseline"]["total_ms"] > 100 * record["bidirectional_baseline"]["forward_ms"] * 0.99
     assert any("bidirectional 50 steps" in line for line in lines)
     profile = (tmp_path / "stream_tiny_profile.txt").read_text()
-    assert profile.count("top 30 by CPU time") == 4 and "aten::" in profile  # 2 modes x (denoising, refresh)
-    assert "3 frame(s) a chunk on 3 cached frames" in profile and "1 frame(s) a chunk on 4 cached frames" in profile
+    assert profile.count("top 30 by CPU time") == 6 and "aten::" in profile  # 2 modes x (denoising, refresh, decode)
+    assert "VAE decode ===" in profile and "3 frame(s) a chunk on 3 cached frames" in profile and "1 frame(s) a chunk on 4 cached frames" in profile
 
 
 def test_count_stream_ops_counts_per_layer_and_extrapolates_to_the_preset():
@@ -58,8 +58,11 @@ def test_stream_bench_compiles_the_blocks_when_asked(tmp_path):
     record = run_stream_bench("tiny", 32, 32, latent_frames=4, steps=(1,), modes=("chunk", "frame"), device_name="cpu",
                               vae_config=TINY_VAE, log=lambda line: None, compile=True)
     assert record["setup"]["compile"] != "none" and all(r["with_vae"]["fps"] > 0 for r in record["results"])
-    # 2 stages x (3 frames, 1 frame, the baseline's 4): one pair per chunk size over ~30 streamed chunks
-    assert counters["stats"]["unique_graphs"] == 6
+    formats = record["setup"]["vae_memory_format"]
+    assert formats["compiled_ms"] > 0 and formats["compiled"] == (formats["compiled_ms"] < formats[f"{formats['chosen']}_ms"])
+    # the blocks: 2 stages x (3 frames, 1 frame, the baseline's 4), one pair per chunk size over ~30 streamed
+    # chunks; the VAE decoder's steady-state frame: 2 (see tests/models/test_vae_stream.py)
+    assert counters["stats"]["unique_graphs"] == 6 + 2
     torch._dynamo.reset()
     result = CliRunner().invoke(stream_command, ["--count-ops", "--compile", "--device", "cpu", "--size", "tiny"])
     assert result.exit_code != 0 and "leave out --compile" in result.output

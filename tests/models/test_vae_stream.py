@@ -53,3 +53,36 @@ def test_channels_last_decode_equals_the_default_layout_and_switches_back():
     assert not any(seen) and not decoder.channels_last
     for probe in probes:
         probe.remove()
+
+
+def test_compiled_decode_equals_eager_and_compiles_for_the_steady_state_only():
+    """The compiled steady-state forward gives the eager pixels; the first video traces it at most twice (its
+    first compiled frame sees caches written eagerly, the next ones caches with Inductor's strides), later videos never."""
+    import torch._dynamo
+
+    vae = _tiny_vae()
+    z = torch.randn(1, 4, 7, 4, 4, generator=torch.Generator().manual_seed(3))
+    decoder = StreamingWanDecoder(vae)
+    with torch.no_grad():
+        eager = torch.cat([decoder.decode(z[:, :, :1]), decoder.decode(z[:, :, 1:4]), decoder.decode(z[:, :, 4:])], dim=2)
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(gm)
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, example_inputs)
+
+    torch._dynamo.reset()
+    decoder.compile(backend=counting_backend)
+    assert decoder.compiled
+    counts = []
+    for _ in range(2):
+        decoder.reset()
+        with torch.no_grad():
+            compiled = torch.cat([decoder.decode(z[:, :, :1]), decoder.decode(z[:, :, 1:4]), decoder.decode(z[:, :, 4:])], dim=2)
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+        counts.append(len(compiles))
+    assert 1 <= counts[0] <= 2 and counts[1] == counts[0]
+    decoder.compile(False)
+    assert not decoder.compiled

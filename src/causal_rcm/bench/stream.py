@@ -19,14 +19,16 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
   forwards over all frames (one forward measured, times 100) plus one whole-video decode.
 
 ``--profile`` also writes ``torch.profiler`` tables (top 30 ops by self CUDA time and by CPU time)
-for the last chunk of a stream in each mode, one denoising forward and one cache refresh, to
+for the last chunk of a stream in each mode, one denoising forward, one cache refresh and its VAE decode, to
 ``stream_<size>_profile.txt`` in the output folder: where a streamed forward's fixed cost goes.
 
 ``--count-ops`` only counts the aten ops of one streamed forward, per layer, in fp32 and bf16, on
 any device (a CPU is enough): see :mod:`causal_rcm.bench.stream_ops`.
 
 ``--compile`` compiles each block's pure tensor math first (``CausalWanModel.compile_blocks``;
-the warm-up pass of each mode compiles); its JSON is written as ``stream_<size>_compiled_...``.
+the warm-up pass of each mode compiles) and the VAE decoder's per-frame forward
+(:meth:`~causal_rcm.models.vae_stream.StreamingWanDecoder.compile`, kept only if a timed chunk
+decodes faster than eagerly); its JSON is written as ``stream_<size>_compiled_...``.
 
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
 """
@@ -74,29 +76,42 @@ class _Clock:
         return start.elapsed_time(end)
 
 
-def _choose_vae_format(decoder, choice: str, shape: tuple, device, dtype, clock: _Clock, log) -> dict:
+def _choose_vae_format(decoder, choice: str, shape: tuple, device, dtype, clock: _Clock, log, compile: bool = False) -> dict:
     """Set the decoder's memory format: ``contiguous``, ``channels_last``, or ``auto``, which times one
-    chunk's decode (on a cache, after a warm-up) in both and keeps the faster. Returns the timings and the choice."""
+    steady-state chunk's decode in both and keeps the faster; with ``compile``, then times the compiled
+    decoder in that layout and keeps it if it is faster. Returns the timings and the choices."""
     import torch
 
     if choice not in ("auto", "contiguous", "channels_last"):
         raise ValueError(f"vae format must be auto, contiguous or channels_last, got {choice!r}")
+    z = torch.randn(shape, device=device, dtype=dtype)
+
+    def chunk_ms() -> float:
+        """One chunk's decode on a warm cache: the first frame and a warm-up chunk (cuDNN autotuning at these
+        shapes, compiles) first, so that the timed one is a stream's steady state."""
+        with torch.inference_mode():
+            decoder.reset()
+            decoder.decode(z[:, :, :1])
+            decoder.decode(z)
+            start = clock.mark()
+            decoder.decode(z)
+            return clock.ms(start, clock.mark())
+
     timings = {}
     for name in ("contiguous", "channels_last") if choice == "auto" else (choice,):
         decoder.use_channels_last(name == "channels_last")
-        z = torch.randn(shape, device=device, dtype=dtype)
-        with torch.inference_mode():
-            for _ in range(2):  # the first pass autotunes cuDNN at these shapes
-                decoder.reset()
-                decoder.decode(z[:, :, :1])
-                start = clock.mark()
-                decoder.decode(z)
-                timings[f"{name}_ms"] = clock.ms(start, clock.mark())
+        timings[f"{name}_ms"] = chunk_ms()
     chosen = min(("contiguous", "channels_last"), key=lambda n: timings.get(f"{n}_ms", float("inf")))
     decoder.use_channels_last(chosen == "channels_last")
+    if compile:
+        decoder.compile()
+        timings["compiled_ms"] = chunk_ms()
+        if timings["compiled_ms"] >= timings[f"{chosen}_ms"]:
+            decoder.compile(False)
     decoder.reset()
-    log(f"VAE decode of {shape[2]} latent frames: " + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in timings.items()) + f"; using {chosen}")
-    return {**timings, "chosen": chosen}
+    log(f"VAE decode of {shape[2]} latent frames: " + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in timings.items())
+        + f"; using {chosen}" + (", compiled" if decoder.compiled else ""))
+    return {**timings, "chosen": chosen, "compiled": decoder.compiled}
 
 
 def run_stream_bench(
@@ -133,7 +148,8 @@ def run_stream_bench(
     vae = AutoencoderKLWan(**(vae_config or {})).to(device, dtype).eval().requires_grad_(False)
     decoder = StreamingWanDecoder(vae)
     clock = _Clock(cuda)
-    vae_formats = _choose_vae_format(decoder, vae_format, (1, vae.config.z_dim, FRAMES_PER_CHUNK, h, w), device, dtype, clock, log)
+    vae_formats = _choose_vae_format(decoder, vae_format, (1, vae.config.z_dim, FRAMES_PER_CHUNK, h, w), device, dtype, clock, log,
+                                     compile=compile)
     side = torch.cuda.Stream() if cuda else None
     pixels = _pixel_frames(latent_frames)
     log(f"model {size}: {model.num_parameters() / 1e6:.0f} M parameters; {latent_frames} latent frames "
@@ -191,7 +207,7 @@ def run_stream_bench(
         return clock.ms(start, end), clock.ms(start, first)
 
     def profile_last_chunk(fpc: int) -> str:
-        """torch.profiler tables for the stream's last chunk: one denoising forward, then one cache refresh."""
+        """torch.profiler tables for the stream's last chunk: one denoising forward, one cache refresh, one VAE decode."""
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -214,8 +230,16 @@ def run_stream_bench(
             def refresh():
                 refresh_kv_caches(model, x, context, caches)
 
+            z = torch.randn((1, vae.config.z_dim, fpc, h, w), generator=generator, device=device, dtype=dtype)
+
+            def decode():
+                decoder.decode(z)
+
             denoise()  # warm-up at these shapes (the refresh runs the same kernels)
-            for name, step in (("denoising forward", denoise), ("cache refresh", refresh)):
+            decoder.reset()
+            decoder.decode(z[:, :, :1])
+            decode()  # the VAE's warm-up: a steady-state cache, cuDNN autotuned at these shapes
+            for name, step in (("denoising forward", denoise), ("cache refresh", refresh), ("VAE decode", decode)):
                 with profile(activities=activities) as prof:
                     step()
                     if cuda:
@@ -279,7 +303,8 @@ def run_stream_bench(
         "setup": {"size": size, "height": height, "width": width, "latent_frames": latent_frames, "pixel_frames": pixels,
                   "dtype": str(dtype).replace("torch.", ""), "weights": "random", "attention": "sdpa with KV cache",
                   "sampler": "consistency, shift 3, no CFG", "vae": "diffusers AutoencoderKLWan, random weights, streamed",
-                  "compile": "torch.compile of each block's pure stages (compile_blocks)" if compile else "none",
+                  "compile": "torch.compile of each block's pure stages (compile_blocks) and of the VAE decoder's "
+                             "steady-state frame (kept where it decodes faster)" if compile else "none",
                   "vae_memory_format": vae_formats,
                   "first_frame": "the first latent frame decoded alone (the rest of its chunk after it)"},
         "results": results,
@@ -300,7 +325,7 @@ def run_stream_bench(
 @click.option("--count-ops", is_flag=True,
               help="only count the aten ops of a streamed forward per layer, fp32 and bf16, any --device (stream_ops.py)")
 @click.option("--compile", "compile_blocks", is_flag=True,
-              help="torch.compile each block's pure tensor math (not CUDA graphs); the warm-up pass compiles")
+              help="torch.compile each block's pure tensor math and the VAE decoder (not CUDA graphs); the warm-up passes compile")
 @click.option("--vae-format", type=click.Choice(["auto", "contiguous", "channels_last"]), default="auto", show_default=True,
               help="the VAE's 3D convolution layout; auto times one chunk's decode in both and keeps the faster")
 def stream_command(

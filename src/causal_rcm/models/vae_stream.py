@@ -11,6 +11,13 @@ Memory format: :meth:`StreamingWanDecoder.use_channels_last` stores the 3D convo
 channels-last (NDHWC) and hands every convolution its input in that layout, the layout in which
 cuDNN's tensor-core kernels take 3D convolutions without transposing; whether that is faster on
 a given GPU is measured (``causal-rcm bench stream`` times both and keeps the faster).
+
+Compilation: :meth:`StreamingWanDecoder.compile` runs the decoder's per-frame forward through
+``torch.compile`` once the feature cache is in its steady state (from the third latent frame
+on: the first two see an empty cache and Wan's ``"Rep"`` marker, and stay eager), so it
+compiles once or twice per stream's lifetime, not per frame. Dynamo traces the whole per-frame forward, cache updates included, into one
+graph; Inductor fuses each RMS norm with its SiLU and the cache concatenation with the causal
+padding, the memory-bound passes over full-resolution activations between the convolutions.
 """
 
 from __future__ import annotations
@@ -21,6 +28,12 @@ import torch
 
 __all__ = ["StreamingWanDecoder"]
 
+# Latent frames after which the decoder's feature cache holds a tensor in every slot (Wan's
+# temporal upsamplers mark their first frame "Rep" and fill their slot on the second): from then
+# on every frame takes the same path, so a compiled forward is traced once, or twice where the first
+# compiled frame's caches (written eagerly) have other strides than those of the compiled frames after it.
+_STEADY_FRAMES = 2
+
 
 class StreamingWanDecoder:
     """Decode a latent stream incrementally. ``reset()`` starts a new video."""
@@ -29,6 +42,7 @@ class StreamingWanDecoder:
         self.vae = vae
         self._first_kw = "first_chunk" in inspect.signature(vae.decoder.forward).parameters
         self._hooks: list = []
+        self._compiled = None
         self.reset()
 
     @property
@@ -50,9 +64,17 @@ class StreamingWanDecoder:
                 hook.remove()
             self._hooks = []
 
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def compile(self, enabled: bool = True, **options) -> None:
+        """Decode steady-state frames with ``torch.compile(decoder.forward, **options)`` (``enabled``) or eagerly; same outputs."""
+        self._compiled = torch.compile(self.vae.decoder.forward, dynamic=False, **options) if enabled else None
+
     def reset(self) -> None:
         self.vae.clear_cache()
-        self._started = False
+        self._frames = 0  # latent frames decoded since the last reset
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -64,9 +86,11 @@ class StreamingWanDecoder:
         outs = []
         for i in range(x.shape[2]):
             vae._conv_idx = [0]
-            kwargs = {"first_chunk": True} if self._first_kw and not self._started else {}
-            outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, **kwargs))
-            self._started = True
+            kwargs = {"first_chunk": True} if self._first_kw and self._frames == 0 else {}
+            forward = self._compiled if self._compiled is not None and self._frames >= _STEADY_FRAMES else vae.decoder
+            # contiguous: a slice's strides depend on how many frames this call got, and a compiled forward guards on them
+            outs.append(forward(x[:, :, i : i + 1].contiguous(), feat_cache=vae._feat_map, feat_idx=vae._conv_idx, **kwargs))
+            self._frames += 1
         return torch.cat(outs, dim=2).clamp(-1.0, 1.0)
 
 
