@@ -17,6 +17,9 @@ cli=${CAUSAL_RCM:-causal-rcm}
 common="train.progress=false train.log_every=200 train.ckpt_every=2000 train.export_dtype=float16 train.compile=true train.data_echo=8 data.workers=10"
 extra=${EXTRA:-}  # more overrides, e.g. for a quick check
 stages=${STAGES:-teacher causal-teacher}  # STAGES=teacher trains the bidirectional teacher alone
+# The causal teacher starts from this stage's teacher, or from TEACHER_INIT (e.g. with STAGES=causal-teacher:
+# TEACHER_INIT=checkpoints/shapes/teacher/model, the shipped one)
+teacher_init=${TEACHER_INIT:-$out/teacher/model}
 
 stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
     local recipe=$1 dir=$2 seconds=$3; shift 3
@@ -39,5 +42,5 @@ if [[ " $stages " == *" teacher "* ]]; then
 fi
 if [[ " $stages " == *" causal-teacher "* ]]; then
     stage causal-teacher "$out/causal-teacher" "${CAUSAL_SECONDS:-140}" train.steps=100000 train.batch_size=256 \
-        train.eval_every=20000 train.eval_videos=48 train.init="$out/teacher/model"
+        train.eval_every=20000 train.eval_videos=48 train.init="$teacher_init"
 fi
