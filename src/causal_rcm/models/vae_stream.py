@@ -15,9 +15,10 @@ a given GPU is measured (``causal-rcm bench stream`` times both and keeps the fa
 Compilation: :meth:`StreamingWanDecoder.compile` runs the decoder's per-frame forward through
 ``torch.compile`` once the feature cache is in its steady state (from the third latent frame
 on: the first two see an empty cache and Wan's ``"Rep"`` marker, and stay eager), so it
-compiles once or twice per stream's lifetime, not per frame. Dynamo traces the whole per-frame forward, cache updates included, into one
-graph; Inductor fuses each RMS norm with its SiLU and the cache concatenation with the causal
-padding, the memory-bound passes over full-resolution activations between the convolutions.
+compiles once or twice in a decoder's lifetime, not per frame or per video. Dynamo traces the
+whole per-frame forward, cache updates included, into one graph; Inductor fuses each RMS norm
+with its SiLU and the cache concatenation with the causal padding, the memory-bound passes over
+full-resolution activations between the convolutions.
 """
 
 from __future__ import annotations
