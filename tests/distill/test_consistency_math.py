@@ -15,7 +15,7 @@ import torch
 from causal_rcm.diffusion.samplers import sample_chunk
 from causal_rcm.distill.teacher_forcing import chunk_norm
 from causal_rcm.distill.tf_meanflow import meanflow_target
-from causal_rcm.distill.tf_scm import scm_direction, scm_tangent
+from causal_rcm.distill.tf_scm import scm_direction, scm_loss, scm_tangent
 from causal_rcm.models import masks
 from causal_rcm.models.precond import TrigFlowWrapper
 from tests.conftest import random_model, small_config
@@ -74,6 +74,26 @@ def test_scm_direction_is_normalised_per_chunk_and_warms_up():
     assert (chunk_norm(direction, 2) < 1).all()
     full, _ = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=1.0, c=0.1, frames_per_chunk=2)
     assert not torch.allclose(full, direction)
+
+
+def test_scm_loss_is_g_squared_with_sCMs_gradient_even_in_bf16():
+    """The target's stop-gradient comes from the same forward: in bf16 a second forward of the same point
+    (the JVP pass's F^-) differs by rounding, which the old target regressed on; this one has none of it."""
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(8, 8, generator=g, requires_grad=True)
+    x = torch.randn(3, 8, generator=g)
+    direction = 3e-3 * torch.randn(3, 8, generator=g)  # a normalised g is small next to F
+    F_theta = (x.bfloat16() @ weight.bfloat16())  # (B, n) in bf16, as under autocast
+    loss = scm_loss(F_theta, direction)
+    torch.testing.assert_close(loss, direction.square().mean(dim=1), rtol=1e-4, atol=0)  # F + g rounds in fp32
+    loss.sum().backward()
+    # d/dW of sum_b mean_n (F - sg(F) - g)^2 = x^T (-2 g / n), through the bf16 matmul
+    expected = (x.bfloat16().float().T @ (-2 * direction / 8)).to(torch.bfloat16).float()
+    torch.testing.assert_close(weight.grad, expected, rtol=2e-2, atol=1e-4)
+    # the old target: F^- from a second, differently rounded evaluation of the same point
+    F_minus = (x.double() @ weight.detach().double()).float()
+    old = (F_theta.float() - (F_minus + direction)).square().mean(dim=1)
+    assert (old > 2 * loss).all()  # bf16's rounding outweighs g there
 
 
 # ------------------------------------------------------------------ MeanFlow on an analytic flow

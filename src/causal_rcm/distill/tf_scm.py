@@ -9,7 +9,15 @@ its consistency function is f = cos t x_t - sin t F_theta. The distillation loss
     cos t sin t dF^-/dt = JVP of F_theta^- along (cos t sin t dx_t/dt, cos t sin t)
     g = -cos^2 t (F^- - dx_t/dt) - r (cos t sin t x_t + cos t sin t dF^-/dt)
     g <- g / (||g|| + c)                                         (tangent normalisation)
-    L = || F_theta - F^- - g ||^2                                (F^- = stop-grad F_theta)
+    L = || F_theta - sg(F_theta) - g ||^2                        (sg = stop-gradient)
+
+The target's F^- is the stop-gradient of the very forward that carries the gradient, not the
+JVP pass's output: the two are the same function at the same point, but under bf16 autocast they
+differ by rounding, and that difference is not small next to a normalised g. On the CPU with
+``train.precision=bf16`` (2026-12-02, the shipped causal teacher, batch 16), taking F^- from the
+JVP pass made the loss 0.0009 at the first steps against 0.00015 in fp32: five parts in six of
+the regression target were rounding noise. With sg(F_theta) the loss is ||g||^2 at any
+precision and its gradient is exactly sCM's, -2 g . dF_theta/dtheta (:func:`scm_loss`).
 
 with the tangent warm-up r going 0 -> 1 over ``objective.tangent_warmup`` steps and the
 scaling of the JVP tangents by cos t sin t (rCM), which keeps them bounded near t = pi/2. The
@@ -66,6 +74,13 @@ def scm_direction(
     return g / (norm + c), norm
 
 
+def scm_loss(F_theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample sCM loss ``mean ||F_theta - sg(F_theta) - g||^2`` (B,): its value is ``mean g^2`` and its
+    gradient ``-2 g / n`` per element of ``F_theta`` exactly, whatever the precision ``F_theta`` was computed in."""
+    F_theta = F_theta.float()
+    return (F_theta - (F_theta.detach() + g.detach())).square().flatten(1).mean(dim=1)
+
+
 @register_recipe("tf-scm")
 def tf_scm_config() -> Config:
     config = distill_config("tf-scm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
@@ -108,10 +123,7 @@ class TFSCMRecipe(TFDistillRecipe):
 
         keep = finite_rows(g, dxdt, F_minus)
         g = torch.where(keep[:, None, None, None, None], g, torch.zeros_like(g))
-        F_theta = F_noisy(x_t, t).float()
-        target = (F_minus + g).detach()
-        per_sample = (F_theta - target).square().flatten(1).mean(dim=1)
-        loss = masked_mean(per_sample, keep)
+        loss = masked_mean(scm_loss(F_noisy(x_t, t), g), keep)
         metrics = {
             "tangent_r": r,
             "g_norm": float(g_norm[keep].mean()) if keep.any() else float("nan"),
