@@ -23,6 +23,7 @@ def main(path: str) -> None:
     model, world, _ = load_for_eval(path, device="cpu")
     C, F, h = model.config.in_dim, world.data.num_frames, world.data.resolution // world.data.codec_factor
     n = 32
+
     def centroids(word: str, s: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame centroid (x, y) of the red mass in the x0 prediction, averaged over the n draws."""
         context = world.encode_text([f"a red circle moves {word}"] * n)
