@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,27 @@ def test_help_lists_every_command():
     result = subprocess.run(_console_script() + ["--help"], capture_output=True, text=True)
     for command in ("quickstart", "train", "eval", "generate", "serve", "convert", "bench", "experiment"):
         assert command in result.stdout
+
+
+_WORKER = """
+import atexit, sys
+atexit.register(lambda: print("exit handler ran", flush=True))
+class Finalised:
+    def __del__(self):
+        print("finalised", flush=True)
+keep = Finalised()
+sys.argv = ["causal-rcm", "train", "no-such-recipe"]
+from causal_rcm.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_torchrun_workers_run_exit_handlers_but_skip_finalisation(world_size):
+    # gloo's worker threads can abort a torchrun worker during interpreter finalisation (cli._leave_process_group_worker)
+    env = {**os.environ, "WORLD_SIZE": world_size}
+    result = subprocess.run([sys.executable, "-c", _WORKER], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no-such-recipe" in result.stderr
+    assert "exit handler ran" in result.stdout
+    assert ("finalised" in result.stdout) == (world_size == "1")

@@ -337,22 +337,50 @@ def _check_writable(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    code = _run(argv)
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_process_group_worker(code)
+    if code:
+        sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="causal-rcm", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return 2
     except TrainingStopped as exc:
         click.echo(f"training stopped: {exc}", err=True)
-        sys.exit(3)
+        return 3
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    return 0
+
+
+def _leave_process_group_worker(code: int) -> None:
+    """End a torchrun worker without interpreter finalisation, once its command is done.
+
+    The command has already left the process group (``train.parallel.shutdown``), but gloo's worker
+    threads outlive it while FSDP's device mesh still holds the group. A finished barrier there can
+    drop the last reference to an earlier all-gather's Python tensors after the main thread has begun
+    finalising; taking the GIL then ends the thread with a forced unwind and libstdc++ aborts
+    ("terminate called without an active exception", SIGABRT, about one run in 30 on 2 CPU cores;
+    seen in gdb on torch 2.13, the race pytorch/pytorch#179291 describes). Exit handlers still run
+    here, with the interpreter whole; only finalisation is skipped.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
