@@ -1,6 +1,6 @@
-"""Why a shapes-world teacher misses motion direction: two probes of a bidirectional checkpoint, on the CPU.
+"""Why a shapes-world teacher misses motion direction: three probes of a bidirectional checkpoint, on the CPU.
 
-    python scripts/probe_direction.py checkpoints/shapes/teacher/model
+    python scripts/probe_direction.py checkpoints/shapes/teacher/model [SAMPLES]
 
 1. Per-frame centroid (x, px) of the red mass in the teacher's x0 prediction from pure noise (s = 1) and at
    s = 0.9, for "a red circle moves left" against "... right" on the same 32 noise draws (the optimal
@@ -10,17 +10,21 @@
    for a fixed shuffle of them, and for a horizontal flip. A model blind to the order of time would be
    equivariant to both frame maps; one that tells earlier from later frames only weakly has a reversal error
    well below its shuffle error.
+3. Sampled videos (the checkpoint's own sampler) for "a red circle moves left" against "... right", and for
+   "up" against "down", on the same noise draws: the direction the oracle detects in each. A model that reads
+   a direction word's sign moves the circle opposite ways for the two words; one that reads only its axis
+   makes the same motion for both, its sign set by the noise.
 """
 
 import sys
 
 import torch
 
-from causal_rcm.eval.shapes import load_for_eval
+from causal_rcm.eval.shapes import load_for_eval, sample_videos
 
 
-def main(path: str) -> None:
-    model, world, _ = load_for_eval(path, device="cpu")
+def main(path: str, samples: int = 16) -> None:
+    model, world, spec = load_for_eval(path, device="cpu")
     C, F, h = model.config.in_dim, world.data.num_frames, world.data.resolution // world.data.codec_factor
     n = 32
 
@@ -58,7 +62,17 @@ def main(path: str) -> None:
         }
     print(f"equivariance error (output mean |v| {y.abs().mean().item():.3f}): "
           + ", ".join(f"{k} {v:.3f}" for k, v in errors.items()))
+    for pair in (("left", "right"), ("up", "down")):
+        detected = []
+        for word in pair:
+            captions = [f"a red circle moves {word}"] * samples
+            report = world.oracle.evaluate(sample_videos(model, world, captions, spec, seed=0), captions)
+            detected.append([next((o.direction for o in v.detected if o.colour == "red"), None) for v in report.videos])
+        same = sum(a is not None and a == b for a, b in zip(*detected))
+        follows = [sum(d == word for d in found) for word, found in zip(pair, detected)]
+        print(f"samples, {pair[0]} / {pair[1]} on the same {samples} draws: follows the word {follows[0]} / {follows[1]}, "
+              f"the same motion for both on {same}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/shapes/teacher/model")
+    main(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/shapes/teacher/model", *(int(a) for a in sys.argv[2:3]))

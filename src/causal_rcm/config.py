@@ -43,6 +43,7 @@ class DataConfig:
     max_shapes: int = 3
     agent: bool = False  # shapes world with one action-driven shape
     codec_factor: int = 4  # pixel-unshuffle factor: 32 px -> 48 x 8 x 8 latents
+    codec_frames: int = 1  # rendered frames packed into one latent frame (its channels); num_frames counts latent frames
     # Latents are normalised to zero mean, unit std: (pixel - shift) * scale, measured over
     # shapes-world videos with PixelCodec.fit (mean -0.81, std 0.52).
     codec_shift: float = -0.81

@@ -294,6 +294,11 @@ class StreamingPipeline:
         self.config = config
         self.device = torch.device(device)
         codec, text = config.codec, config.text
+        if codec.get("frames", 1) != 1:
+            raise UserError(
+                f"the checkpoint's codec packs {codec['frames']} frames into each latent frame; "
+                "the streaming pipeline decodes one frame per latent frame only (score it with `causal-rcm eval`)"
+            )
         self.codec = PixelCodec(codec.get("factor", 1), shift=codec.get("shift", 0.0), scale=codec.get("scale", 1.0))
         self.text_encoder = ToyTextEncoder(dim=text["dim"], text_len=text["text_len"], seed=text.get("seed", 0)).to(self.device)
         mc = model.config

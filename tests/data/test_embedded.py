@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from causal_rcm.config import DataConfig
 from causal_rcm.data.embedded import ShapesWorld
+from causal_rcm.errors import UserError
 
 
 def _world(workers: int) -> ShapesWorld:
@@ -37,3 +39,16 @@ def test_batches_are_normalised_latents_with_context():
     assert abs(batch["latents"].mean().item()) < 0.5 and 0.5 < batch["latents"].std().item() < 2.0
     assert batch["context"].shape == (3, 24, 64)
     assert world.empty_context(2).shape == (2, 24, 64)
+
+
+def test_packed_codec_renders_codec_frames_per_latent_frame():
+    world = ShapesWorld(DataConfig(workers=0, num_frames=4, codec_frames=2), text_dim=64, local_batch=2)
+    batch = world.next_batch()
+    assert batch["latents"].shape == (2, 96, 4, 8, 8) == (2, *world.latent_shape())
+    assert world.codec.decode(batch["latents"]).shape == (2, 3, 8, 32, 32)  # 8 rendered frames
+    ref = world.eval_set(4, num_frames=8)  # num_frames counts latent frames: 16 rendered
+    assert ref["video"].shape == (4, 3, 16, 32, 32)
+    assert world.oracle.evaluate(ref["video"], ref["scene"]).metrics["direction_accuracy"] > 0.9
+    assert world.pipeline_section()["codec"]["frames"] == 2
+    with pytest.raises(UserError, match="one action per latent frame"):
+        ShapesWorld(DataConfig(workers=0, agent=True, codec_frames=2, num_frames=4), text_dim=64)

@@ -119,6 +119,7 @@ def test_non_finite_losses_are_skipped_and_stop_the_run(tmp_path, monkeypatch):
         (["train", "teacher", "train.steps=abc"], "train.steps: cannot read 'abc' as int"),
         (["train", "teacher", "steps"], "not of the form section.key=value"),
         (["eval", "--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
+        (["train", "teacher", "data.codec_frames=2", "data.num_frames=4"], "set model.in_dim=96 model.out_dim=96"),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message):
@@ -200,3 +201,18 @@ def test_cosine_schedule_anneals_over_steps_or_the_time_guard(tmp_path):
     assert record["lr"] == pytest.approx(1e-4)
     with pytest.raises(UserError, match="optim.schedule must be one of"):
         load_config("teacher", None, ["optim.schedule=linear"])
+
+
+def test_teacher_on_a_packed_codec_trains_and_is_scored(tmp_path):
+    out = tmp_path / "packed"
+    args = ["train", "teacher", *FAST, "train.steps=2", "train.ckpt_every=100", "data.codec_frames=2", "data.num_frames=4",
+            "model.in_dim=96", "model.out_dim=96", f"train.out_dir={out}"]
+    subprocess.run(_cli(*args), check=True, env=_env(), capture_output=True)
+    scored = subprocess.run(_cli("eval", "--checkpoint", str(out / "model"), "--videos", "2", "--json", str(tmp_path / "m.json")),
+                            env=_env(), capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr
+    assert "caption_adherence" in json.loads((tmp_path / "m.json").read_text())
+    from causal_rcm import StreamingPipeline
+
+    with pytest.raises(UserError, match="packs 2 frames into each latent frame"):
+        StreamingPipeline.from_pretrained(out / "model")

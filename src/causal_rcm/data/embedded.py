@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .codec import PixelCodec
 from .oracle import ShapesOracle
 from .shapes import ShapesConfig, ShapesDataset
@@ -40,9 +41,11 @@ class ShapesWorld:
         self.data = data
         self.device = torch.device(device)
         self.local_batch = local_batch
-        self.shapes = ShapesConfig(size=data.resolution, num_frames=data.num_frames, max_shapes=data.max_shapes, agent=data.agent)
+        if data.agent and data.codec_frames != 1:
+            raise UserError("data.agent takes one action per latent frame: it needs data.codec_frames=1")
+        self.codec = PixelCodec(data.codec_factor, shift=data.codec_shift, scale=data.codec_scale, frames=data.codec_frames)
+        self.shapes = self._shapes_config(data.num_frames)
         self.dataset = ShapesDataset(self.shapes, seed=data.seed, rank=rank, world_size=world_size)
-        self.codec = PixelCodec(data.codec_factor, shift=data.codec_shift, scale=data.codec_scale)
         self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
         self.oracle = ShapesOracle(self.shapes)
         self._empty: torch.Tensor | None = None
@@ -57,10 +60,15 @@ class ShapesWorld:
         self._pending = None
 
     # ------------------------------------------------------------ shapes
+    def _shapes_config(self, num_frames: int) -> ShapesConfig:
+        """The world rendering videos of ``num_frames`` latent frames (``codec_frames`` rendered frames each)."""
+        frames = num_frames * self.codec.temporal_factor
+        return ShapesConfig(size=self.data.resolution, num_frames=frames, max_shapes=self.data.max_shapes, agent=self.data.agent)
+
     def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
-        """(C, F, h, w) of the latents of one video."""
+        """(C, F, h, w) of the latents of one video of ``num_frames`` latent frames (default ``data.num_frames``)."""
         frames = self.data.num_frames if num_frames is None else num_frames
-        return self.codec.latent_shape(frames, self.data.resolution, self.data.resolution)
+        return self.codec.latent_shape(frames * self.codec.temporal_factor, self.data.resolution, self.data.resolution)
 
     def tokens_per_frame(self, patch: tuple[int, int, int]) -> int:
         _, _, h, w = self.latent_shape()
@@ -132,10 +140,9 @@ class ShapesWorld:
 
     # -------------------------------------------------------------- eval
     def eval_set(self, n: int, num_frames: int | None = None) -> dict[str, Any]:
-        """n fixed evaluation samples (captions, scenes, ground-truth videos) from a held-out stream."""
+        """n fixed evaluation samples (captions, scenes, ground-truth videos) from a held-out stream, ``num_frames`` latent frames long."""
         frames = self.data.num_frames if num_frames is None else num_frames
-        config = ShapesConfig(size=self.data.resolution, num_frames=frames, max_shapes=self.data.max_shapes, agent=self.data.agent)
-        return ShapesDataset(config, seed=self.data.seed + EVAL_SEED_OFFSET).batch(n)
+        return ShapesDataset(self._shapes_config(frames), seed=self.data.seed + EVAL_SEED_OFFSET).batch(n)
 
     def pipeline_section(self) -> dict:
         """The codec / text / world part of a checkpoint's ``pipeline`` config."""
@@ -144,7 +151,7 @@ class ShapesWorld:
             "resolution": self.data.resolution,
             "num_frames": self.data.num_frames,
             "frames_per_chunk": self.data.frames_per_chunk,
-            "codec": {"kind": "pixel", "factor": self.codec.factor, "shift": self.codec.shift, "scale": self.codec.scale},
+            "codec": {"kind": "pixel", "factor": self.codec.factor, "frames": self.codec.frames, "shift": self.codec.shift, "scale": self.codec.scale},
             "text": {"kind": "toy", "dim": self.text.dim, "text_len": self.text.text_len, "seed": self.text.seed},
             "fps": 8,
         }

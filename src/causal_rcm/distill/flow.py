@@ -66,6 +66,14 @@ class DenoisingRecipe(Recipe):
         """``path`` (any checkpoint layout, fp32) or a fresh model of ``config.model``; checks it fits the world."""
         cfg = self.config
         if not path:
+            channels = self.world.latent_shape()[0]
+            if (cfg.model.in_dim, cfg.model.out_dim) != (channels, channels):
+                from ..errors import UserError
+
+                raise UserError(
+                    f"model.in_dim={cfg.model.in_dim} and model.out_dim={cfg.model.out_dim}, but this world's codec gives "
+                    f"{channels}-channel latents: set model.in_dim={channels} model.out_dim={channels}"
+                )
             return CausalWanModel(cfg.model, attn_backend=cfg.attn_backend)
         model = CausalWanModel.from_pretrained(path, attn_backend=cfg.attn_backend, dtype=torch.float32)
         latent_channels = self.world.latent_shape()[0]

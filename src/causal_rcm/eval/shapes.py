@@ -142,7 +142,7 @@ def evaluate(
             long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
     metrics = dict(world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
     if long_videos is not None:
-        metrics.update(drift_metrics(world, long_videos, long_ref["caption"], window=frames))
+        metrics.update(drift_metrics(world, long_videos, long_ref["caption"], window=frames * world.codec.temporal_factor))
     return Evaluation(metrics, videos, ref, long_videos, nfe_per_video=nfe / batches, seconds_per_video=seconds / n)
 
 
@@ -237,7 +237,7 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
     codec, text, sampler = pipe["codec"], pipe["text"], pipe["sampler"]
     data = DataConfig(
         resolution=pipe["resolution"], num_frames=pipe["num_frames"], frames_per_chunk=pipe["frames_per_chunk"],
-        codec_factor=codec["factor"], codec_shift=codec["shift"], codec_scale=codec["scale"], text_len=text["text_len"],
+        codec_factor=codec["factor"], codec_frames=codec.get("frames", 1), codec_shift=codec["shift"], codec_scale=codec["scale"], text_len=text["text_len"],
         text_seed=text["seed"], agent=bool(pipe.get("num_actions")),
     )
     dev = resolve_device(device)
