@@ -51,6 +51,29 @@ def test_stream_equals_causal_sampler_beyond_the_window(tmp_path):
     assert got.std() > 10  # a random model paints noise, not a flat frame
 
 
+@pytest.mark.parametrize("mode", ["chunk", "frame"])
+def test_packed_codec_streams_its_frames_in_order_and_cuts_the_last(tmp_path, mode):
+    """Two frames per latent frame: 7 frames = 4 latent frames decoded and cut, the same as causal_sample's."""
+    pipe = load(tmp_path, codec_frames=2, solver="euler", steps=2, sink_frames=1, window_frames=2)
+    assert pipe.video_frames == 16 and pipe.latent_shape(3) == (96, 3, 8, 8)
+    stream = list(pipe.stream(PROMPT_A, seed=5, num_frames=7, mode=mode))
+    assert [f.index for f in stream] == list(range(7))
+    assert [f.chunk for f in stream] == ([0, 0, 0, 0, 1, 1, 1] if mode == "chunk" else [0, 0, 1, 1, 2, 2, 3])
+    fc = 2 if mode == "chunk" else 1
+    with torch.no_grad():
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 5, [fc] * (4 // fc)), pipe.encode_prompt(PROMPT_A), frames_per_chunk=fc,
+            steps=2, shift=3.0, solver="euler", guidance=1.0, sink_frames=1, window_frames=2,
+        )
+    close_uint8(frames_of(stream), pipe.decode(latents)[:7])
+    assert pipe.generate(PROMPT_A).shape == (16, 32, 32, 3)  # the training length: 8 latent frames
+
+
+def test_packed_codec_with_actions_is_refused(tmp_path):
+    with pytest.raises(UserError, match="one frame per latent frame"):
+        load(tmp_path, codec_frames=2, num_actions=5)
+
+
 def test_modes_seeds_and_lengths(tmp_path):
     pipe = load(tmp_path)
     frame_mode = list(pipe.stream(PROMPT_A, mode="frame", num_frames=5))

@@ -159,7 +159,8 @@ class Stream:
         self._closed = False
         self._buffer: deque[StreamFrame] = deque()
         self._chunk = 0
-        self._frame = 0
+        self._frame = 0  # decoded frames made
+        self._latent = 0  # latent frames committed (each decodes to codec.temporal_factor frames)
         self._start = time.perf_counter()
 
     # ------------------------------------------------------------- control
@@ -198,8 +199,9 @@ class Stream:
     @torch.inference_mode()
     def _next_chunk(self) -> None:
         pipe, fc = self._pipe, self.frames_per_chunk
+        per_latent = pipe.codec.temporal_factor
         if self.num_frames is not None:
-            fc = min(fc, self.num_frames - self._frame)
+            fc = min(fc, -(-(self.num_frames - self._frame) // per_latent))
         started = time.perf_counter()
         with self._lock:
             pending, self._pending = self._pending, None
@@ -213,7 +215,10 @@ class Stream:
             guidance=self._guidance, neg_context=self._neg, generator=self._generator, **kwargs,
         )  # (1, C, fc, h, w)
         self._remember(x0, actions)
-        frames = pipe.decode(x0)  # (fc, H, W, 3)
+        self._latent += fc
+        frames = pipe.decode(x0)  # (fc T, H, W, 3)
+        if self.num_frames is not None:
+            frames = frames[: self.num_frames - self._frame]  # a packed last latent frame may overshoot
         done = time.perf_counter()
         for image in frames:
             self._buffer.append(StreamFrame(image, self._frame, self._chunk, self.prompt, done - started, done - self._start))
@@ -229,7 +234,7 @@ class Stream:
     def _remember(self, x0: torch.Tensor, actions: torch.Tensor | None) -> None:
         """Keep the committed chunk while the cache still covers it (sink chunks always)."""
         item = (self._chunk, x0, actions)
-        if self._frame < self._sink:
+        if self._latent < self._sink:
             self._sink_chunks.append(item)
         self._recent.append(item)
 
@@ -294,12 +299,9 @@ class StreamingPipeline:
         self.config = config
         self.device = torch.device(device)
         codec, text = config.codec, config.text
-        if codec.get("frames", 1) != 1:
-            raise UserError(
-                f"the checkpoint's codec packs {codec['frames']} frames into each latent frame; "
-                "the streaming pipeline decodes one frame per latent frame only (score it with `causal-rcm eval`)"
-            )
-        self.codec = PixelCodec(codec.get("factor", 1), shift=codec.get("shift", 0.0), scale=codec.get("scale", 1.0))
+        self.codec = PixelCodec(
+            codec.get("factor", 1), shift=codec.get("shift", 0.0), scale=codec.get("scale", 1.0), frames=codec.get("frames", 1),
+        )
         self.text_encoder = ToyTextEncoder(dim=text["dim"], text_len=text["text_len"], seed=text.get("seed", 0)).to(self.device)
         mc = model.config
         if mc.in_dim != self.codec.latent_channels or mc.out_dim != self.codec.latent_channels:
@@ -311,6 +313,8 @@ class StreamingPipeline:
             raise UserError(f"the model takes text_dim {mc.text_dim} but the text encoder makes {self.text_encoder.dim}")
         if config.num_actions and mc.num_actions != config.num_actions:
             raise UserError(f"the pipeline config has {config.num_actions} actions, the model {mc.num_actions}")
+        if config.num_actions and self.codec.temporal_factor != 1:
+            raise UserError("an action-conditioned checkpoint needs one frame per latent frame (codec frames 1)")
 
     @classmethod
     def from_pretrained(
@@ -341,9 +345,14 @@ class StreamingPipeline:
     def frame_size(self) -> tuple[int, int]:
         return self.config.resolution, self.config.resolution
 
+    @property
+    def video_frames(self) -> int:
+        """Decoded frames of a training-length video: ``num_frames`` latent frames, each ``codec.temporal_factor`` frames."""
+        return self.config.num_frames * self.codec.temporal_factor
+
     def latent_shape(self, num_frames: int) -> tuple[int, int, int, int]:
         """(C, F, h, w) of ``num_frames`` latent frames."""
-        return self.codec.latent_shape(num_frames, *self.frame_size)
+        return self.codec.latent_shape(num_frames * self.codec.temporal_factor, *self.frame_size)
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """(1, L, D) context of one prompt; UserError for words outside the vocabulary or too many tokens."""
@@ -453,7 +462,7 @@ class StreamingPipeline:
         if cfg.causal:
             stream = self.stream(
                 prompt, steps=steps, mode=mode, seed=seed, guidance=guidance,
-                num_frames=cfg.num_frames if num_frames is None else num_frames, actions=actions, times=times,
+                num_frames=self.video_frames if num_frames is None else num_frames, actions=actions, times=times,
             )
             schedule = sorted(switches, key=lambda s: s[0])
             frames = []
@@ -464,10 +473,10 @@ class StreamingPipeline:
             return np.stack(frames)
         if switches:
             raise UserError("prompt switching needs a causal checkpoint; this one is bidirectional")
-        if num_frames is not None and num_frames != cfg.num_frames:
+        if num_frames is not None and num_frames != self.video_frames:
             raise UserError(
-                f"this bidirectional checkpoint generates exactly its training length, {cfg.num_frames} frames "
-                f"({cfg.num_frames / cfg.fps:g} s); a causal checkpoint generates any length"
+                f"this bidirectional checkpoint generates exactly its training length, {self.video_frames} frames "
+                f"({self.video_frames / cfg.fps:g} s); a causal checkpoint generates any length"
             )
         if actions is not None:
             raise UserError("actions need a causal world-model checkpoint")
