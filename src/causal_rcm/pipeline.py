@@ -406,7 +406,8 @@ class StreamingPipeline:
         Args:
             prompt: the text prompt (switch it later with :meth:`Stream.switch_prompt`).
             steps: sampler steps per chunk (default: the checkpoint's; 1-4 for distilled students).
-            mode: ``"chunk"`` (the checkpoint's frames_per_chunk per chunk) or ``"frame"`` (one).
+            mode: ``"chunk"`` (the checkpoint's frames_per_chunk latent frames per chunk) or ``"frame"`` (one;
+                a packed codec decodes each latent frame to its ``frames`` frames).
             seed: seeds the noise of every chunk.
             guidance: CFG scale (default: the checkpoint's; 1 = no unconditional branch).
             num_frames: stop after this many frames; None = unbounded.
