@@ -25,6 +25,8 @@ from causal_rcm.eval.shapes import load_for_eval, sample_videos
 
 def main(path: str, samples: int = 16) -> None:
     model, world, spec = load_for_eval(path, device="cpu")
+    if world.codec.temporal_factor != 1:  # reversing latent frames would not reverse the frames packed in each
+        sys.exit(f"{path}: the probes need one frame per latent frame; its codec packs {world.codec.temporal_factor}")
     C, F, h = model.config.in_dim, world.data.num_frames, world.data.resolution // world.data.codec_factor
     n = 32
 

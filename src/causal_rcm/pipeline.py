@@ -159,8 +159,7 @@ class Stream:
         self._closed = False
         self._buffer: deque[StreamFrame] = deque()
         self._chunk = 0
-        self._frame = 0  # decoded frames made
-        self._latent = 0  # latent frames committed (each decodes to codec.temporal_factor frames)
+        self._frame = 0  # decoded frames made (codec.temporal_factor per latent frame; only a last chunk is cut)
         self._start = time.perf_counter()
 
     # ------------------------------------------------------------- control
@@ -199,9 +198,8 @@ class Stream:
     @torch.inference_mode()
     def _next_chunk(self) -> None:
         pipe, fc = self._pipe, self.frames_per_chunk
-        per_latent = pipe.codec.temporal_factor
         if self.num_frames is not None:
-            fc = min(fc, -(-(self.num_frames - self._frame) // per_latent))
+            fc = min(fc, math.ceil((self.num_frames - self._frame) / pipe.codec.temporal_factor))
         started = time.perf_counter()
         with self._lock:
             pending, self._pending = self._pending, None
@@ -215,7 +213,6 @@ class Stream:
             guidance=self._guidance, neg_context=self._neg, generator=self._generator, **kwargs,
         )  # (1, C, fc, h, w)
         self._remember(x0, actions)
-        self._latent += fc
         frames = pipe.decode(x0)  # (fc T, H, W, 3)
         if self.num_frames is not None:
             frames = frames[: self.num_frames - self._frame]  # a packed last latent frame may overshoot
@@ -234,7 +231,7 @@ class Stream:
     def _remember(self, x0: torch.Tensor, actions: torch.Tensor | None) -> None:
         """Keep the committed chunk while the cache still covers it (sink chunks always)."""
         item = (self._chunk, x0, actions)
-        if self._latent < self._sink:
+        if self._frame // self._pipe.codec.temporal_factor < self._sink:  # latent frames committed before this chunk
             self._sink_chunks.append(item)
         self._recent.append(item)
 

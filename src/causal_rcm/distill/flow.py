@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import Config, register_recipe
 from ..diffusion.schedules import shift_time
+from ..errors import UserError
 from ..eval.shapes import SamplerSpec, direction_word_gap, evaluate_model
 from ..models import masks
 from ..models.wan import CausalWanModel
@@ -65,24 +66,19 @@ class DenoisingRecipe(Recipe):
     def load_model(self, path: str) -> CausalWanModel:
         """``path`` (any checkpoint layout, fp32) or a fresh model of ``config.model``; checks it fits the world."""
         cfg = self.config
+        channels = self.world.latent_shape()[0]
         if not path:
-            channels = self.world.latent_shape()[0]
             if (cfg.model.in_dim, cfg.model.out_dim) != (channels, channels):
-                from ..errors import UserError
-
                 raise UserError(
                     f"model.in_dim={cfg.model.in_dim} and model.out_dim={cfg.model.out_dim}, but this world's codec gives "
                     f"{channels}-channel latents: set model.in_dim={channels} model.out_dim={channels}"
                 )
             return CausalWanModel(cfg.model, attn_backend=cfg.attn_backend)
         model = CausalWanModel.from_pretrained(path, attn_backend=cfg.attn_backend, dtype=torch.float32)
-        latent_channels = self.world.latent_shape()[0]
-        if model.config.in_dim != latent_channels or model.config.text_dim != self.world.text.dim:
-            from ..errors import UserError
-
+        if model.config.in_dim != channels or model.config.text_dim != self.world.text.dim:
             raise UserError(
                 f"{path} takes {model.config.in_dim}-channel latents and {model.config.text_dim}-dim text, "
-                f"but this world gives {latent_channels} and {self.world.text.dim}"
+                f"but this world gives {channels} and {self.world.text.dim}"
             )
         return model
 
@@ -96,8 +92,6 @@ class DenoisingRecipe(Recipe):
     def num_chunks(self) -> int:
         fpc = self.config.data.frames_per_chunk
         if self.config.data.num_frames % fpc:
-            from ..errors import UserError
-
             raise UserError(f"data.num_frames={self.config.data.num_frames} is not a multiple of data.frames_per_chunk={fpc}")
         return self.config.data.num_frames // fpc
 
@@ -114,8 +108,6 @@ class DenoisingRecipe(Recipe):
         elif obj.time_sampling == "logit_normal":
             u = torch.sigmoid(rnd.randn(batch, groups))
         else:
-            from ..errors import UserError
-
             raise UserError(f"objective.time_sampling must be uniform or logit_normal, got {obj.time_sampling!r}")
         s = shift_time(u, obj.shift).clamp(1e-4, 1.0)
         return s.repeat_interleave(frames_per_group, dim=1)
