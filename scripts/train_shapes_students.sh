@@ -11,7 +11,8 @@ out=${1:?usage: train_shapes_students.sh OUT_DIR [TEACHERS_DIR]}
 teachers=${2:-checkpoints/shapes}
 cli=${CAUSAL_RCM:-causal-rcm}
 common="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=32 data.frames_per_chunk=2 train.export_dtype=float16"
-extra=${EXTRA:-}
+extra=${EXTRA:-}  # more overrides for both stages
+scm_extra=${SCM_EXTRA:-} dmd_extra=${DMD_EXTRA:-}  # ... for one stage (e.g. SCM_EXTRA="optim.lr=5e-5")
 
 stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
     local recipe=$1 dir=$2 seconds=$3; shift 3
@@ -25,6 +26,6 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 # cm-convergence of 2026-12-02 (docs/results/cm_convergence_gpu_2026-12-02.md) TF-sCM at 1e-4, batch 64 and
 # a 300-step tangent warm-up fell to 2-step caption adherence 0.23 in 600 steps.
 stage tf-scm "$out/tf-scm" "${SCM_SECONDS:-200}" train.steps=2000 train.eval_every=500 \
-    train.teacher="$teachers/causal-teacher/model"
+    train.teacher="$teachers/causal-teacher/model" $scm_extra
 stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-190}" train.steps=1000 train.eval_every=250 \
-    train.teacher="$teachers/teacher/model" train.init="$out/tf-scm/model"
+    train.teacher="$teachers/teacher/model" train.init="$out/tf-scm/model" $dmd_extra
