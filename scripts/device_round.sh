@@ -30,7 +30,7 @@ packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"
 
 students() {  # students NAME SCM_EXTRA DMD_EXTRA: TF-sCM then SF-DMD from $root/teachers into $root/NAME
     mkdir -p "$root/$1"
-    EXTRA=$extra SCM_EXTRA=$2 DMD_EXTRA=$3 SCM_SECONDS=${SCM_SECONDS:-200} DMD_SECONDS=${DMD_SECONDS:-180} \
+    EXTRA=$extra SCM_EXTRA=$2 DMD_EXTRA=$3 SCM_SECONDS=${SCM_SECONDS:-200} \
         bash scripts/train_shapes_students.sh "$root/$1" "$root/teachers" > "$root/$1/log.txt" 2>&1
 }
 
@@ -58,9 +58,10 @@ EOF
         mkdir -p "$root/teachers"
         ln -sfn "$PWD/$shipped/teacher" "$root/teachers/teacher"
         ln -sfn "$PWD/$best" "$root/teachers/causal-teacher"
-        students st-a "" "" &
-        students st-b "optim.lr=5e-5 objective.tangent_warmup=300" "" &
-        students st-c "optim.lr=1e-4 objective.tangent_warmup=300" "optim.lr=2e-5" &
+        # (the script's TF-sCM defaults are st-b's settings since 2026-12-03; st-a is the recipe's defaults)
+        students st-a "optim.lr=2e-5 objective.tangent_warmup=1000" "" &
+        students st-b "" "" &
+        students st-c "optim.lr=1e-4" "optim.lr=2e-5" &
     else
         echo "no causal teacher finished" > "$root/students.txt"
     fi
@@ -70,21 +71,30 @@ EOF
 }
 
 collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have passed, then pack
-    local deadline=$((SECONDS + $1)) dir name
-    local room=$((7 - $(ls "$out" | wc -l)))  # the device tool returns at most 8 files, logs.tar one of them
+    # The device tool returns at most 8 files of 16 MiB, 64 MiB together (on 2026-12-03 a 7-tar return went over the
+    # total and one tar stayed behind, then was lost with the machine): a tar is marked sent only if it fits.
+    local deadline=$((SECONDS + $1)) dir name size
+    local room=$((7 - $(ls "$out" | wc -l)))  # logs.tar is the eighth file
+    local bytes=$(( (60 << 20) - $(du -cb "$out" | tail -1 | cut -f1) ))
     while [ ! -f "$root/DONE" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
     for dir in "$root"/*/*/train_report.json; do
         [ -f "$dir" ] || continue
         dir=$(dirname "$dir")
+        [ -L "$(dirname "$dir")" ] || [ -L "$dir" ] && continue  # runs/gpu/teachers: links to the teachers used
         name=$(basename "$(dirname "$dir")")-$(basename "$dir")
         [ -f "$dir/.sent" ] && continue
         [ "$room" -gt 0 ] || break
-        tar -C "$(dirname "$dir")" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb "$(basename "$dir")"
+        tar -C "$(dirname "$dir")" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb --exclude .sent "$(basename "$dir")"
+        size=$(stat -c %s "$out/$name.tar")
+        if [ "$size" -gt "$bytes" ]; then rm "$out/$name.tar"; continue; fi  # a smaller one may still fit
         touch "$dir/.sent"
-        room=$((room - 1))
+        room=$((room - 1)) bytes=$((bytes - size))
     done
     tar -cf "$out/logs.tar" "$root"/*/log.txt "$root"/*.txt 2>/dev/null || true
     grep -h "^trained\|caption_adherence \|direction_accuracy \|long_drift " "$root"/*/log.txt 2>/dev/null || true
+    ls "$root"/*/*/train_report.json 2>/dev/null | while read -r r; do
+        [ -f "$(dirname "$r")/.sent" ] || echo "not returned yet: $(dirname "$r") (collect again)"
+    done
     [ -f "$root/DONE" ] && echo "pipeline done" || echo "pipeline still running"
 }
 
