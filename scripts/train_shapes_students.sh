@@ -10,7 +10,8 @@ set -euo pipefail
 out=${1:?usage: train_shapes_students.sh OUT_DIR [TEACHERS_DIR]}
 teachers=${2:-checkpoints/shapes}
 cli=${CAUSAL_RCM:-causal-rcm}
-common="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=32 data.frames_per_chunk=2 train.export_dtype=float16"
+# Evaluations on 48 held-out prompts (the shipped students of 2026-12-03 had the trainer's 16: 0.06 a video)
+common="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=32 data.frames_per_chunk=2 train.export_dtype=float16 train.eval_videos=48"
 extra=${EXTRA:-}  # more overrides for both stages
 scm_extra=${SCM_EXTRA:-} dmd_extra=${DMD_EXTRA:-}  # ... for one stage (e.g. SCM_EXTRA="optim.lr=5e-5")
 
