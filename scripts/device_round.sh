@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device session's GPU work for the shapes-world recipe: the stream bench alone on the GPU, then a
 # training pipeline that runs on in its own process session across the device tool's calls (a warm
-# machine keeps its processes' session, runs/ and /tmp between calls; each call is at most 10 minutes):
+# machine keeps its processes' session, runs/ and /tmp between calls; each call is at most 10 minutes). The
+# device tool gives an idle machine back after about 30 s, and everything on it is lost: call collect at once.
 #   bash scripts/device_round.sh start    # bench stream 1,2,4 steps, compiled (alone), then starts the
 #                                         # pipeline, then collects until the call's time is nearly up
 #   bash scripts/device_round.sh collect  # waits for the pipeline (at most COLLECT_SECONDS) and collects
@@ -12,8 +13,8 @@
 #      final caption adherence) in three settings (st-a, st-b, st-c), and the shipped teacher's committed
 #      command again (repro: reproducibility).
 # A collect call returns, under $OUT, one tar per finished stage folder not returned before (without
-# checkpoint.pt and tb/), as many as fit in the tool's 8 files, and the logs in logs.tar. The start call needs the diffusers wheel
-# in .whl/ (carry it; see device_session.sh).
+# checkpoint.pt and tb/), as many as fit in the tool's 8 files and 64 MiB, and the logs in logs.tar. The start
+# call needs the diffusers wheel in .whl/ (carry it; see device_session.sh).
 set -euo pipefail
 stage=${1:?usage: device_round.sh start|collect}
 out=${OUT:-/tmp/out}

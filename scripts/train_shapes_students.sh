@@ -25,7 +25,7 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 
 # TF-sCM at lr 5e-5 with a 300-step tangent warm-up (the recipe's defaults: 2e-5, 1000), SF-DMD at the recipe's
 # 1e-5: the shipped students' settings. On one H200 (2026-12-03, docs/results/shapes_attempt6.md; ~500 TF-sCM steps
-# in 200 s, three settings side by side) the 2-step TF-sCM caption was 0.80 at the defaults, 0.86 with these and
+# in 200 s, three settings side by side; the trainer's 16 prompts) the 2-step TF-sCM caption was 0.80 at the defaults, 0.86 with these and
 # 0.93 / 0.91 (two runs) at lr 1e-4; the 1e-4 students were not returned whole from the device, so these ship.
 # (The GPU cm-convergence's collapse at 1e-4, docs/results/cm_convergence_gpu_2026-12-02.md, predates the bf16 target
 # fix of docs/results/scm_bf16_target_2026-12-02.md.)
