@@ -242,7 +242,7 @@ def _ground_truth(q: Quickstart) -> dict:
     ref = world.eval_set(n)
     long = world.eval_set(n, num_frames=frames * q.budget.drift_factor)
     metrics = dict(world.oracle.evaluate(ref["video"], ref["scene"]).metrics)
-    metrics.update(drift_metrics(world, long["video"], long["caption"], window=frames * world.codec.temporal_factor))
+    metrics.update(drift_metrics(world, long["video"], long["caption"]))
     videos = {"samples": to_uint8(ref["video"][:SAMPLE_ROWS]), "long": to_uint8(long["video"][:SAMPLE_ROWS])}
     return {
         "source": "ground truth",

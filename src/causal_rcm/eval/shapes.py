@@ -142,13 +142,15 @@ def evaluate(
             long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
     metrics = dict(world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
     if long_videos is not None:
-        metrics.update(drift_metrics(world, long_videos, long_ref["caption"], window=frames * world.codec.temporal_factor))
+        metrics.update(drift_metrics(world, long_videos, long_ref["caption"]))
     return Evaluation(metrics, videos, ref, long_videos, nfe_per_video=nfe / batches, seconds_per_video=seconds / n)
 
 
-def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[str], window: int) -> dict[str, float]:
-    """Caption adherence / temporal consistency over the first and the last ``window`` frames of long
-    videos (B, 3, F, H, W), and the oracle's drift between them, averaged over videos (``long_*`` keys)."""
+def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
+    """Caption adherence / temporal consistency over the first and the last training-length window (the world's
+    rendered frames of one video, ``world.shapes.num_frames``) of long videos (B, 3, F, H, W), and the oracle's
+    drift between them, averaged over videos (``long_*`` keys)."""
+    window = world.shapes.num_frames
     first, last, drift = [], [], []
     for i in range(len(captions)):
         d = world.oracle.drift(long_videos[i : i + 1], captions[i], window=window)
