@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# One device session's GPU work for the shapes-world recipe: the stream bench alone on the GPU, then a
-# training pipeline that runs on in its own process session across the device tool's calls (a warm
-# machine keeps its processes' session, runs/ and /tmp between calls; each call is at most 10 minutes). The
-# device tool gives an idle machine back after about 30 s, and everything on it is lost: call collect at once.
-#   bash scripts/device_round.sh start    # bench stream 1,2,4 steps, compiled (alone), then starts the
+# One device session's GPU work for the shapes-world recipe: a training pipeline that runs on in its own
+# process session across the device tool's calls (a warm machine keeps its processes' session, runs/ and /tmp
+# between calls; each call is at most 10 minutes). The device tool gives an idle machine back after about
+# 30 s, and everything on it is lost: call collect at once.
+#   bash scripts/device_round.sh start    # (START_BENCH=1: first the stream bench, compiled, alone) starts the
 #                                         # pipeline, then collects until the call's time is nearly up
 #   bash scripts/device_round.sh collect  # waits for the pipeline (at most COLLECT_SECONDS) and collects
-# The pipeline, from the shipped teachers (checkpoints/shapes):
-#   1. side by side: causal teachers from the shipped teacher at time shifts 3 and 8 (ct-s3, ct-s8), the
-#      teacher with the packed codec (2 frames per latent frame; packed), the compiled-blocks GPU test;
-#   2. once both causal teachers are done, side by side: TF-sCM -> SF-DMD from the better one (by its
-#      final caption adherence) in three settings (st-a, st-b, st-c), and the shipped teacher's committed
-#      command again (repro: reproducibility).
+# The pipeline (the earlier rounds' pipelines are in git history and docs/results/shapes_attempt*.md):
+#   1. side by side: two packed-codec teachers from scratch (p1: patch 1, p2: patch 2; TEACHER_SECONDS each),
+#      experiment cm-convergence from the shipped causal teacher, and SF-DMD from the shipped TF-sCM on rollouts
+#      of the training length (dmd-a) and of twice it (dmd-long);
+#   2. the causal teacher from the better packed teacher, then its TF-sCM and SF-DMD students (st).
 # A collect call returns, under $OUT, one tar per finished stage folder not returned before (without
 # checkpoint.pt and tb/), as many as fit in the tool's 8 files and 64 MiB, and the logs in logs.tar. The start
 # call needs the diffusers wheel in .whl/ (carry it; see device_session.sh).
@@ -36,37 +35,48 @@ students() {  # students NAME SCM_EXTRA DMD_EXTRA: TF-sCM then SF-DMD from $root
 }
 
 pipeline() {
-    local pids=() best
-    mkdir -p "$root/packed" "$root/ct-s3" "$root/ct-s8" "$root/repro"
-    STAGES=teacher EXTRA="$packed $extra" bash scripts/train_shapes_teachers.sh "$root/packed" > "$root/packed/log.txt" 2>&1 &
-    for k in 3 8; do
-        STAGES=causal-teacher TEACHER_INIT=$shipped/teacher/model EXTRA="objective.shift=$k $extra" \
-            bash scripts/train_shapes_teachers.sh "$root/ct-s$k" > "$root/ct-s$k/log.txt" 2>&1 &
-        pids+=($!)
+    local best
+    local dmd="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=16 data.frames_per_chunk=2"
+    dmd+=" train.export_dtype=float16 train.eval_videos=48 train.eval_every=100 train.steps=600 train.max_seconds=480 optim.lr=2e-5"
+    dmd+=" objective.critic_steps=3 train.init=$shipped/tf-scm/model train.teacher=$shipped/teacher/model $extra"
+    mkdir -p "$root/p1" "$root/p2" "$root/cmc"
+    # 1. side by side: two packed-codec teachers from scratch (18 min each), patch 1 (4x the tokens: more spatial
+    #    detail for shapes) and patch 2; cm-convergence from the shipped causal teacher (issue #6); SF-DMD from the
+    #    shipped TF-sCM at the CPU's settings, on rollouts of the training length and of twice it (issue #7)
+    STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$packed model.patch_size=[1,1,1] $extra" \
+        bash scripts/train_shapes_teachers.sh "$root/p1" > "$root/p1/log.txt" 2>&1 &
+    STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$packed $extra" \
+        bash scripts/train_shapes_teachers.sh "$root/p2" > "$root/p2/log.txt" 2>&1 &
+    local teachers=$(jobs -p)
+    (timeout "${CM_SECONDS:-1000}" $CAUSAL_RCM experiment cm-convergence -t "$shipped/causal-teacher/model" --steps 600 --eval-every 100 \
+        -n 48 -o "$root/cmc/out" optim.lr=1e-4 train.batch_size=64 objective.tangent_warmup=300 data.workers=3 $extra \
+        > "$root/cmc/log.txt" 2>&1 || true
+     tar -C "$root/cmc" -cf "$root/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model out log.txt) &
+    for name in dmd-a dmd-long; do
+        mkdir -p "$root/$name"
+        local more=""; [ "$name" = dmd-long ] && more="objective.rollout_frames=16"
+        (echo "$CAUSAL_RCM train sf-dmd $dmd train.out_dir=$root/$name/sf-dmd $more" > "$root/$name/command.txt"
+         $CAUSAL_RCM train sf-dmd $dmd train.out_dir="$root/$name/sf-dmd" $more > "$root/$name/log.txt" 2>&1 || true) &
     done
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_wan.py -k compiled \
-        > "$root/gpu_compile_test.txt" 2>&1 || true
-    wait "${pids[@]}" || true
-    best=$(python3 - "$root" <<'EOF'
+    wait $teachers || true
+    # 2. the causal teacher from the better packed teacher: direction >= 0.8 first, then caption adherence
+    best=$(python3 - "$root" <<'PY'
 import json, pathlib, sys
-reports = pathlib.Path(sys.argv[1]).glob("ct-s*/causal-teacher/train_report.json")
-score = {r.parent: json.loads(r.read_text())["eval"]["caption_adherence"] for r in reports}
+score = {}
+for r in pathlib.Path(sys.argv[1]).glob("p*/teacher/train_report.json"):
+    e = json.loads(r.read_text())["eval"]
+    score[r.parent.parent.name] = (e["direction_accuracy"] >= 0.8, e["caption_adherence"])
 print(max(score, key=score.get) if score else "")
-EOF
+PY
 )
+    echo "causal teacher from ${best:-nothing}" > "$root/choice.txt"
     if [ -n "$best" ]; then
-        echo "students from $best" > "$root/students.txt"
-        mkdir -p "$root/teachers"
-        ln -sfn "$PWD/$shipped/teacher" "$root/teachers/teacher"
-        ln -sfn "$PWD/$best" "$root/teachers/causal-teacher"
-        # (the script's TF-sCM defaults are st-b's settings since 2026-12-03; st-a is the recipe's defaults)
-        students st-a "optim.lr=2e-5 objective.tangent_warmup=1000" "" &
-        students st-b "" "" &
-        students st-c "optim.lr=1e-4" "optim.lr=2e-5" &
-    else
-        echo "no causal teacher finished" > "$root/students.txt"
+        local patch=""; [ "$best" = p1 ] && patch="model.patch_size=[1,1,1]"
+        STAGES=causal-teacher EXTRA="$packed $patch $extra" bash scripts/train_shapes_teachers.sh "$root/$best" >> "$root/$best/log.txt" 2>&1 || true
+        # 3. its students (the shipped students' script; TF-sCM at lr 1e-4, the best of attempt 6)
+        mkdir -p "$root/st"
+        EXTRA="$packed $extra" SCM_EXTRA="optim.lr=1e-4" bash scripts/train_shapes_students.sh "$root/st" "$root/$best" > "$root/st/log.txt" 2>&1 || true
     fi
-    STAGES=teacher EXTRA=$extra bash scripts/train_shapes_teachers.sh "$root/repro" > "$root/repro/log.txt" 2>&1 || true
     wait || true
     touch "$root/DONE"
 }
@@ -91,7 +101,14 @@ collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have 
         touch "$dir/.sent"
         room=$((room - 1)) bytes=$((bytes - size))
     done
-    tar -cf "$out/logs.tar" "$root"/*/log.txt "$root"/*.txt 2>/dev/null || true
+    for dir in "$root"/*.tar; do  # tars the pipeline made itself (e.g. cm-convergence.tar)
+        [ -f "$dir" ] && [ ! -f "$dir.sent" ] && [ "$room" -gt 0 ] || continue
+        size=$(stat -c %s "$dir")
+        [ "$size" -gt "$bytes" ] && continue
+        cp "$dir" "$out/" && touch "$dir.sent"
+        room=$((room - 1)) bytes=$((bytes - size))
+    done
+    tar -cf "$out/logs.tar" "$root"/*/log.txt "$root"/*/command.txt "$root"/*.txt 2>/dev/null || true
     grep -h "^trained\|caption_adherence \|direction_accuracy \|long_drift " "$root"/*/log.txt 2>/dev/null || true
     ls "$root"/*/*/train_report.json 2>/dev/null | while read -r r; do
         [ -f "$(dirname "$r")/.sent" ] || echo "not returned yet: $(dirname "$r") (collect again)"
@@ -101,8 +118,10 @@ collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have 
 
 case "$stage" in
     start)
-        OUT=$out BENCH_JVP=0 BENCH_EAGER=0 BENCH_TEST=0 timeout "${BENCH_SECONDS:-480}" \
-            bash scripts/device_session.sh bench || echo "bench exited $?"
+        if [ "${START_BENCH:-0}" = 1 ]; then
+            OUT=$out BENCH_JVP=0 BENCH_EAGER=0 BENCH_TEST=0 timeout "${BENCH_SECONDS:-480}" \
+                bash scripts/device_session.sh bench || echo "bench exited $?"
+        fi
         setsid nohup bash "$0" pipeline > "$root/pipeline.txt" 2>&1 < /dev/null &
         collect $((${CALL_SECONDS:-580} - SECONDS)) ;;
     pipeline) pipeline ;;

@@ -146,6 +146,26 @@ def test_given_teachers_are_used_and_a_short_causal_run_is_trained_here(fast_run
     assert "**teacher: given** (`--teachers`)" in (out / "report.md").read_text()
 
 
+def test_given_teachers_in_another_world_train_the_stages_here_in_it(tmp_path):
+    """Teachers of the packed codec (two frames per latent frame, four latent frames): the runs here take their world."""
+    from causal_rcm.config import load_config
+    from causal_rcm.train import train
+
+    teachers = tmp_path / "teachers"
+    tiny = ["model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64", "train.batch_size=2", "train.steps=1",
+            "train.eval_videos=0", "train.progress=false", "train.device=cpu",
+            "data.codec_frames=2", "data.num_frames=4", "model.in_dim=96", "model.out_dim=96"]
+    train(load_config("teacher", None, tiny + [f"train.out_dir={teachers / 'teacher'}"]), restart=True)
+    train(load_config("causal-teacher", None, tiny + [f"train.out_dir={teachers / 'causal-teacher'}",
+                                                      f"train.init={teachers / 'teacher' / 'model'}"]), restart=True)
+    out = tmp_path / "packed"
+    result = cli("quickstart", "--fast", "--teachers", str(teachers), "--device", "cpu", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("causal-teacher-here", "tf-scm", "sf-dmd"):
+        data = json.loads((out / stage / "config.json").read_text())["data"]
+        assert (data["codec_frames"], data["num_frames"]) == (2, 4), stage
+
+
 def test_other_options_in_the_same_folder_are_refused(fast_run, capsys):
     out, _, _ = fast_run
     assert run_main("quickstart", "--fast", "--from-scratch", "--device", "cpu", "--minutes", "1", "--out", str(out)) == 2

@@ -31,6 +31,9 @@ from .errors import UserError
 __all__ = ["SHIPPED_TEACHERS", "TEACHERS", "Budget", "BUDGETS", "Stage", "STAGES", "Quickstart", "run_quickstart"]
 
 SHIPPED_TEACHERS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
+# The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
+WORLD_KEYS = ("world", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
+              "codec_shift", "codec_scale", "text_len", "text_seed")
 """The shipped teachers, in the source tree: ``teacher/`` and ``causal-teacher/``, each a
 ``causal-rcm train`` output folder (``model/`` = safetensors + config, the resolved
 ``config.json``, ``command.txt``, ``train_report.json``, ``metrics.jsonl``), as written by
@@ -144,6 +147,15 @@ class Quickstart:
         """The shipped teacher's resolved config (its world and architecture), or None for the recipe's defaults."""
         shipped = self.shipped.get("teacher")
         return None if shipped is None else shipped / "config.json"
+
+    def world_overrides(self) -> tuple[str, ...]:
+        """``data.*`` overrides that give a training run the shipped teacher's world (its codec, video length,
+        text encoder), e.g. the packed codec of ``data.codec_frames=2``; none when the teachers are trained here."""
+        config = self.teacher_config_file()
+        if config is None:
+            return ()
+        data = json.loads(config.read_text()).get("data", {})
+        return tuple(f"data.{key}={data[key]}" for key in WORLD_KEYS if key in data)
 
     def model(self, stage: str) -> Path:
         """The checkpoint an earlier stage produced or used."""
@@ -282,7 +294,7 @@ def _causal_teacher_here(q: Quickstart) -> dict:
     4x rollout at 50 steps with CFG would take a CPU run minutes more."""
     if q.shipped.get("causal-teacher") is None:
         return {"skipped": "the causal teacher itself was trained here in this run"}
-    training = q.train("causal-teacher-here", "causal-teacher", init=q.model("teacher"))
+    training = q.train("causal-teacher-here", "causal-teacher", init=q.model("teacher"), overrides=q.world_overrides())
     model = q.dir("causal-teacher-here") / "model"
     return {"source": "trained here", "training": training, **q.evaluate("causal-teacher-here", model, drift=False)}
 
@@ -296,7 +308,7 @@ def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Ca
 
     def run(q: Quickstart) -> dict:
         shipped = q.shipped.get(name)
-        overrides = (f"train.teacher={q.model(teacher).resolve()}",)
+        overrides = (*q.world_overrides(), f"train.teacher={q.model(teacher).resolve()}")
         init_path = None if init is None else q.model(init)
         training = q.train(name, recipe, init=init_path, overrides=overrides)
         here = q.dir(name) / "model"

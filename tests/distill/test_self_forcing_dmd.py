@@ -62,6 +62,17 @@ def test_gradient_reaches_only_each_chunks_exit_step_and_no_refresh(exit_step, s
     assert grads and any(g.abs().max() > 0 for g in grads.values())
 
 
+def test_chunks_before_grad_from_chunk_run_without_gradient():
+    model = Recorder(random_model(small_config(), backend="math"))
+    noise, context = _inputs(F=6)
+    video = self_forcing_rollout(model, noise, context, grid=flow_time_grid(2, 3.0), exit_step=1, frames_per_chunk=2, grad_from_chunk=2)
+    denoise = [c["grad"] for c in model.calls if not c["refresh"]]
+    assert denoise == [False, False, False, False, False, True]  # 3 chunks x 2 steps: only the last chunk's exit step
+    assert video.requires_grad
+    video.square().sum().backward()  # the ungraded chunks contribute nothing, and nothing fails
+    assert all(c["grad"] is False for c in model.calls if c["refresh"])
+
+
 def test_rollout_memory_does_not_grow_with_sampler_steps():
     model = random_model(small_config(), backend="math")
     noise, context = _inputs()
@@ -130,6 +141,38 @@ def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(teachers
     meta = json.loads((out / "model" / "config.json").read_text())
     assert meta["pipeline"]["causal"] and meta["pipeline"]["sampler"]["guidance"] == 1.0
     assert 0 <= summary["eval"]["caption_adherence"] <= 1
+
+
+def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp_path, monkeypatch):
+    """objective.rollout_frames: the student rolls out past the training length, DMD sees the last window."""
+    import causal_rcm.distill.dmd as dmd
+
+    lengths = []
+    real = dmd.self_forcing_rollout
+
+    def spy(model, noise, *args, grad_from_chunk=0, **kwargs):
+        lengths.append((noise.shape[2], grad_from_chunk))
+        return real(model, noise, *args, grad_from_chunk=grad_from_chunk, **kwargs)
+
+    monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
+    out = tmp_path / "long"
+    config = load_config("sf-dmd", None, FAST + ["train.steps=6", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
+                                                 "objective.critic_steps=1", "objective.rollout_frames=8"])
+    train(config, restart=True)
+    # data.num_frames=4 in chunks of 2: rollouts of 4, 6 or 8 frames, gradient from the chunk that starts the last 4
+    assert lengths and all(n in (4, 6, 8) and g == (n - 4) // 2 for n, g in lengths)
+    assert len({n for n, _ in lengths}) > 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/' in line]
+    assert len(records) == 6 and all("loss/student" in r and "loss/critic" in r for r in records)
+
+
+@pytest.mark.parametrize("frames", [2, 5])
+def test_a_bad_rollout_length_is_refused_at_start(teachers, tmp_path, frames):
+    from causal_rcm.errors import UserError
+
+    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", f"objective.rollout_frames={frames}"])
+    with pytest.raises(UserError, match="rollout_frames"):
+        train(config, restart=True)
 
 
 def test_a_diverged_critic_is_reported_and_not_trained_on(teachers, tmp_path):

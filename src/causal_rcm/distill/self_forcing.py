@@ -36,6 +36,7 @@ def self_forcing_rollout(
     sink_frames: int = 0,
     draw_noise: Callable[[torch.Size], torch.Tensor] | None = None,
     actions: torch.Tensor | None = None,
+    grad_from_chunk: int = 0,
 ) -> torch.Tensor:
     """Roll the student out over the whole video; gradient only through each chunk's exit step.
 
@@ -49,8 +50,11 @@ def self_forcing_rollout(
             (the average-velocity jump, no fresh noise).
         draw_noise: shape -> standard normal tensor for the fresh noise between steps.
         actions: (B, F) per-frame actions for world models.
+        grad_from_chunk: chunks before this one run without gradient (a rollout longer than the
+            window that is scored: only the scored chunks need their exit step's graph).
     Returns:
-        (B, C, F, H, W) the generated video; only the exit-step computations carry gradient.
+        (B, C, F, H, W) the generated video; only the exit-step computations of the chunks from
+        ``grad_from_chunk`` on carry gradient.
     """
     N = len(grid) - 1
     if not 0 <= exit_step < N:
@@ -71,7 +75,7 @@ def self_forcing_rollout(
             if solver == "meanflow":  # jump to s_next, or all the way to 0 at the exit step (its x0 estimate)
                 r = 0.0 if i == exit_step else s_next
                 step_kwargs["interval"] = to_net_time(torch.full((B, Fc), s - r, device=x.device))
-            with torch.set_grad_enabled(i == exit_step and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(i == exit_step and c >= grad_from_chunk and torch.is_grad_enabled()):
                 v = model(x, t_net, context, kv_cache=cache, **step_kwargs)
                 if i == exit_step:
                     x0 = velocity_to_x0(v.float(), x.float(), s)  # consistency function f = x - s v
