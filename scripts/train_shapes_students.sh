@@ -23,13 +23,15 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
     $command
 }
 
-# TF-sCM at lr 5e-5 with a 300-step tangent warm-up (the recipe's defaults: 2e-5, 1000), SF-DMD at the recipe's
-# 1e-5: the shipped students' settings. On one H200 (2026-12-03, docs/results/shapes_attempt6.md; ~500 TF-sCM steps
-# in 200 s, three settings side by side; the trainer's 16 prompts) the 2-step TF-sCM caption was 0.80 at the defaults, 0.86 with these and
-# 0.93 / 0.91 (two runs) at lr 1e-4; the 1e-4 students were not returned whole from the device, so these ship.
-# (The GPU cm-convergence's collapse at 1e-4, docs/results/cm_convergence_gpu_2026-12-02.md, predates the bf16 target
-# fix of docs/results/scm_bf16_target_2026-12-02.md.)
+# TF-sCM at lr 1e-4 with a 300-step tangent warm-up (the recipe's defaults: 2e-5, 1000). On one H200 (~500-770
+# TF-sCM steps in 200 s) the 2-step caption was 0.80 at the defaults, 0.86 at lr 5e-5 (the students shipped on
+# 2026-12-03) and 0.93 / 0.91 in two runs at 1e-4 (docs/results/shapes_attempt6.md); from attempt 7's packed causal
+# teacher 0.94 at 1e-4 (shapes_attempt7.md).
+# SF-DMD at lr 2e-5 with 3 critic updates per generator update, batch 16, on rollouts of up to twice the training
+# length (objective.rollout_factor=2), for 200 steps: in attempt 7 (shapes_attempt7.md, 48 prompts every 100 steps)
+# SF-DMD's caption adherence was best at 100-200 steps and fell after, and the longer rollouts halved the drift.
 stage tf-scm "$out/tf-scm" "${SCM_SECONDS:-200}" train.steps=2000 train.eval_every=500 \
-    train.teacher="$teachers/causal-teacher/model" optim.lr=5e-5 objective.tangent_warmup=300 $scm_extra
-stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-180}" train.steps=1000 train.eval_every=250 \
+    train.teacher="$teachers/causal-teacher/model" optim.lr=1e-4 objective.tangent_warmup=300 $scm_extra
+stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-180}" train.steps=200 train.eval_every=50 train.batch_size=16 optim.lr=2e-5 \
+    objective.critic_steps=3 objective.rollout_factor=2 \
     train.teacher="$teachers/teacher/model" train.init="$out/tf-scm/model" $dmd_extra

@@ -125,10 +125,10 @@ class ObjectiveConfig:
     dmd_min_s: float = 0.02  # DMD noise levels drawn uniformly in [min, max], then shifted
     dmd_max_s: float = 0.98
     critic_max_loss: float = 50.0  # a critic loss above this (or non-finite) counts as diverged: not trained on
-    # Self-forcing rollouts longer than the training video (0: data.num_frames): the student rolls out this many
-    # latent frames with a KV-cache window of data.num_frames, and DMD scores a random window of data.num_frames
-    # (the teacher's length) from it, so training meets the rolling cache that long streams run on
-    rollout_frames: int = 0
+    # Self-forcing rollouts longer than the training video: up to this many times data.num_frames, with a KV-cache
+    # window of data.num_frames; DMD scores a random data.num_frames window (the teacher's length) from it, so
+    # training meets the rolling cache that long streams run on (1: the training video itself)
+    rollout_factor: int = 1
     ode_steps: int = 40  # ode-init: teacher Euler steps of each regression pair
     # The full recipe (causal-rcm): a consistency stage, then SF-DMD from its student
     cm_method: str = "tf-scm"  # tf-scm | tf-meanflow | tf-dcm

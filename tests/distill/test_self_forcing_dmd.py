@@ -144,7 +144,7 @@ def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(teachers
 
 
 def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp_path, monkeypatch):
-    """objective.rollout_frames: the student rolls out past the training length, DMD sees the last window."""
+    """objective.rollout_factor: the student rolls out past the training length, DMD sees the last window."""
     import causal_rcm.distill.dmd as dmd
 
     lengths = []
@@ -157,7 +157,7 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
     out = tmp_path / "long"
     config = load_config("sf-dmd", None, FAST + ["train.steps=6", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
-                                                 "objective.critic_steps=1", "objective.rollout_frames=8"])
+                                                 "objective.critic_steps=1", "objective.rollout_factor=2"])
     train(config, restart=True)
     # data.num_frames=4 in chunks of 2: rollouts of 4, 6 or 8 frames, gradient from the chunk that starts the last 4
     assert lengths and all(n in (4, 6, 8) and g == (n - 4) // 2 for n, g in lengths)
@@ -166,12 +166,11 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     assert len(records) == 6 and all("loss/student" in r and "loss/critic" in r for r in records)
 
 
-@pytest.mark.parametrize("frames", [2, 5])
-def test_a_bad_rollout_length_is_refused_at_start(teachers, tmp_path, frames):
+def test_a_bad_rollout_factor_is_refused_at_start(teachers, tmp_path):
     from causal_rcm.errors import UserError
 
-    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", f"objective.rollout_frames={frames}"])
-    with pytest.raises(UserError, match="rollout_frames"):
+    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "objective.rollout_factor=0"])
+    with pytest.raises(UserError, match="rollout_factor"):
         train(config, restart=True)
 
 

@@ -95,14 +95,10 @@ class SFDMDRecipe(TFDistillRecipe):
             raise UserError(f"need 0 <= objective.dmd_min_s < objective.dmd_max_s <= 1, got {obj.dmd_min_s}, {obj.dmd_max_s}")
         if obj.sample_steps < 1:
             raise UserError(f"objective.sample_steps must be >= 1, got {obj.sample_steps}")
-        F, fpc = config.data.num_frames, config.data.frames_per_chunk
-        if obj.rollout_frames and (obj.rollout_frames < F or obj.rollout_frames % fpc):
-            raise UserError(
-                f"objective.rollout_frames={obj.rollout_frames} must be 0 (the training length) or a multiple of "
-                f"data.frames_per_chunk={fpc} that is at least data.num_frames={F}"
-            )
-        if obj.rollout_frames > F and config.data.agent:
-            raise UserError("objective.rollout_frames longer than data.num_frames needs actions for the extra frames: not for agent worlds yet")
+        if obj.rollout_factor < 1:
+            raise UserError(f"objective.rollout_factor must be >= 1 (1: rollouts of the training length), got {obj.rollout_factor}")
+        if obj.rollout_factor > 1 and config.data.agent:
+            raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
 
     def __init__(self, config: Config, world) -> None:
         super().__init__(config, world)
@@ -132,10 +128,11 @@ class SFDMDRecipe(TFDistillRecipe):
     def rollout(self, batch: dict, rnd, *, with_grad: bool) -> tuple[torch.Tensor, int]:
         """The student's video of ``data.num_frames`` latent frames, and the exit step.
 
-        With ``objective.rollout_frames`` R > F = ``data.num_frames`` the video is a window of a longer
-        rollout (as Self-Forcing++, Cui et al. 2025, trains past the teacher's horizon): a chunk-aligned
-        end e in [F, R] is drawn (the same on every rank), the student rolls out e frames with its
-        rolling F-frame cache, and the last F are returned; the chunks before them run without gradient.
+        With ``objective.rollout_factor`` r > 1 the video is a window of a longer rollout (as
+        Self-Forcing++, Cui et al. 2025, trains past the teacher's horizon): a chunk-aligned end e in
+        [F, r F] (F = ``data.num_frames``) is drawn, the same on every rank; the student rolls out e
+        frames with its rolling F-frame cache and the last F are returned, the chunks before them run
+        without gradient.
         """
         obj = self.config.objective
         grid = flow_time_grid(obj.sample_steps, obj.shift)
@@ -143,8 +140,8 @@ class SFDMDRecipe(TFDistillRecipe):
         latents = batch["latents"]
         F, fpc = latents.shape[2], self.frames_per_chunk()
         end = F
-        if obj.rollout_frames > F:
-            end = F + fpc * rnd.shared_randint((obj.rollout_frames - F) // fpc + 1)
+        if obj.rollout_factor > 1:
+            end = F + fpc * rnd.shared_randint((obj.rollout_factor - 1) * F // fpc + 1)
         noise = rnd.randn(latents.shape[0], latents.shape[1], end, *latents.shape[3:]).to(latents.dtype)
         with torch.set_grad_enabled(with_grad):
             video = self_forcing_rollout(
