@@ -31,13 +31,13 @@ from .errors import UserError
 __all__ = ["SHIPPED_TEACHERS", "TEACHERS", "Budget", "BUDGETS", "Stage", "STAGES", "Quickstart", "run_quickstart"]
 
 SHIPPED_TEACHERS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
-# The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
-WORLD_KEYS = ("world", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
-              "codec_shift", "codec_scale", "text_len", "text_seed")
 """The shipped teachers, in the source tree: ``teacher/`` and ``causal-teacher/``, each a
 ``causal-rcm train`` output folder (``model/`` = safetensors + config, the resolved
 ``config.json``, ``command.txt``, ``train_report.json``, ``metrics.jsonl``), as written by
 ``scripts/train_shapes_teachers.sh``."""
+# The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
+WORLD_KEYS = ("world", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
+              "codec_shift", "codec_scale", "text_len", "text_seed")
 
 TEACHERS = ("teacher", "causal-teacher")
 STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers once a GPU made them (scripts/train_shapes_students.sh)
