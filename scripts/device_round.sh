@@ -9,7 +9,7 @@
 # The pipeline (the earlier rounds' pipelines are in git history and docs/results/shapes_attempt*.md; attempt 7's
 # at commit 3938230):
 #   1. side by side: the packed-codec teacher from scratch twice (ship, and repro: the same command again, for
-#      reproducibility; TEACHER_SECONDS each) and two SF-DMD settings from the shipped TF-sCM (dmd-c10, dmd-g15);
+#      reproducibility; TEACHER_SECONDS each) and three SF-DMD settings from the shipped TF-sCM (dmd-c10, dmd-g15, dmd-scm);
 #   2. the causal teacher from ship's teacher (CAUSAL_SECONDS), then its TF-sCM and SF-DMD students (st).
 # In all ~1600 s of a device session's 1800: collect at once after each call.
 # A collect call returns, under $OUT, one tar per finished stage folder not returned before (without
@@ -34,7 +34,7 @@ pipeline() {
     # 1. side by side: the packed-codec teacher (patch 2; shapes_attempt7.md: caption 0.955, direction 0.993 in 1080 s)
     #    twice, the run to ship and its reproducibility rerun, and SF-DMD from the shipped TF-sCM on rollouts of twice
     #    the training length with more critic updates (dmd-c10) or a lower real-score guidance (dmd-g15) (issue #7:
-    #    its caption adherence fell with the length of the run in attempt 7)
+    #    its caption adherence fell with the length of the run in attempt 7), or with rCM's TF-sCM regulariser (dmd-scm)
     for name in ship repro; do
         STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$packed $extra" \
             bash scripts/train_shapes_teachers.sh "$root/$name" > "$root/$name/log.txt" 2>&1 &
@@ -43,9 +43,11 @@ pipeline() {
     dmd+=" data.frames_per_chunk=2 train.export_dtype=float16 train.eval_videos=48 train.eval_every=100 train.steps=600"
     dmd+=" train.max_seconds=480 optim.lr=2e-5 objective.critic_steps=3 objective.rollout_factor=2"
     dmd+=" train.init=$shipped/tf-scm/model train.teacher=$shipped/teacher/model"
-    for name in dmd-c10 dmd-g15; do
+    for name in dmd-c10 dmd-g15 dmd-scm; do
         mkdir -p "$root/$name"
-        local more="objective.critic_steps=10"; [ "$name" = dmd-g15 ] && more="objective.guidance=1.5"
+        local more="objective.critic_steps=10"
+        [ "$name" = dmd-g15 ] && more="objective.guidance=1.5"
+        [ "$name" = dmd-scm ] && more="objective.scm_weight=1 train.cm_teacher=$shipped/causal-teacher/model"
         (echo "$CAUSAL_RCM train sf-dmd $dmd train.out_dir=$root/$name/sf-dmd $more $extra" > "$root/$name/command.txt"
          $CAUSAL_RCM train sf-dmd $dmd train.out_dir="$root/$name/sf-dmd" $more $extra > "$root/$name/log.txt" 2>&1 || true) &
     done

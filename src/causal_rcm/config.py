@@ -95,6 +95,7 @@ class TrainConfig:
     init: str = ""  # checkpoint to initialise the trainable model from
     teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes
     dmd_teacher: str = ""  # causal-rcm: the teacher SF-DMD matches (default: train.teacher)
+    cm_teacher: str = ""  # sf-dmd with objective.scm_weight > 0: the causal teacher of the TF-sCM regulariser
     progress: bool = True
     export_dtype: str = "float32"  # weights of the exported model: float32 | float16 | bfloat16 (training state stays fp32)
 
@@ -129,6 +130,9 @@ class ObjectiveConfig:
     # window of data.num_frames; DMD scores a random data.num_frames window (the teacher's length) from it, so
     # training meets the rolling cache that long streams run on (1: the training video itself)
     rollout_factor: int = 1
+    # rCM's regulariser: sf-dmd adds this times the TF-sCM loss on data batches (train.cm_teacher's tangents) to
+    # the generator's DMD loss (0: pure DMD)
+    scm_weight: float = 0.0
     ode_steps: int = 40  # ode-init: teacher Euler steps of each regression pair
     # The full recipe (causal-rcm): a consistency stage, then SF-DMD from its student
     cm_method: str = "tf-scm"  # tf-scm | tf-meanflow | tf-dcm

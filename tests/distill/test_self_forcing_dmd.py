@@ -174,6 +174,31 @@ def test_a_bad_rollout_factor_is_refused_at_start(teachers, tmp_path):
         train(config, restart=True)
 
 
+def test_the_scm_regulariser_adds_the_weighted_tf_scm_loss_to_dmd(teachers, tmp_path):
+    """objective.scm_weight (rCM): the generator's loss is DMD's plus w x TF-sCM's on the data batch."""
+    out = tmp_path / "reg"
+    config = load_config("sf-dmd", None, FAST + [
+        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.critic_steps=1",
+        "objective.scm_weight=0.5", f"train.cm_teacher={teachers['causal-teacher']}",
+    ])
+    train(config, restart=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/student"' in line]
+    assert len(records) == 3
+    for r in records:
+        assert r["student/scm_loss"] > 0 and r["student/dmd_loss"] >= 0
+        assert r["loss/student"] == pytest.approx(r["student/dmd_loss"] + 0.5 * r["student/scm_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("which, message", [("none", "needs train.cm_teacher"), ("teacher", "bidirectional")])
+def test_the_scm_regulariser_needs_a_causal_teacher(teachers, tmp_path, which, message):
+    from causal_rcm.errors import UserError
+
+    extra = [] if which == "none" else [f"train.cm_teacher={teachers[which]}"]
+    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "objective.scm_weight=1", *extra])
+    with pytest.raises(UserError, match=message):
+        train(config, restart=True)
+
+
 def test_a_diverged_critic_is_reported_and_not_trained_on(teachers, tmp_path):
     out = tmp_path / "div"
     config = load_config("sf-dmd", None, FAST + [
@@ -224,3 +249,13 @@ def test_the_full_recipe_runs_both_stages_and_resumes(teachers, tmp_path):
     before = (out / "stage1-tf-scm" / "checkpoint.pt").stat().st_mtime
     main(argv)  # resumes: both stages are complete, nothing is retrained
     assert (out / "stage1-tf-scm" / "checkpoint.pt").stat().st_mtime == before
+
+
+def test_the_full_recipe_gives_its_sf_dmd_stage_the_causal_teacher_for_the_scm_regulariser(tmp_path):
+    from causal_rcm.distill.full_recipe import CausalRCMRecipe
+
+    base = [f"train.out_dir={tmp_path}", "train.teacher=ct", "train.dmd_teacher=bt"]
+    _, dmd = CausalRCMRecipe.stage_configs(load_config("causal-rcm", None, base + ["objective.scm_weight=0.1"]))
+    assert (dmd.recipe, dmd.train.teacher, dmd.train.cm_teacher, dmd.objective.scm_weight) == ("sf-dmd", "bt", "ct", 0.1)
+    _, plain = CausalRCMRecipe.stage_configs(load_config("causal-rcm", None, base))
+    assert plain.train.cm_teacher == "" and plain.objective.scm_weight == 0

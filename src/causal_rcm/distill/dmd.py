@@ -17,6 +17,10 @@ The samples come from :func:`~.self_forcing.self_forcing_rollout` (Self Forcing,
 through each chunk's exit step. The teacher is usually the bidirectional one (the best score
 of whole videos); a causal teacher is evaluated with the block-causal mask.
 
+With ``objective.scm_weight`` w > 0 the generator's loss is DMD's plus w times the TF-sCM loss on the
+data batch, with the tangents of the causal teacher ``train.cm_teacher`` (rCM's regulariser, Zheng
+et al. 2025: the consistency loss keeps the quality and diversity that DMD's mode seeking loses).
+
 Safety: samples whose DMD gradient is not finite are dropped and counted; if none is left, or
 the critic's loss is not finite or above ``objective.critic_max_loss``, that update is
 rejected (``skipped/<group>`` in the logs), and ``optim.max_bad_steps`` such steps in a row
@@ -38,6 +42,7 @@ from ..models import masks
 from ..train.parallel import global_mean, global_sum
 from .self_forcing import self_forcing_rollout
 from .teacher_forcing import TFDistillRecipe, check_chunks, distill_config, finite_rows, masked_mean
+from .tf_scm import TFSCMRecipe
 
 
 @register_recipe("sf-dmd")
@@ -99,6 +104,31 @@ class SFDMDRecipe(TFDistillRecipe):
             raise UserError(f"objective.rollout_factor must be >= 1 (1: rollouts of the training length), got {obj.rollout_factor}")
         if obj.rollout_factor > 1 and config.data.agent:
             raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
+        if obj.scm_weight < 0:
+            raise UserError(f"objective.scm_weight must be >= 0, got {obj.scm_weight}")
+        if obj.scm_weight > 0:
+            cls.check_scm_regulariser(config)
+
+    @staticmethod
+    def check_scm_regulariser(config: Config) -> None:
+        """rCM's TF-sCM regulariser needs a causal teacher for its tangents, a consistency student and a JVP backend."""
+        from ..models.adapters import read_pipeline_config
+        from .teacher_forcing import resolve_jvp_backend
+
+        path = config.train.cm_teacher
+        if not path:
+            raise UserError(
+                "objective.scm_weight > 0 needs train.cm_teacher=PATH: the causal teacher whose tangents the TF-sCM "
+                "regulariser uses (`causal-rcm train causal-teacher`)"
+            )
+        if not Path(path).exists():
+            raise UserError(f"train.cm_teacher not found: {path}")
+        pipeline = read_pipeline_config(path)
+        if pipeline and not pipeline.get("causal", False):
+            raise UserError(f"train.cm_teacher={path} is a bidirectional model; the TF-sCM regulariser needs a causal teacher")
+        if config.model.interval_embedding:
+            raise UserError("objective.scm_weight > 0 regularises a consistency student; this one is a MeanFlow student")
+        config.objective.jvp_backend = resolve_jvp_backend(config)
 
     def __init__(self, config: Config, world) -> None:
         super().__init__(config, world)
@@ -113,6 +143,9 @@ class SFDMDRecipe(TFDistillRecipe):
         self.teacher_causal = bool(read_pipeline_config(cfg.train.teacher).get("causal", False))
         self.student = (self.load_model(cfg.train.init) if cfg.train.init else self.student_from(self.teacher)).to(device).train()
         self.critic = self.load_model(cfg.train.teacher).to(device).train()
+        self.cm_teacher = None
+        if cfg.objective.scm_weight > 0:
+            self.cm_teacher = self.load_model(cfg.train.cm_teacher).to(device).eval().requires_grad_(False)
 
     def trainable(self):
         return {"student": self.student, "critic": self.critic}
@@ -176,13 +209,19 @@ class SFDMDRecipe(TFDistillRecipe):
                 )
                 v_fake = self.critic(x_s, 1000 * s, context, mask=mask, **kwargs)
             loss, keep, grad = dmd_generator_loss(video, velocity_to_x0(v_real.float(), x_s, s), velocity_to_x0(v_fake.float(), x_s, s))
-            if global_sum(keep.sum().float()) == 0:  # the same decision on every rank
-                loss = None
-            out["student"] = (loss, {
+            metrics = {
                 "exit_step": float(exit_step),
                 "dmd_grad_rms": float(grad[keep].square().mean().sqrt()) if keep.any() else float("nan"),
                 "nonfinite_samples": float((~keep).sum()),
-            })
+            }
+            if global_sum(keep.sum().float()) == 0:  # the same decision on every rank
+                loss = None
+            elif self.cm_teacher is not None:  # rCM: DMD + w * TF-sCM on the data batch (full tangent, r = 1)
+                scm, scm_metrics = TFSCMRecipe.scm_terms(self, batch, rnd, 1.0, self.cm_teacher)
+                metrics.update({"dmd_loss": float(loss.detach()), "scm_loss": float(scm.detach()),
+                                **{f"scm_{k}": v for k, v in scm_metrics.items() if k != "tangent_r"}})
+                loss = loss + obj.scm_weight * scm
+            out["student"] = (loss, metrics)
         out["critic"] = self.critic_loss(video.detach(), context, rnd, mask, kwargs)
         return out
 

@@ -7,8 +7,9 @@ into ``OUT/stage2-sf-dmd``, matching ``train.dmd_teacher`` (default ``train.teac
 bidirectional teacher is the usual choice). Every other setting (model, data, batch, seeds,
 evaluation) is shared. Each stage is an ordinary training run that resumes from its own
 checkpoint, so an interrupted run continues where it stopped; the final student is copied to
-``OUT/model`` and ``OUT/train_report.json`` holds both stages' reports. (rCM's option of keeping
-the sCM loss as a regulariser during DMD is not implemented.)
+``OUT/model`` and ``OUT/train_report.json`` holds both stages' reports. With
+``objective.scm_weight`` > 0 the SF-DMD stage keeps the TF-sCM loss as a regulariser (as rCM
+does), with the causal teacher ``train.teacher``'s tangents.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class CausalRCMRecipe(Recipe):
         dmd.train.out_dir = str(out / "stage2-sf-dmd")
         dmd.train.teacher = config.train.dmd_teacher or config.train.teacher
         dmd.train.init = str(out / f"stage1-{obj.cm_method}" / "model")
+        if obj.scm_weight > 0:
+            dmd.train.cm_teacher = config.train.cm_teacher or config.train.teacher
         dmd.optim.lr = obj.dmd_lr
         return [cm, dmd]
 

@@ -194,13 +194,14 @@ class TFDistillRecipe(DenoisingRecipe):
         """``[0 | t]``: (B, 2F), the clean half at t = 0."""
         return torch.cat([torch.zeros_like(t_noisy), t_noisy], dim=1)
 
-    def teacher_velocity(self, x0: torch.Tensor, x_s: torch.Tensor, s: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The teacher's CFG velocity on the noisy half of ``[x0 | x_s]`` at flow times s (B, F); no gradient."""
+    def teacher_velocity(self, x0: torch.Tensor, x_s: torch.Tensor, s: torch.Tensor, batch: dict, teacher=None) -> torch.Tensor:
+        """The (causal) teacher's CFG velocity on the noisy half of ``[x0 | x_s]`` at flow times s (B, F); no gradient.
+        ``teacher``: another causal teacher than ``self.teacher``."""
         F = x0.shape[2]
         context = batch["context"]
         with torch.no_grad():
             v = guided_velocity(
-                self.teacher, self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), context,
+                self.teacher if teacher is None else teacher, self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), context,
                 guidance=self.config.objective.guidance, neg_context=self.world.empty_context(context.shape[0]),
                 mask=self.tf_mask(), **self.tf_actions(batch),
             )

@@ -95,6 +95,14 @@ class TFSCMRecipe(TFDistillRecipe):
 
     def losses(self, batch, rnd, step):
         obj = self.config.objective
+        r = min(1.0, step / obj.tangent_warmup) if obj.tangent_warmup > 0 else 1.0
+        return {"student": self.scm_terms(batch, rnd, r, self.teacher)}
+
+    def scm_terms(self, batch, rnd, r: float, teacher) -> tuple[torch.Tensor, dict]:
+        """The TF-sCM loss of ``self.student`` on ``batch`` with ``teacher``'s tangents at warm-up ``r``, and its metrics.
+
+        Uses only :class:`TFDistillRecipe`'s helpers, so SF-DMD calls it for rCM's regulariser."""
+        obj = self.config.objective
         x0 = batch["latents"]  # (B, C, F, h, w)
         B, _, F, _, _ = x0.shape
         context = batch["context"]
@@ -106,7 +114,7 @@ class TFSCMRecipe(TFDistillRecipe):
         # Teacher PF-ODE tangent dx_t/dt = F_teacher, from its CFG velocity at the flow-matching point.
         s = trigflow_to_flow_time(t)
         x_s = trigflow_to_flow_x(x_t, t).to(x0.dtype)
-        dxdt = velocity_to_trigflow(self.teacher_velocity(x0, x_s, s, batch), x_t, t)
+        dxdt = velocity_to_trigflow(self.teacher_velocity(x0, x_s, s, batch, teacher=teacher), x_t, t)
 
         student = TrigFlowWrapper(self.student)
         mask, actions = self.tf_mask(), self.tf_actions(batch)
@@ -118,7 +126,6 @@ class TFSCMRecipe(TFDistillRecipe):
 
         with torch.no_grad(), attention_backend(self.student, obj.jvp_backend):
             F_minus, cs_dFdt = scm_tangent(F_noisy, x_t, t, dxdt)
-        r = min(1.0, step / obj.tangent_warmup) if obj.tangent_warmup > 0 else 1.0
         g, g_norm = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=r, c=obj.tangent_norm, frames_per_chunk=self.frames_per_chunk())
 
         keep = finite_rows(g, dxdt, F_minus)
@@ -130,4 +137,4 @@ class TFSCMRecipe(TFDistillRecipe):
             "teacher_gap": float((F_minus - dxdt)[keep].square().mean()) if keep.any() else float("nan"),
             "nonfinite_samples": float((~keep).sum()),
         }
-        return {"student": (loss, metrics)}
+        return loss, metrics
