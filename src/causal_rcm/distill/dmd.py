@@ -18,8 +18,8 @@ through each chunk's exit step. The teacher is usually the bidirectional one (th
 of whole videos); a causal teacher is evaluated with the block-causal mask.
 
 With ``objective.scm_weight`` w > 0 the generator's loss is DMD's plus w times the TF-sCM loss on the
-data batch, with the tangents of the causal teacher ``train.cm_teacher`` (rCM's regulariser, Zheng
-et al. 2025: the consistency loss keeps the quality and diversity that DMD's mode seeking loses).
+data batch, with the tangents of the causal teacher ``train.cm_teacher`` (the combination of rCM, Zheng
+et al. 2025, where the sCM loss keeps the diversity that DMD's mode seeking loses).
 
 Safety: samples whose DMD gradient is not finite are dropped and counted; if none is left, or
 the critic's loss is not finite or above ``objective.critic_max_loss``, that update is
