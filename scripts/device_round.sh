@@ -84,13 +84,6 @@ collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have 
         touch "$dir/.sent"
         room=$((room - 1)) bytes=$((bytes - size))
     done
-    for dir in "$root"/*.tar; do  # tars the pipeline made itself (e.g. cm-convergence.tar)
-        [ -f "$dir" ] && [ ! -f "$dir.sent" ] && [ "$room" -gt 0 ] || continue
-        size=$(stat -c %s "$dir")
-        [ "$size" -gt "$bytes" ] && continue
-        cp "$dir" "$out/" && touch "$dir.sent"
-        room=$((room - 1)) bytes=$((bytes - size))
-    done
     tar -cf "$out/logs.tar" "$root"/*/log.txt "$root"/*/command.txt "$root"/*.txt 2>/dev/null || true
     grep -h "^trained\|caption_adherence \|direction_accuracy \|long_drift " "$root"/*/log.txt 2>/dev/null || true
     ls "$root"/*/*/train_report.json 2>/dev/null | while read -r r; do

@@ -23,7 +23,6 @@ def test_collect_packs_what_fits_and_leaves_the_rest_for_the_next_call(tmp_path)
         (folder.parent / "log.txt").write_text("trained 1 steps\n")
     (root / "teachers").mkdir()
     (root / "teachers" / "teacher").symlink_to(root / "a" / "teacher")
-    (root / "cm-convergence.tar").write_bytes(b"0" * 1000)  # a tar the pipeline made itself
     (root / "DONE").touch()
 
     def collect(out: Path) -> set[str]:
@@ -33,7 +32,7 @@ def test_collect_packs_what_fits_and_leaves_the_rest_for_the_next_call(tmp_path)
         return set(os.listdir(out))
 
     first = collect(tmp_path / "out1")
-    assert first == {"a-teacher.tar", "b-tf-scm.tar", "c-sf-dmd.tar", "cm-convergence.tar", "logs.tar"}  # a fourth 15 MiB tar would not fit
+    assert first == {"a-teacher.tar", "b-tf-scm.tar", "c-sf-dmd.tar", "logs.tar"}  # a fourth 15 MiB tar would not fit
     assert sum((tmp_path / "out1" / name).stat().st_size for name in first) <= 64 << 20
     second = collect(tmp_path / "out2")
     assert second == {"d-teacher.tar", "logs.tar"}  # only what the first call left; never the teachers' links

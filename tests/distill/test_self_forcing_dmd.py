@@ -189,11 +189,14 @@ def test_the_scm_regulariser_adds_the_weighted_tf_scm_loss_to_dmd(teachers, tmp_
         assert r["loss/student"] == pytest.approx(r["student/dmd_loss"] + 0.5 * r["student/scm_loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("which, message", [("none", "needs train.cm_teacher"), ("teacher", "bidirectional")])
+@pytest.mark.parametrize("which, message", [
+    ("none", "needs train.cm_teacher"), ("teacher", "bidirectional"), ("chunks", "cm_teacher was trained with 2 frames per chunk"),
+])
 def test_the_scm_regulariser_needs_a_causal_teacher(teachers, tmp_path, which, message):
     from causal_rcm.errors import UserError
 
-    extra = [] if which == "none" else [f"train.cm_teacher={teachers[which]}"]
+    extra = {"none": [], "teacher": [f"train.cm_teacher={teachers['teacher']}"],
+             "chunks": [f"train.cm_teacher={teachers['causal-teacher']}", "data.frames_per_chunk=1"]}[which]
     config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "objective.scm_weight=1", *extra])
     with pytest.raises(UserError, match=message):
         train(config, restart=True)

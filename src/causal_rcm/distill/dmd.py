@@ -41,7 +41,15 @@ from ..errors import UserError
 from ..models import masks
 from ..train.parallel import global_mean, global_sum
 from .self_forcing import self_forcing_rollout
-from .teacher_forcing import TFDistillRecipe, check_chunks, distill_config, finite_rows, masked_mean
+from .teacher_forcing import (
+    TFDistillRecipe,
+    check_causal_teacher,
+    check_chunks,
+    distill_config,
+    finite_rows,
+    masked_mean,
+    resolve_jvp_backend,
+)
 from .tf_scm import TFSCMRecipe
 
 
@@ -112,9 +120,6 @@ class SFDMDRecipe(TFDistillRecipe):
     @staticmethod
     def check_scm_regulariser(config: Config) -> None:
         """rCM's TF-sCM regulariser needs a causal teacher for its tangents, a consistency student and a JVP backend."""
-        from ..models.adapters import read_pipeline_config
-        from .teacher_forcing import resolve_jvp_backend
-
         path = config.train.cm_teacher
         if not path:
             raise UserError(
@@ -123,9 +128,7 @@ class SFDMDRecipe(TFDistillRecipe):
             )
         if not Path(path).exists():
             raise UserError(f"train.cm_teacher not found: {path}")
-        pipeline = read_pipeline_config(path)
-        if pipeline and not pipeline.get("causal", False):
-            raise UserError(f"train.cm_teacher={path} is a bidirectional model; the TF-sCM regulariser needs a causal teacher")
+        check_causal_teacher(config, "train.cm_teacher", path, "the TF-sCM regulariser needs a causal teacher", who="train.cm_teacher")
         if config.model.interval_embedding:
             raise UserError("objective.scm_weight > 0 regularises a consistency student; this one is a MeanFlow student")
         config.objective.jvp_backend = resolve_jvp_backend(config)

@@ -99,6 +99,21 @@ def chunk_norm(x: torch.Tensor, frames_per_chunk: int) -> torch.Tensor:
     return norms.repeat_interleave(frames_per_chunk, dim=1)[:, None, :, None, None]
 
 
+def check_causal_teacher(config: Config, setting: str, path: str, why: str, who: str = "the teacher") -> None:
+    """The checkpoint ``path`` (of ``setting``, e.g. ``train.teacher``), if it exists, is causal with the run's frames
+    per chunk (its teacher-forcing mask is the run's); ``why`` ends the error for a bidirectional one."""
+    from ..models.adapters import read_pipeline_config
+
+    pipeline = read_pipeline_config(path) if Path(path).exists() else {}
+    if pipeline and not pipeline.get("causal", False):
+        raise UserError(f"{setting}={path} is a bidirectional model; {why}")
+    if pipeline and pipeline.get("frames_per_chunk", config.data.frames_per_chunk) != config.data.frames_per_chunk:
+        raise UserError(
+            f"{who} was trained with {pipeline['frames_per_chunk']} frames per chunk, "
+            f"data.frames_per_chunk={config.data.frames_per_chunk}; set them equal"
+        )
+
+
 def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
     """(B,) bool: samples whose every value in every tensor is finite."""
     ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
@@ -123,24 +138,17 @@ class TFDistillRecipe(DenoisingRecipe):
 
     @classmethod
     def prepare(cls, config: Config) -> None:
-        from ..models.adapters import load_checkpoint, read_pipeline_config
+        from ..models.adapters import load_checkpoint
 
         if not config.train.teacher:
             raise UserError(
                 f"{config.recipe} distils a causal teacher: set train.teacher=PATH "
                 "(the model folder written by `causal-rcm train causal-teacher`)"
             )
-        pipeline = read_pipeline_config(config.train.teacher) if Path(config.train.teacher).exists() else {}
-        if pipeline and not pipeline.get("causal", False):
-            raise UserError(
-                f"train.teacher={config.train.teacher} is a bidirectional model; teacher-forcing distillation "
-                "needs a causal teacher (`causal-rcm train causal-teacher`, initialised from the bidirectional one)"
-            )
-        if pipeline and pipeline.get("frames_per_chunk", config.data.frames_per_chunk) != config.data.frames_per_chunk:
-            raise UserError(
-                f"the teacher was trained with {pipeline['frames_per_chunk']} frames per chunk, "
-                f"data.frames_per_chunk={config.data.frames_per_chunk}; set them equal"
-            )
+        check_causal_teacher(
+            config, "train.teacher", config.train.teacher, "teacher-forcing distillation needs a causal teacher "
+            "(`causal-rcm train causal-teacher`, initialised from the bidirectional one)",
+        )
         if not config.train.init:
             config.model = load_checkpoint(config.train.teacher)[0]  # the student takes the teacher's architecture
         config.model = dataclasses.replace(config.model, **cls.student_overrides)
