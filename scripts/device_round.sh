@@ -6,17 +6,20 @@
 #   bash scripts/device_round.sh start    # (START_BENCH=1: first the stream bench, compiled, alone) starts the
 #                                         # pipeline, then collects until the call's time is nearly up
 #   bash scripts/device_round.sh collect  # waits for the pipeline (at most COLLECT_SECONDS) and collects
+#   CHAIN_TEACHER=DIR bash scripts/device_round.sh chain  # a call of its own: the causal teacher and its students
+#                                         # from a carried teacher run folder (CAUSAL_SECONDS, SCM_SECONDS, DMD_SECONDS)
 # The pipeline (the earlier rounds' pipelines are in git history and docs/results/shapes_attempt*.md; attempt 7's
 # at commit 3938230):
 #   1. side by side: the packed-codec teacher from scratch twice (ship, and repro: the same command again, for
-#      reproducibility; TEACHER_SECONDS each) and three SF-DMD settings from the shipped TF-sCM (dmd-c10, dmd-g15, dmd-scm);
+#      reproducibility; TEACHER_SECONDS each);
 #   2. the causal teacher from ship's teacher (CAUSAL_SECONDS), then its TF-sCM and SF-DMD students (st).
-# In all ~1600 s of a device session's 1800: collect at once after each call.
-# A collect call returns, under $OUT, one tar per finished stage folder not returned before (without
+# In all ~1550 s of a device session's 1800 (a machine's start took ~180 s on 2026-12-03): collect at once after
+# each call. SF-DMD can also run on the CPU (200 steps in 159 s on 2 cores: shapes_attempt8.md).
+# A collect call returns (packing as stages finish), under $OUT, one tar per finished stage folder not returned before (without
 # checkpoint.pt and tb/), as many as fit in the tool's 8 files and 64 MiB, and the logs in logs.tar. The start
 # call needs the diffusers wheel in .whl/ (carry it; see device_session.sh).
 set -euo pipefail
-stage=${1:?usage: device_round.sh start|collect}
+stage=${1:?usage: device_round.sh start|collect|chain}
 out=${OUT:-/tmp/out}
 root=runs/gpu
 mkdir -p "$out" "$root"
@@ -31,26 +34,14 @@ packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"
 
 pipeline() {
     mkdir -p "$root/ship" "$root/repro"
-    # 1. side by side: the packed-codec teacher (patch 2; shapes_attempt7.md: caption 0.955, direction 0.993 in 1080 s)
-    #    twice, the run to ship and its reproducibility rerun, and SF-DMD from the shipped TF-sCM on rollouts of twice
-    #    the training length with more critic updates (dmd-c10) or a lower real-score guidance (dmd-g15) (issue #7:
-    #    its caption adherence fell with the length of the run in attempt 7), or with rCM's TF-sCM regulariser (dmd-scm)
+    # 1. side by side: the packed-codec teacher (patch 2) twice, the run to ship and its reproducibility rerun, with
+    #    nothing else on the GPU (attempt 8: 960 s, three SF-DMD runs beside them for the first 6 minutes, ~16800
+    #    steps, caption 0.888 and 0.866 on 192 prompts; attempt 7's 1080 s: 21000 steps: shapes_attempt8.md)
     for name in ship repro; do
         STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$packed $extra" \
             bash scripts/train_shapes_teachers.sh "$root/$name" > "$root/$name/log.txt" 2>&1 &
     done
-    local teachers=$(jobs -p) dmd="train.progress=false train.log_every=50 train.ckpt_every=250 train.batch_size=16"
-    dmd+=" data.frames_per_chunk=2 train.export_dtype=float16 train.eval_videos=48 train.eval_every=100 train.steps=600"
-    dmd+=" train.max_seconds=480 optim.lr=2e-5 objective.critic_steps=3 objective.rollout_factor=2"
-    dmd+=" train.init=$shipped/tf-scm/model train.teacher=$shipped/teacher/model"
-    for name in dmd-c10 dmd-g15 dmd-scm; do
-        mkdir -p "$root/$name"
-        local more="objective.critic_steps=10"
-        [ "$name" = dmd-g15 ] && more="objective.guidance=1.5"
-        [ "$name" = dmd-scm ] && more="objective.scm_weight=1 train.cm_teacher=$shipped/causal-teacher/model"
-        (echo "$CAUSAL_RCM train sf-dmd $dmd train.out_dir=$root/$name/sf-dmd $more $extra" > "$root/$name/command.txt"
-         $CAUSAL_RCM train sf-dmd $dmd train.out_dir="$root/$name/sf-dmd" $more $extra > "$root/$name/log.txt" 2>&1 || true) &
-    done
+    local teachers=$(jobs -p)
     wait $teachers || true
     # 2. the causal teacher from the teacher to ship, then its students (scripts/train_shapes_students.sh's settings)
     STAGES=causal-teacher CAUSAL_SECONDS=${CAUSAL_SECONDS:-120} EXTRA="$packed $extra" \
@@ -64,17 +55,16 @@ pipeline() {
     touch "$root/DONE"
 }
 
-collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have passed, then pack
+pack() {  # one tar under $OUT per finished stage folder not returned before, as many as fit
     # The device tool returns at most 8 files of 16 MiB, 64 MiB together (on 2026-12-03 a 7-tar return went over the
     # total and one tar stayed behind, then was lost with the machine): a tar is marked sent only if it fits.
-    local deadline=$((SECONDS + $1)) dir name size
-    local room=$((7 - $(ls "$out" | wc -l)))  # logs.tar is the eighth file
+    local dir name size
+    local room=$((7 - $(ls "$out" | grep -cv '^logs.tar$')))  # logs.tar is the eighth file
     local bytes=$(( (60 << 20) - $(du -cb "$out" | tail -1 | cut -f1) ))
-    while [ ! -f "$root/DONE" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 5; done
     for dir in "$root"/*/*/train_report.json; do
         [ -f "$dir" ] || continue
         dir=$(dirname "$dir")
-        [ -L "$(dirname "$dir")" ] || [ -L "$dir" ] && continue  # runs/gpu/teachers: links to the teachers used
+        [ -L "$(dirname "$dir")" ] || [ -L "$dir" ] && continue  # links to the teachers used
         name=$(basename "$(dirname "$dir")")-$(basename "$dir")
         [ -f "$dir/.sent" ] && continue
         [ "$room" -gt 0 ] || break
@@ -85,11 +75,29 @@ collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have 
         room=$((room - 1)) bytes=$((bytes - size))
     done
     tar -cf "$out/logs.tar" "$root"/*/log.txt "$root"/*/command.txt "$root"/*.txt 2>/dev/null || true
+}
+
+collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have passed, packing as stages finish
+    # (packing on the way: the files under $OUT come back even when the call is stopped at its limit)
+    local deadline=$((SECONDS + $1))
+    while [ ! -f "$root/DONE" ] && [ "$SECONDS" -lt "$deadline" ]; do pack; sleep 10; done
+    pack
     grep -h "^trained\|caption_adherence \|direction_accuracy \|long_drift " "$root"/*/log.txt 2>/dev/null || true
     ls "$root"/*/*/train_report.json 2>/dev/null | while read -r r; do
-        [ -f "$(dirname "$r")/.sent" ] || echo "not returned yet: $(dirname "$r") (collect again)"
+        [ -L "$(dirname "$r")" ] || [ -f "$(dirname "$r")/.sent" ] || echo "not returned yet: $(dirname "$r") (collect again)"
     done
     [ -f "$root/DONE" ] && echo "pipeline done" || echo "pipeline still running"
+}
+
+chain() {  # the causal teacher and its students from a given teacher (CHAIN_TEACHER, a folder with model/)
+    local teacher=${CHAIN_TEACHER:?set CHAIN_TEACHER to a teacher run folder}
+    mkdir -p "$root/ship" "$root/st"
+    ln -sfn "$(realpath "$teacher")" "$root/ship/teacher"
+    STAGES=causal-teacher CAUSAL_SECONDS=${CAUSAL_SECONDS:-120} EXTRA="$packed $extra" \
+        bash scripts/train_shapes_teachers.sh "$root/ship" > "$root/ship/log.txt" 2>&1 || true
+    EXTRA="$packed $extra" SCM_SECONDS=${SCM_SECONDS:-150} bash scripts/train_shapes_students.sh "$root/st" "$root/ship" \
+        > "$root/st/log.txt" 2>&1 || true
+    touch "$root/DONE"
 }
 
 case "$stage" in
@@ -100,6 +108,10 @@ case "$stage" in
         fi
         setsid nohup bash "$0" pipeline > "$root/pipeline.txt" 2>&1 < /dev/null &
         collect $((${CALL_SECONDS:-580} - SECONDS)) ;;
+    chain)  # a call of its own: CHAIN_TEACHER=DIR bash scripts/device_round.sh chain (packs as stages finish)
+        setsid nohup bash "$0" chain-run > "$root/pipeline.txt" 2>&1 < /dev/null &
+        collect $((${CALL_SECONDS:-580} - SECONDS)) ;;
+    chain-run) chain ;;
     pipeline) pipeline ;;
     collect) collect "${COLLECT_SECONDS:-570}" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

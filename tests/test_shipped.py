@@ -40,7 +40,9 @@ def test_a_shipped_run_records_its_command_and_config(name):
     assert resolved == config
     script = (SHIPPED_TEACHERS.parents[1] / "scripts" / SCRIPT[name]).read_text()
     assert f"stage {name} " in script and "train.export_dtype=float16" in script
-    assert report["device"].startswith("cuda") and report["steps"] > 0 and report["eval"]
+    # made on a GPU, or on the CPU where the command says so (the SF-DMD student of 2026-12-03: 200 steps in 159 s)
+    device = "cpu" if "train.device=cpu" in words else "cuda"
+    assert report["device"].startswith(device) and report["steps"] > 0 and report["eval"]
     assert (run / "metrics.jsonl").read_text().strip()
 
 
@@ -52,4 +54,4 @@ def test_a_shipped_model_is_float16_and_samples_on_the_cpu(name):
     model, world, spec = load_for_eval(run / "model", device="cpu")
     assert next(model.parameters()).dtype == torch.float32
     videos = sample_videos(model, world, ["a red circle moves left"], dataclasses.replace(spec, steps=2), seed=0)
-    assert videos.shape[:3] == (1, 3, world.data.num_frames) and torch.isfinite(videos).all()
+    assert videos.shape[:3] == (1, 3, world.data.num_frames * world.data.codec_frames) and torch.isfinite(videos).all()

@@ -40,7 +40,7 @@ WORLD_KEYS = ("world", "resolution", "num_frames", "max_shapes", "agent", "codec
               "codec_shift", "codec_scale", "text_len", "text_seed")
 
 TEACHERS = ("teacher", "causal-teacher")
-STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers once a GPU made them (scripts/train_shapes_students.sh)
+STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers (scripts/train_shapes_students.sh; see checkpoints/shapes/README.md)
 RESULT = "stage.json"
 OPTIONS = "quickstart.json"
 SAMPLE_ROWS = 4  # prompts shown in the sample grids
