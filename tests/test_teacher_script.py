@@ -1,5 +1,6 @@
 """scripts/train_shapes_teachers.sh: STAGES picks the stages, TEACHER_INIT the causal teacher's start (CPU, 1 step)."""
 
+import json
 import os
 import shlex
 import subprocess
@@ -18,7 +19,10 @@ def test_the_teacher_script_runs_the_causal_stage_alone_from_a_given_teacher(tmp
     teacher = SHIPPED_TEACHERS / "teacher" / "model"
     quick = ("train.steps=1 train.compile=false data.workers=0 train.batch_size=2 train.eval_videos=2 "
              "train.eval_steps=2 train.eval_drift=0 train.export_dtype=float32")
-    env = {**os.environ, "STAGES": "causal-teacher", "TEACHER_INIT": str(teacher), "EXTRA": quick,
+    shipped = json.loads((teacher.parent / "config.json").read_text())  # its world (the shipped one packs frames)
+    world = " ".join([*(f"data.{k}={shipped['data'][k]}" for k in ("codec_frames", "num_frames")),
+                      *(f"model.{k}={shipped['model'][k]}" for k in ("in_dim", "out_dim"))])
+    env = {**os.environ, "STAGES": "causal-teacher", "TEACHER_INIT": str(teacher), "EXTRA": f"{quick} {world}",
            "CAUSAL_RCM": f"{shlex.quote(sys.executable)} -m causal_rcm.cli"}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_shapes_teachers.sh"), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)
