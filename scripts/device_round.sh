@@ -28,7 +28,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
-shipped=checkpoints/shapes
 extra=${ROUND_EXTRA:-}  # more overrides for every run (e.g. a quick CPU check of this script)
 packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"
 
@@ -43,7 +42,13 @@ pipeline() {
     done
     local teachers=$(jobs -p)
     wait $teachers || true
-    # 2. the causal teacher from the teacher to ship, then its students (scripts/train_shapes_students.sh's settings)
+    # 2. the causal teacher from the teacher to ship, then its students
+    causal_and_students
+    wait || true
+    touch "$root/DONE"
+}
+
+causal_and_students() {  # the causal teacher from $root/ship/teacher, then its students (the scripts' settings) in st/
     STAGES=causal-teacher CAUSAL_SECONDS=${CAUSAL_SECONDS:-120} EXTRA="$packed $extra" \
         bash scripts/train_shapes_teachers.sh "$root/ship" >> "$root/ship/log.txt" 2>&1 || true
     if [ -f "$root/ship/causal-teacher/model/model.safetensors" ]; then
@@ -51,8 +56,6 @@ pipeline() {
         EXTRA="$packed $extra" SCM_SECONDS=${SCM_SECONDS:-150} bash scripts/train_shapes_students.sh "$root/st" "$root/ship" \
             > "$root/st/log.txt" 2>&1 || true
     fi
-    wait || true
-    touch "$root/DONE"
 }
 
 pack() {  # one tar under $OUT per finished stage folder not returned before, as many as fit
@@ -91,12 +94,9 @@ collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have 
 
 chain() {  # the causal teacher and its students from a given teacher (CHAIN_TEACHER, a folder with model/)
     local teacher=${CHAIN_TEACHER:?set CHAIN_TEACHER to a teacher run folder}
-    mkdir -p "$root/ship" "$root/st"
+    mkdir -p "$root/ship"
     ln -sfn "$(realpath "$teacher")" "$root/ship/teacher"
-    STAGES=causal-teacher CAUSAL_SECONDS=${CAUSAL_SECONDS:-120} EXTRA="$packed $extra" \
-        bash scripts/train_shapes_teachers.sh "$root/ship" > "$root/ship/log.txt" 2>&1 || true
-    EXTRA="$packed $extra" SCM_SECONDS=${SCM_SECONDS:-150} bash scripts/train_shapes_students.sh "$root/st" "$root/ship" \
-        > "$root/st/log.txt" 2>&1 || true
+    causal_and_students
     touch "$root/DONE"
 }
 

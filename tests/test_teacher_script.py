@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from causal_rcm.quickstart import SHIPPED_TEACHERS, _shipped_run
+from causal_rcm.quickstart import SHIPPED_TEACHERS, WORLD_KEYS, _shipped_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,9 +19,8 @@ def test_the_teacher_script_runs_the_causal_stage_alone_from_a_given_teacher(tmp
     teacher = SHIPPED_TEACHERS / "teacher" / "model"
     quick = ("train.steps=1 train.compile=false data.workers=0 train.batch_size=2 train.eval_videos=2 "
              "train.eval_steps=2 train.eval_drift=0 train.export_dtype=float32")
-    shipped = json.loads((teacher.parent / "config.json").read_text())  # its world (the shipped one packs frames)
-    world = " ".join([*(f"data.{k}={shipped['data'][k]}" for k in ("codec_frames", "num_frames")),
-                      *(f"model.{k}={shipped['model'][k]}" for k in ("in_dim", "out_dim"))])
+    data = json.loads((teacher.parent / "config.json").read_text())["data"]  # its world (the shipped one packs frames)
+    world = " ".join(f"data.{key}={data[key]}" for key in WORLD_KEYS if key in data)
     env = {**os.environ, "STAGES": "causal-teacher", "TEACHER_INIT": str(teacher), "EXTRA": f"{quick} {world}",
            "CAUSAL_RCM": f"{shlex.quote(sys.executable)} -m causal_rcm.cli"}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_shapes_teachers.sh"), str(tmp_path)], env=env,
