@@ -13,6 +13,9 @@
 #   1. side by side: the packed-codec teacher from scratch twice (ship, and repro: the same command again, for
 #      reproducibility; TEACHER_SECONDS each);
 #   2. the causal teacher from ship's teacher (CAUSAL_SECONDS), then its TF-sCM and SF-DMD students (st).
+#   ABLATION=1: also, from the start, `experiment init-ablation` from the shipped chain (checkpoints/shapes) beside
+#   them, 6 runs at a time (ABLATION_CM_STEPS, ABLATION_DMD_STEPS; the students script's settings); its folder
+#   comes back as ablation.tar (without weights) once it is done.
 # In all ~1550 s of a device session's 1800 (a machine's start took ~180 s on 2026-12-03): collect at once after
 # each call. SF-DMD can also run on the CPU (200 steps in 159 s on 2 cores: shapes_attempt8.md).
 # A collect call returns (packing as stages finish), under $OUT, one tar per finished stage folder not returned before (without
@@ -41,11 +44,23 @@ pipeline() {
             bash scripts/train_shapes_teachers.sh "$root/$name" > "$root/$name/log.txt" 2>&1 &
     done
     local teachers=$(jobs -p)
+    [ "${ABLATION:-0}" = 1 ] && ablation &
     wait $teachers || true
     # 2. the causal teacher from the teacher to ship, then its students
     causal_and_students
     wait || true
     touch "$root/DONE"
+}
+
+ablation() {  # experiment init-ablation from the shipped chain, into runs/gpu-ablation (packed as one tar when done)
+    local dir=runs/gpu-ablation
+    mkdir -p "$dir"
+    $CAUSAL_RCM experiment init-ablation -t checkpoints/shapes/causal-teacher/model --dmd-teacher checkpoints/shapes/teacher/model \
+        --cm-steps "${ABLATION_CM_STEPS:-600}" --dmd-steps "${ABLATION_DMD_STEPS:-200}" --dmd-lr 2e-5 -n "${ABLATION_VIDEOS:-48}" \
+        --jobs "${ABLATION_JOBS:-6}" -o "$dir/init-ablation" $packed train.batch_size=32 data.frames_per_chunk=2 \
+        optim.lr=1e-4 objective.tangent_warmup=300 objective.critic_steps=3 objective.rollout_factor=2 data.workers=2 $extra \
+        > "$dir/log.txt" 2>&1 || true
+    touch "$dir/DONE"
 }
 
 causal_and_students() {  # the causal teacher from $root/ship/teacher, then its students (the scripts' settings) in st/
@@ -77,16 +92,22 @@ pack() {  # one tar under $OUT per finished stage folder not returned before, as
         touch "$dir/.sent"
         room=$((room - 1)) bytes=$((bytes - size))
     done
-    tar -cf "$out/logs.tar" "$root"/*/log.txt "$root"/*/command.txt "$root"/*.txt 2>/dev/null || true
+    local ab=runs/gpu-ablation
+    if [ -f "$ab/DONE" ] && [ ! -f "$ab/.sent" ] && [ "$room" -gt 0 ]; then
+        tar -cf "$out/ablation.tar" --exclude checkpoint.pt --exclude tb --exclude model --exclude samples "$ab" && touch "$ab/.sent"
+        room=$((room - 1))
+    fi
+    tar -cf "$out/logs.tar" runs/gpu-ablation/log.txt runs/gpu-ablation/init-ablation/*/log.txt "$root"/*/log.txt "$root"/*/command.txt "$root"/*.txt 2>/dev/null || true
 }
 
 collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have passed, packing as stages finish
     # (packing on the way: the files under $OUT come back even when the call is stopped at its limit)
     local deadline=$((SECONDS + $1))
-    while [ ! -f "$root/DONE" ] && [ "$SECONDS" -lt "$deadline" ]; do pack; sleep 10; done
+    while { [ ! -f "$root/DONE" ] || { [ "${ABLATION:-0}" = 1 ] && [ ! -f runs/gpu-ablation/.sent ]; }; } \
+        && [ "$SECONDS" -lt "$deadline" ]; do pack; sleep 10; done
     pack
     grep -h "^trained\|caption_adherence \|direction_accuracy \|long_drift " "$root"/*/log.txt 2>/dev/null || true
-    ls "$root"/*/*/train_report.json 2>/dev/null | while read -r r; do
+    { ls "$root"/*/*/train_report.json 2>/dev/null || true; } | while read -r r; do
         [ -L "$(dirname "$r")" ] || [ -f "$(dirname "$r")/.sent" ] || echo "not returned yet: $(dirname "$r") (collect again)"
     done
     [ -f "$root/DONE" ] && echo "pipeline done" || echo "pipeline still running"
@@ -113,6 +134,7 @@ case "$stage" in
         collect $((${CALL_SECONDS:-580} - SECONDS)) ;;
     chain-run) chain ;;
     pipeline) pipeline ;;
+    ablation) ablation ;;  # alone, in the foreground (e.g. a CPU check with ROUND_EXTRA)
     collect) collect "${COLLECT_SECONDS:-570}" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -198,7 +198,9 @@ def cm_convergence(overrides, teacher, out, steps, eval_every, videos, threshold
 @click.option("--videos", "-n", type=int, default=16, show_default=True, help="Prompts per evaluation.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--restart", is_flag=True, help="Retrain every run from scratch.")
-def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd_lr, videos, device, restart) -> None:
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Runs trained at once, each in its own process (small models share a GPU well).")
+def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd_lr, videos, device, restart, jobs) -> None:
     """SF-DMD from TF-sCM, TF-MeanFlow, TF-dCM, ODE init, the causal teacher and no init; plus TF-sCM alone.
 
     KEY=VALUE overrides apply to every run (e.g. `train.batch_size=16`); --dmd-lr, after them, to the SF-DMD arms.
@@ -208,7 +210,7 @@ def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd
     _check_writable(out)
     result = run_init_ablation(
         teacher, dmd_teacher, out, cm_steps=cm_steps, dmd_steps=dmd_steps, videos=videos, overrides=overrides,
-        dmd_overrides=() if dmd_lr is None else (f"optim.lr={dmd_lr:g}",), restart=restart, device=device,
+        dmd_overrides=() if dmd_lr is None else (f"optim.lr={dmd_lr:g}",), restart=restart, device=device, jobs=jobs,
     )
     click.echo((out / "init_ablation.md").read_text())
     click.echo(f"wrote {out / 'init_ablation.json'} and {out / 'init_ablation.png'} in {result['seconds']:.0f} s")

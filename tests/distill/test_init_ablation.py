@@ -8,13 +8,17 @@ from causal_rcm.cli import main
 from tests.distill.conftest import FAST
 
 
-def test_init_ablation_runs_every_arm_and_writes_table_and_plot(teachers, tmp_path, capsys):
-    out = tmp_path / "ablation"
+def _ablation(teachers, out, *args):
     main([
         "experiment", "init-ablation", "--teacher", str(teachers["causal-teacher"]), "--dmd-teacher", str(teachers["teacher"]),
         "--out", str(out), "--cm-steps", "1", "--dmd-steps", "1", "--dmd-lr", "3e-5", "--videos", "1", "--device", "cpu",
-        *FAST, "objective.ode_steps=2", "objective.critic_steps=1",
+        *args, *FAST, "objective.ode_steps=2", "objective.critic_steps=1",
     ])
+
+
+def test_init_ablation_runs_every_arm_and_writes_table_and_plot(teachers, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    _ablation(teachers, out)
     result = json.loads((out / "init_ablation.json").read_text())
     expected = {f"{a} + sf-dmd" for a in ("tf-scm", "tf-meanflow", "tf-dcm", "ode-init", "causal-teacher", "no-init")}
     assert set(result["arms"]) == expected | {"tf-scm (no sf-dmd)"}
@@ -28,3 +32,14 @@ def test_init_ablation_runs_every_arm_and_writes_table_and_plot(teachers, tmp_pa
     assert table.count("| ") >= 7 and "no-init + sf-dmd" in table
     assert (out / "init_ablation.png").stat().st_size > 10_000
     assert "init_ablation.json" in capsys.readouterr().out
+
+
+def test_init_ablation_jobs_match_the_sequential_run(teachers, tmp_path):
+    """--jobs 3 trains the runs in separate processes (arms after their inits) and measures what one process does."""
+    _ablation(teachers, tmp_path / "one")
+    _ablation(teachers, tmp_path / "three", "--jobs", "3")
+    one, three = (json.loads((tmp_path / name / "init_ablation.json").read_text())["arms"] for name in ("one", "three"))
+    assert set(one) == set(three)
+    for arm in one:
+        assert one[arm]["eval"] == three[arm]["eval"], arm
+    assert "trained" in (tmp_path / "three" / "dmd-tf-dcm" / "log.txt").read_text()

@@ -9,13 +9,19 @@ the drift on rollouts 4x the training length (caption adherence of the first and
 training-length window, and the oracle's drift score). Causal-rCM's claim is that TF-CM is the
 best initialisation; the table says what this run measured.
 
-Every training run is an ordinary resumable ``causal-rcm train`` run under ``OUT``.
+Every training run is an ordinary resumable ``causal-rcm train`` run under ``OUT``. With ``jobs`` > 1
+the runs go to that many ``causal-rcm train`` processes at once (each arm starts when its init is
+trained): on a GPU these small models are launch-bound, so several share one device at little cost.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import load_config
@@ -45,10 +51,12 @@ def run_init_ablation(
     dmd_overrides: tuple[str, ...] = (),
     restart: bool = False,
     device: str = "auto",
+    jobs: int = 1,
 ) -> dict:
     """Train the inits and the SF-DMD arms; write ``init_ablation.{json,md,png}`` under ``out``.
 
-    ``overrides`` apply to every run; ``dmd_overrides`` after them, to the SF-DMD arms only.
+    ``overrides`` apply to every run; ``dmd_overrides`` after them, to the SF-DMD arms only. ``jobs`` > 1 trains
+    that many runs at once, each in its own ``causal-rcm train`` process (its log in the run folder's ``log.txt``).
     """
     from ..train import train
 
@@ -57,6 +65,8 @@ def run_init_ablation(
             raise UserError(f"teacher checkpoint not found: {path}")
     if cm_steps < 1 or dmd_steps < 1:
         raise UserError("--cm-steps and --dmd-steps must be >= 1")
+    if jobs < 1:
+        raise UserError("--jobs must be >= 1")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     common = [
@@ -64,23 +74,41 @@ def run_init_ablation(
         "objective.student_steps=1,2", "objective.sample_steps=2",
     ]
 
-    def run(recipe: str, name: str, steps: int, extra: list[str]) -> dict:
-        config = load_config(recipe, None, [*common, *overrides, f"train.steps={steps}", f"train.out_dir={out / name}", *extra])
-        summary = train(config, restart=restart)
-        return {"recipe": recipe, "steps": steps, "train_seconds": summary["train_seconds"], "eval": summary.get("eval", {})}
-
-    inits: dict[str, dict] = {}
+    # (key, recipe, run folder, steps, overrides, the init run it starts from): inits first, so that with a
+    # first-in first-out pool every run an arm waits for has started before the arm does
+    runs: list[tuple[str, str, str, int, list[str], str | None]] = []
     for method in INITS:
         teacher_for = dmd_teacher if method == "ode-init" else teacher
-        inits[method] = run(method, f"init-{method}", cm_steps, [f"train.teacher={teacher_for}"])
-    init_paths = {method: out / f"init-{method}" / "model" for method in INITS}
-    init_paths["causal-teacher"] = Path(teacher)
-    arms: dict[str, dict] = {}
-    for arm in ARMS:
+        runs.append((method, method, f"init-{method}", cm_steps, [f"train.teacher={teacher_for}"], None))
+    for arm in sorted(ARMS, key=lambda a: a in INITS):  # the arms that need no trained init first
         extra = [f"train.teacher={dmd_teacher}", *dmd_overrides]
-        if arm != "no-init":
-            extra.append(f"train.init={init_paths[arm]}")
-        arms[f"{arm} + sf-dmd"] = run("sf-dmd", f"dmd-{arm}", dmd_steps, extra)
+        if arm in INITS:
+            extra.append(f"train.init={out / f'init-{arm}' / 'model'}")
+        elif arm == "causal-teacher":
+            extra.append(f"train.init={teacher}")
+        runs.append((f"{arm} + sf-dmd", "sf-dmd", f"dmd-{arm}", dmd_steps, extra, arm if arm in INITS else None))
+
+    def overrides_of(name: str, steps: int, extra: list[str]) -> list[str]:
+        return [*common, *overrides, f"train.steps={steps}", f"train.out_dir={out / name}", *extra]
+
+    results: dict[str, dict] = {}
+    if jobs == 1:
+        for key, recipe, name, steps, extra, _ in runs:
+            config = load_config(recipe, None, overrides_of(name, steps, extra))
+            results[key] = _summary(recipe, steps, train(config, restart=restart))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        futures: dict[str, Future] = {}
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for key, recipe, name, steps, extra, after in runs:
+                wait_for = futures.get(after)
+                futures[key] = pool.submit(
+                    _train_process, recipe, out / name, overrides_of(name, steps, extra), restart, threads, wait_for
+                )
+            for key, recipe, _, steps, _, _ in runs:
+                results[key] = _summary(recipe, steps, futures[key].result())
+    inits = {method: results[method] for method in INITS}
+    arms = {f"{arm} + sf-dmd": results[f"{arm} + sf-dmd"] for arm in ARMS}
     arms["tf-scm (no sf-dmd)"] = inits["tf-scm"]
 
     result = {
@@ -99,6 +127,26 @@ def run_init_ablation(
     (out / "init_ablation.md").write_text(markdown(result))
     plot(result, out / "init_ablation.png")
     return result
+
+
+def _summary(recipe: str, steps: int, report: dict) -> dict:
+    return {"recipe": recipe, "steps": steps, "train_seconds": report["train_seconds"], "eval": report.get("eval", {})}
+
+
+def _train_process(recipe: str, run_dir: Path, overrides: list[str], restart: bool, threads: int,
+                   after: Future | None) -> dict:
+    """One ``causal-rcm train`` run in a process of its own (after ``after``, its init, has finished)."""
+    if after is not None:
+        after.result()  # re-raises the init's failure: its arm is not trained
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "causal_rcm.cli", "train", recipe, *overrides, "train.progress=false"]
+    command += ["--restart"] * restart
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    with open(run_dir / "log.txt", "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise UserError(f"`causal-rcm train {recipe}` for {run_dir} exited with {code}: see {run_dir / 'log.txt'}")
+    return json.loads((run_dir / "train_report.json").read_text())
 
 
 def markdown(result: dict) -> str:
