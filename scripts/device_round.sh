@@ -6,6 +6,7 @@
 #   bash scripts/device_round.sh start    # (START_BENCH=1: first the stream bench, compiled, alone) starts the
 #                                         # pipeline, then collects until the call's time is nearly up
 #   bash scripts/device_round.sh collect  # waits for the pipeline (at most COLLECT_SECONDS) and collects
+#   bash scripts/device_round.sh ablation # init-ablation alone, in the foreground (device_session.sh ablation uses it)
 #   CHAIN_TEACHER=DIR bash scripts/device_round.sh chain  # a call of its own: the causal teacher and its students
 #                                         # from a carried teacher run folder (CAUSAL_SECONDS, SCM_SECONDS, DMD_SECONDS)
 # The pipeline (the earlier rounds' pipelines are in git history and docs/results/shapes_attempt*.md; attempt 7's
@@ -37,8 +38,8 @@ packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"
 pipeline() {
     mkdir -p "$root/ship" "$root/repro"
     # 1. side by side: the packed-codec teacher (patch 2) twice, the run to ship and its reproducibility rerun, with
-    #    nothing else on the GPU (attempt 8: 960 s, three SF-DMD runs beside them for the first 6 minutes, ~16800
-    #    steps, caption 0.888 and 0.866 on 192 prompts; attempt 7's 1080 s: 21000 steps: shapes_attempt8.md)
+    #    nothing else on the GPU but the ablation when asked for (attempt 9: 1080 s, the ablation beside them for
+    #    744 s, 23100 steps, caption 0.906 on 192 prompts for both: shapes_attempt9.md)
     for name in ship repro; do
         STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$packed $extra" \
             bash scripts/train_shapes_teachers.sh "$root/$name" > "$root/$name/log.txt" 2>&1 &

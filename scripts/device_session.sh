@@ -91,12 +91,11 @@ case "$stage" in
         fi ;;
     scm-step) $CAUSAL_RCM bench scm-step --out "$out" 2>&1 | tee "$out/scm_step.txt" ;;
     students) train scripts/train_shapes_students.sh students.txt tf-scm sf-dmd -- "$teachers" ;;
-    ablation)  # SF-DMD from every initialisation, same budget; its folder comes back even when the guard stops it
-        timeout "${ABLATION_SECONDS:-540}" $CAUSAL_RCM experiment init-ablation -t "$teachers/causal-teacher/model" \
-            --dmd-teacher "$teachers/teacher/model" --cm-steps "${ABLATION_CM_STEPS:-300}" --dmd-steps "${ABLATION_DMD_STEPS:-300}" \
-            --dmd-lr 2e-5 -o "$runs/init-ablation" $cm_settings > "$out/init_ablation.txt" 2>&1 || true
-        tar -C "$runs" -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model init-ablation
-        tail -20 "$out/init_ablation.txt" ;;
+    ablation)  # SF-DMD from every initialisation, same budget (device_round.sh's settings, 6 runs at a time); its
+        # folder comes back even when the guard stops it
+        timeout "${ABLATION_SECONDS:-540}" bash scripts/device_round.sh ablation || true
+        tar -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model runs/gpu-ablation
+        tail -20 runs/gpu-ablation/log.txt ;;
     students+cm)
         cm_convergence &
         cm=$!

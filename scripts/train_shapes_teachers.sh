@@ -36,8 +36,10 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 # The teacher trains at flow-matching time shift 8 (the recipes' default is 3): its times then sit at high noise,
 # where the caption decides what a video shows, and on one H100 (2026-12-02, docs/results/shapes_attempt5.md)
 # 420 s at shift 8 reached caption 0.948 and direction 0.490 against 0.882 and 0.385 for 500 s at shift 3.
+# With the packed codec (the shipped teacher's EXTRA, checkpoints/shapes/README.md) 1080 s on one H200 reached caption
+# 0.906 and direction 0.971 on 192 prompts (2026-12-03, docs/results/shapes_attempt9.md); 960 s: 0.888 and 0.946.
 if [[ " $stages " == *" teacher "* ]]; then
-    stage teacher "$out/teacher" "${TEACHER_SECONDS:-420}" train.steps=200000 train.batch_size=256 train.eval_every=10000 train.eval_videos=48 \
+    stage teacher "$out/teacher" "${TEACHER_SECONDS:-1080}" train.steps=200000 train.batch_size=256 train.eval_every=10000 train.eval_videos=48 \
         objective.shift=8
 fi
 # The causal teacher trains at shift 8 too: from the shipped teacher on one H200 (2026-12-03,
