@@ -43,3 +43,16 @@ def test_init_ablation_jobs_match_the_sequential_run(teachers, tmp_path):
     for arm in one:
         assert one[arm]["eval"] == three[arm]["eval"], arm
     assert "trained" in (tmp_path / "three" / "dmd-tf-dcm" / "log.txt").read_text()
+
+
+def test_init_ablation_rejects_a_bad_override_or_jobs_before_training(teachers, tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "causal_rcm.cli", "experiment", "init-ablation", "--teacher", str(teachers["causal-teacher"]),
+            "--dmd-teacher", str(teachers["teacher"]), "--out", str(tmp_path / "ablation"), "--device", "cpu"]
+    bad_key = subprocess.run([*base, "--jobs", "2", "train.no_such_key=1"], capture_output=True, text=True)
+    assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
+    assert not list((tmp_path / "ablation").glob("*/log.txt"))  # no run was started
+    bad_jobs = subprocess.run([*base, "--jobs", "0"], capture_output=True, text=True)
+    assert bad_jobs.returncode != 0 and "--jobs must be >= 1" in bad_jobs.stderr

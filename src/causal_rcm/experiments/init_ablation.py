@@ -91,11 +91,12 @@ def run_init_ablation(
     def overrides_of(name: str, steps: int, extra: list[str]) -> list[str]:
         return [*common, *overrides, f"train.steps={steps}", f"train.out_dir={out / name}", *extra]
 
+    # every run's config resolved before any trains: a bad override is reported at once, not by a worker process
+    configs = {key: load_config(recipe, None, overrides_of(name, steps, extra)) for key, recipe, name, steps, extra, _ in runs}
     results: dict[str, dict] = {}
     if jobs == 1:
-        for key, recipe, name, steps, extra, _ in runs:
-            config = load_config(recipe, None, overrides_of(name, steps, extra))
-            results[key] = _summary(recipe, steps, train(config, restart=restart))
+        for key, recipe, _, steps, _, _ in runs:
+            results[key] = _summary(recipe, steps, train(configs[key], restart=restart))
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         futures: dict[str, Future] = {}
@@ -142,7 +143,7 @@ def _train_process(recipe: str, run_dir: Path, overrides: list[str], restart: bo
     command = [sys.executable, "-m", "causal_rcm.cli", "train", recipe, *overrides, "train.progress=false"]
     command += ["--restart"] * restart
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    with open(run_dir / "log.txt", "w") as log:
+    with open(run_dir / "log.txt", "a") as log:  # a resumed run appends
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         raise UserError(f"`causal-rcm train {recipe}` for {run_dir} exited with {code}: see {run_dir / 'log.txt'}")
