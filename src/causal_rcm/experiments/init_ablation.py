@@ -74,39 +74,38 @@ def run_init_ablation(
         "objective.student_steps=1,2", "objective.sample_steps=2",
     ]
 
-    # (key, recipe, run folder, steps, overrides, the init run it starts from): inits first, so that with a
-    # first-in first-out pool every run an arm waits for has started before the arm does
-    runs: list[tuple[str, str, str, int, list[str], str | None]] = []
+    def overrides_of(name: str, steps: int, extra: list[str]) -> list[str]:
+        return [*common, *overrides, f"train.steps={steps}", f"train.out_dir={out / name}", *extra]
+
+    # (key, recipe, steps, its overrides, the init run it starts from): inits first, so that with a first-in
+    # first-out pool every run an arm waits for has started before the arm does
+    runs: list[tuple[str, str, int, list[str], str | None]] = []
     for method in INITS:
         teacher_for = dmd_teacher if method == "ode-init" else teacher
-        runs.append((method, method, f"init-{method}", cm_steps, [f"train.teacher={teacher_for}"], None))
+        runs.append((method, method, cm_steps, overrides_of(f"init-{method}", cm_steps, [f"train.teacher={teacher_for}"]), None))
     for arm in sorted(ARMS, key=lambda a: a in INITS):  # the arms that need no trained init first
         extra = [f"train.teacher={dmd_teacher}", *dmd_overrides]
         if arm in INITS:
             extra.append(f"train.init={out / f'init-{arm}' / 'model'}")
         elif arm == "causal-teacher":
             extra.append(f"train.init={teacher}")
-        runs.append((f"{arm} + sf-dmd", "sf-dmd", f"dmd-{arm}", dmd_steps, extra, arm if arm in INITS else None))
-
-    def overrides_of(name: str, steps: int, extra: list[str]) -> list[str]:
-        return [*common, *overrides, f"train.steps={steps}", f"train.out_dir={out / name}", *extra]
+        runs.append((f"{arm} + sf-dmd", "sf-dmd", dmd_steps, overrides_of(f"dmd-{arm}", dmd_steps, extra),
+                     arm if arm in INITS else None))
 
     # every run's config resolved before any trains: a bad override is reported at once, not by a worker process
-    configs = {key: load_config(recipe, None, overrides_of(name, steps, extra)) for key, recipe, name, steps, extra, _ in runs}
+    configs = {key: load_config(recipe, None, run_overrides) for key, recipe, _, run_overrides, _ in runs}
     results: dict[str, dict] = {}
     if jobs == 1:
-        for key, recipe, _, steps, _, _ in runs:
+        for key, recipe, steps, _, _ in runs:
             results[key] = _summary(recipe, steps, train(configs[key], restart=restart))
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         futures: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for key, recipe, name, steps, extra, after in runs:
-                wait_for = futures.get(after)
-                futures[key] = pool.submit(
-                    _train_process, recipe, out / name, overrides_of(name, steps, extra), restart, threads, wait_for
-                )
-            for key, recipe, _, steps, _, _ in runs:
+            for key, recipe, _, run_overrides, after in runs:
+                futures[key] = pool.submit(_train_process, recipe, configs[key].out_dir(), run_overrides, restart, threads,
+                                           futures.get(after))
+            for key, recipe, steps, _, _ in runs:
                 results[key] = _summary(recipe, steps, futures[key].result())
     inits = {method: results[method] for method in INITS}
     arms = {f"{arm} + sf-dmd": results[f"{arm} + sf-dmd"] for arm in ARMS}
