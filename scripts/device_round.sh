@@ -18,7 +18,7 @@
 #   them, 6 runs at a time (ABLATION_CM_STEPS, ABLATION_DMD_STEPS; the students script's settings); its folder
 #   comes back as ablation.tar (without weights) once it is done.
 # In all ~1550 s of a device session's 1800 (a machine's start took ~180 s on 2026-12-03): collect at once after
-# each call. SF-DMD can also run on the CPU (200 steps in 159 s on 2 cores: shapes_attempt8.md).
+# each call. SF-DMD (600 steps, 4x rollouts) takes ~150 s there (shapes_attempt10.md).
 # A collect call returns (packing as stages finish), under $OUT, one tar per finished stage folder not returned before (without
 # checkpoint.pt and tb/), as many as fit in the tool's 8 files and 64 MiB, and the logs in logs.tar. The start
 # call needs the diffusers wheel in .whl/ (carry it; see device_session.sh).

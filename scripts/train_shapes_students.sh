@@ -27,11 +27,13 @@ stage() {  # stage RECIPE DIR SECONDS OVERRIDES...
 # TF-sCM steps in 200 s) the 2-step caption was 0.80 at the defaults, 0.86 at lr 5e-5 (the students shipped on
 # 2026-12-03) and 0.93 / 0.91 in two runs at 1e-4 (docs/results/shapes_attempt6.md); from attempt 7's packed causal
 # teacher 0.94 at 1e-4 (shapes_attempt7.md).
-# SF-DMD at lr 2e-5 with 3 critic updates per generator update, batch 16, on rollouts of up to twice the training
-# length (objective.rollout_factor=2), for 200 steps: in attempt 7 (shapes_attempt7.md, 48 prompts every 100 steps)
-# SF-DMD's caption adherence was best at 100-200 steps and fell after, and the longer rollouts halved the drift.
+# SF-DMD at lr 2e-5 with 3 critic updates per generator update, batch 16, on rollouts of up to 4x the training
+# length (objective.rollout_factor=4), for 600 steps. In attempt 7 (shapes_attempt7.md) 2x rollouts halved the drift
+# and caption adherence was best at 100-200 steps; from attempt 10's chain (shapes_attempt10.md, one H200, 48
+# prompts every 100 steps) 4x rollouts kept the 2-step caption at 0.93-0.97 to 600 steps (0.90 at 1200) while the
+# 4x-length drift fell from 0.49 to 0.30 (2x rollouts: 0.34); 600 steps take ~150 s there.
 stage tf-scm "$out/tf-scm" "${SCM_SECONDS:-200}" train.steps=2000 train.eval_every=500 \
     train.teacher="$teachers/causal-teacher/model" optim.lr=1e-4 objective.tangent_warmup=300 $scm_extra
-stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-180}" train.steps=200 train.eval_every=50 train.batch_size=16 optim.lr=2e-5 \
-    objective.critic_steps=3 objective.rollout_factor=2 \
+stage sf-dmd "$out/sf-dmd" "${DMD_SECONDS:-400}" train.steps=600 train.eval_every=100 train.batch_size=16 optim.lr=2e-5 \
+    objective.critic_steps=3 objective.rollout_factor=4 \
     train.teacher="$teachers/teacher/model" train.init="$out/tf-scm/model" $dmd_extra
