@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--mode", choices=["chunk", "frame"], default="chunk")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window", type=int, default=None, help="KV-cache window in latent frames (default: the checkpoint's).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results/stream_cpu_<name>.json).")
     args = parser.parse_args(argv)
@@ -64,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = untrained_shapes_checkpoint(Path(tmp)) if args.untrained_shapes else args.checkpoint
         pipe = StreamingPipeline.from_pretrained(checkpoint)
-        report = measure_stream(pipe, args.prompt, minutes=args.minutes, steps=args.steps, mode=args.mode, seed=args.seed)
-    name = "untrained-shapes" if args.untrained_shapes else args.checkpoint.name
+        report = measure_stream(pipe, args.prompt, minutes=args.minutes, steps=args.steps, mode=args.mode, seed=args.seed,
+                               window_frames=args.window)
+    # a checkpoint's name: its folder, or the run folder above a train output's model/
+    name = "untrained-shapes" if args.untrained_shapes else (
+        args.checkpoint.parent.name if args.checkpoint.name == "model" else args.checkpoint.name)
+    if args.window is not None:
+        name += f"_window{args.window}"
     report = {
         "checkpoint": "untrained shapes preset (random weights)" if args.untrained_shapes else str(args.checkpoint),
         "parameters_m": round(pipe.model.num_parameters() / 1e6, 3), "device": "cpu", "torch_threads": torch.get_num_threads(),

@@ -130,3 +130,12 @@ def test_serve_binds_localhost_and_serves_the_page(checkpoints, capsys):
         proc.wait(10)
     assert run_main("serve", "-c", str(checkpoints["bidirectional"]), "--port", "0") == 2
     assert "causal checkpoint" in capsys.readouterr().err
+
+
+def test_generate_with_a_wider_stream_window(checkpoints, tmp_path, capsys):
+    out = tmp_path / "wide.gif"
+    main(["generate", "-c", str(checkpoints["causal"]), "-p", "a red circle moves left", "--seconds", "3", "--window", "6",
+          "-o", str(out)])
+    assert "24 frames" in capsys.readouterr().out and out.stat().st_size > 0
+    assert run_main("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle", "--window", "1", "-o", str(out)) == 2
+    assert "does not fit a window of 1 frames" in capsys.readouterr().err

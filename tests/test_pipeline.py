@@ -51,6 +51,28 @@ def test_stream_equals_causal_sampler_beyond_the_window(tmp_path):
     assert got.std() > 10  # a random model paints noise, not a flat frame
 
 
+def test_a_wider_window_than_the_checkpoints_equals_the_sampler_with_it(tmp_path):
+    """window_frames overrides the checkpoint's window: the frames of causal_sample with that window, not its own."""
+    pipe = load(tmp_path, solver="euler", steps=2, sink_frames=0, window_frames=2)
+    stream = pipe.stream(PROMPT_A, seed=3, num_frames=12, window_frames=6)
+    assert stream.window_frames == 6
+    got = frames_of(stream)
+    with torch.no_grad():
+        wide, own = (pipe.decode(causal_sample(
+            pipe.model, chunk_noise(pipe, 3, [2] * 6), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=2,
+            shift=3.0, solver="euler", guidance=1.0, window_frames=w,
+        )) for w in (6, 2))
+    close_uint8(got, wide)
+    assert np.abs(got.astype(int) - own.astype(int)).max() > 1  # the window matters past the checkpoint's
+    close_uint8(pipe.generate(PROMPT_A, seed=3, num_frames=12, window_frames=6), wide)
+    assert pipe.stream(PROMPT_A, num_frames=2).window_frames == 2  # the default stays the checkpoint's
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UserError, match="window_frames must be a positive integer"):
+            pipe.stream(PROMPT_A, window_frames=bad)
+    with pytest.raises(UserError, match="does not fit a window of 1 frames"):
+        pipe.stream(PROMPT_A, window_frames=1)  # a chunk is 2 frames
+
+
 @pytest.mark.parametrize("mode", ["chunk", "frame"])
 def test_packed_codec_streams_its_frames_in_order_and_cuts_the_last(tmp_path, mode):
     """Two frames per latent frame: 7 frames = 4 latent frames decoded and cut, the same as causal_sample's."""

@@ -70,3 +70,20 @@ def test_a_shipped_model_is_float16_and_samples_on_the_cpu(name):
     assert next(model.parameters()).dtype == torch.float32
     videos = sample_videos(model, world, ["a red circle moves left"], dataclasses.replace(spec, steps=2), seed=0)
     assert videos.shape[:3] == (1, 3, world.data.num_frames * world.data.codec_frames) and torch.isfinite(videos).all()
+
+
+@pytest.mark.skipif("sf-dmd" not in SHIPPED, reason="the SF-DMD student is not shipped")
+def test_eval_window_widens_only_the_rollouts_past_the_checkpoints_window(capsys):
+    from causal_rcm.cli import main
+    from causal_rcm.eval.shapes import evaluate_checkpoint
+
+    student = SHIPPED_TEACHERS / "sf-dmd" / "model"
+    own = evaluate_checkpoint(student, n=2, drift_factor=2, device="cpu")
+    wide = evaluate_checkpoint(student, n=2, drift_factor=2, device="cpu", window_frames=8)
+    assert wide["caption_adherence"] == own["caption_adherence"]  # a training-length video fits either window
+    assert wide["long_drift"] != own["long_drift"]  # 2x rollouts outgrow the checkpoint's 4 frames, not 8
+    for args, message in ((["-c", str(student), "--window", "1"], "must hold a chunk of 2 frames"),
+                          (["-c", str(SHIPPED_TEACHERS / "teacher" / "model"), "--window", "8"], "needs a causal checkpoint")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", *args, "-n", "1", "--device", "cpu"])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -112,7 +112,10 @@ def train(recipe: str, overrides: tuple[str, ...], config_file: Path | None, res
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the metrics as JSON here.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int) -> None:
+@click.option("--window", type=int, default=None,
+              help="Causal models: KV-cache window in latent frames, the chunk included (default: the checkpoint's).")
+def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int,
+          window: int | None) -> None:
     """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
     import json
 
@@ -120,7 +123,8 @@ def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out
 
     if json_out is not None:
         _check_writable(json_out)
-    metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed)
+    metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
+                                  window_frames=window)
     _print_metrics(metrics)
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -245,14 +249,16 @@ def convert(src: Path, dst: Path, layout: str) -> None:
 @click.option("--mode", type=click.Choice(["chunk", "frame"]), default="chunk", show_default=True,
               help="Causal checkpoints: denoise the checkpoint's frames_per_chunk at a time, or one frame.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--window", type=int, default=None,
+              help="Causal checkpoints: latent frames the stream attends, the chunk included (default: the checkpoint's).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output video, .mp4 or .gif.")
 @click.option("--scale", type=int, default=1, show_default=True, help="Nearest-neighbour upscaling of the written video.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--compile", "compile_blocks", is_flag=True,
               help="torch.compile each block's tensor math (the first chunks compile; worth it for long videos on a GPU).")
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
-             steps: int | None, times: str | None, mode: str, seed: int, out: Path, scale: int, device: str,
-             compile_blocks: bool) -> None:
+             steps: int | None, times: str | None, mode: str, seed: int, window: int | None, out: Path, scale: int,
+             device: str, compile_blocks: bool) -> None:
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
     import time
 
@@ -279,7 +285,8 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
             grid = [float(x) for x in times.split(",") if x.strip()]
         except ValueError:
             raise UserError(f"--times must be comma-separated numbers, got {times!r}") from None
-    frames = pipe.generate(prompt, num_frames=num_frames, steps=steps, mode=mode, seed=seed, switches=schedule, times=grid)
+    frames = pipe.generate(prompt, num_frames=num_frames, steps=steps, mode=mode, seed=seed, switches=schedule, times=grid,
+                           window_frames=window)
     elapsed = time.perf_counter() - started
     try:
         (write_gif if out.suffix.lower() == ".gif" else write_mp4)(out, frames, fps=fps, scale=scale)
@@ -309,8 +316,11 @@ def _frame_at(when: str, fps: float) -> int:
 @click.option("--max-streams", type=int, default=2, show_default=True, help="Streams run at once; more get a 'busy' reply.")
 @click.option("--max-steps", type=int, default=4, show_default=True, help="Largest number of steps a client may ask for.")
 @click.option("--realtime/--no-realtime", default=True, show_default=True, help="Send frames no faster than the checkpoint's fps.")
+@click.option("--window", type=int, default=None,
+              help="Latent frames each stream attends, the chunk included (default: the checkpoint's).")
 @click.option("--device", default="cpu", show_default=True)
-def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, device: str) -> None:
+def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, window: int | None,
+          device: str) -> None:
     """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
     from .pipeline import StreamingPipeline
     from .serve import run
@@ -324,7 +334,8 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
     def ready(url: str) -> None:
         click.echo(f"serving {checkpoint} on {url} (Ctrl+C to stop)")
 
-    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready)
+    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready,
+        window_frames=window)
 
 def _check_writable(path: Path) -> None:
     """Fail early with one line if ``path`` cannot be created or written."""

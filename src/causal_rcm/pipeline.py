@@ -135,6 +135,7 @@ class Stream:
         num_frames: int | None,
         actions: Actions,
         times: Sequence[float] | None = None,
+        window_frames: int | None = None,
     ) -> None:
         self._pipe = pipe
         cfg = pipe.config
@@ -148,7 +149,8 @@ class Stream:
         self._grid = time_grid(steps, float(cfg.sampler["shift"])) if times is None else time_grid([1.0, *times, 0.0])
         self._solver = cfg.sampler["solver"]
         self._generator = torch.Generator(pipe.device).manual_seed(seed)
-        self._sink, self._window = int(cfg.stream["sink_frames"]), cfg.stream["window_frames"]
+        self._sink = int(cfg.stream["sink_frames"])
+        self._window = cfg.stream["window_frames"] if window_frames is None else window_frames
         self._caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=self._sink, window_frames=self._window)
         # Clean chunks the cache covers: those holding sink frames (kept for ever) and the window's.
         self._sink_chunks: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
@@ -177,6 +179,11 @@ class Stream:
     def frames_done(self) -> int:
         """Frames generated so far (chunks are generated whole, so it may run ahead of the consumer)."""
         return self._frame
+
+    @property
+    def window_frames(self) -> int | None:
+        """Latent frames the stream attends, the current chunk included (None: unbounded)."""
+        return self._window
 
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held by the stream: ``kv_cache`` (all branches) and ``history`` (clean latents kept for switches)."""
@@ -397,6 +404,7 @@ class StreamingPipeline:
         num_frames: int | None = None,
         actions: Actions = None,
         times: Sequence[float] | None = None,
+        window_frames: int | None = None,
     ) -> Stream:
         """Start a causal stream of decoded frames.
 
@@ -412,6 +420,9 @@ class StreamingPipeline:
                 action ids (one per frame); None = noop.
             times: the few-step sampler's intermediate flow-matching times, e.g. ``[0.75]`` for 2
                 steps 1 -> 0.75 -> 0 (default: the checkpoint's shifted uniform grid).
+            window_frames: latent frames the stream attends, the current chunk included (default: the
+                checkpoint's, its training length); more context can hold a long stream steadier
+                (``docs/results/stream_window_2026-12-03.md``). Memory grows with it.
         Returns:
             a :class:`Stream`, iterating :class:`StreamFrame` with ``image`` uint8 (H, W, 3).
         """
@@ -424,14 +435,17 @@ class StreamingPipeline:
         if num_frames is not None and num_frames < 1:
             raise UserError(f"num_frames must be >= 1, got {num_frames}")
         fc = cfg.frames_per_chunk if mode == "chunk" else 1
-        window = cfg.stream["window_frames"]
+        if window_frames is not None and (isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1):
+            raise UserError(f"window_frames must be a positive integer, got {window_frames!r}")
+        window = cfg.stream["window_frames"] if window_frames is None else window_frames
         if window is not None and fc > window:
-            raise UserError(f"a chunk of {fc} frames does not fit the checkpoint's window of {window} frames")
+            whose = "the checkpoint's window" if window_frames is None else "a window"
+            raise UserError(f"a chunk of {fc} frames does not fit {whose} of {window} frames")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {seed!r}")
         return Stream(
             self, prompt, steps=self._steps(steps), frames_per_chunk=fc, seed=seed, guidance=self._guidance(guidance),
-            num_frames=num_frames, actions=actions, times=times,
+            num_frames=num_frames, actions=actions, times=times, window_frames=window_frames,
         )
 
     def generate(
@@ -446,13 +460,14 @@ class StreamingPipeline:
         switches: Sequence[tuple[int, str]] = (),
         actions: Actions = None,
         times: Sequence[float] | None = None,
+        window_frames: int | None = None,
     ) -> np.ndarray:
         """A whole video, uint8 (F, H, W, 3).
 
         Bidirectional checkpoints: Euler ODE (or the checkpoint's consistency sampler) with CFG over
         exactly the training length. Causal checkpoints: a stream of ``num_frames`` frames (default
         the training length); ``switches`` = ``[(frame, prompt), ...]`` changes the prompt from the
-        first chunk that starts at or after ``frame``.
+        first chunk that starts at or after ``frame``; ``window_frames`` as in :meth:`stream`.
         """
         cfg = self.config
         for _, p in switches:
@@ -461,6 +476,7 @@ class StreamingPipeline:
             stream = self.stream(
                 prompt, steps=steps, mode=mode, seed=seed, guidance=guidance,
                 num_frames=self.video_frames if num_frames is None else num_frames, actions=actions, times=times,
+                window_frames=window_frames,
             )
             schedule = sorted(switches, key=lambda s: s[0])
             frames = []
@@ -471,6 +487,8 @@ class StreamingPipeline:
             return np.stack(frames)
         if switches:
             raise UserError("prompt switching needs a causal checkpoint; this one is bidirectional")
+        if window_frames is not None:
+            raise UserError("a stream window needs a causal checkpoint; this one is bidirectional")
         if num_frames is not None and num_frames != self.video_frames:
             raise UserError(
                 f"this bidirectional checkpoint generates exactly its training length, {self.video_frames} frames "

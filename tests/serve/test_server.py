@@ -184,3 +184,26 @@ def test_bidirectional_checkpoints_are_not_served(tmp_path):
     pipe = StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / "bi", causal=False))
     with pytest.raises(UserError, match="causal checkpoint"):
         create_app(pipe)
+
+
+def test_a_server_window_reaches_every_stream(pipeline, monkeypatch):
+    windows = []
+    stream = pipeline.stream
+
+    def spy(*args, **kw):
+        windows.append(kw.get("window_frames"))
+        return stream(*args, **kw)
+
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            hello = await recv_json(ws)
+            await ws.send(json.dumps(START))
+            frames, _ = await recv_frames(ws, 3)
+            return hello, frames
+
+    with pytest.raises(UserError, match="does not fit a window of 1 frames"):
+        create_app(pipeline, window_frames=1)
+    monkeypatch.setattr(pipeline, "stream", spy)
+    with LiveServer(pipeline, window_frames=6, realtime=False) as server:
+        hello, frames = run(client(server.ws_url))
+    assert hello["window_frames"] == 6 and len(frames) == 3 and windows[-1] == 6

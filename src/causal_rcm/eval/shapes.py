@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 import time
@@ -255,8 +257,20 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
 
 def evaluate_checkpoint(
     path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
-    out_dir: Path | None = None,
+    out_dir: Path | None = None, window_frames: int | None = None,
 ) -> dict[str, float]:
-    """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it)."""
+    """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it).
+
+    ``window_frames``: a causal model's KV-cache window in latent frames, the current chunk included (default: the
+    checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts.
+    """
+    from ..errors import UserError
+
     model, world, spec = load_for_eval(path, steps=steps, device=device)
+    if window_frames is not None:
+        if not spec.causal:
+            raise UserError("--window needs a causal checkpoint; this one is bidirectional")
+        if window_frames < spec.frames_per_chunk:
+            raise UserError(f"--window must hold a chunk of {spec.frames_per_chunk} frames, got {window_frames}")
+        spec = dataclasses.replace(spec, window_frames=window_frames)
     return evaluate_model(model, world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor)

@@ -7,7 +7,9 @@ for a number of minutes of video (at the checkpoint's fps, not wall-clock minute
   the way; after warm-up (the first minute) both must stay flat for the memory to be bounded;
 * speed: frames per second of wall-clock time, per-chunk latency percentiles;
 * quality: the shapes-world oracle's caption adherence (and colour / shape adherence, temporal
-  consistency) of the first and of the last minute against the prompt. Only meaningful for a
+  consistency) of the first and of the last minute against the prompt, each the mean over that
+  minute's consecutive training-length clips (the length the oracle and the model know; a whole
+  minute as one clip fails as soon as the shape is lost for a moment). Only meaningful for a
   trained checkpoint: an untrained one paints noise.
 
 Only the first and last minute of frames are kept, so the measurement itself is bounded too.
@@ -41,9 +43,12 @@ def rss_bytes() -> int:
 
 def measure_stream(
     pipe, prompt: str, *, minutes: float = 10.0, steps: int | None = None, mode: str = "chunk", seed: int = 0,
-    samples: int = 40,
+    samples: int = 40, window_frames: int | None = None,
 ) -> dict:
-    """Stream ``minutes`` of video from ``pipe`` and report memory, speed and oracle adherence (JSON-ready dict)."""
+    """Stream ``minutes`` of video from ``pipe`` and report memory, speed and oracle adherence (JSON-ready dict).
+
+    ``window_frames``: the stream's KV-cache window (default: the checkpoint's; see ``StreamingPipeline.stream``).
+    """
     cfg = pipe.config
     fps = float(cfg.fps)
     total = max(1, round(minutes * 60 * fps))
@@ -53,7 +58,7 @@ def measure_stream(
     last: deque[np.ndarray] = deque(maxlen=minute)
     trace = []
     chunk_seconds = np.zeros(total, dtype=np.float32)  # preallocated: the measurement stays bounded too
-    stream = pipe.stream(prompt, steps=steps, mode=mode, seed=seed, num_frames=total)
+    stream = pipe.stream(prompt, steps=steps, mode=mode, seed=seed, num_frames=total, window_frames=window_frames)
     started = time.perf_counter()
     for frame in stream:
         if len(first) < minute:
@@ -70,9 +75,11 @@ def measure_stream(
     wall = time.perf_counter() - started
 
     oracle = ShapesOracle(ShapesConfig(size=cfg.resolution))
+    clip = min(pipe.video_frames, minute)
     quality = {}
     for name, frames in (("first_minute", np.stack(first)), ("last_minute", np.stack(last))):
-        metrics = oracle.evaluate(frames[None], [prompt]).metrics
+        clips = np.stack([frames[i : i + clip] for i in range(0, len(frames) - clip + 1, clip)])
+        metrics = oracle.evaluate(clips, [prompt] * len(clips)).metrics  # means over the clips
         quality[name] = {k: metrics.get(k, float("nan")) for k in ORACLE_KEYS}
 
     warm = [t for t in trace if t["frame"] >= minute] or trace[-1:]
@@ -80,6 +87,7 @@ def measure_stream(
     half = next(t for t in trace if t["frame"] >= total // 2)
     return {
         "prompt": prompt, "steps": stream.steps, "mode": mode, "seed": seed, "fps": fps,
+        "window_frames": stream.window_frames, "oracle_clip_frames": clip,
         "frames": total, "video_minutes": total / fps / 60, "wall_seconds": round(wall, 2),
         "frames_per_second": round(total / wall, 2),
         "chunk_latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 3),

@@ -36,11 +36,12 @@ def bind(host: str, port: int) -> socket.socket:
 def run(
     pipeline, *, host: str = "127.0.0.1", port: int = 8000, max_streams: int = 2, max_steps: int = 4,
     realtime: bool = True, log_level: str = "warning", on_ready: Callable[[str], None] | None = None,
+    window_frames: int | None = None,
 ) -> None:
     """Serve ``pipeline`` until interrupted; ``on_ready(url)`` is called once the socket is bound."""
     import uvicorn
 
-    app = create_app(pipeline, max_streams=max_streams, max_steps=max_steps, realtime=realtime)
+    app = create_app(pipeline, max_streams=max_streams, max_steps=max_steps, realtime=realtime, window_frames=window_frames)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -116,6 +116,7 @@ class Settings:
     max_steps: int = 4
     queue_frames: int = 4
     realtime: bool = True
+    window_frames: int | None = None  # the streams' KV-cache window (None: the checkpoint's)
 
 
 @dataclass
@@ -281,7 +282,8 @@ class _Connection:
         try:
             job_ref: list[_Job] = []
             actions = (lambda i: job_ref[0].action) if self.pipe.config.num_actions else None
-            stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed, actions=actions)
+            stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed, actions=actions,
+                                      window_frames=self.settings.window_frames)
         except BaseException:
             self.slots.release()
             raise
@@ -340,20 +342,29 @@ _CSP = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'
 
 
 def create_app(
-    pipeline: StreamingPipeline, *, max_streams: int = 2, max_steps: int = 4, queue_frames: int = 4, realtime: bool = True
+    pipeline: StreamingPipeline, *, max_streams: int = 2, max_steps: int = 4, queue_frames: int = 4, realtime: bool = True,
+    window_frames: int | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``pipeline`` (a causal checkpoint); ``app.state.slots`` counts running streams."""
+    """The FastAPI app serving ``pipeline`` (a causal checkpoint); ``app.state.slots`` counts running streams.
+
+    ``window_frames``: every stream's KV-cache window in latent frames (default: the checkpoint's; see
+    ``StreamingPipeline.stream``).
+    """
     if not pipeline.config.causal:
         raise UserError("serve needs a causal checkpoint; this one is bidirectional (use `causal-rcm generate`)")
     if max_streams < 1 or max_steps < 1 or queue_frames < 1:
         raise UserError("max_streams, max_steps and queue_frames must be >= 1")
-    settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime)
+    if window_frames is not None:
+        pipeline.stream("", num_frames=1, window_frames=window_frames)  # refuses a bad window now, not per client
+    settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime,
+                        window_frames=window_frames)
     slots = Slots(max_streams)
     cfg = pipeline.config
     info = {
         "resolution": cfg.resolution, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
         "default_steps": min(int(cfg.sampler["steps"]), max_steps), "max_steps": max_steps, "modes": list(MODES),
         "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
+        "window_frames": cfg.stream["window_frames"] if window_frames is None else window_frames,
         "max_prompt_chars": MAX_PROMPT_CHARS,
     }
     page, script = _static("index.html"), _static("app.js")
