@@ -69,10 +69,16 @@ def test_tiny_checkpoint_stream_has_flat_state_and_a_trace(tmp_path):
     json.dumps(report)  # JSON-ready
 
 
-def test_benchmark_script_writes_json(tmp_path):
-    spec = importlib.util.spec_from_file_location("stream_cpu", ROOT / "benchmarks" / "stream_cpu.py")
+def load_script(name: str):
+    """A benchmark script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_script_writes_json(tmp_path):
+    module = load_script("stream_cpu")
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "result.json"
     assert module.main(["--checkpoint", str(checkpoint), "--minutes", "0.05", "--out", str(out)]) == 0
@@ -83,9 +89,7 @@ def test_benchmark_script_writes_json(tmp_path):
 
 
 def test_window_scan_script_writes_a_row_per_window(tmp_path):
-    spec = importlib.util.spec_from_file_location("stream_window_scan", ROOT / "benchmarks" / "stream_window_scan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("stream_window_scan")
     checkpoint = make_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "scan.json"
     assert module.main(["--checkpoint", str(checkpoint), "--windows", "2,6", "--seconds", "3", "--prompts", "1", "--out", str(out)]) == 0
