@@ -48,10 +48,19 @@ class DataConfig:
     # shapes-world videos with PixelCodec.fit (mean -0.81, std 0.52).
     codec_shift: float = -0.81
     codec_scale: float = 1.92
+    # Latent frames a causal model's KV cache attends, the current chunk included, in the exported checkpoint's
+    # streams, in evaluation rollouts and in self-forcing rollouts past the training video (0: num_frames, the
+    # training length). Streams of minutes held far better with more context than training gives
+    # (docs/results/stream_window_2026-12-03.md).
+    stream_window: int = 0
     text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
     workers: int = -1  # processes rendering batches ahead; -1 = auto (none on CPU, up to 12 beside a GPU)
     seed: int = 0
+
+    def cache_window(self) -> int:
+        """The causal KV-cache window in latent frames (``stream_window``, or the training length)."""
+        return self.stream_window or self.num_frames
 
 
 @dataclass
@@ -126,8 +135,8 @@ class ObjectiveConfig:
     dmd_min_s: float = 0.02  # DMD noise levels drawn uniformly in [min, max], then shifted
     dmd_max_s: float = 0.98
     critic_max_loss: float = 50.0  # a critic loss above this (or non-finite) counts as diverged: not trained on
-    # Self-forcing rollouts longer than the training video: up to this many times data.num_frames, with a KV-cache
-    # window of data.num_frames; DMD scores a random data.num_frames window (the teacher's length) from it, so
+    # Self-forcing rollouts longer than the training video: up to this many times data.num_frames, with the KV-cache
+    # window of data.stream_window; DMD scores a random data.num_frames window (the teacher's length) from it, so
     # training meets the rolling cache that long streams run on (1: the training video itself)
     rollout_factor: int = 1
     # rCM's regulariser: sf-dmd adds this times the TF-sCM loss on data batches (train.cm_teacher's tangents) to

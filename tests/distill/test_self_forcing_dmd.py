@@ -166,6 +166,31 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     assert len(records) == 6 and all("loss/student" in r and "loss/critic" in r for r in records)
 
 
+def test_the_stream_window_reaches_the_rollouts_and_the_exported_checkpoint(teachers, tmp_path, monkeypatch):
+    """data.stream_window: self-forcing rollouts, evaluation and the checkpoint's streams use it, not num_frames."""
+    import causal_rcm.distill.dmd as dmd
+    from causal_rcm.errors import UserError
+
+    windows = []
+    real = dmd.self_forcing_rollout
+
+    def spy(*args, window_frames=None, **kwargs):
+        windows.append(window_frames)
+        return real(*args, window_frames=window_frames, **kwargs)
+
+    monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
+    out = tmp_path / "wide"
+    config = load_config("sf-dmd", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
+                                                 "objective.critic_steps=1", "objective.rollout_factor=2", "data.stream_window=6"])
+    train(config, restart=True)
+    assert windows and set(windows) == {6}
+    assert json.loads((out / "model" / "config.json").read_text())["pipeline"]["stream"]["window_frames"] == 6
+    bad = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path / 'bad'}", f"train.teacher={teachers['teacher']}",
+                                              "data.stream_window=1"])
+    with pytest.raises(UserError, match="data.stream_window must be 0"):
+        train(bad, restart=True)
+
+
 def test_a_bad_rollout_factor_is_refused_at_start(teachers, tmp_path):
     from causal_rcm.errors import UserError
 

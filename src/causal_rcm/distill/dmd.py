@@ -182,7 +182,7 @@ class SFDMDRecipe(TFDistillRecipe):
         with torch.set_grad_enabled(with_grad):
             video = self_forcing_rollout(
                 self.student, noise, batch["context"], grid=grid, exit_step=exit_step,
-                frames_per_chunk=fpc, solver=self.solver, window_frames=self.config.data.num_frames,
+                frames_per_chunk=fpc, solver=self.solver, window_frames=self.config.data.cache_window(),
                 draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), grad_from_chunk=(end - F) // fpc,
             )
         return video[:, :, end - F :], exit_step

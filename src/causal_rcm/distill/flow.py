@@ -58,6 +58,12 @@ class DenoisingRecipe(Recipe):
     def __init__(self, config: Config, world) -> None:
         super().__init__(config)
         self.world = world
+        data = config.data
+        if data.stream_window < 0 or 0 < data.stream_window < data.frames_per_chunk:
+            raise UserError(
+                f"data.stream_window must be 0 (the training length) or hold a chunk of {data.frames_per_chunk} "
+                f"frames, got {data.stream_window}"
+            )
 
     def build(self, device: torch.device) -> None:
         self.device = device
@@ -116,7 +122,7 @@ class DenoisingRecipe(Recipe):
         obj, data = self.config.objective, self.config.data
         return SamplerSpec(
             causal=self.causal, steps=steps or self.config.train.eval_steps, solver="euler", shift=obj.shift,
-            guidance=obj.guidance, frames_per_chunk=data.frames_per_chunk, window_frames=data.num_frames if self.causal else None,
+            guidance=obj.guidance, frames_per_chunk=data.frames_per_chunk, window_frames=data.cache_window() if self.causal else None,
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
@@ -136,7 +142,7 @@ class DenoisingRecipe(Recipe):
             **self.world.pipeline_section(),
             "causal": self.causal,
             "sampler": spec.to_dict(),
-            "stream": {"sink_frames": spec.sink_frames, "window_frames": self.config.data.num_frames},
+            "stream": {"sink_frames": spec.sink_frames, "window_frames": self.config.data.cache_window()},
             "num_actions": self.config.model.num_actions,
             "recipe": self.config.recipe,
         }

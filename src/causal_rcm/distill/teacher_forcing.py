@@ -225,7 +225,7 @@ class TFDistillRecipe(DenoisingRecipe):
         obj, data = self.config.objective, self.config.data
         return SamplerSpec(
             causal=True, steps=steps or obj.sample_steps, solver=self.solver, shift=obj.shift, guidance=1.0,
-            frames_per_chunk=data.frames_per_chunk, window_frames=data.num_frames,
+            frames_per_chunk=data.frames_per_chunk, window_frames=data.cache_window(),
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
