@@ -50,8 +50,8 @@ class DataConfig:
     codec_scale: float = 1.92
     # Latent frames a causal model's KV cache attends, the current chunk included, in the exported checkpoint's
     # streams, in evaluation rollouts and in self-forcing rollouts past the training video (0: num_frames, the
-    # training length). Streams of minutes held far better with more context than training gives
-    # (docs/results/stream_window_2026-12-03.md).
+    # training length). The shipped SF-DMD (trained at 4) streams minutes far better at 8, but trained at 8 it held
+    # them worse (docs/results/stream_window_2026-12-03.md).
     stream_window: int = 0
     text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
