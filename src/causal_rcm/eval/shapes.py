@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -272,5 +270,5 @@ def evaluate_checkpoint(
             raise UserError("--window needs a causal checkpoint; this one is bidirectional")
         if window_frames < spec.frames_per_chunk:
             raise UserError(f"--window must hold a chunk of {spec.frames_per_chunk} frames, got {window_frames}")
-        spec = dataclasses.replace(spec, window_frames=window_frames)
+        spec = replace(spec, window_frames=window_frames)
     return evaluate_model(model, world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor)
