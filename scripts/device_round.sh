@@ -9,6 +9,9 @@
 #   bash scripts/device_round.sh ablation # init-ablation alone, in the foreground (device_session.sh ablation uses it)
 #   CHAIN_TEACHER=DIR bash scripts/device_round.sh chain  # a call of its own: the causal teacher and its students
 #                                         # from a carried teacher run folder (CAUSAL_SECONDS, SCM_SECONDS, DMD_SECONDS)
+#   bash scripts/device_round.sh students # a call of its own: the students script from the shipped teachers
+#                                         # (checkpoints/shapes), then each student's oracle evaluation on EVAL_VIDEOS
+#                                         # prompts (2 steps with 4x rollouts at its own window and at window 4, 1 step)
 # The pipeline (the earlier rounds' pipelines are in git history and docs/results/shapes_attempt*.md; attempt 7's
 # at commit 3938230):
 #   1. side by side: the packed-codec teacher from scratch twice (ship, and repro: the same command again, for
@@ -98,7 +101,8 @@ pack() {  # one tar under $OUT per finished stage folder not returned before, as
         tar -cf "$out/ablation.tar" --exclude checkpoint.pt --exclude tb --exclude model --exclude samples "$ab" && touch "$ab/.sent"
         room=$((room - 1))
     fi
-    tar -cf "$out/logs.tar" runs/gpu-ablation/log.txt runs/gpu-ablation/init-ablation/*/log.txt "$root"/*/log.txt "$root"/*/command.txt "$root"/*.txt 2>/dev/null || true
+    tar -cf "$out/logs.tar" runs/gpu-ablation/log.txt runs/gpu-ablation/init-ablation/*/log.txt "$root"/*/log.txt "$root"/*/command.txt \
+        "$root"/*.txt "$root"/*/evals/*.json 2>/dev/null || true
 }
 
 collect() {  # collect SECONDS: wait until the pipeline is done or SECONDS have passed, packing as stages finish
@@ -122,6 +126,20 @@ chain() {  # the causal teacher and its students from a given teacher (CHAIN_TEA
     touch "$root/DONE"
 }
 
+students() {  # the students script from the shipped teachers into st/, then 192-prompt evaluations into st/evals/
+    mkdir -p "$root/st/evals"
+    EXTRA="$packed $extra" bash scripts/train_shapes_students.sh "$root/st" checkpoints/shapes > "$root/st/log.txt" 2>&1 || true
+    local name model n=${EVAL_VIDEOS:-192}
+    for name in tf-scm sf-dmd; do
+        model=$root/st/$name/model
+        [ -f "$model/model.safetensors" ] || continue
+        $CAUSAL_RCM eval -c "$model" -n "$n" --steps 2 --drift 4 --json "$root/st/evals/$name-2step.json" >> "$root/st/log.txt" 2>&1 || true
+        $CAUSAL_RCM eval -c "$model" -n "$n" --steps 2 --drift 4 --window 4 --json "$root/st/evals/$name-2step-window4.json" >> "$root/st/log.txt" 2>&1 || true
+        $CAUSAL_RCM eval -c "$model" -n "$n" --steps 1 --json "$root/st/evals/$name-1step.json" >> "$root/st/log.txt" 2>&1 || true
+    done
+    touch "$root/DONE"
+}
+
 case "$stage" in
     start)
         if [ "${START_BENCH:-0}" = 1 ]; then
@@ -134,6 +152,10 @@ case "$stage" in
         setsid nohup bash "$0" chain-run > "$root/pipeline.txt" 2>&1 < /dev/null &
         collect $((${CALL_SECONDS:-580} - SECONDS)) ;;
     chain-run) chain ;;
+    students)  # a call of its own (packs as stages finish; the evaluations come back in logs.tar)
+        setsid nohup bash "$0" students-run > "$root/pipeline.txt" 2>&1 < /dev/null &
+        collect $((${CALL_SECONDS:-580} - SECONDS)) ;;
+    students-run) students ;;
     pipeline) pipeline ;;
     ablation) ablation ;;  # alone, in the foreground (e.g. a CPU check with ROUND_EXTRA)
     collect) collect "${COLLECT_SECONDS:-570}" ;;

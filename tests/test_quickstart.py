@@ -158,12 +158,18 @@ def test_given_teachers_in_another_world_train_the_stages_here_in_it(tmp_path):
     train(load_config("teacher", None, tiny + [f"train.out_dir={teachers / 'teacher'}"]), restart=True)
     train(load_config("causal-teacher", None, tiny + [f"train.out_dir={teachers / 'causal-teacher'}",
                                                       f"train.init={teachers / 'teacher' / 'model'}"]), restart=True)
+    # a shipped TF-sCM student that streams at a window of 6 latent frames: the one trained here takes it
+    train(load_config("tf-scm", None, tiny + [f"train.out_dir={teachers / 'tf-scm'}", "data.stream_window=6",
+                                              f"train.teacher={teachers / 'causal-teacher' / 'model'}"]), restart=True)
     out = tmp_path / "packed"
     result = cli("quickstart", "--fast", "--teachers", str(teachers), "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in ("causal-teacher-here", "tf-scm", "sf-dmd"):
         data = json.loads((out / stage / "config.json").read_text())["data"]
         assert (data["codec_frames"], data["num_frames"]) == (2, 4), stage
+        assert data["stream_window"] == (6 if stage == "tf-scm" else 0), stage
+    stages = _stages(_report(out))
+    assert stages["tf-scm"]["shipped"]["metrics"]["caption_adherence"] >= 0 and "shipped" not in stages["sf-dmd"]
 
 
 def test_other_options_in_the_same_folder_are_refused(fast_run, capsys):

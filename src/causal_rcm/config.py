@@ -49,9 +49,9 @@ class DataConfig:
     codec_shift: float = -0.81
     codec_scale: float = 1.92
     # Latent frames a causal model's KV cache attends, the current chunk included, in the exported checkpoint's
-    # streams, in evaluation rollouts and in self-forcing rollouts past the training video (0: num_frames, the
-    # training length). The shipped SF-DMD (trained at 4) streams minutes far better at 8, but trained at 8 it held
-    # them worse (docs/results/stream_window_2026-12-03.md).
+    # streams and in evaluation rollouts (0: num_frames, the training length). Self-forcing rollouts take
+    # objective.rollout_window: SF-DMD trained at 4 streams minutes far better at 8, but trained at 8 it held them
+    # worse (docs/results/stream_window_2026-12-03.md).
     stream_window: int = 0
     text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
@@ -136,9 +136,12 @@ class ObjectiveConfig:
     dmd_max_s: float = 0.98
     critic_max_loss: float = 50.0  # a critic loss above this (or non-finite) counts as diverged: not trained on
     # Self-forcing rollouts longer than the training video: up to this many times data.num_frames, with the KV-cache
-    # window of data.stream_window; DMD scores a random data.num_frames window (the teacher's length) from it, so
+    # window of rollout_window; DMD scores a random data.num_frames window (the teacher's length) from it, so
     # training meets the rolling cache that long streams run on (1: the training video itself)
     rollout_factor: int = 1
+    # The KV-cache window of self-forcing rollouts in latent frames, the current chunk included (0: data.num_frames,
+    # the training length), apart from data.stream_window: train at one window, ship streams at another.
+    rollout_window: int = 0
     # rCM's regulariser: sf-dmd adds this times the TF-sCM loss on data batches (train.cm_teacher's tangents) to
     # the generator's DMD loss (0: pure DMD)
     scm_weight: float = 0.0

@@ -38,6 +38,7 @@ SHIPPED_TEACHERS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes
 # The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
 WORLD_KEYS = ("world", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
               "codec_shift", "codec_scale", "text_len", "text_seed")
+STREAM_KEYS = (("data", "stream_window"), ("objective", "rollout_window"))  # a shipped student's, for the one trained here
 
 TEACHERS = ("teacher", "causal-teacher")
 STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers (scripts/train_shapes_students.sh; see checkpoints/shapes/README.md)
@@ -156,6 +157,16 @@ class Quickstart:
             return ()
         data = json.loads(config.read_text()).get("data", {})
         return tuple(f"data.{key}={data[key]}" for key in WORLD_KEYS if key in data)
+
+    def stream_overrides(self, student: str) -> tuple[str, ...]:
+        """The shipped ``student``'s KV-cache windows (``data.stream_window``, ``objective.rollout_window``) where it
+        set them, so the student trained here streams, and is scored, as the shipped one beside it."""
+        shipped = self.shipped.get(student)
+        if shipped is None:
+            return ()
+        config = json.loads((shipped / "config.json").read_text())
+        return tuple(f"{section}.{key}={config[section][key]}" for section, key in STREAM_KEYS
+                     if config.get(section, {}).get(key))
 
     def model(self, stage: str) -> Path:
         """The checkpoint an earlier stage produced or used."""
@@ -308,7 +319,7 @@ def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Ca
 
     def run(q: Quickstart) -> dict:
         shipped = q.shipped.get(name)
-        overrides = (*q.world_overrides(), f"train.teacher={q.model(teacher).resolve()}")
+        overrides = (*q.world_overrides(), *q.stream_overrides(name), f"train.teacher={q.model(teacher).resolve()}")
         init_path = None if init is None else q.model(init)
         training = q.train(name, recipe, init=init_path, overrides=overrides)
         here = q.dir(name) / "model"

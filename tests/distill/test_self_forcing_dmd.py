@@ -166,10 +166,11 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     assert len(records) == 6 and all("loss/student" in r and "loss/critic" in r for r in records)
 
 
-def test_the_stream_window_reaches_the_rollouts_and_the_exported_checkpoint(teachers, tmp_path, monkeypatch):
-    """data.stream_window: self-forcing rollouts, evaluation and the checkpoint's streams use it, not num_frames."""
+@pytest.mark.parametrize("overrides, rollout_window", [(["data.stream_window=6"], 4), (["data.stream_window=6", "objective.rollout_window=8"], 8)])
+def test_the_stream_window_reaches_the_checkpoint_and_the_rollout_window_the_rollouts(teachers, tmp_path, monkeypatch, overrides, rollout_window):
+    """data.stream_window: the exported checkpoint's streams; objective.rollout_window (default: the training
+    length, 4 frames here): self-forcing rollouts."""
     import causal_rcm.distill.dmd as dmd
-    from causal_rcm.errors import UserError
 
     windows = []
     real = dmd.self_forcing_rollout
@@ -181,13 +182,18 @@ def test_the_stream_window_reaches_the_rollouts_and_the_exported_checkpoint(teac
     monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
     out = tmp_path / "wide"
     config = load_config("sf-dmd", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
-                                                 "objective.critic_steps=1", "objective.rollout_factor=2", "data.stream_window=6"])
+                                                 "objective.critic_steps=1", "objective.rollout_factor=2", *overrides])
     train(config, restart=True)
-    assert windows and set(windows) == {6}
+    assert windows and set(windows) == {rollout_window}
     assert json.loads((out / "model" / "config.json").read_text())["pipeline"]["stream"]["window_frames"] == 6
-    bad = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path / 'bad'}", f"train.teacher={teachers['teacher']}",
-                                              "data.stream_window=1"])
-    with pytest.raises(UserError, match="data.stream_window must be 0"):
+
+
+@pytest.mark.parametrize("key", ["data.stream_window", "objective.rollout_window"])
+def test_a_window_that_cannot_hold_a_chunk_is_refused_at_start(teachers, tmp_path, key):
+    from causal_rcm.errors import UserError
+
+    bad = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path / 'bad'}", f"train.teacher={teachers['teacher']}", f"{key}=1"])
+    with pytest.raises(UserError, match=f"{key} must be 0"):
         train(bad, restart=True)
 
 

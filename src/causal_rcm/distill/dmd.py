@@ -110,6 +110,11 @@ class SFDMDRecipe(TFDistillRecipe):
             raise UserError(f"objective.sample_steps must be >= 1, got {obj.sample_steps}")
         if obj.rollout_factor < 1:
             raise UserError(f"objective.rollout_factor must be >= 1 (1: rollouts of the training length), got {obj.rollout_factor}")
+        if obj.rollout_window < 0 or 0 < obj.rollout_window < config.data.frames_per_chunk:
+            raise UserError(
+                f"objective.rollout_window must be 0 (the training length) or hold a chunk of "
+                f"{config.data.frames_per_chunk} frames, got {obj.rollout_window}"
+            )
         if obj.rollout_factor > 1 and config.data.agent:
             raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
         if obj.scm_weight < 0:
@@ -167,8 +172,8 @@ class SFDMDRecipe(TFDistillRecipe):
         With ``objective.rollout_factor`` r > 1 the video is a window of a longer rollout (as
         Self-Forcing++, Cui et al. 2025, trains past the teacher's horizon): a chunk-aligned end e in
         [F, r F] (F = ``data.num_frames``) is drawn, the same on every rank; the student rolls out e
-        frames with its rolling F-frame cache and the last F are returned, the chunks before them run
-        without gradient.
+        frames with its rolling cache of ``objective.rollout_window`` frames (default F) and the last F
+        are returned, the chunks before them run without gradient.
         """
         obj = self.config.objective
         grid = flow_time_grid(obj.sample_steps, obj.shift)
@@ -182,7 +187,7 @@ class SFDMDRecipe(TFDistillRecipe):
         with torch.set_grad_enabled(with_grad):
             video = self_forcing_rollout(
                 self.student, noise, batch["context"], grid=grid, exit_step=exit_step,
-                frames_per_chunk=fpc, solver=self.solver, window_frames=self.config.data.cache_window(),
+                frames_per_chunk=fpc, solver=self.solver, window_frames=obj.rollout_window or F,
                 draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), grad_from_chunk=(end - F) // fpc,
             )
         return video[:, :, end - F :], exit_step
