@@ -225,15 +225,35 @@ def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--to", "layout", type=click.Choice(["causal-rcm", "wan", "diffusers"]), required=True,
               help="Layout to write. 'wan' with OUT ending in .safetensors or .pth writes one file.")
-def convert(src: Path, dst: Path, layout: str) -> None:
-    """Convert a checkpoint between layouts (ours, original Wan2.1, diffusers); IN's layout is detected."""
-    from .models.adapters import load_checkpoint, save_checkpoint
+@click.option("--window", type=int, default=None,
+              help="Our layout, causal checkpoints: the latent frames its streams attend, the chunk included (default: IN's).")
+def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
+    """Convert a checkpoint between layouts (ours, original Wan2.1, diffusers); IN's layout is detected.
+
+    Our layout to ours keeps the pipeline section (codec, text encoder, sampler and stream defaults); the Wan and
+    diffusers layouts have no place for it."""
+    from .models.adapters import load_checkpoint, read_pipeline_config, save_checkpoint
 
     config, state, src_layout = load_checkpoint(src)
+    pipeline = read_pipeline_config(src)
+    if window is not None:
+        if layout != "causal-rcm":
+            raise UserError("--window sets the stream window of our layout's pipeline section; use --to causal-rcm")
+        if not pipeline.get("causal"):
+            raise UserError(f"--window needs a causal checkpoint of our layout with a pipeline section; {src} is not one")
+        chunk = pipeline.get("frames_per_chunk", 1)
+        if window < chunk:
+            raise UserError(f"--window must hold a chunk of {chunk} frames, got {window}")
+        pipeline = {**pipeline, "stream": {**pipeline.get("stream", {}), "window_frames": window}}
     _check_writable(dst)
-    save_checkpoint(config, state, dst, layout)
+    save_checkpoint(config, state, dst, layout, pipeline=pipeline if layout == "causal-rcm" else None)
     n_params = sum(v.numel() for v in state.values())
     click.echo(f"{src} ({src_layout}) -> {dst} ({layout}): {len(state)} tensors, {n_params / 1e6:.2f} M parameters")
+    if pipeline and layout != "causal-rcm":
+        click.echo(f"note: the {layout} layout does not hold IN's pipeline section (codec, text encoder, sampler); "
+                   "`generate`, `serve` and `eval` need our layout")
+    elif window is not None:
+        click.echo(f"streams attend {window} latent frames")
 
 
 

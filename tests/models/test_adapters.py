@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,28 @@ def test_console_script_reports_one_line_and_nonzero_exit(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'missing'}"]
     version = subprocess.run([sys.executable, "-m", "causal_rcm.cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and "causal-rcm, version" in version.stdout
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
+
+
+@pytest.mark.skipif(not (SHIPPED / "sf-dmd" / "model").is_dir(), reason="the SF-DMD student is not shipped")
+def test_our_layout_to_ours_keeps_the_pipeline_and_window_sets_its_stream_window(tmp_path, capsys):
+    from causal_rcm import StreamingPipeline
+
+    src = SHIPPED / "sf-dmd" / "model"
+    before = json.loads((src / "config.json").read_text())
+    main(["convert", str(src), str(tmp_path / "copy"), "--to", "causal-rcm"])
+    assert json.loads((tmp_path / "copy" / "config.json").read_text()) == before
+    main(["convert", str(src), str(tmp_path / "wide"), "--to", "causal-rcm", "--window", "8"])
+    assert "streams attend 8 latent frames" in capsys.readouterr().out
+    wide = json.loads((tmp_path / "wide" / "config.json").read_text())
+    assert wide["pipeline"].pop("stream") == {**before["pipeline"].pop("stream"), "window_frames": 8}
+    assert wide == before  # nothing else changed: the weights neither
+    assert_same_state(load_file(tmp_path / "wide" / "model.safetensors"), load_file(src / "model.safetensors"))
+    assert StreamingPipeline.from_pretrained(tmp_path / "wide").stream("a red circle moves right", steps=1).window_frames == 8
+    main(["convert", str(src), str(tmp_path / "d"), "--to", "diffusers"])
+    assert "does not hold IN's pipeline section" in capsys.readouterr().out
+    for source, layout, window, message in ((src, "wan", 8, "use --to causal-rcm"), (src, "causal-rcm", 1, "hold a chunk of 2"),
+                                            (SHIPPED / "teacher" / "model", "causal-rcm", 8, "needs a causal checkpoint")):
+        _expect_cli_error(["convert", str(source), str(tmp_path / "o"), "--to", layout, "--window", str(window)], message, capsys)
