@@ -114,8 +114,10 @@ def train(recipe: str, overrides: tuple[str, ...], config_file: Path | None, res
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--window", type=int, default=None,
               help="Causal models: KV-cache window in latent frames, the chunk included (default: the checkpoint's).")
+@click.option("--stream-seconds", type=float, default=0.0,
+              help="Causal models: also stream each prompt for about this much video, scored clip by clip (stream_* metrics).")
 def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int,
-          window: int | None) -> None:
+          window: int | None, stream_seconds: float) -> None:
     """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
     import json
 
@@ -124,7 +126,7 @@ def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out
     if json_out is not None:
         _check_writable(json_out)
     metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
-                                  window_frames=window)
+                                  window_frames=window, stream_seconds=stream_seconds)
     _print_metrics(metrics)
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=2) + "\n")

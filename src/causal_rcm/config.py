@@ -100,6 +100,9 @@ class TrainConfig:
     eval_at_start: bool = False  # also evaluate the initial model (step 0) of a fresh run
     eval_steps: int = 50  # sampler steps for evaluation
     eval_drift: int = 4  # causal models: also roll out this many times the training length (0 = off)
+    # causal models: also stream each eval prompt for about this many seconds of video and score it clip by clip
+    # (stream_* metrics: what a minute-long stream looks like, which 4x rollouts do not tell; 0 = off)
+    eval_stream_seconds: float = 0.0
     out_dir: str = ""  # default: runs/<recipe>
     init: str = ""  # checkpoint to initialise the trainable model from
     teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes

@@ -38,7 +38,7 @@ def test_recipe_trains_and_exports_a_few_step_student(recipe, teachers, tmp_path
     steps = (1, 2, 4) if recipe == "tf-scm" else (1,)  # evaluation dominates the cost: all three once
     config = load_config(recipe, None, FAST + [
         "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}",
-        f"objective.student_steps={','.join(map(str, steps))}",
+        f"objective.student_steps={','.join(map(str, steps))}", "train.eval_stream_seconds=2",
     ])
     summary = train(config, restart=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -47,6 +47,7 @@ def test_recipe_trains_and_exports_a_few_step_student(recipe, teachers, tmp_path
     for k in steps:
         assert 0.0 <= summary["eval"][f"{k}step/caption_adherence"] <= 1.0
     assert "long_drift" in summary["eval"]  # the export default (2 steps) is also rolled out 4x long
+    assert summary["eval"]["stream_seconds"] == 2.0 and "1step/stream_seconds" not in summary["eval"]  # ... and streamed
     meta = json.loads((out / "model" / "config.json").read_text())
     sampler = meta["pipeline"]["sampler"]
     assert sampler["solver"] == RECIPES[recipe] and sampler["steps"] == 2 and sampler["guidance"] == 1.0
@@ -136,6 +137,7 @@ def test_non_finite_samples_are_dropped_and_counted(teachers, tmp_path, monkeypa
         (["train.teacher="], "tf-scm distils a causal teacher: set train.teacher=PATH"),
         (["@teacher"], "is a bidirectional model"),
         (["data.frames_per_chunk=1"], "the teacher was trained with 2 frames per chunk"),
+        (["train.eval_stream_seconds=-5"], "train.eval_stream_seconds must be >= 0"),
     ],
 )
 def test_config_errors_fail_at_start_with_one_line(extra, message, teachers, tmp_path):
@@ -152,8 +154,14 @@ def test_config_errors_fail_at_start_with_one_line(extra, message, teachers, tmp
 
 def test_eval_scores_a_causal_checkpoint_with_drift_from_the_cli(teachers, tmp_path):
     out = tmp_path / "metrics.json"
-    result = _cli("eval", "-c", str(teachers["causal-teacher"]), "--steps", "2", "-n", "2", "--drift", "2", "--json", str(out))
+    result = _cli("eval", "-c", str(teachers["causal-teacher"]), "--steps", "2", "-n", "2", "--drift", "2", "--json", str(out),
+                  "--stream-seconds", "3")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(out.read_text())
     assert 0 <= metrics["caption_adherence"] <= 1 and "long_drift" in metrics
+    assert metrics["stream_seconds"] == 3.0 and 0 <= metrics["stream_caption_adherence"] <= 1  # 6 clips of 4 frames at 8 fps
     assert "caption_adherence" in result.stdout
+    for checkpoint, seconds, message in ((teachers["teacher"], "3", "needs a causal checkpoint"),
+                                         (teachers["causal-teacher"], "-1", "must be positive")):
+        result = _cli("eval", "-c", str(checkpoint), "-n", "1", "--stream-seconds", seconds)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -60,3 +60,35 @@ def test_direction_word_gap_is_zero_for_a_model_blind_to_text_and_not_for_one_th
         model.text_embedding[-1].bias.zero_()
     assert direction_word_gap(model, world, n=8) == 0.0
     assert reads != 0.0
+
+
+def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch):
+    """A perfect render of each caption whose second half is blank: first clip 1, half the clips, second half 0."""
+    import numpy as np
+
+    import causal_rcm.eval.shapes as shapes
+    from causal_rcm.data.shapes import Scene, Shape, render
+
+    model, world, spec = load_for_eval(make_checkpoint(tmp_path / "ckpt"), device="cpu")
+    factor = shapes.stream_factor(world, 4.0)  # 8-frame clips at 8 fps: 4 of them
+    calls = []
+
+    def perfect_then_blank(model, world, captions, spec, *, num_frames, seed):
+        calls.append((len(captions), num_frames, seed))
+        frames = render(Scene((Shape("red", "square", 10, 0, 11, vx=1),), size=32), num_frames * world.data.codec_frames)
+        frames[len(frames) // 2 :] = 0
+        return np.stack([frames] * len(captions))
+
+    monkeypatch.setattr(shapes, "sample_videos", perfect_then_blank)
+    metrics = shapes.stream_metrics(model, world, spec, ["a red square moves right"] * 20, factor=factor, seed=5)
+    assert factor == 4 and calls == [(16, 32, 5), (4, 32, 6)]  # two batches, each with its own seed
+    assert metrics == {"stream_first_caption_adherence": 1.0, "stream_caption_adherence": 0.5,
+                       "stream_second_half_caption_adherence": 0.0, "stream_seconds": 4.0}
+
+
+def test_evaluate_streams_causal_models_only(tmp_path):
+    model, world, spec = load_for_eval(make_checkpoint(tmp_path / "ckpt", steps=1), device="cpu")
+    metrics = evaluate(model, world, spec, n=2, stream_factor=3).metrics
+    assert metrics["stream_seconds"] == 3.0 and 0 <= metrics["stream_second_half_caption_adherence"] <= 1
+    bidirectional = dataclasses.replace(spec, causal=False)
+    assert "stream_seconds" not in evaluate(model, world, bidirectional, n=2, stream_factor=3).metrics

@@ -37,6 +37,8 @@ def _render(task: tuple[ShapesDataset, list[int]]) -> list[dict[str, Any]]:
 class ShapesWorld:
     """Dataset, codec, text encoder and oracle of the shapes world, for one process."""
 
+    fps = 8  # rendered frames per second of video, as its checkpoints' streams play them
+
     def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
         self.data = data
         self.device = torch.device(device)
@@ -153,5 +155,5 @@ class ShapesWorld:
             "frames_per_chunk": self.data.frames_per_chunk,
             "codec": {"kind": "pixel", "factor": self.codec.factor, "frames": self.codec.frames, "shift": self.codec.shift, "scale": self.codec.scale},
             "text": {"kind": "toy", "dim": self.text.dim, "text_len": self.text.text_len, "seed": self.text.seed},
-            "fps": 8,
+            "fps": self.fps,
         }

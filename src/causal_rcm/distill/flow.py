@@ -64,6 +64,8 @@ class DenoisingRecipe(Recipe):
                 f"data.stream_window must be 0 (the training length) or hold a chunk of {data.frames_per_chunk} "
                 f"frames, got {data.stream_window}"
             )
+        if config.train.eval_stream_seconds < 0:
+            raise UserError(f"train.eval_stream_seconds must be >= 0 (0: off), got {config.train.eval_stream_seconds:g}")
 
     def build(self, device: torch.device) -> None:
         self.device = device
@@ -129,6 +131,7 @@ class DenoisingRecipe(Recipe):
         metrics = evaluate_model(
             student, self.world, self.sampler_spec(), n=self.config.train.eval_videos, out_dir=out_dir / "samples",
             tag=f"step{step:06d}", drift_factor=self.config.train.eval_drift if self.causal else 0,
+            stream_seconds=self.config.train.eval_stream_seconds if self.causal else 0.0,
         )
         if not self.causal:  # the loss gap of swapped direction words: motion learned from text shows here first
             metrics["direction_word_gap"] = direction_word_gap(student, self.world, n=max(self.config.train.eval_videos, 32))

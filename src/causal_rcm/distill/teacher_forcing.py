@@ -232,7 +232,8 @@ class TFDistillRecipe(DenoisingRecipe):
         """Oracle metrics of 1-, 2- and 4-step sampling (``objective.student_steps``), keys ``{k}step/...``.
 
         The export default (``objective.sample_steps``) also reports drift on rollouts
-        ``train.eval_drift`` times the training length and is repeated without prefix.
+        ``train.eval_drift`` times the training length and streams of ``train.eval_stream_seconds``
+        (when set), and is repeated without prefix.
         """
         obj = self.config.objective
         metrics: dict[str, float] = {}
@@ -242,6 +243,7 @@ class TFDistillRecipe(DenoisingRecipe):
                 student, self.world, self.sampler_spec(k), n=self.config.train.eval_videos,
                 out_dir=out_dir / "samples" if main else None, tag=f"step{step:06d}_{k}step",
                 drift_factor=self.config.train.eval_drift if main else 0,
+                stream_seconds=self.config.train.eval_stream_seconds if main else 0.0,
             )
             if k in obj.student_steps:
                 metrics.update({f"{k}step/{key}": value for key, value in result.items()})

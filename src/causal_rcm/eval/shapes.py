@@ -120,18 +120,20 @@ class Evaluation:
 
 def evaluate(
     model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
-    progress: str | None = None,
+    stream_factor: int = 0, progress: str | None = None,
 ) -> Evaluation:
     """Sample ``n`` held-out prompts (and, causal with ``drift_factor = k``, rollouts k times as long) and score them.
 
     ``progress`` names a progress bar over the network calls. Long rollouts add ``long_*`` metrics
-    (see :func:`drift_metrics`).
+    (see :func:`drift_metrics`); a causal model with ``stream_factor = m`` also streams each prompt m
+    times the training length, scored clip by clip (``stream_*`` metrics, see :func:`stream_metrics`).
     """
     frames = world.data.num_frames
     ref = world.eval_set(n)
     long_frames = frames * drift_factor if drift_factor and spec.causal else 0
+    stream_frames = frames * stream_factor if stream_factor and spec.causal else 0
     batches = math.ceil(n / BATCH)
-    total = batches * (spec.calls_per_batch(frames) + (spec.calls_per_batch(long_frames) if long_frames else 0))
+    total = batches * sum(spec.calls_per_batch(f) for f in (frames, long_frames, stream_frames) if f)
     with NetworkCalls(model, total, progress) as calls:
         started = time.perf_counter()
         videos = sample_videos(model, world, ref["caption"], spec, seed=seed, actions=ref.get("actions"))
@@ -140,10 +142,40 @@ def evaluate(
         if long_frames:
             long_ref = world.eval_set(n, num_frames=long_frames)
             long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
+        stream = stream_metrics(model, world, spec, ref["caption"], factor=stream_factor, seed=seed + 2) if stream_frames else {}
     metrics = dict(world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
     if long_videos is not None:
         metrics.update(drift_metrics(world, long_videos, long_ref["caption"]))
+    metrics.update(stream)
     return Evaluation(metrics, videos, ref, long_videos, nfe_per_video=nfe / batches, seconds_per_video=seconds / n)
+
+
+def stream_factor(world: ShapesWorld, seconds: float) -> int:
+    """The whole training lengths closest to ``seconds`` of video (at least 2: a first clip and a second half)."""
+    return max(2, round(seconds * world.fps / world.shapes.num_frames))
+
+
+def stream_metrics(model, world: ShapesWorld, spec: SamplerSpec, captions: list[str], *, factor: int, seed: int = 0) -> dict[str, float]:
+    """Caption adherence along streams ``factor`` times the training length (a minute of video is 60 of the packed
+    world's one-second videos), one per caption, over consecutive training-length clips: the first clip, every
+    clip and the second half, averaged over the streams (``stream_*`` keys, and ``stream_seconds``).
+
+    What a viewer of a long stream sees, which the 4x rollouts of :func:`drift_metrics` do not predict
+    (``docs/results/stream_window_2026-12-03.md``). Streams are sampled and scored a batch at a time, so memory
+    stays that of one batch of streams.
+    """
+    clip = world.shapes.num_frames
+    scores = []
+    for start in range(0, len(captions), BATCH):
+        part = captions[start : start + BATCH]
+        videos = sample_videos(model, world, part, spec, num_frames=world.data.num_frames * factor, seed=seed + start // BATCH)
+        scores += [world.oracle.drift(videos[i : i + 1], c, window=clip).caption_adherence for i, c in enumerate(part)]
+    s = np.array(scores, dtype=float)  # (streams, clips)
+    return dict(
+        stream_first_caption_adherence=float(np.nanmean(s[:, 0])), stream_caption_adherence=float(np.nanmean(s)),
+        stream_second_half_caption_adherence=float(np.nanmean(s[:, s.shape[1] // 2 :])),
+        stream_seconds=factor * clip / world.fps,
+    )
 
 
 def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
@@ -204,15 +236,17 @@ def direction_word_gap(model, world: ShapesWorld, *, n: int = 32, seed: int = 0,
 
 def evaluate_model(
     model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, out_dir: Path | None = None,
-    tag: str = "samples", drift_factor: int = 0,
+    tag: str = "samples", drift_factor: int = 0, stream_seconds: float = 0.0,
 ) -> dict[str, float]:
     """Oracle metrics of ``model`` on ``n`` held-out prompts; optional long-rollout drift (causal only).
 
     With ``drift_factor = k`` a causal model also generates videos k times its training length
     and reports caption adherence / temporal consistency over the first and the last training-length
-    window (``long_*`` keys) and the oracle's drift. With ``out_dir``, GIFs of ground truth beside samples.
+    window (``long_*`` keys) and the oracle's drift; with ``stream_seconds``, streams of about that
+    much video, scored clip by clip (``stream_*`` keys). With ``out_dir``, GIFs of ground truth beside samples.
     """
-    result = evaluate(model, world, spec, n=n, seed=seed, drift_factor=drift_factor)
+    factor = stream_factor(world, stream_seconds) if stream_seconds > 0 else 0
+    result = evaluate(model, world, spec, n=n, seed=seed, drift_factor=drift_factor, stream_factor=factor)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         ref, videos = result.reference, result.videos
@@ -255,15 +289,18 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
 
 def evaluate_checkpoint(
     path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
-    out_dir: Path | None = None, window_frames: int | None = None,
+    out_dir: Path | None = None, window_frames: int | None = None, stream_seconds: float = 0.0,
 ) -> dict[str, float]:
     """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it).
 
     ``window_frames``: a causal model's KV-cache window in latent frames, the current chunk included (default: the
-    checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts.
+    checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts and the streams of
+    ``stream_seconds`` (see :func:`stream_metrics`).
     """
     from ..errors import UserError
 
+    if stream_seconds < 0:
+        raise UserError(f"--stream-seconds must be positive, got {stream_seconds:g}")
     model, world, spec = load_for_eval(path, steps=steps, device=device)
     if window_frames is not None:
         if not spec.causal:
@@ -271,4 +308,7 @@ def evaluate_checkpoint(
         if window_frames < spec.frames_per_chunk:
             raise UserError(f"--window must hold a chunk of {spec.frames_per_chunk} frames, got {window_frames}")
         spec = replace(spec, window_frames=window_frames)
-    return evaluate_model(model, world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor)
+    if stream_seconds and not spec.causal:
+        raise UserError("--stream-seconds needs a causal checkpoint; a bidirectional one samples its training length")
+    return evaluate_model(model, world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor,
+                          stream_seconds=stream_seconds)
