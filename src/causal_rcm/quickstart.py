@@ -59,6 +59,7 @@ class Budget:
     eval_videos: int
     eval_steps: int  # Euler steps (with CFG) for every model
     drift_factor: int = 4  # causal models also roll out this many times their training length
+    stream_seconds: float = 60.0  # students also stream each eval prompt this long, scored clip by clip
     overrides: tuple[str, ...] = ()  # for every training run
     recipe_overrides: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # recipe -> more overrides
 
@@ -97,7 +98,7 @@ BUDGETS = {
         "fast", "fast (test mode: a few training steps, 4 videos, 4 sampler steps; its numbers measure nothing)",
         batch_size=4, steps={"teacher": 6, "causal-teacher": 4, "causal-teacher-here": 4, "tf-scm": 3, "sf-dmd": 3},
         seconds={"teacher": 60, "causal-teacher": 60, "causal-teacher-here": 60, "tf-scm": 60, "sf-dmd": 60},
-        eval_videos=4, eval_steps=4, overrides=("train.log_every=1", "train.ckpt_every=2", "optim.warmup_steps=2"),
+        eval_videos=4, eval_steps=4, stream_seconds=4.0, overrides=("train.log_every=1", "train.ckpt_every=2", "optim.warmup_steps=2"),
     ),
 }
 
@@ -214,23 +215,27 @@ class Quickstart:
         }
 
     # ---------------------------------------------------------- evaluation
-    def evaluate(self, stage: str, model_path: Path, *, drift: bool, steps: int | None = None, videos: bool = True) -> dict:
+    def evaluate(self, stage: str, model_path: Path, *, drift: bool, steps: int | None = None, videos: bool = True,
+                 stream: bool = False) -> dict:
         """Oracle metrics, sampling cost and sample videos of a checkpoint.
 
         Teachers sample with the budget's Euler steps and CFG; few-step students (``steps`` given)
         with their own solver and ``steps`` steps, without CFG (it is distilled into them).
-        ``videos=False`` keeps no samples (a second evaluation of the same stage).
+        ``videos=False`` keeps no samples (a second evaluation of the same stage). ``stream``: a causal
+        model also streams each prompt for the budget's ``stream_seconds`` (``stream_*`` metrics).
         """
         from .data.video import to_uint8
-        from .eval.shapes import evaluate, load_for_eval
+        from .eval.shapes import evaluate, load_for_eval, stream_factor
 
         model, world, spec = load_for_eval(model_path, steps=steps or self.budget.eval_steps, device=self.device)
-        rollouts = f", and {self.budget.drift_factor}x-length rollouts" if drift and spec.causal else ""
+        streams = stream_factor(world, self.budget.stream_seconds) if stream and spec.causal else 0
+        rollouts = f", {self.budget.drift_factor}x-length rollouts" if drift and spec.causal else ""
+        rollouts += f", {self.budget.stream_seconds:g} s streams" if streams else ""
         sampler = "Euler" if spec.solver == "euler" else spec.solver
         self.say(f"  sampling {self.budget.eval_videos} videos ({spec.steps} {sampler} steps, CFG {spec.guidance:g}{rollouts})")
         result = evaluate(
             model, world, spec, n=self.budget.eval_videos, drift_factor=self.budget.drift_factor if drift else 0,
-            progress=f"{stage}: sampling" if self.progress else None,
+            stream_factor=streams, progress=f"{stage}: sampling" if self.progress else None,
         )
         samples = {"samples": to_uint8(result.videos[:SAMPLE_ROWS])}
         if result.long_videos is not None:
@@ -314,7 +319,8 @@ def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Ca
     """A distilled student: the shipped one (with a short run of its recipe here beside it), or trained here.
 
     ``teacher`` / ``init`` name the earlier stages whose checkpoints the recipe takes as
-    ``train.teacher`` / ``train.init``. Students are scored at 2 steps (with 4x rollouts) and 1 step.
+    ``train.teacher`` / ``train.init``. Students are scored at 2 steps (with 4x rollouts and the budget's
+    streams) and 1 step.
     """
 
     def run(q: Quickstart) -> dict:
@@ -323,10 +329,10 @@ def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Ca
         init_path = None if init is None else q.model(init)
         training = q.train(name, recipe, init=init_path, overrides=overrides)
         here = q.dir(name) / "model"
-        result = {"source": "trained here", "training": training, **q.evaluate(name, here, drift=True, steps=2)}
+        result = {"source": "trained here", "training": training, **q.evaluate(name, here, drift=True, steps=2, stream=True)}
         result["one_step"] = q.evaluate(name, here, drift=False, steps=1, videos=False)["metrics"]
         if shipped is not None:
-            shipped_eval = q.evaluate(name, shipped / "model", drift=True, steps=2, videos=False)
+            shipped_eval = q.evaluate(name, shipped / "model", drift=True, steps=2, videos=False, stream=True)
             result["shipped"] = {"source": q.teacher_source(), "training": _shipped_training(shipped), **shipped_eval}
         return result
 
@@ -364,14 +370,14 @@ STAGES: list[Stage] = [
     Stage(
         "tf-scm", "TF-sCM 2-step",
         "Teacher-forcing sCM student distilled from the causal teacher (continuous-time consistency, JVP through the "
-        "network), sampled in 2 steps per chunk without CFG; also 1 step and 4x rollouts.",
+        "network), sampled in 2 steps per chunk without CFG; also 1 step, 4x rollouts and minute-long streams.",
         _student_stage("tf-scm", "tf-scm", teacher="causal-teacher", init=None),
         trains=lambda q: True,
     ),
     Stage(
         "sf-dmd", "SF-DMD 2-step",
         "Self-forcing DMD from the TF-sCM student: the student rolls out its own videos with its KV cache and matches "
-        "the bidirectional teacher's distribution; 2 steps per chunk, also 1 step and 4x rollouts.",
+        "the bidirectional teacher's distribution; 2 steps per chunk, also 1 step, 4x rollouts and minute-long streams.",
         _student_stage("sf-dmd", "sf-dmd", teacher="teacher", init="tf-scm"),
         trains=lambda q: True,
     ),

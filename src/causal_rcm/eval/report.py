@@ -23,6 +23,7 @@ LONG_METRICS = (
     "long_first_caption_adherence", "long_last_caption_adherence",
     "long_first_temporal_consistency", "long_last_temporal_consistency",
 )
+STREAM_METRICS = ("stream_first_caption_adherence", "stream_caption_adherence", "stream_second_half_caption_adherence")
 SCALE = 4  # nearest-neighbour upscaling of the 32 px samples
 FPS = 8
 
@@ -31,7 +32,7 @@ def write_report(out: Path, report: dict, *, started: float) -> dict[str, str]:
     """Write samples, plots, ``report.md`` and ``report.json`` under ``out``; returns {what: path}."""
     out = Path(out)
     stages = [r for r in report["stages"] if "skipped" not in r]
-    files = {**_sample_grids(out, stages), **_plots(out, stages, report["budget"]["drift_factor"])}
+    files = {**_sample_grids(out, stages), **_plots(out, stages, report["budget"]["drift_factor"], report["budget"].get("stream_seconds"))}
     files["report_md"], files["report_json"] = "report.md", "report.json"
     report["files"] = files
     report["wall_seconds"] = time.perf_counter() - started  # this invocation, from the command's start
@@ -78,7 +79,7 @@ def _header(frames: np.ndarray, labels: list[str], xs: list[int], height: int = 
 
 
 # -------------------------------------------------------------------- plots
-def _plots(out: Path, stages: list[dict], drift_factor: int) -> dict[str, str]:
+def _plots(out: Path, stages: list[dict], drift_factor: int, stream_seconds: float | None = None) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +118,13 @@ def _plots(out: Path, stages: list[dict], drift_factor: int) -> dict[str, str]:
     panels = [("Oracle metrics (training length)", METRICS, scored)]
     if has_long:
         panels.append((f"Rollouts {drift_factor}x the training length: first vs last window", LONG_METRICS, has_long))
-    colours = {r["name"]: f"C{i}" for i, r in enumerate(scored)}  # one colour per model in every panel
+    streamed = [row for r in scored for row in (r, {**(r.get("shipped") or {}), "name": f"{r['name']} (shipped)",
+                                                     "label": f"{r['label']} (shipped)"})
+                if "stream_caption_adherence" in (row.get("metrics") or {})]
+    if streamed:
+        length = f"{stream_seconds:g} s" if stream_seconds else "minutes"
+        panels.append((f"Streams of {length}, scored clip by clip: caption adherence", STREAM_METRICS, streamed))
+    colours = {r["name"]: f"C{i}" for i, r in enumerate(scored + streamed)}  # one colour per model in every panel
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.8 * len(panels)), squeeze=False)
     for ax, (title, keys, rows) in zip(axes[:, 0], panels):
         width = 0.8 / len(rows)
@@ -125,7 +132,7 @@ def _plots(out: Path, stages: list[dict], drift_factor: int) -> dict[str, str]:
             values = [_num(r["metrics"].get(k)) for k in keys]
             ax.bar(np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width, values, width, label=r["label"],
                    color=colours[r["name"]])
-        ax.set_xticks(np.arange(len(keys)), [k.replace("long_", "").replace("_", " ") for k in keys], fontsize=8)
+        ax.set_xticks(np.arange(len(keys)), [k.replace("long_", "").replace("stream_", "").replace("_", " ") for k in keys], fontsize=8)
         ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel="score (1 = perfect)", title=title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncol=min(len(rows), 6), loc="upper center")
@@ -176,10 +183,12 @@ def _markdown(report: dict) -> str:
               f"Teachers are sampled with {report['budget']['eval_steps']} Euler steps and CFG, distilled students with their "
               "few-step sampler (2 steps per chunk; the 1-step caption column) and no CFG (it is distilled into them); causal models chunk by chunk with a KV cache, "
               f"also on rollouts {report['budget']['drift_factor']}x their training length (first and last training-length window, "
-              "and the oracle's drift = drop in quality between them). NFE: network evaluations per video (a causal model's each "
+              "and the oracle's drift = drop in quality between them). Students also stream each prompt for "
+              f"{report['budget'].get('stream_seconds', 0):g} s of video, scored clip by clip (caption adherence of the first "
+              "clip and of the second half: what a viewer of a long stream sees). NFE: network evaluations per video (a causal model's each "
               "covers one chunk); seconds per video of sampling on this device.", ""]
     header = ["stage", "source", "sampler", "caption", "1-step caption", "colour", "shape", "direction", "temporal",
-              "long caption first → last", "drift", "NFE / video", "s / video", "training"]
+              "long caption first → last", "drift", "stream caption first → 2nd half", "NFE / video", "s / video", "training"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for r in stages:
@@ -196,11 +205,14 @@ def _markdown(report: dict) -> str:
         long = "—"
         if "long_first_caption_adherence" in m:
             long = f"{_fmt(m['long_first_caption_adherence'])} → {_fmt(m['long_last_caption_adherence'])}"
+        stream = "—"
+        if "stream_caption_adherence" in m:
+            stream = f"{_fmt(m['stream_first_caption_adherence'])} → {_fmt(m['stream_second_half_caption_adherence'])}"
         lines.append("| " + " | ".join([
             r["name"], r["source"], sampler_text, _fmt(m.get("caption_adherence")),
             _fmt((r.get("one_step") or {}).get("caption_adherence")) if r.get("one_step") else "—",
             *(_fmt(m.get(k)) for k in ("colour_adherence", "shape_adherence", "direction_accuracy", "temporal_consistency")),
-            long, _fmt(m.get("long_drift")),
+            long, _fmt(m.get("long_drift")), stream,
             f"{cost['nfe_per_video']:.0f}" if cost else "—", f"{cost['seconds_per_video']:.2f}" if cost else "—",
             _training_text(r["training"]) if r.get("training") else "—",
         ]) + " |")
