@@ -124,7 +124,8 @@ def _plots(out: Path, stages: list[dict], drift_factor: int, stream_seconds: flo
     if streamed:
         length = f"{stream_seconds:g} s" if stream_seconds else "minutes"
         panels.append((f"Streams of {length}, scored clip by clip: caption adherence", STREAM_METRICS, streamed))
-    colours = {r["name"]: f"C{i}" for i, r in enumerate(scored + streamed)}  # one colour per model in every panel
+    names = list(dict.fromkeys(r["name"] for r in scored + streamed))
+    colours = {name: plt.get_cmap("tab20" if len(names) > 10 else "tab10")(i) for i, name in enumerate(names)}  # one per model
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.8 * len(panels)), squeeze=False)
     for ax, (title, keys, rows) in zip(axes[:, 0], panels):
         width = 0.8 / len(rows)
