@@ -300,7 +300,7 @@ def evaluate_checkpoint(
     from ..errors import UserError
 
     if stream_seconds < 0:
-        raise UserError(f"--stream-seconds must be positive, got {stream_seconds:g}")
+        raise UserError(f"--stream-seconds must be >= 0 (0: no streams), got {stream_seconds:g}")
     model, world, spec = load_for_eval(path, steps=steps, device=device)
     if window_frames is not None:
         if not spec.causal:
