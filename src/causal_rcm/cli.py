@@ -234,6 +234,7 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
 
     Our layout to ours keeps the pipeline section (codec, text encoder, sampler and stream defaults); the Wan and
     diffusers layouts have no place for it."""
+    from .config import check_window
     from .models.adapters import load_checkpoint, read_pipeline_config, save_checkpoint
 
     config, state, src_layout = load_checkpoint(src)
@@ -243,9 +244,7 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
             raise UserError("--window sets the stream window of our layout's pipeline section; use --to causal-rcm")
         if not pipeline.get("causal"):
             raise UserError(f"--window needs a causal checkpoint of our layout with a pipeline section; {src} is not one")
-        chunk = pipeline.get("frames_per_chunk", 1)
-        if window < chunk:
-            raise UserError(f"--window must hold a chunk of {chunk} frames, got {window}")
+        check_window(window, pipeline.get("frames_per_chunk", 1), "--window")
         pipeline = {**pipeline, "stream": {**pipeline.get("stream", {}), "window_frames": window}}
     _check_writable(dst)
     save_checkpoint(config, state, dst, layout, pipeline=pipeline if layout == "causal-rcm" else None)

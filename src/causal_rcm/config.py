@@ -27,6 +27,7 @@ __all__ = [
     "load_config",
     "config_to_dict",
     "register_recipe",
+    "check_window",
     "recipe_config",
     "recipe_names",
 ]
@@ -168,6 +169,16 @@ class Config:
 
     def out_dir(self) -> Path:
         return Path(self.train.out_dir or f"runs/{self.recipe}")
+
+
+def check_window(value: int, frames_per_chunk: int, name: str, *, zero: str | None = None) -> None:
+    """Refuse a KV-cache window (latent frames, the current chunk included) that cannot hold a chunk.
+
+    ``zero`` names what 0 means where it is a default (e.g. "the training length"); without it 0 is refused too."""
+    if (zero is not None and value == 0) or value >= frames_per_chunk:
+        return
+    allowed = f"be 0 ({zero}) or hold" if zero is not None else "hold"
+    raise UserError(f"{name} must {allowed} a chunk of {frames_per_chunk} frames, got {value}")
 
 
 # --------------------------------------------------------------------- recipe registry

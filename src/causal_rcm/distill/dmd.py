@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, register_recipe
+from ..config import Config, check_window, register_recipe
 from ..diffusion.conversions import expand_time, velocity_to_x0
 from ..diffusion.guidance import guided_velocity
 from ..diffusion.schedules import flow_time_grid, shift_time
@@ -110,11 +110,7 @@ class SFDMDRecipe(TFDistillRecipe):
             raise UserError(f"objective.sample_steps must be >= 1, got {obj.sample_steps}")
         if obj.rollout_factor < 1:
             raise UserError(f"objective.rollout_factor must be >= 1 (1: rollouts of the training length), got {obj.rollout_factor}")
-        if obj.rollout_window < 0 or 0 < obj.rollout_window < config.data.frames_per_chunk:
-            raise UserError(
-                f"objective.rollout_window must be 0 (the training length) or hold a chunk of "
-                f"{config.data.frames_per_chunk} frames, got {obj.rollout_window}"
-            )
+        check_window(obj.rollout_window, config.data.frames_per_chunk, "objective.rollout_window", zero="the training length")
         if obj.rollout_factor > 1 and config.data.agent:
             raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
         if obj.scm_weight < 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Config, register_recipe
+from ..config import Config, check_window, register_recipe
 from ..diffusion.schedules import shift_time
 from ..errors import UserError
 from ..eval.shapes import SamplerSpec, direction_word_gap, evaluate_model
@@ -59,11 +59,7 @@ class DenoisingRecipe(Recipe):
         super().__init__(config)
         self.world = world
         data = config.data
-        if data.stream_window < 0 or 0 < data.stream_window < data.frames_per_chunk:
-            raise UserError(
-                f"data.stream_window must be 0 (the training length) or hold a chunk of {data.frames_per_chunk} "
-                f"frames, got {data.stream_window}"
-            )
+        check_window(data.stream_window, data.frames_per_chunk, "data.stream_window", zero="the training length")
         if config.train.eval_stream_seconds < 0:
             raise UserError(f"train.eval_stream_seconds must be >= 0 (0: off), got {config.train.eval_stream_seconds:g}")
 

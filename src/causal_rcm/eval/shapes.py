@@ -297,6 +297,7 @@ def evaluate_checkpoint(
     checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts and the streams of
     ``stream_seconds`` (see :func:`stream_metrics`).
     """
+    from ..config import check_window
     from ..errors import UserError
 
     if stream_seconds < 0:
@@ -305,8 +306,7 @@ def evaluate_checkpoint(
     if window_frames is not None:
         if not spec.causal:
             raise UserError("--window needs a causal checkpoint; this one is bidirectional")
-        if window_frames < spec.frames_per_chunk:
-            raise UserError(f"--window must hold a chunk of {spec.frames_per_chunk} frames, got {window_frames}")
+        check_window(window_frames, spec.frames_per_chunk, "--window")
         spec = replace(spec, window_frames=window_frames)
     if stream_seconds and not spec.causal:
         raise UserError("--stream-seconds needs a causal checkpoint; a bidirectional one samples its training length")
