@@ -393,6 +393,17 @@ class StreamingPipeline:
         return float(self.config.sampler["guidance"]) if guidance is None else float(guidance)
 
     # ------------------------------------------------------------ public
+    def check_window(self, window_frames: int | None, frames_per_chunk: int | None = None) -> None:
+        """Refuse a stream window (latent frames, the chunk included; None: the checkpoint's) that is not a
+        positive integer or cannot hold a chunk of ``frames_per_chunk`` (default: the checkpoint's chunk)."""
+        if window_frames is not None and (isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1):
+            raise UserError(f"window_frames must be a positive integer, got {window_frames!r}")
+        fc = self.config.frames_per_chunk if frames_per_chunk is None else frames_per_chunk
+        window = self.config.stream["window_frames"] if window_frames is None else window_frames
+        if window is not None and fc > window:
+            whose = "the checkpoint's window" if window_frames is None else "a window"
+            raise UserError(f"a chunk of {fc} frames does not fit {whose} of {window} frames")
+
     def stream(
         self,
         prompt: str,
@@ -435,12 +446,7 @@ class StreamingPipeline:
         if num_frames is not None and num_frames < 1:
             raise UserError(f"num_frames must be >= 1, got {num_frames}")
         fc = cfg.frames_per_chunk if mode == "chunk" else 1
-        if window_frames is not None and (isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1):
-            raise UserError(f"window_frames must be a positive integer, got {window_frames!r}")
-        window = cfg.stream["window_frames"] if window_frames is None else window_frames
-        if window is not None and fc > window:
-            whose = "the checkpoint's window" if window_frames is None else "a window"
-            raise UserError(f"a chunk of {fc} frames does not fit {whose} of {window} frames")
+        self.check_window(window_frames, fc)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {seed!r}")
         return Stream(

@@ -225,17 +225,17 @@ class Quickstart:
         model also streams each prompt for the budget's ``stream_seconds`` (``stream_*`` metrics).
         """
         from .data.video import to_uint8
-        from .eval.shapes import evaluate, load_for_eval, stream_factor
+        from .eval.shapes import evaluate, load_for_eval
 
         model, world, spec = load_for_eval(model_path, steps=steps or self.budget.eval_steps, device=self.device)
-        streams = stream_factor(world, self.budget.stream_seconds) if stream and spec.causal else 0
+        streams = self.budget.stream_seconds if stream and spec.causal else 0.0
         rollouts = f", {self.budget.drift_factor}x-length rollouts" if drift and spec.causal else ""
-        rollouts += f", {self.budget.stream_seconds:g} s streams" if streams else ""
+        rollouts += f", {streams:g} s streams" if streams else ""
         sampler = "Euler" if spec.solver == "euler" else spec.solver
         self.say(f"  sampling {self.budget.eval_videos} videos ({spec.steps} {sampler} steps, CFG {spec.guidance:g}{rollouts})")
         result = evaluate(
             model, world, spec, n=self.budget.eval_videos, drift_factor=self.budget.drift_factor if drift else 0,
-            stream_factor=streams, progress=f"{stage}: sampling" if self.progress else None,
+            stream_seconds=streams, progress=f"{stage}: sampling" if self.progress else None,
         )
         samples = {"samples": to_uint8(result.videos[:SAMPLE_ROWS])}
         if result.long_videos is not None:

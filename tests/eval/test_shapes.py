@@ -88,7 +88,7 @@ def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch
 
 def test_evaluate_streams_causal_models_only(tmp_path):
     model, world, spec = load_for_eval(make_checkpoint(tmp_path / "ckpt", steps=1), device="cpu")
-    metrics = evaluate(model, world, spec, n=2, stream_factor=3).metrics
+    metrics = evaluate(model, world, spec, n=2, stream_seconds=3.0).metrics  # 3 clips of 8 frames at 8 fps
     assert metrics["stream_seconds"] == 3.0 and 0 <= metrics["stream_second_half_caption_adherence"] <= 1
     bidirectional = dataclasses.replace(spec, causal=False)
-    assert "stream_seconds" not in evaluate(model, world, bidirectional, n=2, stream_factor=3).metrics
+    assert "stream_seconds" not in evaluate(model, world, bidirectional, n=2, stream_seconds=3.0).metrics

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.embedded import ShapesWorld
+
 __all__ = ["REPORT_FILES", "write_report"]
 
 REPORT_FILES = ("report.md", "report.json", "plots", "samples")
@@ -25,7 +27,7 @@ LONG_METRICS = (
 )
 STREAM_METRICS = ("stream_first_caption_adherence", "stream_caption_adherence", "stream_second_half_caption_adherence")
 SCALE = 4  # nearest-neighbour upscaling of the 32 px samples
-FPS = 8
+FPS = ShapesWorld.fps  # the sample grids play at the world's frame rate
 
 
 def write_report(out: Path, report: dict, *, started: float) -> dict[str, str]:

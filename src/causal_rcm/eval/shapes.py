@@ -120,18 +120,19 @@ class Evaluation:
 
 def evaluate(
     model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
-    stream_factor: int = 0, progress: str | None = None,
+    stream_seconds: float = 0.0, progress: str | None = None,
 ) -> Evaluation:
     """Sample ``n`` held-out prompts (and, causal with ``drift_factor = k``, rollouts k times as long) and score them.
 
     ``progress`` names a progress bar over the network calls. Long rollouts add ``long_*`` metrics
-    (see :func:`drift_metrics`); a causal model with ``stream_factor = m`` also streams each prompt m
-    times the training length, scored clip by clip (``stream_*`` metrics, see :func:`stream_metrics`).
+    (see :func:`drift_metrics`); a causal model with ``stream_seconds`` also streams each prompt for
+    about that much video, scored clip by clip (``stream_*`` metrics, see :func:`stream_metrics`).
     """
     frames = world.data.num_frames
     ref = world.eval_set(n)
     long_frames = frames * drift_factor if drift_factor and spec.causal else 0
-    stream_frames = frames * stream_factor if stream_factor and spec.causal else 0
+    streams = stream_factor(world, stream_seconds) if stream_seconds > 0 and spec.causal else 0
+    stream_frames = frames * streams
     batches = math.ceil(n / BATCH)
     total = batches * sum(spec.calls_per_batch(f) for f in (frames, long_frames, stream_frames) if f)
     with NetworkCalls(model, total, progress) as calls:
@@ -142,7 +143,7 @@ def evaluate(
         if long_frames:
             long_ref = world.eval_set(n, num_frames=long_frames)
             long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
-        stream = stream_metrics(model, world, spec, ref["caption"], factor=stream_factor, seed=seed + 2) if stream_frames else {}
+        stream = stream_metrics(model, world, spec, ref["caption"], factor=streams, seed=seed + 2) if streams else {}
     metrics = dict(world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
     if long_videos is not None:
         metrics.update(drift_metrics(world, long_videos, long_ref["caption"]))
@@ -245,8 +246,7 @@ def evaluate_model(
     window (``long_*`` keys) and the oracle's drift; with ``stream_seconds``, streams of about that
     much video, scored clip by clip (``stream_*`` keys). With ``out_dir``, GIFs of ground truth beside samples.
     """
-    factor = stream_factor(world, stream_seconds) if stream_seconds > 0 else 0
-    result = evaluate(model, world, spec, n=n, seed=seed, drift_factor=drift_factor, stream_factor=factor)
+    result = evaluate(model, world, spec, n=n, seed=seed, drift_factor=drift_factor, stream_seconds=stream_seconds)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         ref, videos = result.reference, result.videos

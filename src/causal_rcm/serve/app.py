@@ -355,7 +355,7 @@ def create_app(
     if max_streams < 1 or max_steps < 1 or queue_frames < 1:
         raise UserError("max_streams, max_steps and queue_frames must be >= 1")
     if window_frames is not None:
-        pipeline.stream("", num_frames=1, window_frames=window_frames)  # refuses a bad window now, not per client
+        pipeline.check_window(window_frames)  # refused now, not per client
     settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime,
                         window_frames=window_frames)
     slots = Slots(max_streams)
