@@ -20,13 +20,14 @@ import torch
 
 from causal_rcm.eval.stream import measure_stream
 from causal_rcm.pipeline import StreamingPipeline
+from causal_rcm.models.adapters import save_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # The shapes world at 32 px (pixel codec factor 4 -> 48 x 8 x 8 latents): what `causal-rcm train` writes for
 # a 1-4 step causal student, with the codec normalisation of the shapes world.
 UNTRAINED_PIPELINE = {
-    "world": "shapes", "resolution": 32, "num_frames": 8, "frames_per_chunk": 2, "causal": True,
+    "source": "shapes", "resolution": 32, "num_frames": 8, "frames_per_chunk": 2, "causal": True,
     "codec": {"kind": "pixel", "factor": 4, "shift": -0.81, "scale": 1.92},
     "text": {"kind": "toy", "dim": 64, "text_len": 16, "seed": 0},
     "sampler": {"solver": "consistency", "steps": 2, "shift": 3.0, "guidance": 1.0},
@@ -42,7 +43,7 @@ def untrained_shapes_checkpoint(folder: Path) -> Path:
     model = CausalWanModel.from_preset("shapes")
     with torch.no_grad():
         torch.nn.init.normal_(model.head.head.weight, std=0.02)
-    return model.save_pretrained(folder / "untrained-shapes", pipeline=UNTRAINED_PIPELINE)
+    return save_model(model, folder / "untrained-shapes", pipeline=UNTRAINED_PIPELINE)
 
 
 def main(argv: list[str] | None = None) -> int:

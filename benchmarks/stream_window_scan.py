@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in args.checkpoint:
         pipe = StreamingPipeline.from_pretrained(checkpoint)
         rows = scan(pipe, windows, PROMPTS[: args.prompts], seconds=args.seconds, seed=args.seed)
-        results.append({"checkpoint": str(checkpoint), "checkpoint_window_frames": pipe.config.stream["window_frames"],
+        results.append({"checkpoint": str(checkpoint), "checkpoint_window_frames": pipe.config.stream.window_frames,
                         "clip_frames": pipe.video_frames, "rows": rows})
         for row in rows:
             print(f"{checkpoint}  window {row['window_frames']:>3}: caption first clip {row['caption_first_clip']:.2f}, "

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from causal_rcm.eval.shapes import load_for_eval, sample_videos
+from causal_rcm.eval.score import load_for_eval, sample_videos
 
 
 def main(path: str, samples: int = 16) -> None:

@@ -12,7 +12,7 @@ learn from it.
 import sys
 from collections import defaultdict
 
-from causal_rcm.eval.shapes import load_for_eval, sample_videos
+from causal_rcm.eval.score import load_for_eval, sample_videos
 
 
 def groups(scene) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .conftest import random_model, small_config
+from causal_rcm.models.adapters import save_model
 
 
 def pipeline_section(*, causal: bool = True, num_actions: int = 0, frames_per_chunk: int = 2, num_frames: int = 8,
@@ -15,7 +16,7 @@ def pipeline_section(*, causal: bool = True, num_actions: int = 0, frames_per_ch
                      guidance: float = 1.0, codec_frames: int = 1) -> dict:
     """The pipeline config of a 32 px shapes-world checkpoint (pixel codec factor 4: 48 T x 8 x 8 latents)."""
     return {
-        "world": "shapes",
+        "source": "shapes",
         "resolution": 32,
         "num_frames": num_frames,
         "frames_per_chunk": frames_per_chunk,
@@ -34,4 +35,4 @@ def make_checkpoint(path: Path, *, seed: int = 0, num_actions: int = 0, **pipeli
     channels = 48 * pipeline.get("codec_frames", 1)
     config = small_config(in_dim=channels, out_dim=channels, text_dim=16, text_len=16, num_actions=num_actions)
     model = random_model(config, seed=seed, backend="sdpa")
-    return model.save_pretrained(path, pipeline=pipeline_section(num_actions=num_actions, **pipeline))
+    return save_model(model, path, pipeline=pipeline_section(num_actions=num_actions, **pipeline))

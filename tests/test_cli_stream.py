@@ -138,4 +138,4 @@ def test_generate_with_a_wider_stream_window(checkpoints, tmp_path, capsys):
           "-o", str(out)])
     assert "24 frames" in capsys.readouterr().out and out.stat().st_size > 0
     assert run_main("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle", "--window", "1", "-o", str(out)) == 2
-    assert "does not fit a window of 1 frames" in capsys.readouterr().err
+    assert "--window must hold a chunk of 2 frames, got 1" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import torch
 from causal_rcm import StreamingPipeline
 from causal_rcm.diffusion import causal_sample, euler_sample
 from causal_rcm.errors import UserError
-from causal_rcm.models import masks
+from causal_rcm.kernels import masks
+from causal_rcm.models.adapters import save_model
 
 from .checkpoints import make_checkpoint, pipeline_section
 from .conftest import random_model, small_config
@@ -69,7 +70,7 @@ def test_a_wider_window_than_the_checkpoints_equals_the_sampler_with_it(tmp_path
     for bad in (0, -1, 1.5, True):
         with pytest.raises(UserError, match="window_frames must be a positive integer"):
             pipe.stream(PROMPT_A, window_frames=bad)
-    with pytest.raises(UserError, match="does not fit a window of 1 frames"):
+    with pytest.raises(UserError, match="window_frames must hold a chunk of 2 frames, got 1"):
         pipe.stream(PROMPT_A, window_frames=1)  # a chunk is 2 frames
 
 
@@ -214,10 +215,10 @@ def test_generate_with_a_prompt_schedule(tmp_path):
 def test_loading_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         StreamingPipeline.from_pretrained(tmp_path / "nowhere")
-    random_model(small_config(in_dim=48, out_dim=48, text_dim=16, text_len=16)).save_pretrained(tmp_path / "bare")
+    save_model(random_model(small_config(in_dim=48, out_dim=48, text_dim=16, text_len=16)), tmp_path / "bare")
     with pytest.raises(UserError, match="no 'pipeline' section"):
         StreamingPipeline.from_pretrained(tmp_path / "bare")
-    random_model(small_config(text_dim=16, text_len=16)).save_pretrained(
+    save_model(random_model(small_config(text_dim=16, text_len=16)), 
         tmp_path / "mismatch", pipeline=pipeline_section())
     with pytest.raises(UserError, match="latent channels"):
         StreamingPipeline.from_pretrained(tmp_path / "mismatch")

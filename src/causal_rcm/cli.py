@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import TrainingStopped, UserError
+from causal_rcm import __version__
+from causal_rcm.errors import TrainingStopped, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -43,7 +43,7 @@ def quickstart(out: Path, from_scratch: bool, teachers: Path | None, device: str
 
     started = time.perf_counter()
     _check_writable(out)
-    from .quickstart import run_quickstart
+    from causal_rcm.runs.quickstart import run_quickstart
 
     args = ["--out", str(out), "--device", device]
     args += ["--from-scratch"] * from_scratch + ["--fast"] * fast + ["--restart"] * restart
@@ -90,8 +90,9 @@ def train(recipe: str, overrides: tuple[str, ...], config_file: Path | None, res
     """
     import json
 
-    from .config import config_to_dict, load_config
-    from .train import train as run
+    from causal_rcm.config import config_to_dict
+    from causal_rcm.runs import load_config
+    from causal_rcm.runs import train as run
 
     config = load_config(recipe, config_file, list(overrides))
     if print_config:
@@ -121,7 +122,7 @@ def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out
     """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
     import json
 
-    from .eval.shapes import evaluate_checkpoint
+    from causal_rcm.eval.score import evaluate_checkpoint
 
     if json_out is not None:
         _check_writable(json_out)
@@ -147,10 +148,10 @@ def bench() -> None:
 
 
 def _register_benchmarks() -> None:
-    from .bench.attention import attention_command
-    from .bench.jvp import jvp_command
-    from .bench.scm_step import scm_step_command
-    from .bench.stream import stream_command
+    from causal_rcm.bench.attention import attention_command
+    from causal_rcm.bench.jvp import jvp_command
+    from causal_rcm.bench.scm_step import scm_step_command
+    from causal_rcm.bench.stream import stream_command
 
     bench.add_command(attention_command)
     bench.add_command(jvp_command)
@@ -182,7 +183,7 @@ def cm_convergence(overrides, teacher, out, steps, eval_every, videos, threshold
 
     KEY=VALUE overrides apply to every method (e.g. `train.batch_size=16 optim.lr=1e-5`).
     """
-    from .experiments.cm_convergence import run_cm_convergence
+    from causal_rcm.runs.cm_convergence import run_cm_convergence
 
     _check_writable(out)
     result = run_cm_convergence(
@@ -211,7 +212,7 @@ def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd
 
     KEY=VALUE overrides apply to every run (e.g. `train.batch_size=16`); --dmd-lr, after them, to the SF-DMD arms.
     """
-    from .experiments.init_ablation import run_init_ablation
+    from causal_rcm.runs.init_ablation import run_init_ablation
 
     _check_writable(out)
     result = run_init_ablation(
@@ -234,23 +235,26 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
 
     Our layout to ours keeps the pipeline section (codec, text encoder, sampler and stream defaults); the Wan and
     diffusers layouts have no place for it."""
-    from .config import check_window
-    from .models.adapters import load_checkpoint, read_pipeline_config, save_checkpoint
+    import dataclasses
+
+    from causal_rcm.diffusion.samplers import check_window
+    from causal_rcm.models.adapters import load_checkpoint, save_checkpoint
+    from causal_rcm.spec import PipelineSpec
 
     config, state, src_layout = load_checkpoint(src)
-    pipeline = read_pipeline_config(src)
+    spec = PipelineSpec.read_if_any(src) if src_layout == "causal-rcm" else None
     if window is not None:
         if layout != "causal-rcm":
             raise UserError("--window sets the stream window of our layout's pipeline section; use --to causal-rcm")
-        if not pipeline.get("causal"):
+        if spec is None or not spec.causal:
             raise UserError(f"--window needs a causal checkpoint of our layout with a pipeline section; {src} is not one")
-        check_window(window, pipeline.get("frames_per_chunk", 1), "--window")
-        pipeline = {**pipeline, "stream": {**pipeline.get("stream", {}), "window_frames": window}}
+        check_window(window, spec.frames_per_chunk, "--window")
+        spec = dataclasses.replace(spec, stream=dataclasses.replace(spec.stream, window_frames=window))
     _check_writable(dst)
-    save_checkpoint(config, state, dst, layout, pipeline=pipeline if layout == "causal-rcm" else None)
+    save_checkpoint(config, state, dst, layout, pipeline=spec.to_dict() if spec is not None and layout == "causal-rcm" else None)
     n_params = sum(v.numel() for v in state.values())
     click.echo(f"{src} ({src_layout}) -> {dst} ({layout}): {len(state)} tensors, {n_params / 1e6:.2f} M parameters")
-    if pipeline and layout != "causal-rcm":
+    if spec is not None and layout != "causal-rcm":
         click.echo(f"note: the {layout} layout does not hold IN's pipeline section (codec, text encoder, sampler); "
                    "`generate`, `serve` and `eval` need our layout")
     elif window is not None:
@@ -283,8 +287,8 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
     import time
 
-    from .data.video import write_gif, write_mp4
-    from .pipeline import StreamingPipeline
+    from causal_rcm.data.video import write_gif, write_mp4
+    from causal_rcm.pipeline import StreamingPipeline
 
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise UserError(f"--out must end with .mp4 or .gif, got {out}")
@@ -296,6 +300,8 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     if scale < 1:
         raise UserError(f"--scale must be a positive integer, got {scale}")
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks)
+    if window is not None and pipe.config.causal:
+        pipe.check_window(window, 1 if mode == "frame" else None, name="--window")
     fps = pipe.config.fps
     num_frames = None if seconds is None else max(1, round(seconds * fps))
     schedule = [(_frame_at(when, fps), text) for when, text in switches]
@@ -343,8 +349,8 @@ def _frame_at(when: str, fps: float) -> int:
 def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, window: int | None,
           device: str) -> None:
     """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
-    from .pipeline import StreamingPipeline
-    from .serve import run
+    from causal_rcm.pipeline import StreamingPipeline
+    from causal_rcm.serve import run
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
@@ -357,6 +363,7 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
 
     run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready,
         window_frames=window)
+
 
 def _check_writable(path: Path) -> None:
     """Fail early with one line if ``path`` cannot be created or written."""

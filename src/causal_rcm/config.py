@@ -1,7 +1,9 @@
-"""Run configuration: nested dataclasses, named recipes, ``key=value`` overrides, resolved JSON.
+"""Run configuration: nested dataclasses, ``key=value`` overrides, JSON files, the resolved config.
 
-A named recipe is a function returning a :class:`Config` with sensible defaults. The CLI applies
-``--config file.json`` then ``section.key=value`` overrides; every run writes the resolved config.
+Each recipe declares its defaults once (its ``defaults`` in :mod:`causal_rcm.distill`, or the staged run's in
+:mod:`causal_rcm.runs`); :func:`causal_rcm.runs.load_config` starts from them, applies a ``--config`` file
+(:func:`apply_file`: the shipped settings in ``configs/``, or any run's resolved ``config.json``) and then
+``section.key=value`` overrides (:func:`apply_overrides`). Every run writes its resolved config.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
-from .models.wan import CausalWanConfig
+from causal_rcm.errors import UserError
+from causal_rcm.models.wan import CausalWanConfig
 
 __all__ = [
     "Config",
@@ -23,13 +25,10 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "ObjectiveConfig",
+    "apply_file",
     "apply_overrides",
-    "load_config",
     "config_to_dict",
-    "register_recipe",
-    "check_window",
-    "recipe_config",
-    "recipe_names",
+    "save_config",
 ]
 
 
@@ -37,7 +36,7 @@ __all__ = [
 class DataConfig:
     """Where training videos come from and their frame structure."""
 
-    world: str = "shapes"  # shapes | shards (later)
+    source: str = "shapes"  # where training videos come from: the embedded shapes world (more sources later)
     resolution: int = 32  # pixels (square)
     num_frames: int = 8  # latent frames per training video
     frames_per_chunk: int = 1  # causal structure: 1 = frame-wise
@@ -171,44 +170,6 @@ class Config:
         return Path(self.train.out_dir or f"runs/{self.recipe}")
 
 
-def check_window(value: int, frames_per_chunk: int, name: str, *, zero: str | None = None) -> None:
-    """Refuse a KV-cache window (latent frames, the current chunk included) that cannot hold a chunk.
-
-    ``zero`` names what 0 means where it is a default (e.g. "the training length"); without it 0 is refused too."""
-    if (zero is not None and value == 0) or value >= frames_per_chunk:
-        return
-    allowed = f"be 0 ({zero}) or hold" if zero is not None else "hold"
-    raise UserError(f"{name} must {allowed} a chunk of {frames_per_chunk} frames, got {value}")
-
-
-# --------------------------------------------------------------------- recipe registry
-_RECIPES: dict[str, Callable[[], Config]] = {}
-
-
-def register_recipe(name: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
-    def wrap(fn: Callable[[], Config]) -> Callable[[], Config]:
-        _RECIPES[name] = fn
-        return fn
-
-    return wrap
-
-
-def recipe_names() -> list[str]:
-    _import_recipes()
-    return sorted(_RECIPES)
-
-
-def recipe_config(name: str) -> Config:
-    _import_recipes()
-    if name not in _RECIPES:
-        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(sorted(_RECIPES))}")
-    return _RECIPES[name]()
-
-
-def _import_recipes() -> None:
-    from . import distill  # noqa: F401  (recipes register themselves on import)
-
-
 # ------------------------------------------------------------------ (de)serialisation
 def config_to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
@@ -299,24 +260,26 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
-def load_config(recipe: str, config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """The named recipe's config, updated by a JSON file (resolved configs work) and overrides."""
-    config = recipe_config(recipe)
-    if config_file:
-        path = Path(config_file)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except ValueError as exc:
-            raise UserError(f"config file {path} is not valid JSON: {exc}") from None
-        if data.get("recipe", recipe) != recipe:
-            raise UserError(f"config file {path} is for recipe {data['recipe']!r}, not {recipe!r}")
-        data.pop("recipe", None)
-        for key, value in _flatten(data).items():
-            _set(config, key, value, from_string=False)
-        _revalidate(config)
-    return apply_overrides(config, list(overrides))
+def apply_file(config: Config, config_file: str | Path) -> Config:
+    """Update ``config`` in place from a JSON file of sections (a resolved ``config.json`` works); UserError names
+    a missing file, bad JSON, a file for another recipe, or a bad key or value."""
+    path = Path(config_file)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"config file {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a JSON object of sections, not a {type(data).__name__}")
+    if data.get("recipe", config.recipe) != config.recipe:
+        raise UserError(f"config file {path} is for recipe {data['recipe']!r}, not {config.recipe!r}")
+    data.pop("recipe", None)
+    data.pop("about", None)  # a shipped config's note on what it is for
+    for key, value in _flatten(data).items():
+        _set(config, key, value, from_string=False)
+    _revalidate(config)
+    return config
 
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")

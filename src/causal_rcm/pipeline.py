@@ -22,6 +22,7 @@ unconditional cache of CFG depends only on the empty prompt and is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -33,68 +34,19 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .data.codec import PixelCodec
-from .data.text import ToyTextEncoder
-from .data.video import to_uint8
-from .diffusion.guidance import is_unguided
-from .diffusion.samplers import (
-    SOLVERS,
-    consistency_sample,
-    euler_sample,
-    make_kv_caches,
-    refresh_kv_caches,
-    sample_chunk,
-    time_grid,
-)
-from .errors import UserError
+from causal_rcm.data.codec import PixelCodec
+from causal_rcm.data.text import ToyTextEncoder
+from causal_rcm.data.video import to_uint8
+from causal_rcm.diffusion.guidance import is_unguided
+from causal_rcm.diffusion.samplers import check_window, make_kv_caches, refresh_kv_caches, sample, sample_chunk, time_grid
+from causal_rcm.errors import UserError
+from causal_rcm.models.adapters import load_model
+from causal_rcm.spec import PipelineSpec
 
-__all__ = ["MODES", "PipelineConfig", "StreamFrame", "Stream", "StreamingPipeline"]
+__all__ = ["MODES", "StreamFrame", "Stream", "StreamingPipeline"]
 
 MODES = ("frame", "chunk")
 Actions = Callable[[int], int] | Iterable[int] | None
-
-
-@dataclass
-class PipelineConfig:
-    """The ``pipeline`` section of a checkpoint's config.json: how to turn the model into video."""
-
-    resolution: int
-    num_frames: int
-    frames_per_chunk: int
-    causal: bool
-    codec: dict
-    text: dict
-    sampler: dict = field(default_factory=lambda: {"solver": "euler", "steps": 50, "shift": 3.0, "guidance": 3.0})
-    stream: dict = field(default_factory=dict)
-    fps: float = 8.0
-    num_actions: int = 0
-    world: str = "shapes"
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "checkpoint") -> PipelineConfig:
-        """Parse (unknown keys are ignored, so newer checkpoints stay readable); UserError names what is missing."""
-        if not data:
-            raise UserError(
-                f"{source} has no 'pipeline' section in config.json: it says how to decode and prompt the model; "
-                "use a checkpoint written by `causal-rcm train`"
-            )
-        required = ("resolution", "num_frames", "frames_per_chunk", "causal", "codec", "text")
-        missing = [k for k in required if k not in data]
-        if missing:
-            raise UserError(f"{source}: the pipeline config lacks {', '.join(missing)}")
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        config = cls(**known)
-        config.sampler = {"solver": "euler", "steps": 50, "shift": 3.0, "guidance": 3.0, **config.sampler}
-        config.stream = {"sink_frames": 0, "window_frames": config.num_frames, **config.stream}
-        if config.codec.get("kind") != "pixel":
-            raise UserError(f"{source}: codec kind {config.codec.get('kind')!r} is not supported (only 'pixel')")
-        if config.text.get("kind") != "toy":
-            raise UserError(f"{source}: text encoder kind {config.text.get('kind')!r} is not supported (only 'toy')")
-        if config.sampler["solver"] not in SOLVERS:
-            raise UserError(f"{source}: sampler solver {config.sampler['solver']!r} is not one of {SOLVERS}")
-        if config.frames_per_chunk < 1 or config.num_frames < 1 or config.resolution < 1 or config.fps <= 0:
-            raise UserError(f"{source}: resolution, num_frames, frames_per_chunk and fps must be positive")
-        return config
 
 
 @dataclass
@@ -146,11 +98,11 @@ class Stream:
         self._context = pipe.encode_prompt(prompt)  # (1, L, D)
         self._neg = None if is_unguided(guidance) else pipe.encode_prompt("")
         self._guidance = guidance
-        self._grid = time_grid(steps, float(cfg.sampler["shift"])) if times is None else time_grid([1.0, *times, 0.0])
-        self._solver = cfg.sampler["solver"]
+        self._grid = time_grid(steps, cfg.sampler.shift) if times is None else time_grid([1.0, *times, 0.0])
+        self._solver = cfg.sampler.solver
         self._generator = torch.Generator(pipe.device).manual_seed(seed)
-        self._sink = int(cfg.stream["sink_frames"])
-        self._window = cfg.stream["window_frames"] if window_frames is None else window_frames
+        self._sink = cfg.stream.sink_frames
+        self._window = cfg.stream.window_frames if window_frames is None else window_frames
         self._caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=self._sink, window_frames=self._window)
         # Clean chunks the cache covers: those holding sink frames (kept for ever) and the window's.
         self._sink_chunks: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
@@ -288,7 +240,7 @@ class StreamingPipeline:
 
     Args:
         model: a :class:`~causal_rcm.models.wan.CausalWanModel` (eval mode).
-        config: the checkpoint's :class:`PipelineConfig`.
+        config: the checkpoint's :class:`~causal_rcm.spec.PipelineSpec`.
         device: where the model runs; frames are returned on the CPU.
         compile: ``torch.compile`` each block's pure tensor math
             (:meth:`~causal_rcm.models.wan.CausalWanModel.compile_blocks`): the first chunks of a
@@ -296,17 +248,15 @@ class StreamingPipeline:
             to float rounding. Off by default.
     """
 
-    def __init__(self, model: Any, config: PipelineConfig, device: torch.device | str = "cpu", *, compile: bool = False) -> None:
+    def __init__(self, model: Any, config: PipelineSpec, device: torch.device | str = "cpu", *, compile: bool = False) -> None:
         self.model = model.eval()
         if compile:
             model.compile_blocks()
         self.config = config
         self.device = torch.device(device)
         codec, text = config.codec, config.text
-        self.codec = PixelCodec(
-            codec.get("factor", 1), shift=codec.get("shift", 0.0), scale=codec.get("scale", 1.0), frames=codec.get("frames", 1),
-        )
-        self.text_encoder = ToyTextEncoder(dim=text["dim"], text_len=text["text_len"], seed=text.get("seed", 0)).to(self.device)
+        self.codec = PixelCodec(codec.factor, shift=codec.shift, scale=codec.scale, frames=codec.frames)
+        self.text_encoder = ToyTextEncoder(dim=text.dim, text_len=text.text_len, seed=text.seed).to(self.device)
         mc = model.config
         if mc.in_dim != self.codec.latent_channels or mc.out_dim != self.codec.latent_channels:
             raise UserError(
@@ -330,18 +280,10 @@ class StreamingPipeline:
         ``dtype`` None keeps the stored dtype on a GPU and loads float32 on the CPU (which runs
         half-precision weights slowly, if at all). ``compile``: see the class.
         """
-        from .models.adapters import detect_layout, read_pipeline_config
-        from .models.wan import CausalWanModel
-
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"checkpoint {path} does not exist")
-        if not path.is_dir() or detect_layout(path) != "causal-rcm":
-            raise UserError(f"{path} is not a causal-rcm checkpoint folder (config.json + model.safetensors)")
-        config = PipelineConfig.from_dict(read_pipeline_config(path), source=str(path))
+        config = PipelineSpec.read(path)
         if dtype is None and torch.device(device).type == "cpu":
             dtype = torch.float32
-        model = CausalWanModel.from_pretrained(path, device=device, dtype=dtype, attn_backend=attn_backend)
+        model = load_model(path, device=device, dtype=dtype, attn_backend=attn_backend)
         return cls(model, config, device=device, compile=compile)
 
     # ------------------------------------------------------------ pieces
@@ -371,7 +313,7 @@ class StreamingPipeline:
         return to_uint8(self.codec.decode(latents.float().cpu())[0])
 
     def _steps(self, steps: int | None) -> int:
-        steps = int(self.config.sampler["steps"]) if steps is None else steps
+        steps = self.config.sampler.steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise UserError(f"steps must be a positive integer, got {steps!r}")
         return steps
@@ -390,19 +332,20 @@ class StreamingPipeline:
         return times, len(times) + 1
 
     def _guidance(self, guidance: float | None) -> float:
-        return float(self.config.sampler["guidance"]) if guidance is None else float(guidance)
+        return self.config.sampler.guidance if guidance is None else float(guidance)
 
     # ------------------------------------------------------------ public
-    def check_window(self, window_frames: int | None, frames_per_chunk: int | None = None) -> None:
+    def check_window(self, window_frames: int | None, frames_per_chunk: int | None = None, *, name: str = "window_frames") -> None:
         """Refuse a stream window (latent frames, the chunk included; None: the checkpoint's) that is not a
-        positive integer or cannot hold a chunk of ``frames_per_chunk`` (default: the checkpoint's chunk)."""
+        positive integer or cannot hold a chunk of ``frames_per_chunk`` (default: the checkpoint's chunk); ``name``
+        is how the error names the window (e.g. a CLI option)."""
         if window_frames is not None and (isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1):
-            raise UserError(f"window_frames must be a positive integer, got {window_frames!r}")
+            raise UserError(f"{name} must be a positive integer, got {window_frames!r}")
         fc = self.config.frames_per_chunk if frames_per_chunk is None else frames_per_chunk
-        window = self.config.stream["window_frames"] if window_frames is None else window_frames
-        if window is not None and fc > window:
-            whose = "the checkpoint's window" if window_frames is None else "a window"
-            raise UserError(f"a chunk of {fc} frames does not fit {whose} of {window} frames")
+        if window_frames is not None:
+            check_window(window_frames, fc, name)
+        elif self.config.stream.window_frames is not None:
+            check_window(self.config.stream.window_frames, fc, "the checkpoint's window")
 
     def stream(
         self,
@@ -507,14 +450,10 @@ class StreamingPipeline:
         guidance = self._guidance(guidance)
         generator = torch.Generator(self.device).manual_seed(seed)
         noise = torch.randn((1, *self.latent_shape(cfg.num_frames)), generator=generator, device=self.device)
-        kwargs = dict(
-            steps=self._steps(steps), shift=float(cfg.sampler["shift"]), guidance=guidance,
-            neg_context=None if is_unguided(guidance) else self.encode_prompt(""),
-        )
+        spec = cfg.sampler_spec(steps=self._steps(steps))
+        spec = dataclasses.replace(spec, guidance=guidance)
         with torch.inference_mode():
             context = self.encode_prompt(prompt)
-            if cfg.sampler["solver"] == "consistency":
-                latents = consistency_sample(self.model, noise, context, generator=generator, **kwargs)
-            else:
-                latents = euler_sample(self.model, noise, context, **kwargs)
+            neg = None if is_unguided(guidance) else self.encode_prompt("")
+            latents = sample(self.model, noise, context, spec, neg_context=neg, generator=generator)
         return self.decode(latents)

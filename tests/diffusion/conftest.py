@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from causal_rcm.models.masks import block_causal
+from causal_rcm.kernels.masks import block_causal
 
 
 class ListCache:

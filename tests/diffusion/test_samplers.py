@@ -13,7 +13,7 @@ from causal_rcm.diffusion import (
     sample_chunk,
     time_grid,
 )
-from causal_rcm.models.masks import block_causal
+from causal_rcm.kernels.masks import block_causal
 
 
 # ------------------------------------------------------------------ analytic cases

@@ -13,10 +13,10 @@ import math
 import torch
 
 from causal_rcm.diffusion.samplers import sample_chunk
-from causal_rcm.distill.teacher_forcing import chunk_norm
+from causal_rcm.distill.base import chunk_norm
 from causal_rcm.distill.tf_meanflow import meanflow_target
 from causal_rcm.distill.tf_scm import scm_direction, scm_loss, scm_tangent
-from causal_rcm.models import masks
+from causal_rcm.kernels import masks
 from causal_rcm.models.precond import TrigFlowWrapper
 from tests.conftest import random_model, small_config
 

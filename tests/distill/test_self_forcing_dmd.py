@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from causal_rcm.config import load_config
+from causal_rcm.runs import load_config
 from causal_rcm.diffusion.samplers import causal_sample
 from causal_rcm.diffusion.schedules import flow_time_grid
 from causal_rcm.distill.dmd import dmd_generator_loss
 from causal_rcm.distill.self_forcing import self_forcing_rollout
-from causal_rcm.train import train
+from causal_rcm.runs import train
 from tests.conftest import random_model, small_config
-from tests.distill.conftest import FAST as BASE
+from tests.conftest import FAST as BASE
 
 
 class Recorder(torch.nn.Module):
@@ -286,10 +286,10 @@ def test_the_full_recipe_runs_both_stages_and_resumes(teachers, tmp_path):
 
 
 def test_the_full_recipe_gives_its_sf_dmd_stage_the_causal_teacher_for_the_scm_regulariser(tmp_path):
-    from causal_rcm.distill.full_recipe import CausalRCMRecipe
+    from causal_rcm.runs.staged import CausalRCMRun
 
     base = [f"train.out_dir={tmp_path}", "train.teacher=ct", "train.dmd_teacher=bt"]
-    _, dmd = CausalRCMRecipe.stage_configs(load_config("causal-rcm", None, base + ["objective.scm_weight=0.1"]))
+    _, dmd = CausalRCMRun.stage_configs(load_config("causal-rcm", None, base + ["objective.scm_weight=0.1"]))
     assert (dmd.recipe, dmd.train.teacher, dmd.train.cm_teacher, dmd.objective.scm_weight) == ("sf-dmd", "bt", "ct", 0.1)
-    _, plain = CausalRCMRecipe.stage_configs(load_config("causal-rcm", None, base))
+    _, plain = CausalRCMRun.stage_configs(load_config("causal-rcm", None, base))
     assert plain.train.cm_teacher == "" and plain.objective.scm_weight == 0

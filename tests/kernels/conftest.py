@@ -1,7 +1,7 @@
 """Kernel tests run on CUDA when there is one, else on Triton's CPU interpreter.
 
 TRITON_INTERPRET must be set before ``triton.jit`` decorates the kernels, that is before
-``causal_rcm.kernels`` is first imported.
+``causal_rcm.kernels.flash`` is first imported.
 """
 
 import os

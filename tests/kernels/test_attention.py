@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from causal_rcm import kernels
+from causal_rcm.kernels import op as kernels
 from causal_rcm.kernels import reference
-from causal_rcm.models import masks
-from causal_rcm.models.attention import attention as dispatch_attention
-from causal_rcm.models.attention import math_attention
+from causal_rcm.kernels import masks
+from causal_rcm.kernels.dispatch import attention as dispatch_attention
+from causal_rcm.kernels.dispatch import math_attention
 
 
 def _random_mask(fq: int, fk: int, tpf: int, seed: int) -> masks.BlockSparseMask:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from causal_rcm.models import masks
+from causal_rcm.kernels import masks
 from tests.conftest import random_model, small_config
 
 TOKENS = 6  # 4 x 6 latent, patch 2x2 -> 2 x 3 tokens per frame

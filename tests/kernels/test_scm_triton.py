@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from causal_rcm.distill.teacher_forcing import attention_backend
+from causal_rcm.distill.base import attention_backend
 from causal_rcm.distill.tf_scm import scm_tangent
-from causal_rcm.models import masks
+from causal_rcm.kernels import masks
 from causal_rcm.models.precond import TrigFlowWrapper
 from tests.conftest import random_model, small_config
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from causal_rcm.cli import main
 from causal_rcm.errors import CheckpointError
-from causal_rcm.models.adapters import detect_layout, diffusers_to_wan, load_checkpoint, wan_to_diffusers
+from causal_rcm.spec import PipelineSpec
+from causal_rcm.models.adapters import detect_layout, diffusers_to_wan, load_checkpoint, load_model, save_model, wan_to_diffusers
 from causal_rcm.models.wan import CausalWanModel
 
 from ..conftest import random_model, small_config
@@ -24,7 +25,7 @@ def assert_same_state(a: dict, b: dict):
 @pytest.fixture
 def ours(tmp_path):
     model = random_model(small_config(num_layers=3))
-    path = model.save_pretrained(tmp_path / "ours")
+    path = save_model(model, tmp_path / "ours")
     return model, path
 
 
@@ -37,12 +38,12 @@ def test_round_trips_are_exact(tmp_path, via):
     if suffix == "pth":
         overrides = dict(text_len=512, dim=256, num_heads=2, ffn_dim=64)
     model = random_model(small_config(num_layers=3, **overrides))
-    path = model.save_pretrained(tmp_path / "ours")
+    path = save_model(model, tmp_path / "ours")
     target = tmp_path / (f"converted.{suffix}" if suffix else "converted")
     main(["convert", str(path), str(target), "--to", layout])
     assert detect_layout(target) == layout
     main(["convert", str(target), str(tmp_path / "back"), "--to", "causal-rcm"])
-    back = CausalWanModel.from_pretrained(tmp_path / "back")
+    back = load_model(tmp_path / "back")
     assert back.config == model.config
     assert_same_state(back.state_dict(), model.state_dict())
 
@@ -50,7 +51,7 @@ def test_round_trips_are_exact(tmp_path, via):
 def test_diffusers_folder_loads_in_diffusers(tmp_path, ours):
     diffusers = pytest.importorskip("diffusers")
     model, path = ours
-    model.save_pretrained(tmp_path / "d", layout="diffusers")
+    save_model(model, tmp_path / "d", layout="diffusers")
     # Build diffusers' model from our config.json and load our weights strictly (diffusers' own
     # from_pretrained needs `accelerate` for this model class).
     config = {k: v for k, v in json.loads((tmp_path / "d" / "config.json").read_text()).items() if not k.startswith("_")}
@@ -101,7 +102,7 @@ def test_truncated_files(tmp_path, ours, capsys, name):
     model, path = ours
     if name.endswith(".pth"):
         target = tmp_path / name
-        model.save_pretrained(target, layout="wan")
+        save_model(model, target, layout="wan")
     else:
         target = path
     file = target if target.is_file() else target / name
@@ -120,7 +121,7 @@ def test_not_a_checkpoint(tmp_path, capsys):
 
 
 def test_action_weights_cannot_go_to_foreign_layouts(tmp_path, capsys):
-    path = random_model(small_config(num_actions=5)).save_pretrained(tmp_path / "wm")
+    path = save_model(random_model(small_config(num_actions=5)), tmp_path / "wm")
     _expect_cli_error(["convert", str(path), str(tmp_path / "o"), "--to", "diffusers"], "action-conditioning", capsys)
 
 
@@ -144,6 +145,9 @@ def test_our_layout_to_ours_keeps_the_pipeline_and_window_sets_its_stream_window
 
     src = SHIPPED / "sf-dmd" / "model"
     before = json.loads((src / "config.json").read_text())
+    # written through the pipeline spec: the shipped section's old "world" key comes back as "source", nothing else changes
+    before["pipeline"] = PipelineSpec.from_dict(before["pipeline"]).to_dict()
+    assert before["pipeline"]["source"] == "shapes"
     main(["convert", str(src), str(tmp_path / "copy"), "--to", "causal-rcm"])
     assert json.loads((tmp_path / "copy" / "config.json").read_text()) == before
     main(["convert", str(src), str(tmp_path / "wide"), "--to", "causal-rcm", "--window", "8"])

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from causal_rcm.models import masks as M
+from causal_rcm.kernels import masks as M
 from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
+from causal_rcm.models.adapters import load_model
 
 from ..conftest import random_model, small_config
 
@@ -28,7 +29,7 @@ def diffusers_model(heads, head_dim, layers, in_ch, text_dim, seed):
 def test_equivalence_with_diffusers(tmp_path, heads, head_dim, layers, frames, height, width):
     ref = diffusers_model(heads, head_dim, layers, in_ch=4, text_dim=24, seed=layers)
     ref.save_pretrained(tmp_path)
-    model = CausalWanModel.from_pretrained(tmp_path, attn_backend="math").eval()
+    model = load_model(tmp_path, attn_backend="math").eval()
     torch.manual_seed(1)
     x = torch.randn(2, 4, frames, height, width)
     t = torch.tensor([250.0, 875.0])

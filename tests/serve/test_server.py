@@ -201,7 +201,7 @@ def test_a_server_window_reaches_every_stream(pipeline, monkeypatch):
             frames, _ = await recv_frames(ws, 3)
             return hello, frames
 
-    with pytest.raises(UserError, match="does not fit a window of 1 frames"):
+    with pytest.raises(UserError, match="window_frames must hold a chunk of 2 frames, got 1"):
         create_app(pipeline, window_frames=1)
     monkeypatch.setattr(pipeline, "stream", spy)
     with LiveServer(pipeline, window_frames=6, realtime=False) as server:

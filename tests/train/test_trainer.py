@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from causal_rcm.config import load_config
+from causal_rcm.runs import load_config
 from causal_rcm.errors import UserError
+from causal_rcm.models.adapters import load_model
 
 FAST = [
     "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64",
@@ -88,7 +89,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_and_stop_the_run(tmp_path, monkeypatch):
-    from causal_rcm import train as train_pkg
+    from causal_rcm import runs as train_pkg
     from causal_rcm.distill.flow import TeacherRecipe
 
     original = TeacherRecipe.losses
@@ -155,7 +156,7 @@ def test_config_overrides_and_print(tmp_path):
 
 
 def test_time_guard_stops_checkpoints_and_exports(tmp_path):
-    from causal_rcm import train as train_pkg
+    from causal_rcm import runs as train_pkg
 
     config = load_config("teacher", None, FAST + ["train.steps=50", "train.max_seconds=1e-6", "train.ckpt_every=100",
                                                    "train.eval_videos=0", f"train.out_dir={tmp_path}"])
@@ -169,7 +170,7 @@ def test_time_guard_stops_checkpoints_and_exports(tmp_path):
 
 
 def test_export_dtype_halves_the_shipped_weights_and_loads_as_float32(tmp_path):
-    from causal_rcm import train as train_pkg
+    from causal_rcm import runs as train_pkg
     from causal_rcm.models.wan import CausalWanModel
 
     common = FAST + ["train.steps=2", "train.eval_videos=0"]
@@ -179,14 +180,14 @@ def test_export_dtype_halves_the_shipped_weights_and_loads_as_float32(tmp_path):
     assert {v.dtype for v in half.values()} == {torch.float16}
     for name, value in full.items():
         torch.testing.assert_close(half[name].float(), value, atol=1e-3, rtol=1e-3)
-    model = CausalWanModel.from_pretrained(tmp_path / "b" / "model", dtype=torch.float32)
+    model = load_model(tmp_path / "b" / "model", dtype=torch.float32)
     assert next(model.parameters()).dtype == torch.float32
     with pytest.raises(UserError, match="train.export_dtype must be one of"):
         load_config("teacher", None, ["train.export_dtype=int8"])
 
 
 def test_cosine_schedule_anneals_over_steps_or_the_time_guard(tmp_path):
-    from causal_rcm import train as train_pkg
+    from causal_rcm import runs as train_pkg
 
     # the logged lr is the mean of the rates used by the steps since the last line (one step a line here)
     common = FAST + ["train.eval_videos=0", "optim.lr=1e-3", "optim.schedule=cosine", "optim.final_lr_ratio=0.1", "optim.warmup_steps=1"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from . import environment
+from causal_rcm.bench import environment
 
 TOKENS_PER_FRAME = 1560  # Wan2.1 at 480x832: (60 / 2) * (104 / 2)
 SEQ_LENS = (4680, 32760, 65520)
@@ -38,7 +38,7 @@ SDPA_MASK_MAX_ELEMENTS = 1 << 28
 
 def build_mask(kind: str, seq_len: int, tokens_per_frame: int = TOKENS_PER_FRAME):
     """The benchmark mask of ``kind`` over ``seq_len`` tokens, None for ``none``, or "n/a"."""
-    from ..models import masks
+    from causal_rcm.kernels import masks
 
     frames = seq_len // tokens_per_frame
     if kind == "none":
@@ -65,9 +65,9 @@ def run_attention_bench(
     from torch.nn.attention.flex_attention import flex_attention
     from triton.testing import do_bench
 
-    from .. import kernels
-    from ..kernels import flash
-    from ..models.attention import math_attention
+    from causal_rcm.kernels import op as kernels
+    from causal_rcm.kernels import flash
+    from causal_rcm.kernels.dispatch import math_attention
 
     if not torch.cuda.is_available():
         raise click.UsageError("bench attention needs a CUDA GPU")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
-from . import check_video_size, environment
+from causal_rcm.bench import check_video_size, environment
 
-from .attention import write_result
+from causal_rcm.bench.attention import write_result
 
 LATENT_CHANNELS = 16
 FRAMES_PER_HALF = 21
@@ -49,8 +49,8 @@ def _measure(fn, repeats: int) -> tuple[float, float]:
 def run_jvp_bench(size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, repeats: int = 3, log=print) -> dict:
     import torch
 
-    from ..models import masks
-    from ..models.wan import CausalWanModel
+    from causal_rcm.kernels import masks
+    from causal_rcm.models.wan import CausalWanModel
 
     device = torch.device("cuda")
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ FRAMES = 21
 FRAMES_PER_CHUNK = 3
 
 
-class _NoWorld:
+class _NoSource:
     """The bits of a data world the recipes' ``losses`` read, for random inputs of a given size."""
 
     def __init__(self, text_dim: int, text_len: int, latent: tuple[int, int, int, int], device) -> None:
@@ -52,12 +52,12 @@ def run_scm_step_bench(
 ) -> dict:
     import torch
 
-    from ..config import Config
-    from ..distill.flow import CausalTeacherRecipe
-    from ..distill.tf_scm import TFSCMRecipe
-    from ..models.wan import CausalWanConfig, CausalWanModel
-    from ..train.parallel import StepRandom, World
-    from . import environment
+    from causal_rcm.config import Config
+    from causal_rcm.distill.flow import CausalTeacherRecipe
+    from causal_rcm.distill.tf_scm import TFSCMRecipe
+    from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
+    from causal_rcm.train.parallel import StepRandom, DistEnv
+    from causal_rcm.bench import environment
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -68,7 +68,7 @@ def run_scm_step_bench(
     config.objective.jvp_backend = "triton" if cuda else "math"
     config.objective.tangent_warmup = 0
     latent = (model_config.in_dim, frames, height // 8, width // 8)
-    world = _NoWorld(model_config.text_dim, model_config.text_len, latent, device)
+    world = _NoSource(model_config.text_dim, model_config.text_len, latent, device)
     torch.manual_seed(0)
     student = CausalWanModel(model_config, attn_backend=config.attn_backend).to(device)
     teacher = CausalWanModel(model_config, attn_backend=config.attn_backend).to(device).eval().requires_grad_(False)
@@ -85,7 +85,7 @@ def run_scm_step_bench(
         "latents": torch.randn(1, *latent, device=device),
         "context": torch.randn(1, model_config.text_len, model_config.text_dim, device=device),
     }
-    run_world = World(0, 1, device)
+    run_world = DistEnv(0, 1, device)
     log(f"model {size}: {student.num_parameters() / 1e6:.0f} M parameters; latents {latent}, "
         f"S = {scm.tf_mask().seq_len_q} tokens, device {device}")
 
@@ -149,8 +149,8 @@ def scm_step_command(size, height, width, frames, frames_per_chunk, repeats, dev
     """A TF-sCM training step vs a plain TF diffusion step (same model, mask and batch)."""
     import torch
 
-    from . import check_video_size
-    from .attention import write_result
+    from causal_rcm.bench import check_video_size
+    from causal_rcm.bench.attention import write_result
 
     if device_name == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("bench scm-step needs a CUDA GPU (or --device cpu --size tiny for a toy-size check)")

@@ -8,7 +8,7 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
 
 * throughput in pixel frames per second, and latency to the first frame, without and with VAE
   decoding (diffusers' ``AutoencoderKLWan`` with random weights, decoded chunk by chunk with its
-  causal cache by :class:`~causal_rcm.models.vae_stream.StreamingWanDecoder`); with decoding, the
+  causal cache by :class:`~causal_rcm.bench.vae_stream.StreamingWanDecoder`); with decoding, the
   decode of chunk k runs on a second CUDA stream while chunk k + 1 is generated, and the first
   frame counts as shown once the first latent frame is decoded (the rest of its chunk after it,
   as a player would show it); the VAE's convolution layout (contiguous or channels-last) is the
@@ -27,7 +27,7 @@ any device (a CPU is enough): see :mod:`causal_rcm.bench.stream_ops`.
 
 ``--compile`` compiles each block's pure tensor math first (``CausalWanModel.compile_blocks``;
 the warm-up pass of each mode compiles) and the VAE decoder's per-frame forward
-(:meth:`~causal_rcm.models.vae_stream.StreamingWanDecoder.compile`, kept only if a timed chunk
+(:meth:`~causal_rcm.bench.vae_stream.StreamingWanDecoder.compile`, kept only if a timed chunk
 decodes faster than eagerly); its JSON is written as ``stream_<size>_compiled_...``.
 
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
@@ -122,10 +122,10 @@ def run_stream_bench(
 ) -> dict:
     import torch
 
-    from ..diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
-    from ..models.vae_stream import StreamingWanDecoder
-    from ..models.wan import CausalWanConfig, CausalWanModel
-    from . import environment
+    from causal_rcm.diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
+    from causal_rcm.bench.vae_stream import StreamingWanDecoder
+    from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
+    from causal_rcm.bench import environment
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -334,13 +334,13 @@ def stream_command(
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
 
-    from . import check_video_size
-    from .attention import write_result
+    from causal_rcm.bench import check_video_size
+    from causal_rcm.bench.attention import write_result
 
     if count_ops and compile_blocks:
         raise click.UsageError("--count-ops counts the eager aten ops; leave out --compile")
     if count_ops:
-        from .stream_ops import count_stream_ops, format_counts
+        from causal_rcm.bench.stream_ops import count_stream_ops, format_counts
 
         for mode in (m for m in modes.split(",") if m):
             fpc = _frames_per_chunk(mode)

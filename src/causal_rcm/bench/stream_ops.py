@@ -111,8 +111,8 @@ def count_stream_ops(
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from ..diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
-    from ..models.wan import CausalWanConfig, CausalWanModel
+    from causal_rcm.diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
+    from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
     device = torch.device(device_name)
     preset = CausalWanConfig.preset(size)

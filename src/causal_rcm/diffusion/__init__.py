@@ -1,6 +1,6 @@
 """Diffusion math without parameters: schedules, flow-matching <-> TrigFlow conversions, CFG, samplers."""
 
-from .conversions import (
+from causal_rcm.diffusion.conversions import (
     eps_to_velocity,
     expand_time,
     flow_to_trigflow_time,
@@ -17,9 +17,12 @@ from .conversions import (
     x0_to_trigflow,
     x0_to_velocity,
 )
-from .guidance import cfg, guided_velocity, is_unguided
-from .samplers import (
+from causal_rcm.diffusion.guidance import cfg, guided_velocity, is_unguided
+from causal_rcm.diffusion.samplers import (
     SOLVERS,
+    SamplerSpec,
+    check_window,
+    sample,
     causal_sample,
     causal_sample_stream,
     consistency_sample,
@@ -29,7 +32,7 @@ from .samplers import (
     sample_chunk,
     time_grid,
 )
-from .schedules import (
+from causal_rcm.diffusion.schedules import (
     WAN_NET_TIME_SCALE,
     check_time_grid,
     flow_time_grid,
@@ -43,6 +46,9 @@ from .schedules import (
 __all__ = [
     "WAN_NET_TIME_SCALE",
     "SOLVERS",
+    "SamplerSpec",
+    "check_window",
+    "sample",
     "shift_time",
     "unshift_time",
     "to_net_time",

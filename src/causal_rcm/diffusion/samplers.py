@@ -36,16 +36,22 @@ separate caches (each history computed with its own prompt).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .conversions import time_dtype, velocity_to_x0
-from .guidance import guided_velocity, is_unguided
-from .schedules import check_time_grid, flow_time_grid, to_net_time
+from causal_rcm.diffusion.conversions import time_dtype, velocity_to_x0
+from causal_rcm.diffusion.guidance import guided_velocity, is_unguided
+from causal_rcm.diffusion.schedules import check_time_grid, flow_time_grid, to_net_time
+from causal_rcm.errors import UserError
 
 __all__ = [
     "SOLVERS",
+    "SamplerSpec",
+    "check_window",
+    "sample",
     "time_grid",
     "euler_sample",
     "consistency_sample",
@@ -142,7 +148,7 @@ def euler_sample(
 
     Args:
         noise: (B, C, F, H, W) standard normal (x at s = 1); context: (B, L, D).
-        mask: a :class:`~causal_rcm.models.masks.BlockSparseMask` for every call, None = full attention.
+        mask: a :class:`~causal_rcm.kernels.masks.BlockSparseMask` for every call, None = full attention.
         model_kwargs: passed to every call (e.g. ``actions``).
     Returns:
         (B, C, F, H, W) sample.
@@ -337,3 +343,72 @@ def causal_sample(
         generator=generator, callback=callback, actions=actions,
     )
     return torch.cat(list(stream), dim=2)
+
+
+# ------------------------------------------------------------- one entry point
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How to sample a model: bidirectional or causal, solver, steps, guidance and, causal, the KV-cache layout.
+
+    ``window_frames``: latent frames a causal model attends, the current chunk included (None: unbounded).
+    """
+
+    causal: bool
+    steps: int = 50
+    solver: str = "euler"  # one of SOLVERS
+    shift: float = 3.0
+    guidance: float = 3.0
+    frames_per_chunk: int = 1
+    sink_frames: int = 0
+    window_frames: int | None = None
+
+    def calls_per_batch(self, num_frames: int) -> int:
+        """Network calls to sample one batch of ``num_frames`` frames: steps x CFG branches, per chunk
+        when causal, plus the cache commit of every chunk but the last (see ``causal_sample_stream``)."""
+        branches = 1 if self.guidance == 1 else 2
+        if not self.causal:
+            return self.steps * branches
+        chunks = math.ceil(num_frames / self.frames_per_chunk)
+        return (chunks * self.steps + chunks - 1) * branches
+
+
+def check_window(window: int, frames_per_chunk: int, name: str, *, zero: str | None = None) -> None:
+    """Refuse a KV-cache window (latent frames, the current chunk included) that cannot hold a chunk.
+
+    ``zero`` names what 0 means where it is a default (e.g. "the training length"); without it 0 is refused too.
+    The one check behind every window a user can set: config keys, CLI options and the streaming API."""
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise UserError(f"{name} must be an integer number of latent frames, got {window!r}")
+    if (zero is not None and window == 0) or window >= frames_per_chunk:
+        return
+    allowed = f"be 0 ({zero}) or hold" if zero is not None else "hold"
+    raise UserError(f"{name} must {allowed} a chunk of {frames_per_chunk} frames, got {window}")
+
+
+def sample(
+    model: Any,
+    noise: torch.Tensor,
+    context: torch.Tensor,
+    spec: SamplerSpec,
+    *,
+    neg_context: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    actions: torch.Tensor | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """A whole video as ``spec`` says: causal chunk by chunk with a KV cache, or bidirectional with its solver.
+
+    ``noise`` (B, C, F, H, W), ``context`` (B, L, D), ``actions`` (B, F) for world models -> (B, C, F, H, W).
+    The entry point of evaluation and of :meth:`~causal_rcm.pipeline.StreamingPipeline.generate`."""
+    common = dict(steps=spec.steps, shift=spec.shift, guidance=spec.guidance, neg_context=neg_context, callback=callback)
+    if spec.causal:
+        return causal_sample(
+            model, noise, context, frames_per_chunk=spec.frames_per_chunk, solver=spec.solver,
+            sink_frames=spec.sink_frames, window_frames=spec.window_frames, generator=generator, actions=actions, **common,
+        )
+    model_kwargs = {} if actions is None else {"actions": actions}
+    if spec.solver == "consistency":
+        return consistency_sample(model, noise, context, generator=generator, **common, **model_kwargs)
+    if spec.solver != "euler":
+        raise UserError(f"a bidirectional model samples with euler or consistency, not {spec.solver!r}")
+    return euler_sample(model, noise, context, **common, **model_kwargs)

@@ -33,27 +33,30 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, check_window, register_recipe
-from ..diffusion.conversions import expand_time, velocity_to_x0
-from ..diffusion.guidance import guided_velocity
-from ..diffusion.schedules import flow_time_grid, shift_time
-from ..errors import UserError
-from ..models import masks
-from ..train.parallel import global_mean, global_sum
-from .self_forcing import self_forcing_rollout
-from .teacher_forcing import (
-    TFDistillRecipe,
+from causal_rcm.config import Config
+from causal_rcm.diffusion.samplers import check_window
+from causal_rcm.diffusion.conversions import expand_time, velocity_to_x0
+from causal_rcm.diffusion.guidance import guided_velocity
+from causal_rcm.diffusion.schedules import flow_time_grid, shift_time
+from causal_rcm.errors import UserError
+from causal_rcm.kernels import masks
+from causal_rcm.models.adapters import load_checkpoint
+from causal_rcm.spec import PipelineSpec
+from causal_rcm.train.parallel import global_mean, global_sum
+from causal_rcm.distill.self_forcing import self_forcing_rollout
+from causal_rcm.distill.base import (
+    DistillRecipe,
     check_causal_teacher,
     check_chunks,
     distill_config,
     finite_rows,
+    is_causal_checkpoint,
     masked_mean,
     resolve_jvp_backend,
 )
-from .tf_scm import TFSCMRecipe
+from causal_rcm.distill.tf_scm import TFSCMRecipe
 
 
-@register_recipe("sf-dmd")
 def sf_dmd_config() -> Config:
     config = distill_config("sf-dmd", steps=1000, batch_size=16, eval_every=250, lr=1e-5)
     return config
@@ -78,15 +81,13 @@ def dmd_generator_loss(
     return masked_mean(per_sample, keep), keep, grad
 
 
-class SFDMDRecipe(TFDistillRecipe):
+class SFDMDRecipe(DistillRecipe):
     """Self-forcing DMD of a causal few-step student; groups ``student`` (generator) and ``critic``."""
 
     name = "sf-dmd"
 
     @classmethod
     def prepare(cls, config: Config) -> None:
-        from ..models.adapters import load_checkpoint, read_pipeline_config
-
         if not config.train.teacher:
             raise UserError(
                 f"{config.recipe} needs train.teacher=PATH: the teacher whose distribution is matched "
@@ -95,8 +96,8 @@ class SFDMDRecipe(TFDistillRecipe):
         if not Path(config.train.teacher).exists():
             raise UserError(f"train.teacher not found: {config.train.teacher}")
         if config.train.init:
-            pipeline = read_pipeline_config(config.train.init)
-            if pipeline and not pipeline.get("causal", False):
+            init = PipelineSpec.read_if_any(config.train.init)
+            if init is not None and not init.causal:
                 raise UserError(f"train.init={config.train.init} is a bidirectional model; self forcing needs a causal student")
         else:  # "no init": the student starts from the teacher's weights
             config.model = load_checkpoint(config.train.teacher)[0]
@@ -134,22 +135,20 @@ class SFDMDRecipe(TFDistillRecipe):
             raise UserError("objective.scm_weight > 0 regularises a consistency student; this one is a MeanFlow student")
         config.objective.jvp_backend = resolve_jvp_backend(config)
 
-    def __init__(self, config: Config, world) -> None:
-        super().__init__(config, world)
+    def __init__(self, config: Config, source) -> None:
+        super().__init__(config, source)
         self.solver = "meanflow" if config.model.interval_embedding else "consistency"
 
     def build(self, device: torch.device) -> None:
-        from ..models.adapters import read_pipeline_config
-
         self.device = device
         cfg = self.config
-        self.teacher = self.load_model(cfg.train.teacher).to(device).eval().requires_grad_(False)
-        self.teacher_causal = bool(read_pipeline_config(cfg.train.teacher).get("causal", False))
-        self.student = (self.load_model(cfg.train.init) if cfg.train.init else self.student_from(self.teacher)).to(device).train()
-        self.critic = self.load_model(cfg.train.teacher).to(device).train()
+        self.teacher = self.model_at(cfg.train.teacher).to(device).eval().requires_grad_(False)
+        self.teacher_causal = is_causal_checkpoint(cfg.train.teacher)
+        self.student = (self.model_at(cfg.train.init) if cfg.train.init else self.student_from(self.teacher)).to(device).train()
+        self.critic = self.model_at(cfg.train.teacher).to(device).train()
         self.cm_teacher = None
         if cfg.objective.scm_weight > 0:
-            self.cm_teacher = self.load_model(cfg.train.cm_teacher).to(device).eval().requires_grad_(False)
+            self.cm_teacher = self.model_at(cfg.train.cm_teacher).to(device).eval().requires_grad_(False)
 
     def trainable(self):
         return {"student": self.student, "critic": self.critic}
@@ -209,7 +208,7 @@ class SFDMDRecipe(TFDistillRecipe):
             with torch.no_grad():
                 v_real = guided_velocity(
                     self.teacher, x_s, 1000 * s, context, guidance=obj.guidance,
-                    neg_context=self.world.empty_context(B), mask=mask, **kwargs,
+                    neg_context=self.source.empty_context(B), mask=mask, **kwargs,
                 )
                 v_fake = self.critic(x_s, 1000 * s, context, mask=mask, **kwargs)
             loss, keep, grad = dmd_generator_loss(video, velocity_to_x0(v_real.float(), x_s, s), velocity_to_x0(v_fake.float(), x_s, s))
@@ -241,4 +240,5 @@ class SFDMDRecipe(TFDistillRecipe):
         if not value == value or value > self.config.objective.critic_max_loss:  # NaN or too large
             return None, {"diverged": 1.0, "loss": value}
         return loss, {}
+
 

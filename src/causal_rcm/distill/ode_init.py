@@ -21,16 +21,16 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, register_recipe
-from ..diffusion.conversions import velocity_to_x0
-from ..diffusion.samplers import euler_sample
-from ..diffusion.schedules import flow_time_grid
-from ..errors import UserError
-from ..models import masks
-from .teacher_forcing import TFDistillRecipe, check_chunks, distill_config
+from causal_rcm.config import Config
+from causal_rcm.diffusion.conversions import velocity_to_x0
+from causal_rcm.diffusion.samplers import euler_sample
+from causal_rcm.diffusion.schedules import flow_time_grid
+from causal_rcm.errors import UserError
+from causal_rcm.kernels import masks
+from causal_rcm.models.adapters import load_checkpoint
+from causal_rcm.distill.base import DistillRecipe, check_chunks, distill_config, is_causal_checkpoint
 
 
-@register_recipe("ode-init")
 def ode_init_config() -> Config:
     config = distill_config("ode-init", steps=1000, batch_size=16, eval_every=250, lr=2e-5)
     return config
@@ -42,13 +42,11 @@ def ode_grid(student_grid: torch.Tensor, substeps: int) -> torch.Tensor:
     return torch.cat([*parts, torch.zeros(1, dtype=torch.float64)])
 
 
-class ODEInitRecipe(TFDistillRecipe):
+class ODEInitRecipe(DistillRecipe):
     name = "ode-init"
 
     @classmethod
     def prepare(cls, config: Config) -> None:
-        from ..models.adapters import load_checkpoint
-
         if not config.train.teacher:
             raise UserError("ode-init needs train.teacher=PATH: the teacher whose ODE pairs the student regresses")
         if not Path(config.train.teacher).exists():
@@ -60,10 +58,8 @@ class ODEInitRecipe(TFDistillRecipe):
             raise UserError(f"objective.ode_steps={config.objective.ode_steps} must be >= objective.sample_steps={config.objective.sample_steps}")
 
     def build(self, device: torch.device) -> None:
-        from ..models.adapters import read_pipeline_config
-
         super().build(device)
-        self.teacher_causal = bool(read_pipeline_config(self.config.train.teacher).get("causal", False))
+        self.teacher_causal = is_causal_checkpoint(self.config.train.teacher)
 
     def ode_pairs(self, batch: dict, rnd) -> tuple[torch.Tensor, torch.Tensor]:
         """ODE states at the student's grid times (N, B, C, F, h, w) and the endpoint x0 (B, C, F, h, w)."""
@@ -83,7 +79,7 @@ class ODEInitRecipe(TFDistillRecipe):
         with torch.no_grad():
             x0 = euler_sample(
                 self.teacher, noise, context, steps=grid, guidance=obj.guidance,
-                neg_context=self.world.empty_context(context.shape[0]), mask=mask, callback=keep,
+                neg_context=self.source.empty_context(context.shape[0]), mask=mask, callback=keep,
                 **({} if batch.get("actions") is None else {"actions": batch["actions"]}),
             )
         return torch.stack(states), x0

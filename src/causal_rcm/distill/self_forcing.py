@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..diffusion.conversions import velocity_to_x0
-from ..diffusion.samplers import refresh_kv_caches
-from ..diffusion.schedules import to_net_time
+from causal_rcm.diffusion.conversions import velocity_to_x0
+from causal_rcm.diffusion.samplers import refresh_kv_caches
+from causal_rcm.diffusion.schedules import to_net_time
 
 __all__ = ["self_forcing_rollout"]
 

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time, velocity_to_x0
-from ..diffusion.schedules import shift_time
-from .teacher_forcing import TFDistillRecipe, distill_config
+from causal_rcm.config import Config
+from causal_rcm.diffusion.conversions import expand_time, velocity_to_x0
+from causal_rcm.diffusion.schedules import shift_time
+from causal_rcm.distill.base import DistillRecipe, distill_config
 
 
-@register_recipe("tf-dcm")
 def tf_dcm_config() -> Config:
     config = distill_config("tf-dcm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
     return config
 
 
-class TFDCMRecipe(TFDistillRecipe):
+class TFDCMRecipe(DistillRecipe):
     name = "tf-dcm"
     solver = "consistency"
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time
-from ..diffusion.schedules import shift_time
-from .teacher_forcing import TFDistillRecipe, attention_backend, distill_config, finite_rows, masked_mean
+from causal_rcm.config import Config
+from causal_rcm.diffusion.conversions import expand_time
+from causal_rcm.diffusion.schedules import shift_time
+from causal_rcm.distill.base import DistillRecipe, attention_backend, distill_config, finite_rows, masked_mean
 
 
 def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -39,13 +39,12 @@ def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: 
     return v.float() - expand_time(s - r, z) * dudt.float()
 
 
-@register_recipe("tf-meanflow")
 def tf_meanflow_config() -> Config:
     config = distill_config("tf-meanflow", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
     return config
 
 
-class TFMeanFlowRecipe(TFDistillRecipe):
+class TFMeanFlowRecipe(DistillRecipe):
     name = "tf-meanflow"
     needs_jvp = True
     solver = "meanflow"

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config, register_recipe
-from ..diffusion.conversions import expand_time, trigflow_to_flow_time, trigflow_to_flow_x, velocity_to_trigflow
-from ..models.precond import TrigFlowWrapper
-from .teacher_forcing import (
-    TFDistillRecipe,
+from causal_rcm.config import Config
+from causal_rcm.diffusion.conversions import expand_time, trigflow_to_flow_time, trigflow_to_flow_x, velocity_to_trigflow
+from causal_rcm.models.precond import TrigFlowWrapper
+from causal_rcm.distill.base import (
+    DistillRecipe,
     attention_backend,
     chunk_norm,
     distill_config,
@@ -81,14 +81,13 @@ def scm_loss(F_theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (F_theta - (F_theta.detach() + g.detach())).square().flatten(1).mean(dim=1)
 
 
-@register_recipe("tf-scm")
 def tf_scm_config() -> Config:
     config = distill_config("tf-scm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
     config.objective.tangent_warmup = 500
     return config
 
 
-class TFSCMRecipe(TFDistillRecipe):
+class TFSCMRecipe(DistillRecipe):
     name = "tf-scm"
     needs_jvp = True
     solver = "consistency"
@@ -101,7 +100,7 @@ class TFSCMRecipe(TFDistillRecipe):
     def scm_terms(self, batch, rnd, r: float, teacher) -> tuple[torch.Tensor, dict]:
         """The TF-sCM loss of ``self.student`` on ``batch`` with ``teacher``'s tangents at warm-up ``r``, and its metrics.
 
-        Uses only :class:`TFDistillRecipe`'s helpers, so SF-DMD calls it for rCM's regulariser."""
+        Uses only :class:`DistillRecipe`'s helpers, so SF-DMD calls it for rCM's regulariser."""
         obj = self.config.objective
         x0 = batch["latents"]  # (B, C, F, h, w)
         B, _, F, _, _ = x0.shape

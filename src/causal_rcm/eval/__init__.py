@@ -1,5 +1,5 @@
-"""Evaluation: sampling models on the shapes world and scoring them with its oracle."""
+"""Evaluation: sampling models on the shapes world and scoring them with its oracle; the quickstart's report."""
 
-from .shapes import SamplerSpec, evaluate_model, sample_videos
+from causal_rcm.eval.score import evaluate_checkpoint, evaluate_model, load_for_eval, sample_videos
 
-__all__ = ["SamplerSpec", "evaluate_model", "sample_videos"]
+__all__ = ["evaluate_checkpoint", "evaluate_model", "load_for_eval", "sample_videos"]

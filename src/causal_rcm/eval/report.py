@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.embedded import ShapesWorld
+from causal_rcm.data.source import ShapesSource
+from causal_rcm.data.video import grid, upscale, write_gif, write_mp4
 
 __all__ = ["REPORT_FILES", "write_report"]
 
@@ -27,7 +28,7 @@ LONG_METRICS = (
 )
 STREAM_METRICS = ("stream_first_caption_adherence", "stream_caption_adherence", "stream_second_half_caption_adherence")
 SCALE = 4  # nearest-neighbour upscaling of the 32 px samples
-FPS = ShapesWorld.fps  # the sample grids play at the world's frame rate
+FPS = ShapesSource.fps  # the sample grids play at the world's frame rate
 
 
 def write_report(out: Path, report: dict, *, started: float) -> dict[str, str]:
@@ -46,8 +47,6 @@ def write_report(out: Path, report: dict, *, started: float) -> dict[str, str]:
 # ------------------------------------------------------------------ samples
 def _sample_grids(out: Path, stages: list[dict]) -> dict[str, str]:
     """Ground truth beside every model: rows are prompts, columns are stages (GIF and mp4)."""
-    from ..data.video import grid, upscale, write_gif, write_mp4
-
     loaded = [(r["label"], np.load(out / r["videos"])) for r in stages if r.get("videos")]
     files = {}
     for kind, name in (("samples", "compare"), ("long", "long")):

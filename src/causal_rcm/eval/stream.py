@@ -24,8 +24,8 @@ from collections import deque
 
 import numpy as np
 
-from ..data.oracle import ShapesOracle
-from ..data.shapes import ShapesConfig
+from causal_rcm.data.oracle import ShapesOracle
+from causal_rcm.data.shapes import ShapesConfig
 
 __all__ = ["rss_bytes", "measure_stream"]
 

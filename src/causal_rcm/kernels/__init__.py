@@ -1,21 +1,15 @@
-"""Block-sparse FlashAttention kernels (Triton): forward, backward and JVP under frame masks.
+"""Leaf code: block-sparse frame masks, the attention dispatch, and our Triton attention kernels.
 
-``attention(q, k, v, mask=None, scale=None)`` is the public op ((B, H, S, D) layout); it
-supports ordinary backward, ``torch.autograd.forward_ad``, ``torch.func.jvp`` and
-``torch.compile``. Importing this package registers it as the ``"triton"`` backend of
-:func:`causal_rcm.models.attention.attention`. The kernels live in :mod:`.flash`, a
-pure-torch reference of the same math in :mod:`.reference`.
+:mod:`.masks` defines :class:`BlockSparseMask` (which key frames each query frame sees);
+:mod:`.dispatch` is the one attention function the model calls, with interchangeable
+backends (``math``, ``sdpa``, ``flex``, ``triton``). The Triton kernels (:mod:`.op`: forward,
+backward and forward-mode JVP; :mod:`.flash`: the kernels; :mod:`.reference`: the same math in
+pure torch) need ``triton`` and are imported only when the ``triton`` backend is first used, so
+this package imports without it. Nothing here imports the rest of the package.
 """
 
-from ..models.attention import register_backend
-from . import reference
-from .op import FlashAttention, attention, attention_jvp, attention_with_lse
+from causal_rcm.kernels import masks
+from causal_rcm.kernels.dispatch import attention, available_backends, math_attention, register_backend
+from causal_rcm.kernels.masks import BlockSparseMask
 
-__all__ = ["attention", "attention_with_lse", "attention_jvp", "FlashAttention", "reference"]
-
-
-def _backend(q, k, v, mask, scale):
-    return attention(q, k, v, mask, scale)
-
-
-register_backend("triton", _backend)
+__all__ = ["BlockSparseMask", "attention", "available_backends", "masks", "math_attention", "register_backend"]

@@ -7,7 +7,7 @@ Supported
 * head dims 1..256: the wrappers zero-pad D to a power of two >= 16 (free when it already is one);
 * fp32 (IEEE dot products, no TF32), bf16 and fp16 inputs; softmax statistics and all
   accumulators in fp32;
-* frame-granular masks (:class:`~causal_rcm.models.masks.BlockSparseMask`): each query tile
+* frame-granular masks (:class:`~causal_rcm.kernels.masks.BlockSparseMask`): each query tile
   visits only the key tiles of its lists; FULL tiles run without any masking, PARTIAL tiles
   read ``allowed[q // tpf, k // tpf]`` from the tiny (Fq, Fk) frame matrix, EMPTY tiles are
   never touched. Rows with no allowed key give O = 0, LSE = -inf, tO = 0, tLSE = 0 and zero
@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..models.masks import FULL, PARTIAL, BlockSparseMask, _left_aligned_indices
+from causal_rcm.kernels.masks import FULL, PARTIAL, BlockSparseMask, left_aligned_indices
 
 __all__ = ["forward", "jvp_tangents", "backward", "KernelConfig", "tile_lists"]
 
@@ -422,8 +422,8 @@ def tile_lists(
     if seq_cols % block_cols:
         last = kind[:, -1]
         kind[:, -1] = torch.where(last == FULL, torch.full_like(last, PARTIAL), last)
-    full_num, full_idx = _left_aligned_indices(kind == FULL)
-    part_num, part_idx = _left_aligned_indices(kind == PARTIAL)
+    full_num, full_idx = left_aligned_indices(kind == FULL)
+    part_num, part_idx = left_aligned_indices(kind == PARTIAL)
     lists = TileLists(full_num, full_idx.contiguous(), part_num, part_idx.contiguous())
     with _TILE_LOCK:
         _TILE_CACHE[key] = (allowed, lists)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..models.masks import BlockSparseMask
-from . import flash
+from causal_rcm.kernels import flash
+from causal_rcm.kernels.dispatch import register_backend
+from causal_rcm.kernels.masks import BlockSparseMask
 
 __all__ = ["attention", "attention_with_lse", "attention_jvp", "FlashAttention"]
 
@@ -219,3 +220,10 @@ def attention_jvp(
             raise ValueError(f"tangent of shape {tuple(t.shape)} for a primal of shape {tuple(x.shape)}")
     o, _, to, _ = _flash_attention_jvp(q, k, v, tq, tk, tv, *_mask_args(mask), _scale(q, scale))
     return o, to
+
+
+def _backend(q: Tensor, k: Tensor, v: Tensor, mask: BlockSparseMask | None, scale: float) -> Tensor:
+    return attention(q, k, v, mask, scale)
+
+
+register_backend("triton", _backend)  # the dispatch imports this module when the backend is first asked for

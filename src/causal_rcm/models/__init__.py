@@ -1,19 +1,7 @@
-"""Models: the Wan2.1-compatible causal video DiT, its masks, attention dispatch and KV cache."""
+"""Models: the Wan2.1-compatible causal video DiT, its RoPE, KV cache and checkpoint adapters."""
 
-from . import masks
-from .attention import attention, available_backends, register_backend
-from .kv_cache import KVCache
-from .masks import BlockSparseMask
-from .wan import PRESETS, CausalWanConfig, CausalWanModel
+from causal_rcm.models.kv_cache import KVCache
+from causal_rcm.models.adapters import load_model, save_model
+from causal_rcm.models.wan import PRESETS, CausalWanConfig, CausalWanModel
 
-__all__ = [
-    "CausalWanModel",
-    "CausalWanConfig",
-    "PRESETS",
-    "KVCache",
-    "BlockSparseMask",
-    "masks",
-    "attention",
-    "available_backends",
-    "register_backend",
-]
+__all__ = ["CausalWanModel", "CausalWanConfig", "PRESETS", "KVCache", "load_model", "save_model"]

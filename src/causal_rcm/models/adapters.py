@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
-from .wan import CausalWanConfig
+from causal_rcm.errors import CheckpointError
+from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
 __all__ = ["LAYOUTS", "detect_layout", "load_checkpoint", "save_checkpoint", "wan_to_diffusers", "diffusers_to_wan"]
 
@@ -248,8 +248,6 @@ def _config_from_diffusers_json(data: dict) -> CausalWanConfig:
 
 
 def _expected_shapes(config: CausalWanConfig) -> dict[str, tuple]:
-    from .wan import CausalWanModel
-
     with torch.device("meta"):
         model = CausalWanModel(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -424,3 +422,17 @@ def save_checkpoint(
         _atomic_save_safetensors(wan_to_diffusers(state), path / FOREIGN_WEIGHTS)
         _atomic_write_text(json.dumps(_diffusers_json(config), indent=2) + "\n", path / "config.json")
     return path
+
+
+def load_model(path: str | Path, *, dtype: torch.dtype | None = None, device=None, attn_backend: str = "sdpa") -> CausalWanModel:
+    """A :class:`CausalWanModel` from ours, original Wan2.1 (.pth/.safetensors/folder) or diffusers' folder (detected)."""
+    config, state_dict, _ = load_checkpoint(path)
+    with torch.device("meta"):
+        model = CausalWanModel(config, attn_backend=attn_backend)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype)
+
+
+def save_model(model: CausalWanModel, path: str | Path, layout: str = "causal-rcm", pipeline: dict | None = None) -> Path:
+    """Write ``model``'s weights in ``layout`` (causal-rcm, wan or diffusers); returns the path written."""
+    return save_checkpoint(model.config, model.state_dict(), path, layout, pipeline)

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .rope import apply_rope
+from causal_rcm.models.rope import apply_rope
 
 __all__ = ["KVCache", "LayerKVCache"]
 

@@ -7,14 +7,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diffusion.conversions import (
+from causal_rcm.diffusion.conversions import (
     time_dtype,
     trigflow_to_flow_time,
     trigflow_to_flow_x,
     trigflow_to_x0,
     velocity_to_trigflow,
 )
-from ..diffusion.schedules import to_net_time
+from causal_rcm.diffusion.schedules import to_net_time
 
 __all__ = ["TrigFlowWrapper"]
 

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .attention import attention, available_backends
-from .kv_cache import KVCache, LayerKVCache
-from .masks import BlockSparseMask
-from .rope import apply_rope, at_least_fp32, rope_freqs
+from causal_rcm.kernels.dispatch import attention, available_backends
+from causal_rcm.models.kv_cache import KVCache, LayerKVCache
+from causal_rcm.kernels.masks import BlockSparseMask
+from causal_rcm.models.rope import apply_rope, at_least_fp32, rope_freqs
 
 __all__ = ["CausalWanConfig", "CausalWanModel", "PRESETS"]
 
@@ -402,23 +402,6 @@ class CausalWanModel(nn.Module):
     @classmethod
     def from_preset(cls, name: str, *, attn_backend: str = "sdpa", **overrides) -> CausalWanModel:
         return cls(CausalWanConfig.preset(name, **overrides), attn_backend=attn_backend)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype | None = None, device=None, attn_backend: str = "sdpa") -> CausalWanModel:
-        """Load ours, original Wan2.1 (.pth/.safetensors/folder) or diffusers' folder; the layout is detected."""
-        from .adapters import load_checkpoint
-
-        config, state_dict, _ = load_checkpoint(path)
-        with torch.device("meta"):
-            model = cls(config, attn_backend=attn_backend)
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        return model.to(device=device, dtype=dtype)
-
-    def save_pretrained(self, path: str | Path, layout: str = "causal-rcm", pipeline: dict | None = None) -> Path:
-        """Write the weights in ``layout`` (causal-rcm, wan or diffusers); returns the path written."""
-        from .adapters import save_checkpoint
-
-        return save_checkpoint(self.config, self.state_dict(), path, layout, pipeline)
 
     # --------------------------------------------------------------- forward
     def _rope_freqs(self, positions: torch.Tensor, gh: int, gw: int, device: torch.device) -> torch.Tensor:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from .app import FRAME_HEADER, create_app
+from causal_rcm.errors import UserError
+from causal_rcm.serve.app import FRAME_HEADER, create_app
 
 __all__ = ["FRAME_HEADER", "WS_MAX_BYTES", "create_app", "run", "bind"]
 
@@ -26,8 +27,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        from ..errors import UserError
-
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(128)
     return sock

@@ -41,8 +41,8 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from ..errors import UserError
-from ..pipeline import MODES, StreamFrame, StreamingPipeline
+from causal_rcm.errors import UserError
+from causal_rcm.pipeline import MODES, StreamFrame, StreamingPipeline
 
 __all__ = ["create_app", "FRAME_HEADER"]
 
@@ -362,9 +362,9 @@ def create_app(
     cfg = pipeline.config
     info = {
         "resolution": cfg.resolution, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
-        "default_steps": min(int(cfg.sampler["steps"]), max_steps), "max_steps": max_steps, "modes": list(MODES),
+        "default_steps": min(cfg.sampler.steps, max_steps), "max_steps": max_steps, "modes": list(MODES),
         "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
-        "window_frames": cfg.stream["window_frames"] if window_frames is None else window_frames,
+        "window_frames": cfg.stream.window_frames if window_frames is None else window_frames,
         "max_prompt_chars": MAX_PROMPT_CHARS,
     }
     page, script = _static("index.html"), _static("app.js")

@@ -14,9 +14,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from causal_rcm.devices import resolve_device
+
 
 @dataclass
-class World:
+class DistEnv:
     rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
@@ -30,32 +32,12 @@ class World:
         return self.size > 1
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'; UserError for any other or a missing GPU."""
-    from ..errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} asked for, but no CUDA device is available; use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    return device
-
-
-def init_world(device_name: str) -> World:
+def init_dist(device_name: str) -> DistEnv:
     """Join the torchrun process group if WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if size == 1:
-        return World(0, 1, device)
+        return DistEnv(0, 1, device)
     rank = int(os.environ["RANK"])
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -63,17 +45,17 @@ def init_world(device_name: str) -> World:
         device = torch.device("cuda", local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return World(rank, size, device)
+    return DistEnv(rank, size, device)
 
 
-def shutdown(world: World) -> None:
+def shutdown(world: DistEnv) -> None:
     """Leave the process group once every process is done (the main one may still be exporting)."""
     if world.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
-def apply_fsdp(model: nn.Module, world: World, mixed_precision: bool) -> nn.Module:
+def apply_fsdp(model: nn.Module, world: DistEnv, mixed_precision: bool) -> nn.Module:
     """FSDP2: shard each block of ``model.blocks`` (if any) and the root; bf16 params, fp32 reduce."""
     if not world.distributed:
         return model
@@ -88,7 +70,7 @@ def apply_fsdp(model: nn.Module, world: World, mixed_precision: bool) -> nn.Modu
     return model
 
 
-def all_reduce_mean(value: torch.Tensor, world: World) -> torch.Tensor:
+def all_reduce_mean(value: torch.Tensor, world: DistEnv) -> torch.Tensor:
     if world.distributed:
         value = value.detach().clone()
         dist.all_reduce(value)
@@ -96,7 +78,7 @@ def all_reduce_mean(value: torch.Tensor, world: World) -> torch.Tensor:
     return value
 
 
-def global_max(value: float, world: World) -> float:
+def global_max(value: float, world: DistEnv) -> float:
     """Largest of a host scalar over the processes (itself, with no device sync, without torchrun)."""
     if not world.distributed:
         return value
@@ -134,7 +116,7 @@ class StepRandom:
     arithmetic does), never on the number of processes.
     """
 
-    def __init__(self, seed: int, step: int, world: World) -> None:
+    def __init__(self, seed: int, step: int, world: DistEnv) -> None:
         self.seed, self.step, self.world = seed, step, world
         self._draw = 0
 

@@ -19,11 +19,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..config import Config, config_to_dict, save_config
-from ..errors import TrainingStopped, UserError
-from .checkpoint import atomic_torch_save, rng_state, set_rng_state
-from .ema import EMA
-from .parallel import StepRandom, World, all_reduce_mean, apply_fsdp, global_max, init_world, shutdown
+from causal_rcm.config import Config, config_to_dict, save_config
+from causal_rcm.errors import TrainingStopped, UserError
+from causal_rcm.train.checkpoint import atomic_torch_save, rng_state, set_rng_state
+from causal_rcm.train.ema import EMA
+from causal_rcm.models.adapters import save_checkpoint
+from causal_rcm.models.wan import CausalWanModel
+from causal_rcm.train.parallel import DistEnv, StepRandom, all_reduce_mean, apply_fsdp, global_max, init_dist
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -76,8 +78,6 @@ class Recipe:
 
     def export(self, student_state: dict[str, torch.Tensor], path: Path) -> None:
         """Write the final student (EMA weights) as a loadable checkpoint."""
-        from ..models.adapters import save_checkpoint
-
         save_checkpoint(self.config.model, student_state, path, "causal-rcm")
 
 
@@ -86,19 +86,19 @@ class NonFiniteError(TrainingStopped):
 
 
 class Trainer:
-    def __init__(self, config: Config, recipe: Recipe, data: DataSource, *, world: World | None = None) -> None:
+    def __init__(self, config: Config, recipe: Recipe, data: DataSource, *, dist: DistEnv | None = None) -> None:
         self.config = config
         self.recipe = recipe
         self.data = data
-        self.world = world or init_world(config.train.device)
+        self.dist = dist or init_dist(config.train.device)
         self.out_dir = config.out_dir()
         cfg = config.train
-        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.world.device.type == "cuda" else "fp32")
+        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.dist.device.type == "cuda" else "fp32")
         if self.precision not in ("bf16", "fp32"):
             raise UserError(f"train.precision must be auto, bf16 or fp32, got {cfg.precision!r}")
-        if cfg.batch_size % self.world.size:
-            raise UserError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.world.size} processes")
-        self.local_batch = cfg.batch_size // self.world.size
+        if cfg.batch_size % self.dist.size:
+            raise UserError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.dist.size} processes")
+        self.local_batch = cfg.batch_size // self.dist.size
         self.step = 0
         self.bad_steps = 0
         self.history: list[dict] = []
@@ -111,7 +111,7 @@ class Trainer:
     # --------------------------------------------------------------- set-up
     def _setup(self) -> None:
         torch.manual_seed(self.config.train.seed)
-        self.recipe.build(self.world.device)
+        self.recipe.build(self.dist.device)
         self.groups = self.recipe.trainable()
         for name, module in self.groups.items():
             if hasattr(module, "activation_checkpointing"):
@@ -119,7 +119,7 @@ class Trainer:
             if self.config.train.compile:  # torchtitan's order: checkpointing, compile, then fully_shard
                 for block in getattr(module, "blocks", []):
                     block.compile()
-            self.groups[name] = apply_fsdp(module, self.world, mixed_precision=self.precision == "bf16")
+            self.groups[name] = apply_fsdp(module, self.dist, mixed_precision=self.precision == "bf16")
         optim = self.config.optim
         self.optimizers = {}
         for name, module in self.groups.items():
@@ -131,7 +131,7 @@ class Trainer:
 
     def _autocast(self):
         if self.precision == "bf16":
-            return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     # ----------------------------------------------------------- checkpoint
@@ -171,7 +171,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         state = self._state()  # collective under FSDP: every process takes part
-        if self.world.is_main:
+        if self.dist.is_main:
             atomic_torch_save(state, self.out_dir / CHECKPOINT)
 
     def _resume(self) -> bool:
@@ -203,7 +203,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.bad_steps, self.history = state["step"], state["bad_steps"], state["history"]
         self._elapsed_before = state.get("train_seconds", 0.0)
-        if self.world.is_main:  # drop log lines written after the checkpoint: they will be redone
+        if self.dist.is_main:  # drop log lines written after the checkpoint: they will be redone
             log = self.out_dir / "metrics.jsonl"
             if log.exists():
                 kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
@@ -225,7 +225,7 @@ class Trainer:
         used = self.step / max(1, cfg.steps)
         late = False
         if cfg.max_seconds > 0:
-            elapsed = global_max(self.elapsed(), self.world)
+            elapsed = global_max(self.elapsed(), self.dist)
             late = elapsed >= cfg.max_seconds
             used = max(used, elapsed / cfg.max_seconds)
         self._budget_used = min(1.0, used)
@@ -241,7 +241,7 @@ class Trainer:
         return lr
 
     def _train_step(self, batch: dict) -> dict[str, float]:
-        rnd = StepRandom(self.config.train.seed, self.step, self.world)
+        rnd = StepRandom(self.config.train.seed, self.step, self.dist)
         lr = self._lr()
         with self._autocast():
             losses = self.recipe.losses(batch, rnd, self.step)
@@ -255,7 +255,7 @@ class Trainer:
                 logged.update({f"{group}/{k}": float(v) for k, v in metrics.items()})
                 continue
             finite = torch.isfinite(loss.detach()).float()
-            if all_reduce_mean(finite, self.world).item() < 1.0:
+            if all_reduce_mean(finite, self.dist).item() < 1.0:
                 logged[f"nonfinite/{group}"] = 1.0
                 continue
             # A plain backward: under FSDP2 the graph holds all-gathered copies of the sharded
@@ -273,7 +273,7 @@ class Trainer:
             optimizer.step()
             if group == self.student_group:
                 self.ema.update(module, self.step)
-            logged[f"loss/{group}"] = all_reduce_mean(loss.detach().float(), self.world).item()
+            logged[f"loss/{group}"] = all_reduce_mean(loss.detach().float(), self.dist).item()
             logged[f"grad_norm/{group}"] = float(grad_norm)
             logged.update({f"{group}/{k}": float(v) for k, v in metrics.items()})
         return logged
@@ -283,37 +283,35 @@ class Trainer:
             return {}
         ema_state = self.ema.full_state_dict()  # collective
         metrics: dict[str, float] = {}
-        if self.world.is_main:
+        if self.dist.is_main:
             student = self._eval_model(ema_state)
             metrics = self.recipe.evaluate(student, self.step, self.out_dir)
-        if self.world.distributed:
+        if self.dist.distributed:
             torch.distributed.barrier()
         return metrics
 
     def _eval_model(self, ema_state: dict) -> nn.Module:
-        from ..models.wan import CausalWanModel
-
         model = CausalWanModel(self.config.model, attn_backend=self.config.attn_backend)
         model.load_state_dict(ema_state)
-        return model.to(self.world.device).eval()
+        return model.to(self.dist.device).eval()
 
     def fit(self, restart: bool = False) -> dict:
         """Train to ``train.steps``; resumes from ``out_dir/checkpoint.pt`` unless ``restart``."""
         cfg = self.config.train
-        if self.world.is_main:
+        if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if restart:
                 (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
                 (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
             save_config(self.config, self.out_dir / "config.json")
-        if self.world.distributed:
+        if self.dist.distributed:
             torch.distributed.barrier()
         self._setup()
         resumed = self._resume()
-        writer = _tensorboard(self.out_dir / "tb") if self.world.is_main else None
-        log_file = open(self.out_dir / "metrics.jsonl", "a") if self.world.is_main else None
+        writer = _tensorboard(self.out_dir / "tb") if self.dist.is_main else None
+        log_file = open(self.out_dir / "metrics.jsonl", "a") if self.dist.is_main else None
         bar = None
-        if self.world.is_main and cfg.progress:
+        if self.dist.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
             guard = f" (time guard {cfg.max_seconds:g} s)" if cfg.max_seconds > 0 else ""
@@ -368,15 +366,15 @@ class Trainer:
             summary = {
                 "recipe": self.config.recipe,
                 "steps": self.step,
-                "processes": self.world.size,
-                "device": str(self.world.device),
+                "processes": self.dist.size,
+                "device": str(self.dist.device),
                 "precision": self.precision,
                 "train_seconds": train_seconds,
                 "time_guard": out_of_time,
                 "final": self.history[-1] if self.history else {},
                 "eval": final_eval,
             }
-            if self.world.is_main:
+            if self.dist.is_main:
                 dtype = getattr(torch, cfg.export_dtype)
                 self.recipe.export({k: v.to(dtype) for k, v in ema_state.items()}, self.out_dir / "model")
                 (self.out_dir / "train_report.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -419,10 +417,3 @@ def _tensorboard(path: Path):
         return None
     return SummaryWriter(str(path))
 
-
-def run_training(config: Config, recipe: Recipe, data: DataSource, restart: bool = False) -> dict:
-    world = init_world(config.train.device)
-    try:
-        return Trainer(config, recipe, data, world=world).fit(restart=restart)
-    finally:
-        shutdown(world)

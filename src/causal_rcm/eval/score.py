@@ -1,4 +1,5 @@
-"""Sample a model on shapes-world prompts, decode, and score with the analytic oracle."""
+"""Sample a model on shapes-world prompts, decode, and score with the analytic oracle (caption adherence,
+direction, drift on long rollouts, minute-long streams clip by clip)."""
 
 from __future__ import annotations
 
@@ -11,38 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.embedded import ShapesWorld
-from ..data.shapes import DIRECTIONS
-from ..data.video import grid, to_uint8, write_gif
-from ..diffusion.samplers import causal_sample, consistency_sample, euler_sample
+from causal_rcm.config import DataConfig
+from causal_rcm.data.shapes import DIRECTIONS
+from causal_rcm.data.source import ShapesSource
+from causal_rcm.data.video import grid, to_uint8, write_gif
+from causal_rcm.devices import resolve_device
+from causal_rcm.diffusion.samplers import SamplerSpec, check_window, sample
+from causal_rcm.errors import UserError
+from causal_rcm.models.adapters import load_model
+from causal_rcm.spec import PipelineSpec
 
 BATCH = 16  # videos sampled together
-
-
-@dataclass
-class SamplerSpec:
-    """How to sample a model: bidirectional or causal, solver, steps, guidance."""
-
-    causal: bool
-    steps: int = 50
-    solver: str = "euler"  # euler | consistency
-    shift: float = 3.0
-    guidance: float = 3.0
-    frames_per_chunk: int = 1
-    sink_frames: int = 0
-    window_frames: int | None = None
-
-    def to_dict(self) -> dict:
-        return {"solver": self.solver, "steps": self.steps, "shift": self.shift, "guidance": self.guidance}
-
-    def calls_per_batch(self, num_frames: int) -> int:
-        """Network calls to sample one batch of ``num_frames`` frames: steps x CFG branches, per chunk
-        when causal, plus the cache commit of every chunk but the last (see ``causal_sample_stream``)."""
-        branches = 1 if self.guidance == 1 else 2
-        if not self.causal:
-            return self.steps * branches
-        chunks = math.ceil(num_frames / self.frames_per_chunk)
-        return (chunks * self.steps + chunks - 1) * branches
 
 
 class NetworkCalls:
@@ -77,32 +57,23 @@ class NetworkCalls:
 
 @torch.no_grad()
 def sample_videos(
-    model, world: ShapesWorld, captions: list[str], spec: SamplerSpec, *, num_frames: int | None = None,
+    model, source: ShapesSource, captions: list[str], spec: SamplerSpec, *, num_frames: int | None = None,
     seed: int = 0, actions: torch.Tensor | None = None, batch_size: int = BATCH,
 ) -> torch.Tensor:
     """Generate one video per caption -> pixels (B, 3, F, H, W) in [-1, 1] (float32, CPU)."""
     device = next(model.parameters()).device
-    shape = world.latent_shape(num_frames)
+    shape = source.latent_shape(num_frames)
     generator = torch.Generator(device).manual_seed(seed)
     videos = []
     for start in range(0, len(captions), batch_size):
         part = captions[start : start + batch_size]
         B = len(part)
         noise = torch.randn((B, *shape), generator=generator, device=device)
-        context = world.encode_text(part).to(device)
-        neg = world.empty_context(B).to(device)
-        kwargs = dict(steps=spec.steps, shift=spec.shift, guidance=spec.guidance, neg_context=neg)
+        context = source.encode_text(part).to(device)
+        neg = source.empty_context(B).to(device)
         acts = None if actions is None else actions[start : start + B].to(device)
-        if spec.causal:
-            latents = causal_sample(
-                model, noise, context, frames_per_chunk=spec.frames_per_chunk, solver=spec.solver,
-                sink_frames=spec.sink_frames, window_frames=spec.window_frames, generator=generator, actions=acts, **kwargs,
-            )
-        elif spec.solver == "consistency":
-            latents = consistency_sample(model, noise, context, generator=generator, **kwargs)
-        else:
-            latents = euler_sample(model, noise, context, **kwargs)
-        videos.append(world.codec.decode(latents.float().cpu()).clamp(-1, 1))
+        latents = sample(model, noise, context, spec, neg_context=neg, generator=generator, actions=acts)
+        videos.append(source.codec.decode(latents.float().cpu()).clamp(-1, 1))
     return torch.cat(videos)
 
 
@@ -119,7 +90,7 @@ class Evaluation:
 
 
 def evaluate(
-    model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
+    model, source: ShapesSource, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
     stream_seconds: float = 0.0, progress: str | None = None,
 ) -> Evaluation:
     """Sample ``n`` held-out prompts (and, causal with ``drift_factor = k``, rollouts k times as long) and score them.
@@ -128,35 +99,35 @@ def evaluate(
     (see :func:`drift_metrics`); a causal model with ``stream_seconds`` also streams each prompt for
     about that much video, scored clip by clip (``stream_*`` metrics, see :func:`stream_metrics`).
     """
-    frames = world.data.num_frames
-    ref = world.eval_set(n)
+    frames = source.data.num_frames
+    ref = source.eval_set(n)
     long_frames = frames * drift_factor if drift_factor and spec.causal else 0
-    streams = stream_factor(world, stream_seconds) if stream_seconds > 0 and spec.causal else 0
+    streams = stream_factor(source, stream_seconds) if stream_seconds > 0 and spec.causal else 0
     stream_frames = frames * streams
     batches = math.ceil(n / BATCH)
     total = batches * sum(spec.calls_per_batch(f) for f in (frames, long_frames, stream_frames) if f)
     with NetworkCalls(model, total, progress) as calls:
         started = time.perf_counter()
-        videos = sample_videos(model, world, ref["caption"], spec, seed=seed, actions=ref.get("actions"))
+        videos = sample_videos(model, source, ref["caption"], spec, seed=seed, actions=ref.get("actions"))
         seconds, nfe = time.perf_counter() - started, calls.count
         long_videos = long_ref = None
         if long_frames:
-            long_ref = world.eval_set(n, num_frames=long_frames)
-            long_videos = sample_videos(model, world, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
-        stream = stream_metrics(model, world, spec, ref["caption"], factor=streams, seed=seed + 2) if streams else {}
-    metrics = dict(world.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
+            long_ref = source.eval_set(n, num_frames=long_frames)
+            long_videos = sample_videos(model, source, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
+        stream = stream_metrics(model, source, spec, ref["caption"], factor=streams, seed=seed + 2) if streams else {}
+    metrics = dict(source.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
     if long_videos is not None:
-        metrics.update(drift_metrics(world, long_videos, long_ref["caption"]))
+        metrics.update(drift_metrics(source, long_videos, long_ref["caption"]))
     metrics.update(stream)
     return Evaluation(metrics, videos, ref, long_videos, nfe_per_video=nfe / batches, seconds_per_video=seconds / n)
 
 
-def stream_factor(world: ShapesWorld, seconds: float) -> int:
+def stream_factor(source: ShapesSource, seconds: float) -> int:
     """The whole training lengths closest to ``seconds`` of video (at least 2: a first clip and a second half)."""
-    return max(2, round(seconds * world.fps / world.shapes.num_frames))
+    return max(2, round(seconds * source.fps / source.shapes.num_frames))
 
 
-def stream_metrics(model, world: ShapesWorld, spec: SamplerSpec, captions: list[str], *, factor: int, seed: int = 0) -> dict[str, float]:
+def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: list[str], *, factor: int, seed: int = 0) -> dict[str, float]:
     """Caption adherence along streams ``factor`` times the training length (a minute of video is 60 of the packed
     world's one-second videos), one per caption, over consecutive training-length clips: the first clip, every
     clip and the second half, averaged over the streams (``stream_*`` keys, and ``stream_seconds``).
@@ -165,28 +136,28 @@ def stream_metrics(model, world: ShapesWorld, spec: SamplerSpec, captions: list[
     (``docs/results/stream_window_2026-12-03.md``). Streams are sampled and scored a batch at a time, so memory
     stays that of one batch of streams.
     """
-    clip = world.shapes.num_frames
+    clip = source.shapes.num_frames
     scores = []
     for start in range(0, len(captions), BATCH):
         part = captions[start : start + BATCH]
-        videos = sample_videos(model, world, part, spec, num_frames=world.data.num_frames * factor, seed=seed + start // BATCH)
-        scores += [world.oracle.drift(videos[i : i + 1], c, window=clip).caption_adherence for i, c in enumerate(part)]
+        videos = sample_videos(model, source, part, spec, num_frames=source.data.num_frames * factor, seed=seed + start // BATCH)
+        scores += [source.oracle.drift(videos[i : i + 1], c, window=clip).caption_adherence for i, c in enumerate(part)]
     s = np.array(scores, dtype=float)  # (streams, clips)
     return dict(
         stream_first_caption_adherence=float(np.nanmean(s[:, 0])), stream_caption_adherence=float(np.nanmean(s)),
         stream_second_half_caption_adherence=float(np.nanmean(s[:, s.shape[1] // 2 :])),
-        stream_seconds=factor * clip / world.fps,
+        stream_seconds=factor * clip / source.fps,
     )
 
 
-def drift_metrics(world: ShapesWorld, long_videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
+def drift_metrics(source: ShapesSource, long_videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
     """Caption adherence / temporal consistency over the first and the last training-length window (the world's
-    rendered frames of one video, ``world.shapes.num_frames``) of long videos (B, 3, F, H, W), and the oracle's
+    rendered frames of one video, ``source.shapes.num_frames``) of long videos (B, 3, F, H, W), and the oracle's
     drift between them, averaged over videos (``long_*`` keys)."""
-    window = world.shapes.num_frames
+    window = source.shapes.num_frames
     first, last, drift = [], [], []
     for i in range(len(captions)):
-        d = world.oracle.drift(long_videos[i : i + 1], captions[i], window=window)
+        d = source.oracle.drift(long_videos[i : i + 1], captions[i], window=window)
         first.append((d.caption_adherence[0], d.temporal_consistency[0]))
         last.append((d.caption_adherence[-1], d.temporal_consistency[-1]))
         drift.append(d.drift)
@@ -208,7 +179,7 @@ def swap_directions(caption: str) -> str:
 
 
 @torch.no_grad()
-def direction_word_gap(model, world: ShapesWorld, *, n: int = 32, seed: int = 0, levels: tuple[float, ...] = (0.5, 0.8, 0.95)) -> float:
+def direction_word_gap(model, source: ShapesSource, *, n: int = 32, seed: int = 0, levels: tuple[float, ...] = (0.5, 0.8, 0.95)) -> float:
     """How much a bidirectional flow-matching model relies on the captions' direction words.
 
     The flow-matching loss on ``n`` held-out videos noised to each level ``s`` of ``levels``, with
@@ -216,15 +187,15 @@ def direction_word_gap(model, world: ShapesWorld, *, n: int = 32, seed: int = 0,
     over the levels. 0 for a model that ignores those words; it rises before sampled videos follow
     them (``docs/results/shapes_teachers_attempt2.md``).
     """
-    ref = world.eval_set(n)
+    ref = source.eval_set(n)
     keep = [i for i, c in enumerate(ref["caption"]) if swap_directions(c) != c]
     if not keep:
         return float("nan")
     device = next(model.parameters()).device
-    x0 = world.codec.encode(ref["video"][keep]).to(device)  # (B, C, F, h, w)
+    x0 = source.codec.encode(ref["video"][keep]).to(device)  # (B, C, F, h, w)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     captions = [ref["caption"][i] for i in keep]
-    contexts = (world.encode_text(captions), world.encode_text([swap_directions(c) for c in captions]))
+    contexts = (source.encode_text(captions), source.encode_text([swap_directions(c) for c in captions]))
     actions = ref["actions"][keep].to(device) if "actions" in ref else None
     gap = 0.0
     for s in levels:
@@ -236,7 +207,7 @@ def direction_word_gap(model, world: ShapesWorld, *, n: int = 32, seed: int = 0,
 
 
 def evaluate_model(
-    model, world: ShapesWorld, spec: SamplerSpec, *, n: int = 16, seed: int = 0, out_dir: Path | None = None,
+    model, source: ShapesSource, spec: SamplerSpec, *, n: int = 16, seed: int = 0, out_dir: Path | None = None,
     tag: str = "samples", drift_factor: int = 0, stream_seconds: float = 0.0,
 ) -> dict[str, float]:
     """Oracle metrics of ``model`` on ``n`` held-out prompts; optional long-rollout drift (causal only).
@@ -246,7 +217,7 @@ def evaluate_model(
     window (``long_*`` keys) and the oracle's drift; with ``stream_seconds``, streams of about that
     much video, scored clip by clip (``stream_*`` keys). With ``out_dir``, GIFs of ground truth beside samples.
     """
-    result = evaluate(model, world, spec, n=n, seed=seed, drift_factor=drift_factor, stream_seconds=stream_seconds)
+    result = evaluate(model, source, spec, n=n, seed=seed, drift_factor=drift_factor, stream_seconds=stream_seconds)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         ref, videos = result.reference, result.videos
@@ -258,33 +229,13 @@ def evaluate_model(
     return result.metrics
 
 
-def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tuple[torch.nn.Module, ShapesWorld, SamplerSpec]:
-    """A checkpoint written by ``train`` -> (model in eval mode, its world, its sampler from the ``pipeline`` config)."""
-    from ..config import DataConfig
-    from ..errors import UserError
-    from ..models.adapters import read_pipeline_config
-    from ..models.wan import CausalWanModel
-    from ..train.parallel import resolve_device
-
-    model = CausalWanModel.from_pretrained(path, dtype=torch.float32)  # shipped weights may be stored in half precision
-    pipe = read_pipeline_config(path)
-    if pipe.get("world") != "shapes":
-        raise UserError(f"{path} has no shapes-world pipeline config: only checkpoints written by `causal-rcm train` can be scored")
-    codec, text, sampler = pipe["codec"], pipe["text"], pipe["sampler"]
-    data = DataConfig(
-        resolution=pipe["resolution"], num_frames=pipe["num_frames"], frames_per_chunk=pipe["frames_per_chunk"],
-        codec_factor=codec["factor"], codec_frames=codec.get("frames", 1), codec_shift=codec["shift"], codec_scale=codec["scale"], text_len=text["text_len"],
-        text_seed=text["seed"], agent=bool(pipe.get("num_actions")),
-    )
+def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tuple[torch.nn.Module, ShapesSource, SamplerSpec]:
+    """A checkpoint written by ``train`` -> (model in eval mode, its data source, its sampler from the pipeline spec)."""
+    spec = PipelineSpec.read(path)
     dev = resolve_device(device)
-    world = ShapesWorld(data, text["dim"], device=dev)
-    stream = pipe.get("stream", {})
-    spec = SamplerSpec(
-        causal=pipe["causal"], steps=steps or sampler["steps"], solver=sampler["solver"], shift=sampler["shift"],
-        guidance=sampler["guidance"], frames_per_chunk=pipe["frames_per_chunk"], sink_frames=stream.get("sink_frames", 0),
-        window_frames=stream.get("window_frames"),
-    )
-    return model.to(dev).eval(), world, spec
+    model = load_model(path, dtype=torch.float32)  # shipped weights may be stored in half precision
+    source = ShapesSource(spec.data_config(), spec.text.dim, device=dev)
+    return model.to(dev).eval(), source, spec.sampler_spec(steps=steps)
 
 
 def evaluate_checkpoint(
@@ -297,12 +248,9 @@ def evaluate_checkpoint(
     checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts and the streams of
     ``stream_seconds`` (see :func:`stream_metrics`).
     """
-    from ..config import check_window
-    from ..errors import UserError
-
     if stream_seconds < 0:
         raise UserError(f"--stream-seconds must be >= 0 (0: no streams), got {stream_seconds:g}")
-    model, world, spec = load_for_eval(path, steps=steps, device=device)
+    model, source, spec = load_for_eval(path, steps=steps, device=device)
     if window_frames is not None:
         if not spec.causal:
             raise UserError("--window needs a causal checkpoint; this one is bidirectional")
@@ -310,5 +258,5 @@ def evaluate_checkpoint(
         spec = replace(spec, window_frames=window_frames)
     if stream_seconds and not spec.causal:
         raise UserError("--stream-seconds needs a causal checkpoint; a bidirectional one samples its training length")
-    return evaluate_model(model, world, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor,
+    return evaluate_model(model, source, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor,
                           stream_seconds=stream_seconds)

@@ -1,6 +1,11 @@
-"""What the teacher-forcing consistency-distillation recipes share (tf-dcm, tf-scm, tf-meanflow).
+"""The recipes' two bases and their shared helpers.
 
-Every recipe trains on the sequence ``[clean chunks | noisy chunks]`` under the
+:class:`DenoisingRecipe` is what every recipe shares: the data source, the student, the sampler it is
+evaluated with, evaluation and export (with the checkpoint's pipeline spec). :class:`DistillRecipe` adds
+a frozen teacher and few-step evaluation, for the recipes that distil one (tf-dcm, tf-scm, tf-meanflow,
+ode-init, sf-dmd).
+
+The teacher-forcing recipes (tf-dcm, tf-scm, tf-meanflow) train on the sequence ``[clean chunks | noisy chunks]`` under the
 ``teacher_forcing`` mask (noisy chunk i attends to the clean chunks before it and to itself,
 with the clean chunk's RoPE positions): the clean context sits at t = 0, each noisy chunk at its
 own time, and the loss is on the noisy tokens only. The frozen teacher is a causal teacher
@@ -19,16 +24,114 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..config import Config
-from ..diffusion.guidance import guided_velocity
-from ..errors import UserError
-from ..eval.shapes import SamplerSpec, evaluate_model
-from ..models import masks
-from ..models.wan import CausalWanModel
-from ..train.parallel import StepRandom
-from .flow import DenoisingRecipe
+from causal_rcm.config import Config
+from causal_rcm.devices import resolve_device
+from causal_rcm.diffusion.guidance import guided_velocity
+from causal_rcm.diffusion.samplers import SamplerSpec, check_window
+from causal_rcm.diffusion.schedules import shift_time
+from causal_rcm.errors import UserError
+from causal_rcm.eval.score import direction_word_gap, evaluate_model
+from causal_rcm.kernels import masks
+from causal_rcm.models.adapters import load_checkpoint, load_model, save_checkpoint
+from causal_rcm.models.wan import CausalWanModel
+from causal_rcm.spec import PipelineSpec, SamplerDefaults, StreamDefaults
+from causal_rcm.train.parallel import StepRandom
+from causal_rcm.train.trainer import Recipe
 
 JVP_BACKENDS = ("math", "triton")
+
+
+class DenoisingRecipe(Recipe):
+    """Shared by the recipes here and the distillation recipes: world, student, sampling and export."""
+
+    causal = False
+
+    def __init__(self, config: Config, source) -> None:
+        super().__init__(config)
+        self.source = source
+        data = config.data
+        check_window(data.stream_window, data.frames_per_chunk, "data.stream_window", zero="the training length")
+        if config.train.eval_stream_seconds < 0:
+            raise UserError(f"train.eval_stream_seconds must be >= 0 (0: off), got {config.train.eval_stream_seconds:g}")
+
+    def build(self, device: torch.device) -> None:
+        self.device = device
+        self.student = self.model_at(self.config.train.init).to(device).train()
+
+    def model_at(self, path: str) -> CausalWanModel:
+        """``path`` (any checkpoint layout, fp32) or a fresh model of ``config.model``; checks it fits the world."""
+        cfg = self.config
+        channels = self.source.latent_shape()[0]
+        if not path:
+            if (cfg.model.in_dim, cfg.model.out_dim) != (channels, channels):
+                raise UserError(
+                    f"model.in_dim={cfg.model.in_dim} and model.out_dim={cfg.model.out_dim}, but this world's codec gives "
+                    f"{channels}-channel latents: set model.in_dim={channels} model.out_dim={channels}"
+                )
+            return CausalWanModel(cfg.model, attn_backend=cfg.attn_backend)
+        model = load_model(path, attn_backend=cfg.attn_backend, dtype=torch.float32)
+        if model.config.in_dim != channels or model.config.text_dim != self.source.text.dim:
+            raise UserError(
+                f"{path} takes {model.config.in_dim}-channel latents and {model.config.text_dim}-dim text, "
+                f"but this world gives {channels} and {self.source.text.dim}"
+            )
+        return model
+
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
+
+    # ----------------------------------------------------------- helpers
+    def tokens_per_frame(self) -> int:
+        return self.source.tokens_per_frame(self.config.model.patch_size)
+
+    def num_chunks(self) -> int:
+        fpc = self.config.data.frames_per_chunk
+        if self.config.data.num_frames % fpc:
+            raise UserError(f"data.num_frames={self.config.data.num_frames} is not a multiple of data.frames_per_chunk={fpc}")
+        return self.config.data.num_frames // fpc
+
+    def drop_captions(self, context: torch.Tensor, rnd: StepRandom) -> torch.Tensor:
+        """Replace each caption by the empty prompt with probability ``objective.caption_dropout``."""
+        drop = rnd.rand(context.shape[0]) < self.config.objective.caption_dropout  # (B,)
+        return torch.where(drop[:, None, None], self.source.empty_context(context.shape[0]), context)
+
+    def sample_s(self, rnd: StepRandom, batch: int, groups: int, frames_per_group: int) -> torch.Tensor:
+        """Flow-matching times (B, groups * frames_per_group), one per group of frames, shifted."""
+        obj = self.config.objective
+        if obj.time_sampling == "uniform":
+            u = rnd.rand(batch, groups)
+        elif obj.time_sampling == "logit_normal":
+            u = torch.sigmoid(rnd.randn(batch, groups))
+        else:
+            raise UserError(f"objective.time_sampling must be uniform or logit_normal, got {obj.time_sampling!r}")
+        s = shift_time(u, obj.shift).clamp(1e-4, 1.0)
+        return s.repeat_interleave(frames_per_group, dim=1)
+
+    def sampler_spec(self, steps: int | None = None) -> SamplerSpec:
+        obj, data = self.config.objective, self.config.data
+        return SamplerSpec(
+            causal=self.causal, steps=steps or self.config.train.eval_steps, solver="euler", shift=obj.shift,
+            guidance=obj.guidance, frames_per_chunk=data.frames_per_chunk, window_frames=data.cache_window() if self.causal else None,
+        )
+
+    def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        metrics = evaluate_model(
+            student, self.source, self.sampler_spec(), n=self.config.train.eval_videos, out_dir=out_dir / "samples",
+            tag=f"step{step:06d}", drift_factor=self.config.train.eval_drift if self.causal else 0,
+            stream_seconds=self.config.train.eval_stream_seconds if self.causal else 0.0,
+        )
+        if not self.causal:  # the loss gap of swapped direction words: motion learned from text shows here first
+            metrics["direction_word_gap"] = direction_word_gap(student, self.source, n=max(self.config.train.eval_videos, 32))
+        return metrics
+
+    def export(self, student_state: dict[str, torch.Tensor], path: Path) -> None:
+        spec = self.sampler_spec()
+        pipeline = PipelineSpec.of_source(
+            self.source, causal=self.causal, recipe=self.config.recipe, num_actions=self.config.model.num_actions,
+            sampler=SamplerDefaults(solver=spec.solver, steps=spec.steps, shift=spec.shift, guidance=spec.guidance),
+            stream=StreamDefaults(sink_frames=spec.sink_frames, window_frames=self.config.data.cache_window()),
+        )
+        save_checkpoint(self.config.model, student_state, path, "causal-rcm", pipeline=pipeline.to_dict())
 
 
 def distill_config(recipe: str, *, steps: int, batch_size: int, eval_every: int, lr: float) -> Config:
@@ -59,8 +162,6 @@ def resolve_jvp_backend(config: Config) -> str:
     Only ``math`` (pure torch) and ``triton`` (our fused masked JVP kernel) have forward-mode
     rules: SDPA and FlexAttention fail under ``torch.func.jvp``.
     """
-    from ..train.parallel import resolve_device
-
     name = config.objective.jvp_backend
     device = resolve_device(config.train.device)
     if name == "auto":
@@ -99,17 +200,21 @@ def chunk_norm(x: torch.Tensor, frames_per_chunk: int) -> torch.Tensor:
     return norms.repeat_interleave(frames_per_chunk, dim=1)[:, None, :, None, None]
 
 
+def is_causal_checkpoint(path: str) -> bool:
+    """Whether the checkpoint at ``path`` is a causal model (a foreign layout, e.g. a Wan release, is bidirectional)."""
+    spec = PipelineSpec.read_if_any(path)
+    return spec is not None and spec.causal
+
+
 def check_causal_teacher(config: Config, setting: str, path: str, why: str, who: str = "the teacher") -> None:
     """The checkpoint ``path`` (of ``setting``, e.g. ``train.teacher``), if it exists, is causal with the run's frames
     per chunk (its teacher-forcing mask is the run's); ``why`` ends the error for a bidirectional one."""
-    from ..models.adapters import read_pipeline_config
-
-    pipeline = read_pipeline_config(path) if Path(path).exists() else {}
-    if pipeline and not pipeline.get("causal", False):
+    spec = PipelineSpec.read_if_any(path)
+    if spec is not None and not spec.causal:
         raise UserError(f"{setting}={path} is a bidirectional model; {why}")
-    if pipeline and pipeline.get("frames_per_chunk", config.data.frames_per_chunk) != config.data.frames_per_chunk:
+    if spec is not None and spec.frames_per_chunk != config.data.frames_per_chunk:
         raise UserError(
-            f"{who} was trained with {pipeline['frames_per_chunk']} frames per chunk, "
+            f"{who} was trained with {spec.frames_per_chunk} frames per chunk, "
             f"data.frames_per_chunk={config.data.frames_per_chunk}; set them equal"
         )
 
@@ -128,7 +233,7 @@ def masked_mean(per_sample: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return per_sample.sum() / keep.sum().clamp(min=1)
 
 
-class TFDistillRecipe(DenoisingRecipe):
+class DistillRecipe(DenoisingRecipe):
     """Base of the teacher-forcing distillation recipes: teacher, student, TF sequences, few-step evaluation."""
 
     causal = True
@@ -138,8 +243,6 @@ class TFDistillRecipe(DenoisingRecipe):
 
     @classmethod
     def prepare(cls, config: Config) -> None:
-        from ..models.adapters import load_checkpoint
-
         if not config.train.teacher:
             raise UserError(
                 f"{config.recipe} distils a causal teacher: set train.teacher=PATH "
@@ -161,8 +264,8 @@ class TFDistillRecipe(DenoisingRecipe):
 
     def build(self, device: torch.device) -> None:
         self.device = device
-        self.teacher = self.load_model(self.config.train.teacher).to(device).eval().requires_grad_(False)
-        source = self.load_model(self.config.train.init) if self.config.train.init else self.teacher
+        self.teacher = self.model_at(self.config.train.teacher).to(device).eval().requires_grad_(False)
+        source = self.model_at(self.config.train.init) if self.config.train.init else self.teacher
         self.student = self.student_from(source).to(device).train()
 
     def student_from(self, source: CausalWanModel) -> CausalWanModel:
@@ -210,7 +313,7 @@ class TFDistillRecipe(DenoisingRecipe):
         with torch.no_grad():
             v = guided_velocity(
                 self.teacher if teacher is None else teacher, self.tf_sequence(x0, x_s), 1000 * self.tf_times(s), context,
-                guidance=self.config.objective.guidance, neg_context=self.world.empty_context(context.shape[0]),
+                guidance=self.config.objective.guidance, neg_context=self.source.empty_context(context.shape[0]),
                 mask=self.tf_mask(), **self.tf_actions(batch),
             )
         return v[:, :, F:].float()
@@ -240,7 +343,7 @@ class TFDistillRecipe(DenoisingRecipe):
         for k in sorted(set(obj.student_steps) | {obj.sample_steps}):
             main = k == obj.sample_steps
             result = evaluate_model(
-                student, self.world, self.sampler_spec(k), n=self.config.train.eval_videos,
+                student, self.source, self.sampler_spec(k), n=self.config.train.eval_videos,
                 out_dir=out_dir / "samples" if main else None, tag=f"step{step:06d}_{k}step",
                 drift_factor=self.config.train.eval_drift if main else 0,
                 stream_seconds=self.config.train.eval_stream_seconds if main else 0.0,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from causal_rcm.models import masks as M
-from causal_rcm.models.attention import attention
+from causal_rcm.kernels import masks as M
+from causal_rcm.kernels.dispatch import attention
 
 
 def all_kinds(tpf=5):

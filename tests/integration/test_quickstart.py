@@ -17,7 +17,7 @@ import causal_rcm
 from causal_rcm.cli import main
 from causal_rcm.cli import quickstart as quickstart_command
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -151,8 +151,8 @@ def test_given_teachers_are_used_and_a_short_causal_run_is_trained_here(fast_run
 
 def test_given_teachers_in_another_world_train_the_stages_here_in_it(tmp_path):
     """Teachers of the packed codec (two frames per latent frame, four latent frames): the runs here take their world."""
-    from causal_rcm.config import load_config
-    from causal_rcm.train import train
+    from causal_rcm.runs import load_config
+    from causal_rcm.runs import train
 
     teachers = tmp_path / "teachers"
     tiny = ["model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64", "train.batch_size=2", "train.steps=1",
@@ -232,7 +232,7 @@ def test_the_readme_quickstart_command_is_what_the_cli_accepts():
 
 
 def test_restart_clears_only_what_the_quickstart_wrote(tmp_path):
-    from causal_rcm.quickstart import STAGES, _clear
+    from causal_rcm.runs.quickstart import STAGES, _clear
 
     for stage in STAGES:
         (tmp_path / stage.name).mkdir()
@@ -246,7 +246,7 @@ def test_restart_clears_only_what_the_quickstart_wrote(tmp_path):
 
 
 def test_minutes_rescale_the_time_guards_of_the_stages_that_train():
-    from causal_rcm.quickstart import BUDGETS
+    from causal_rcm.runs.quickstart import BUDGETS
 
     cpu = BUDGETS["cpu"]
     scaled = cpu.scaled(7.5, ["teacher", "causal-teacher"])

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from causal_rcm.config import config_to_dict, load_config
-from causal_rcm.eval.shapes import load_for_eval, sample_videos
-from causal_rcm.quickstart import SHIPPED_TEACHERS, STUDENTS, TEACHERS, _shipped_run
+from causal_rcm.config import config_to_dict
+from causal_rcm.runs import load_config
+from causal_rcm.eval.score import load_for_eval, sample_videos
+from causal_rcm.runs.quickstart import SHIPPED_TEACHERS, STUDENTS, TEACHERS, _shipped_run
 
 SHIPPED = [name for name in (*TEACHERS, *STUDENTS) if _shipped_run(SHIPPED_TEACHERS, name) is not None]
 SCRIPT = {"teacher": "train_shapes_teachers.sh", "causal-teacher": "train_shapes_teachers.sh",
@@ -75,7 +76,7 @@ def test_a_shipped_model_is_float16_and_samples_on_the_cpu(name):
 @pytest.mark.skipif("sf-dmd" not in SHIPPED, reason="the SF-DMD student is not shipped")
 def test_eval_window_widens_only_the_rollouts_past_the_checkpoints_window(capsys):
     from causal_rcm.cli import main
-    from causal_rcm.eval.shapes import evaluate_checkpoint
+    from causal_rcm.eval.score import evaluate_checkpoint
 
     student = SHIPPED_TEACHERS / "sf-dmd" / "model"
     own = evaluate_checkpoint(student, n=2, drift_factor=2, device="cpu")

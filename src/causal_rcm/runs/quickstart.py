@@ -26,17 +26,35 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError
+from causal_rcm import __version__
+from causal_rcm.data.source import ShapesSource
+from causal_rcm.data.video import to_uint8
+from causal_rcm.devices import resolve_device
+from causal_rcm.errors import UserError
+from causal_rcm.eval.report import REPORT_FILES, write_report
+from causal_rcm.eval.score import drift_metrics, evaluate, load_for_eval
+from causal_rcm.runs import load_config, train
 
 __all__ = ["SHIPPED_TEACHERS", "TEACHERS", "Budget", "BUDGETS", "Stage", "STAGES", "Quickstart", "run_quickstart"]
 
-SHIPPED_TEACHERS = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
-"""The shipped teachers, in the source tree: ``teacher/`` and ``causal-teacher/``, each a
-``causal-rcm train`` output folder (``model/`` = safetensors + config, the resolved
-``config.json``, ``command.txt``, ``train_report.json``, ``metrics.jsonl``), as written by
-``scripts/train_shapes_teachers.sh``."""
+SHIPPED_ENV = "CAUSAL_RCM_CHECKPOINTS"
+
+
+def shipped_checkpoints() -> Path:
+    """Where the shipped shapes-world models are: ``$CAUSAL_RCM_CHECKPOINTS`` if set, else the checkout this package
+    runs from (an editable install), else ``checkpoints/shapes`` under the current folder (a regular install run from
+    the repository's root). Each model is a ``causal-rcm train`` output folder (``model/`` = safetensors + config,
+    the resolved ``config.json``, ``command.txt``, ``train_report.json``, ``metrics.jsonl``)."""
+    if os.environ.get(SHIPPED_ENV):
+        return Path(os.environ[SHIPPED_ENV]).resolve()
+    checkout = Path(__file__).resolve().parents[3] / "checkpoints" / "shapes"
+    return checkout if checkout.is_dir() else (Path.cwd() / "checkpoints" / "shapes").resolve()
+
+
+SHIPPED_TEACHERS = shipped_checkpoints()
+"""The shipped models' folder, as found at import (:func:`shipped_checkpoints`)."""
 # The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
-WORLD_KEYS = ("world", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
+SOURCE_KEYS = ("source", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
               "codec_shift", "codec_scale", "text_len", "text_seed")
 STREAM_KEYS = (("data", "stream_window"), ("objective", "rollout_window"))  # a shipped student's, for the one trained here
 
@@ -119,8 +137,6 @@ class Quickstart:
 
     def __init__(self, out: Path, *, device: str, budget: Budget, teachers: Path | None, progress: bool = True,
                  say: Callable[[str], None] = print) -> None:
-        from .train.parallel import resolve_device
-
         self.out = out
         self.device = str(resolve_device(device))
         self.budget = budget
@@ -157,7 +173,7 @@ class Quickstart:
         if config is None:
             return ()
         data = json.loads(config.read_text()).get("data", {})
-        return tuple(f"data.{key}={data[key]}" for key in WORLD_KEYS if key in data)
+        return tuple(f"data.{key}={data[key]}" for key in SOURCE_KEYS if key in data)
 
     def stream_overrides(self, student: str) -> tuple[str, ...]:
         """The shipped ``student``'s KV-cache windows (``data.stream_window``, ``objective.rollout_window``) where it
@@ -178,9 +194,6 @@ class Quickstart:
               config_file: Path | None = None, overrides: tuple[str, ...] = ()) -> dict:
         """Run ``recipe`` (on ``config_file``, a resolved config, if given) into ``OUT/<stage>`` within the
         budget, resuming its checkpoint; a summary. ``overrides`` come last (e.g. ``train.teacher=...``)."""
-        from .config import load_config
-        from .train import train
-
         b = self.budget
         args = [
             f"train.out_dir={self.dir(stage).resolve()}", f"train.device={self.device}",
@@ -224,9 +237,6 @@ class Quickstart:
         ``videos=False`` keeps no samples (a second evaluation of the same stage). ``stream``: a causal
         model also streams each prompt for the budget's ``stream_seconds`` (``stream_*`` metrics).
         """
-        from .data.video import to_uint8
-        from .eval.shapes import evaluate, load_for_eval
-
         model, world, spec = load_for_eval(model_path, steps=steps or self.budget.eval_steps, device=self.device)
         streams = self.budget.stream_seconds if stream and spec.causal else 0.0
         rollouts = f", {self.budget.drift_factor}x-length rollouts" if drift and spec.causal else ""
@@ -259,13 +269,8 @@ class Quickstart:
 # ------------------------------------------------------------------ the stages
 def _ground_truth(q: Quickstart) -> dict:
     """The eval set's ground-truth renders through the oracle: the ceiling of every metric."""
-    from .config import load_config
-    from .data.embedded import ShapesWorld
-    from .data.video import to_uint8
-    from .eval.shapes import drift_metrics
-
     config = load_config("teacher", q.teacher_config_file())
-    world = ShapesWorld(config.data, config.model.text_dim)
+    world = ShapesSource(config.data, config.model.text_dim)
     n, frames = q.budget.eval_videos, config.data.num_frames
     ref = world.eval_set(n)
     long = world.eval_set(n, num_frames=frames * q.budget.drift_factor)
@@ -391,9 +396,6 @@ def run_quickstart(
     command: str = "causal-rcm quickstart", started: float | None = None, say: Callable[[str], None] = print,
 ) -> dict:
     """Run every stage (skipping finished ones) and write the report; returns report.json's content."""
-    from .eval.report import write_report
-    from .train.parallel import resolve_device
-
     started = time.perf_counter() if started is None else started
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -543,8 +545,6 @@ def _check_options(out: Path, options: dict) -> None:
 
 def _clear(out: Path) -> None:
     """Remove what the quickstart wrote under ``out`` (its stage folders and report), nothing else."""
-    from .eval.report import REPORT_FILES
-
     for stage in STAGES:
         shutil.rmtree(out / stage.name, ignore_errors=True)
     for name in (OPTIONS, *REPORT_FILES):
@@ -559,8 +559,6 @@ def _environment() -> dict:
     import platform
 
     import torch
-
-    from . import __version__
 
     return {
         "causal_rcm": __version__, "torch": torch.__version__, "python": platform.python_version(),

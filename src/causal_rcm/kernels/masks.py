@@ -67,7 +67,7 @@ class TileTable(NamedTuple):
     full_kv_indices: torch.Tensor  # (Mq, Nk) int32
 
 
-def _left_aligned_indices(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def left_aligned_indices(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the column indices where ``select`` is true, left-aligned and zero padded."""
     n_cols = select.shape[1]
     cols = torch.arange(n_cols, device=select.device).expand_as(select)
@@ -194,8 +194,8 @@ class BlockSparseMask:
         kind = torch.full(count.shape, PARTIAL, dtype=torch.int8, device=device)
         kind[count == 0] = EMPTY
         kind[count == total] = FULL
-        kv_num, kv_idx = _left_aligned_indices(kind == PARTIAL)
-        full_num, full_idx = _left_aligned_indices(kind == FULL)
+        kv_num, kv_idx = left_aligned_indices(kind == PARTIAL)
+        full_num, full_idx = left_aligned_indices(kind == FULL)
         return TileTable(block_m, block_n, kind, kv_num, kv_idx, full_num, full_idx)
 
     def to_flex(self, block_size: int = 128):

@@ -2,12 +2,13 @@ import pytest
 import torch
 
 from causal_rcm.config import DataConfig
-from causal_rcm.data.embedded import ShapesWorld
+from causal_rcm.spec import PipelineSpec, SamplerDefaults, StreamDefaults
+from causal_rcm.data.source import ShapesSource
 from causal_rcm.errors import UserError
 
 
-def _world(workers: int) -> ShapesWorld:
-    return ShapesWorld(DataConfig(workers=workers), text_dim=64, local_batch=3)
+def _world(workers: int) -> ShapesSource:
+    return ShapesSource(DataConfig(workers=workers), text_dim=64, local_batch=3)
 
 
 def test_worker_pool_gives_exactly_the_serial_batches_and_resumes():
@@ -42,13 +43,14 @@ def test_batches_are_normalised_latents_with_context():
 
 
 def test_packed_codec_renders_codec_frames_per_latent_frame():
-    world = ShapesWorld(DataConfig(workers=0, num_frames=4, codec_frames=2), text_dim=64, local_batch=2)
+    world = ShapesSource(DataConfig(workers=0, num_frames=4, codec_frames=2), text_dim=64, local_batch=2)
     batch = world.next_batch()
     assert batch["latents"].shape == (2, 96, 4, 8, 8) == (2, *world.latent_shape())
     assert world.codec.decode(batch["latents"]).shape == (2, 3, 8, 32, 32)  # 8 rendered frames
     ref = world.eval_set(4, num_frames=8)  # num_frames counts latent frames: 16 rendered
     assert ref["video"].shape == (4, 3, 16, 32, 32)
     assert world.oracle.evaluate(ref["video"], ref["scene"]).metrics["direction_accuracy"] > 0.9
-    assert world.pipeline_section()["codec"]["frames"] == 2
+    spec = PipelineSpec.of_source(world, causal=False, sampler=SamplerDefaults(), stream=StreamDefaults())
+    assert spec.codec.frames == 2 and spec.data_config().codec_frames == 2
     with pytest.raises(UserError, match="one action per latent frame"):
-        ShapesWorld(DataConfig(workers=0, agent=True, codec_frames=2, num_frames=4), text_dim=64)
+        ShapesSource(DataConfig(workers=0, agent=True, codec_frames=2, num_frames=4), text_dim=64)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from causal_rcm.eval.shapes import NetworkCalls, evaluate, load_for_eval, sample_videos
+from causal_rcm.eval.score import NetworkCalls, evaluate, load_for_eval, sample_videos
 
 from ..checkpoints import make_checkpoint
 
@@ -37,7 +37,7 @@ def test_evaluate_reports_cost_metrics_and_long_rollouts(tmp_path):
 
 
 def test_swap_directions_swaps_every_direction_word_and_nothing_else():
-    from causal_rcm.eval.shapes import swap_directions
+    from causal_rcm.eval.score import swap_directions
 
     caption = "a red circle moves left, a blue square moves up, a white triangle follows the actions"
     swapped = swap_directions(caption)
@@ -48,7 +48,7 @@ def test_swap_directions_swaps_every_direction_word_and_nothing_else():
 def test_direction_word_gap_is_zero_for_a_model_blind_to_text_and_not_for_one_that_reads_it(tmp_path):
     import torch
 
-    from causal_rcm.eval.shapes import direction_word_gap
+    from causal_rcm.eval.score import direction_word_gap
 
     model, world, _ = load_for_eval(make_checkpoint(tmp_path / "ckpt", steps=2), device="cpu")
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch
     """A perfect render of each caption whose second half is blank: first clip 1, half the clips, second half 0."""
     import numpy as np
 
-    import causal_rcm.eval.shapes as shapes
+    import causal_rcm.eval.score as shapes
     from causal_rcm.data.shapes import Scene, Shape, render
 
     model, world, spec = load_for_eval(make_checkpoint(tmp_path / "ckpt"), device="cpu")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from causal_rcm.quickstart import SHIPPED_TEACHERS, WORLD_KEYS, _shipped_run
+from causal_rcm.runs.quickstart import SHIPPED_TEACHERS, SOURCE_KEYS, _shipped_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(_shipped_run(SHIPPED_TEACHERS, "teacher") is None, reason="no shipped teacher in this checkout")
@@ -20,7 +20,7 @@ def test_the_teacher_script_runs_the_causal_stage_alone_from_a_given_teacher(tmp
     quick = ("train.steps=1 train.compile=false data.workers=0 train.batch_size=2 train.eval_videos=2 "
              "train.eval_steps=2 train.eval_drift=0 train.export_dtype=float32")
     data = json.loads((teacher.parent / "config.json").read_text())["data"]  # its world (the shipped one packs frames)
-    world = " ".join(f"data.{key}={data[key]}" for key in WORLD_KEYS if key in data)
+    world = " ".join(f"data.{key}={data[key]}" for key in SOURCE_KEYS if key in data)
     env = {**os.environ, "STAGES": "causal-teacher", "TEACHER_INIT": str(teacher), "EXTRA": f"{quick} {world}",
            "CAUSAL_RCM": f"{shlex.quote(sys.executable)} -m causal_rcm.cli"}
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_shapes_teachers.sh"), str(tmp_path)], env=env,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tests.distill.conftest import FAST
+from tests.conftest import FAST
 
 
 def _losses(path: Path) -> dict[str, list[float]]:

@@ -7,7 +7,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from causal_rcm.models.vae_stream import StreamingWanDecoder  # noqa: E402
+from causal_rcm.bench.vae_stream import StreamingWanDecoder  # noqa: E402
 
 
 def _tiny_vae():

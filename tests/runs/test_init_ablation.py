@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from causal_rcm.cli import main
-from tests.distill.conftest import FAST
+from tests.conftest import FAST
 
 
 def _ablation(teachers, out, *args):

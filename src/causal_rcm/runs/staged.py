@@ -18,26 +18,25 @@ import copy
 import json
 import shutil
 
-from ..config import Config, register_recipe
-from ..errors import UserError
-from ..train.trainer import Recipe
-from .teacher_forcing import distill_config
+from causal_rcm.config import Config
+from causal_rcm.distill.base import distill_config
+from causal_rcm.errors import UserError
+from causal_rcm.runs.single import train_one
+from causal_rcm.train.parallel import init_dist, shutdown
 
 CM_METHODS = ("tf-scm", "tf-meanflow", "tf-dcm")
 
 
-@register_recipe("causal-rcm")
 def causal_rcm_config() -> Config:
     config = distill_config("causal-rcm", steps=1000, batch_size=32, eval_every=500, lr=2e-5)
     config.objective.tangent_warmup = 500  # as tf-scm's own default
     return config
 
 
-class CausalRCMRecipe(Recipe):
-    """Not a single objective: :meth:`run` trains the two stages in turn (``train`` calls it)."""
+class CausalRCMRun:
+    """Not a single objective: :meth:`run` trains the two stages in turn."""
 
     name = "causal-rcm"
-    staged = True
 
     @classmethod
     def prepare(cls, config: Config) -> None:
@@ -69,17 +68,14 @@ class CausalRCMRecipe(Recipe):
 
     @classmethod
     def run(cls, config: Config, restart: bool = False) -> dict:
-        from ..train import train
-        from ..train.parallel import init_world, shutdown
-
         cls.prepare(config)
-        world = init_world(config.train.device)  # one process group for both stages
+        dist = init_dist(config.train.device)  # one process group for both stages
         try:
-            reports = [train(stage, restart=restart, world=world) for stage in cls.stage_configs(config)]
-            if world.is_main:
+            reports = [train_one(stage, restart=restart, dist=dist) for stage in cls.stage_configs(config)]
+            if dist.is_main:
                 cls._finish(config, reports)
         finally:
-            shutdown(world)
+            shutdown(dist)
         return cls._summary(reports)
 
     @staticmethod

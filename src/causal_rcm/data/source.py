@@ -1,6 +1,6 @@
 """The embedded default as a training data source: shapes-world videos -> latents + text context.
 
-``ShapesWorld`` bundles what a recipe needs from the world (dataset, codec, toy text encoder,
+``ShapesSource`` bundles what a recipe needs from the world (dataset, codec, toy text encoder,
 oracle) from a :class:`~causal_rcm.config.DataConfig`; ``next_batch`` yields this process's
 slice of the global batch on the training device, and its position is part of the checkpoint.
 """
@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .codec import PixelCodec
-from .oracle import ShapesOracle
-from .shapes import ShapesConfig, ShapesDataset
-from .text import ToyTextEncoder
+from causal_rcm.errors import UserError
+from causal_rcm.data.codec import PixelCodec
+from causal_rcm.data.oracle import ShapesOracle
+from causal_rcm.data.shapes import ShapesConfig, ShapesDataset
+from causal_rcm.data.text import ToyTextEncoder
 
 # Evaluation prompts come from a stream the training stream never reaches.
 EVAL_SEED_OFFSET = 1_000_003
@@ -34,7 +34,7 @@ def _render(task: tuple[ShapesDataset, list[int]]) -> list[dict[str, Any]]:
     return [dataset.render_sample(i) for i in indices]
 
 
-class ShapesWorld:
+class ShapesSource:
     """Dataset, codec, text encoder and oracle of the shapes world, for one process."""
 
     fps = 8  # rendered frames per second of video, as its checkpoints' streams play them
@@ -145,15 +145,3 @@ class ShapesWorld:
         """n fixed evaluation samples (captions, scenes, ground-truth videos) from a held-out stream, ``num_frames`` latent frames long."""
         frames = self.data.num_frames if num_frames is None else num_frames
         return ShapesDataset(self._shapes_config(frames), seed=self.data.seed + EVAL_SEED_OFFSET).batch(n)
-
-    def pipeline_section(self) -> dict:
-        """The codec / text / world part of a checkpoint's ``pipeline`` config."""
-        return {
-            "world": "shapes",
-            "resolution": self.data.resolution,
-            "num_frames": self.data.num_frames,
-            "frames_per_chunk": self.data.frames_per_chunk,
-            "codec": {"kind": "pixel", "factor": self.codec.factor, "frames": self.codec.frames, "shift": self.codec.shift, "scale": self.codec.scale},
-            "text": {"kind": "toy", "dim": self.text.dim, "text_len": self.text.text_len, "seed": self.text.seed},
-            "fps": self.fps,
-        }

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from causal_rcm.cli import main
-from causal_rcm.config import load_config
-from causal_rcm.experiments.cm_convergence import first_reaching, speedups
-from causal_rcm.train import train
+from causal_rcm.runs import load_config
+from causal_rcm.runs.cm_convergence import first_reaching, speedups
+from causal_rcm.runs import train
 
 TINY = [
     "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64", "train.batch_size=4",

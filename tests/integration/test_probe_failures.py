@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from causal_rcm.quickstart import SHIPPED_TEACHERS, _shipped_run
+from causal_rcm.runs.quickstart import SHIPPED_TEACHERS, _shipped_run
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_failures.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_failures.py"
 
 
 @pytest.mark.skipif(_shipped_run(SHIPPED_TEACHERS, "tf-scm") is None, reason="no shipped TF-sCM student in this checkout")

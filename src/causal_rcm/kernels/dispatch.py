@@ -1,34 +1,35 @@
 """Attention dispatch: one function, several interchangeable backends.
 
-Layout everywhere is (B, H, S, D). Masks are :class:`~causal_rcm.models.masks.BlockSparseMask`
+Layout everywhere is (B, H, S, D). Masks are :class:`~causal_rcm.kernels.masks.BlockSparseMask`
 (or ``None`` for full attention). Backends:
 
 * ``math``: pure torch, fp32 softmax, any mask; the numerical reference. Differentiable in
   both directions (reverse mode and ``torch.func.jvp``). Fully masked rows give zeros.
 * ``sdpa``: ``F.scaled_dot_product_attention`` with a dense boolean mask (small sizes).
 * ``flex``: FlexAttention with the block-sparse mask (compiled on CUDA; forward only on CPU).
-* ``triton``: the block-sparse FlashAttention kernels of :mod:`causal_rcm.kernels`
-  (forward, backward and JVP), registered when that package is importable.
+* ``triton``: the block-sparse FlashAttention kernels of :mod:`causal_rcm.kernels.op`
+  (forward, backward and JVP), imported on first use (it needs ``triton``).
 
 The model calls :func:`attention` and never imports a kernel itself.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .masks import BlockSparseMask
+from causal_rcm.kernels.masks import BlockSparseMask
 
 __all__ = ["attention", "math_attention", "register_backend", "available_backends"]
 
 AttentionFn = Callable[..., torch.Tensor]
 _BACKENDS: dict[str, AttentionFn] = {}
 # Backends provided by optional modules, imported on first use (the module registers itself).
-_LAZY_BACKENDS = {"triton": "causal_rcm.kernels"}
+_LAZY_BACKENDS = {"triton": "causal_rcm.kernels.op"}
 
 
 def register_backend(name: str, fn: AttentionFn) -> None:
@@ -65,7 +66,7 @@ def attention(
         )
     fn = _BACKENDS.get(backend)
     if fn is None and backend in _LAZY_BACKENDS:
-        __import__(_LAZY_BACKENDS[backend])
+        importlib.import_module(_LAZY_BACKENDS[backend])  # needs triton, an optional dependency
         fn = _BACKENDS.get(backend)
     if fn is None:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(available_backends())}")

@@ -24,8 +24,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ..config import load_config
-from ..errors import UserError
+from causal_rcm.runs import load_config, train
+from causal_rcm.errors import UserError
 
 INITS = ("tf-scm", "tf-meanflow", "tf-dcm", "ode-init")
 ARMS = ("tf-scm", "tf-meanflow", "tf-dcm", "ode-init", "causal-teacher", "no-init")
@@ -58,8 +58,6 @@ def run_init_ablation(
     ``overrides`` apply to every run; ``dmd_overrides`` after them, to the SF-DMD arms only. ``jobs`` > 1 trains
     that many runs at once, each in its own ``causal-rcm train`` process (its log in the run folder's ``log.txt``).
     """
-    from ..train import train
-
     for path in (teacher, dmd_teacher):
         if not Path(path).exists():
             raise UserError(f"teacher checkpoint not found: {path}")

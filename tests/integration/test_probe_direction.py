@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from causal_rcm.quickstart import SHIPPED_TEACHERS, _shipped_run
+from causal_rcm.runs.quickstart import SHIPPED_TEACHERS, _shipped_run
 
-from .checkpoints import make_checkpoint
+from ..checkpoints import make_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_direction.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_direction.py"
 
 
 def test_probe_direction_prints_centroids_drifts_and_equivariance(tmp_path, capsys):

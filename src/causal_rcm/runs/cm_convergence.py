@@ -19,8 +19,9 @@ import math
 import time
 from pathlib import Path
 
-from ..config import load_config
-from ..errors import UserError
+from causal_rcm.eval.score import evaluate_checkpoint
+from causal_rcm.runs import load_config, train
+from causal_rcm.errors import UserError
 
 METHODS = ("tf-dcm", "tf-scm", "tf-meanflow")
 QUALITY = "caption_adherence"
@@ -40,9 +41,6 @@ def run_cm_convergence(
     device: str = "auto",
 ) -> dict:
     """Train every method, collect its evaluation curve, write ``cm_convergence.{json,md,png}`` under ``out``."""
-    from ..eval.shapes import evaluate_checkpoint
-    from ..train import train
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")

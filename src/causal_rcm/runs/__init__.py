@@ -1,0 +1,51 @@
+"""Runs made of runs, on top of the recipes and the trainer: training a named recipe (single or staged),
+the quickstart and the experiments. The one place that composes data sources, recipes and the trainer.
+
+:func:`load_config` builds a run's config from a recipe's defaults, a ``--config`` file and overrides;
+:func:`train` runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from causal_rcm.config import Config, apply_file, apply_overrides
+from causal_rcm.distill import RECIPES
+from causal_rcm.errors import UserError
+from causal_rcm.runs.single import train_one
+from causal_rcm.runs.staged import CausalRCMRun, causal_rcm_config
+from causal_rcm.train.parallel import DistEnv
+
+__all__ = ["load_config", "recipe_config", "recipe_names", "train"]
+
+STAGED = {CausalRCMRun.name: (CausalRCMRun, causal_rcm_config)}
+
+
+def recipe_names() -> list[str]:
+    """Every name ``causal-rcm train`` takes: the single recipes and the staged runs."""
+    return [*RECIPES, *STAGED]
+
+
+def recipe_config(name: str) -> Config:
+    """The defaults of recipe ``name``; UserError for an unknown name."""
+    if name in RECIPES:
+        return RECIPES[name].defaults()
+    if name in STAGED:
+        return STAGED[name][1]()
+    raise UserError(f"unknown recipe {name!r}; choose from {', '.join(recipe_names())}")
+
+
+def load_config(recipe: str, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The named recipe's defaults, updated by a JSON file (resolved configs and ``configs/`` files work) and overrides."""
+    config = recipe_config(recipe)
+    if config_file:
+        apply_file(config, config_file)
+    return apply_overrides(config, list(overrides))
+
+
+def train(config: Config, restart: bool = False, *, dist: DistEnv | None = None) -> dict:
+    """Run ``config.recipe``: a staged run trains its stages in turn, a single recipe trains once."""
+    if config.recipe in STAGED:
+        return STAGED[config.recipe][0].run(config, restart=restart)
+    return train_one(config, restart=restart, dist=dist)
