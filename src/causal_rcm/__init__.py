@@ -1,6 +1,6 @@
 """causal-rcm: distil a video diffusion model into a real-time streaming generator (Causal-rCM)."""
 
-__version__ = "0.1.0"
+from causal_rcm.version import __version__
 
 __all__ = ["StreamingPipeline", "__version__"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from causal_rcm import __version__
+from causal_rcm.version import __version__
 from causal_rcm.errors import TrainingStopped, UserError
 
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from causal_rcm import __version__
+from causal_rcm.version import __version__
 from causal_rcm.data.source import ShapesSource
 from causal_rcm.data.video import to_uint8
 from causal_rcm.devices import resolve_device
