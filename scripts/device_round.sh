@@ -36,7 +36,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
 extra=${ROUND_EXTRA:-}  # more overrides for every run (e.g. a quick CPU check of this script)
-packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"
+packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"  # the ablation's world: configs/shapes/world.json
 
 pipeline() {
     mkdir -p "$root/ship" "$root/repro"
@@ -44,7 +44,7 @@ pipeline() {
     #    nothing else on the GPU but the ablation when asked for (attempt 9: 1080 s, the ablation beside them for
     #    744 s, 23100 steps, caption 0.906 on 192 prompts for both: shapes_attempt9.md)
     for name in ship repro; do
-        STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$packed $extra" \
+        STAGES=teacher TEACHER_SECONDS=${TEACHER_SECONDS:-1080} EXTRA="$extra" \
             bash scripts/train_shapes_teachers.sh "$root/$name" > "$root/$name/log.txt" 2>&1 &
     done
     local teachers=$(jobs -p)
@@ -68,11 +68,11 @@ ablation() {  # experiment init-ablation from the shipped chain, into runs/gpu-a
 }
 
 causal_and_students() {  # the causal teacher from $root/ship/teacher, then its students (the scripts' settings) in st/
-    STAGES=causal-teacher CAUSAL_SECONDS=${CAUSAL_SECONDS:-120} EXTRA="$packed $extra" \
+    STAGES=causal-teacher CAUSAL_SECONDS=${CAUSAL_SECONDS:-120} EXTRA="$extra" \
         bash scripts/train_shapes_teachers.sh "$root/ship" >> "$root/ship/log.txt" 2>&1 || true
     if [ -f "$root/ship/causal-teacher/model/model.safetensors" ]; then
         mkdir -p "$root/st"
-        EXTRA="$packed $extra" SCM_SECONDS=${SCM_SECONDS:-150} bash scripts/train_shapes_students.sh "$root/st" "$root/ship" \
+        EXTRA="$extra" SCM_SECONDS=${SCM_SECONDS:-150} bash scripts/train_shapes_students.sh "$root/st" "$root/ship" \
             > "$root/st/log.txt" 2>&1 || true
     fi
 }
@@ -128,7 +128,7 @@ chain() {  # the causal teacher and its students from a given teacher (CHAIN_TEA
 
 students() {  # the students script from the shipped teachers into st/, then 192-prompt evaluations into st/evals/
     mkdir -p "$root/st/evals"
-    EXTRA="$packed $extra" bash scripts/train_shapes_students.sh "$root/st" checkpoints/shapes > "$root/st/log.txt" 2>&1 || true
+    EXTRA="$extra" bash scripts/train_shapes_students.sh "$root/st" checkpoints/shapes > "$root/st/log.txt" 2>&1 || true
     local name model n=${EVAL_VIDEOS:-192}
     for name in tf-scm sf-dmd; do
         model=$root/st/$name/model

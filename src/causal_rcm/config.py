@@ -262,8 +262,20 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 def apply_file(config: Config, config_file: str | Path) -> Config:
     """Update ``config`` in place from a JSON file of sections (a resolved ``config.json`` works); UserError names
-    a missing file, bad JSON, a file for another recipe, or a bad key or value."""
-    path = Path(config_file)
+    a missing file, bad JSON, a file for another recipe, an ``extends`` loop, or a bad key or value.
+
+    A file may name a base file, ``"extends": "base.json"`` (relative to it), applied first: the shipped settings in
+    ``configs/`` share what their runs have in common that way, so each value has one home. ``about`` is a note."""
+    for key, value in _flatten(_read_sections(Path(config_file), config.recipe, ())).items():
+        _set(config, key, value, from_string=False)
+    _revalidate(config)
+    return config
+
+
+def _read_sections(path: Path, recipe: str, seen: tuple[Path, ...]) -> dict:
+    """The sections of ``path`` over those of the file it extends (recursively), without ``recipe``/``about``."""
+    if path.resolve() in seen:
+        raise UserError(f"config file {path} extends itself through {' -> '.join(str(p) for p in seen)}")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -272,14 +284,22 @@ def apply_file(config: Config, config_file: str | Path) -> Config:
         raise UserError(f"config file {path} is not readable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a JSON object of sections, not a {type(data).__name__}")
-    if data.get("recipe", config.recipe) != config.recipe:
-        raise UserError(f"config file {path} is for recipe {data['recipe']!r}, not {config.recipe!r}")
+    if data.get("recipe", recipe) != recipe:
+        raise UserError(f"config file {path} is for recipe {data['recipe']!r}, not {recipe!r}")
     data.pop("recipe", None)
-    data.pop("about", None)  # a shipped config's note on what it is for
-    for key, value in _flatten(data).items():
-        _set(config, key, value, from_string=False)
-    _revalidate(config)
-    return config
+    data.pop("about", None)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"config file {path}: extends must name a file, got {base!r}")
+    merged = _read_sections(path.parent / base, recipe, (*seen, path.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")

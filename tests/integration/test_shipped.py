@@ -1,8 +1,9 @@
-"""The shipped shapes-world checkpoints: complete, made by the committed script, and usable."""
+"""The shipped shapes-world checkpoints: complete, made with the committed config files, and usable."""
 
 import dataclasses
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,21 +15,21 @@ from causal_rcm.eval.score import load_for_eval, sample_videos
 from causal_rcm.runs.quickstart import SHIPPED_TEACHERS, STUDENTS, TEACHERS, _shipped_run
 
 SHIPPED = [name for name in (*TEACHERS, *STUDENTS) if _shipped_run(SHIPPED_TEACHERS, name) is not None]
-SCRIPT = {"teacher": "train_shapes_teachers.sh", "causal-teacher": "train_shapes_teachers.sh",
-          "tf-scm": "train_shapes_students.sh", "sf-dmd": "train_shapes_students.sh"}
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "shapes"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_a_shipped_run_records_its_command_and_config(name):
+def test_a_shipped_run_was_made_with_its_config_file(name):
     run = SHIPPED_TEACHERS / name
     words = shlex.split((run / "command.txt").read_text())
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "train_report.json").read_text())
     assert words[words.index("train") + 1] == config["recipe"] == report["recipe"] == name
-    # The committed defaults and the command's overrides still resolve to the config it ran with
-    # (paths aside: they named the device machine's folders; and the JVP backend, which a recipe
-    # resolves from "auto" for the device it runs on: triton there, math here).
-    resolved = config_to_dict(load_config(name, None, [w for w in words if "=" in w]))
+    # The committed config file, read as `causal-rcm train NAME --config configs/shapes/NAME.json` reads it, resolves
+    # to the config the shipped model was trained with (paths aside: they named the device machine's folders; and the
+    # JVP backend, which a recipe resolves from "auto" for the device it runs on: triton there, math here).
+    resolved = config_to_dict(load_config(name, CONFIGS / f"{name}.json", []))
     defaults = config_to_dict(load_config(name, None, []))
     for section, values in resolved.items():  # keys added after the run, at defaults that keep the old behaviour
         if isinstance(values, dict):
@@ -39,27 +40,31 @@ def test_a_shipped_run_records_its_command_and_config(name):
             saved["train"].pop(key)
         saved["objective"].pop("jvp_backend")
     assert resolved == config
-    # The command ran the committed script's settings for this stage: its common overrides and the stage's own
-    # (the time guard and the paths aside), the last one of each key winning as in the trainer.
-    ran = dict(w.split("=", 1) for w in words if "=" in w)
-    for key, value in _script_settings(name).items():
-        if key not in ("train.max_seconds", "train.out_dir", "train.init", "train.teacher"):
-            assert ran.get(key) == value, f"{name}: {key}={ran.get(key)}, the script says {value}"
     # made on a GPU, as the quickstart's table says of the shipped models
     assert report["device"].startswith("cuda") and report["steps"] > 0 and report["eval"]
     assert (run / "metrics.jsonl").read_text().strip()
 
 
-def _script_settings(name):
-    """The overrides scripts/<script> gives stage ``name``: ``common`` and the stage line, as key -> value."""
-    text = (SHIPPED_TEACHERS.parents[1] / "scripts" / SCRIPT[name]).read_text().replace("\\\n", " ")
-    lines = text.splitlines()
-    common = next(line for line in lines if line.startswith("common="))
-    stage = next(line for line in lines if line.strip().startswith(f"stage {name} "))
-    words = shlex.split(shlex.split(common.split("=", 1)[1])[0]) + shlex.split(stage)
-    settings = dict(w.split("=", 1) for w in words if "=" in w and "$" not in w)
-    assert "train.export_dtype" in settings and "train.steps" in settings, settings
-    return settings
+def test_each_shipped_setting_has_one_home():
+    """The values of configs/shapes/ are set nowhere else: neither the scripts that make the shipped chain nor the
+    package override them again (an experiment, e.g. device_round.sh's init ablation, picks its own settings)."""
+    settings = {}
+    for path in CONFIGS.glob("*.json"):
+        for section, values in json.loads(path.read_text()).items():
+            if isinstance(values, dict):
+                settings.update({f"{section}.{key}": value for key, value in values.items()})
+    for how in ("train.progress", "train.log_every", "train.ckpt_every", "data.workers"):  # how a run reports, not what it learns
+        settings.pop(how)
+    assert "objective.tangent_warmup" in settings and "train.max_seconds" in settings
+    # The quickstart's budgets are its own settings for minutes on a CPU (or a GPU), not the shipped chain's.
+    runs = [p for p in ROOT.joinpath("src", "causal_rcm", "runs").glob("*.py") if p.name != "quickstart.py"]
+    homes = [*ROOT.joinpath("scripts").glob("train_shapes_*.sh"), *runs]
+    for key, value in settings.items():
+        spellings = {f"{key}={value}", f"{key}={json.dumps(value)}"}
+        if isinstance(value, float):
+            spellings |= {f"{key}={value:g}", f"{key}={value:.0e}".replace("e-0", "e-")}
+        for home in homes:
+            assert not any(s in home.read_text() for s in spellings), f"{key}={value} of configs/shapes is set again in {home}"
 
 
 @pytest.mark.parametrize("name", SHIPPED)

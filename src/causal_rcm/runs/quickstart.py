@@ -104,7 +104,7 @@ BUDGETS = {
             "tf-scm": ("optim.lr=1e-4", "objective.tangent_warmup=100"), "sf-dmd": ("optim.lr=2e-5", "objective.critic_steps=3"),
         },
     ),
-    # The shipped teachers' settings (scripts/train_shapes_teachers.sh).
+    # On one GPU: the shipped teachers' batch and compiled blocks (configs/shapes/teachers.json), minutes not a quarter-hour.
     "gpu": Budget(
         "gpu", "default, GPU", batch_size=256,
         steps={"teacher": 30000, "causal-teacher": 15000, "causal-teacher-here": 500, "tf-scm": 2000, "sf-dmd": 1000},

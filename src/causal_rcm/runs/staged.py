@@ -20,6 +20,7 @@ import shutil
 
 from causal_rcm.config import Config
 from causal_rcm.distill.base import distill_config
+from causal_rcm.distill.tf_scm import tf_scm_config
 from causal_rcm.errors import UserError
 from causal_rcm.runs.single import train_one
 from causal_rcm.train.parallel import init_dist, shutdown
@@ -29,7 +30,7 @@ CM_METHODS = ("tf-scm", "tf-meanflow", "tf-dcm")
 
 def causal_rcm_config() -> Config:
     config = distill_config("causal-rcm", steps=1000, batch_size=32, eval_every=500, lr=2e-5)
-    config.objective.tangent_warmup = 500  # as tf-scm's own default
+    config.objective.tangent_warmup = tf_scm_config().objective.tangent_warmup  # the consistency stage's own default
     return config
 
 
