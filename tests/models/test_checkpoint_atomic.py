@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import random
 import shutil
 import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,9 +17,10 @@ import pytest
 import safetensors.torch
 import torch
 
+import causal_rcm
 from causal_rcm.errors import CheckpointError
 from causal_rcm.models import adapters
-from causal_rcm.models.adapters import load_checkpoint
+from causal_rcm.models.adapters import load_checkpoint, save_checkpoint
 from causal_rcm.models.wan import CausalWanModel
 
 from ..conftest import random_model, small_config
@@ -143,3 +148,52 @@ def test_a_folder_holding_more_than_a_checkpoint_is_not_replaced(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds more than a checkpoint \(notes.txt\)"):
         random_model().save_pretrained(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+CHILD = """
+import itertools, json, random, sys, time, torch
+from causal_rcm.models.adapters import save_checkpoint
+from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
+
+path, config = sys.argv[1], json.loads(sys.argv[2])
+state = CausalWanModel(CausalWanConfig(**config)).state_dict()
+for generation in itertools.count():  # each save's identity is in its config (text_len) and in every weight
+    tagged = CausalWanConfig(**{**config, "text_len": 8 + generation})
+    save_checkpoint(tagged, {k: torch.full_like(v, generation) for k, v in state.items()}, path)
+    if generation == 0:
+        print("saved", flush=True)
+    time.sleep(random.uniform(0.0, 0.05))  # a read retried whenever a save replaces the folder needs a pause to finish
+"""
+
+
+def assert_whole(path: Path, *loaders: bool) -> None:
+    """``path`` loads (``from_pretrained`` or not), and its weights are those of the save its config names."""
+    for config, state in (read(path, from_pretrained) for from_pretrained in loaders):
+        generation = config.text_len - 8
+        assert all(torch.all(v == generation) for v in state.values()), f"{path}: weights are not those of save {generation}"
+
+
+def test_kill_9_at_random_moments_leaves_whole_checkpoints(tmp_path):
+    rng = random.Random(0)
+    config = small_config().to_dict()
+    env = {**os.environ, "PYTHONPATH": str(Path(causal_rcm.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    paths = [tmp_path / f"model{i}" for i in range(3)]
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(p), json.dumps(config)], stdout=subprocess.PIPE, env=env)
+                for p in paths]
+    try:
+        for child in children:
+            assert child.stdout.readline() == b"saved\n"
+        for path, child in zip(paths, children):
+            assert_whole(path, False)  # read while it saves
+            time.sleep(rng.uniform(0.0, 0.1))
+            child.kill()
+            child.wait()  # reaped: its pid is dead
+            assert_whole(path, False, True)
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    save_checkpoint(small_config(), random_model().state_dict(), paths[0])  # removes what the killed saves left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]
+    for path in paths[1:]:
+        assert_whole(path, False)

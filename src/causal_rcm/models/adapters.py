@@ -13,7 +13,7 @@
 Conversions only rename tensors, so round trips are exact. Every problem a user can hit
 (missing file, truncated file, keys or shapes that do not match the config) raises a
 :class:`~causal_rcm.errors.CheckpointError` with one line naming it. A checkpoint is saved whole
-or not at all (see "whole or absent" below).
+or not at all, and read whole (see "whole or absent" below).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -392,8 +393,54 @@ def validate_state_dict(state: dict[str, torch.Tensor], config: CausalWanConfig,
 
 
 def load_checkpoint(path: str | Path, **config_overrides) -> tuple[CausalWanConfig, dict[str, torch.Tensor], str]:
-    """Read any supported layout -> (config, state dict with our names, layout)."""
-    path = _recover(Path(path))
+    """Read any supported layout -> (config, state dict with our names, layout).
+
+    Reads one checkpoint whole: if a save replaced it meanwhile (it is another file or folder now),
+    it reads again, so config and weights never come from two different saves.
+    """
+    path = Path(path)
+    while True:
+        source = _recover(path)
+        with _held(source) as before:
+            try:
+                loaded = _load_checkpoint(source, config_overrides)
+            except CheckpointError:
+                if _where(path) == before:
+                    raise
+                continue
+            if _where(path) == before:
+                return loaded
+
+
+def _inode(path_or_fd: Path | int) -> tuple:
+    try:
+        stat = os.stat(path_or_fd)
+    except OSError:
+        return ()
+    return stat.st_dev, stat.st_ino
+
+
+def _where(path: Path) -> tuple:
+    """Where the checkpoint at ``path`` is now and which file or folder it is: a save changes either."""
+    source = _recover(path)
+    return source, *_inode(source)
+
+
+@contextmanager
+def _held(source: Path) -> Iterator[tuple]:
+    """``_where`` of ``source``, held open meanwhile so that no new save can take its inode number."""
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError:  # missing (the read says so), or a folder on Windows
+        fd = None
+    try:
+        yield (source, *_inode(source if fd is None else fd))
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _load_checkpoint(path: Path, config_overrides: dict) -> tuple[CausalWanConfig, dict[str, torch.Tensor], str]:
     layout = detect_layout(path)
     if layout == "causal-rcm":
         data = _read_json(path / "config.json")
