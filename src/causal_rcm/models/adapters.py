@@ -12,7 +12,8 @@
 
 Conversions only rename tensors, so round trips are exact. Every problem a user can hit
 (missing file, truncated file, keys or shapes that do not match the config) raises a
-:class:`~causal_rcm.errors.CheckpointError` with one line naming it.
+:class:`~causal_rcm.errors.CheckpointError` with one line naming it. A checkpoint is saved whole
+or not at all, and read whole (see "whole or absent" below).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -92,6 +97,117 @@ def diffusers_to_wan(state_dict: dict) -> dict:
     return _rename(state_dict, invert(_BLOCK_RENAMES), invert(_GLOBAL_RENAMES), "Wan")
 
 
+# --------------------------------------------------------------------------- whole or absent
+# A save writes its checkpoint beside ``path`` under a name that says who is writing it,
+# ".<name>.tmp-<host>-<pid>-<nonce>", and moves it in with one rename. A folder cannot be renamed
+# over a folder, so the previous one is first renamed aside to ".<name>.old-<host>-<pid>-<nonce>"
+# and deleted once the new one is in. Crash points: before the first rename, ``path`` holds the old
+# checkpoint; between the two, only the aside does (readers use it, and once its writer is dead,
+# the next reader or writer renames it back); after the second, ``path`` holds the new one.
+# Whatever a dead writer left is removed by the next save into the same folder.
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}")
+_CHECKPOINT_FILE = re.compile(r"config\.json|model\.safetensors|diffusion_pytorch_model.*")
+
+
+def _temp_path(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def _writer_alive(temp: re.Match) -> bool:
+    """Whether the process named in a temporary's name may still be writing it."""
+    if temp["host"] != socket.gethostname() or os.name != "posix":  # another machine's, or no signal 0 (Windows)
+        return True
+    try:
+        os.kill(int(temp["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def _recover(path: Path) -> Path:
+    """Where the checkpoint at ``path`` is: ``path``, or while a save swaps it, the previous one set aside.
+
+    An aside whose writer died is renamed back to ``path`` (by whoever gets there first).
+    """
+    path = path.resolve() if path.is_symlink() else path
+    if path.exists() or not path.parent.is_dir():
+        return path
+    for aside in path.parent.iterdir():
+        temp = _TEMP.fullmatch(aside.name)
+        if temp is None or temp["kind"] != "old" or temp["name"] != path.name:
+            continue
+        if not _writer_alive(temp):
+            try:
+                os.replace(aside, path)
+            except OSError:  # restored by someone else meanwhile, or a read-only folder
+                pass
+        if path.exists():
+            return path
+        if aside.exists():
+            return aside
+    return path
+
+
+def _remove_dead_temporaries(folder: Path) -> None:
+    """Remove what saves into ``folder`` by dead processes left, renaming back an aside still needed."""
+    for entry in folder.iterdir():
+        temp = _TEMP.fullmatch(entry.name)
+        if temp is None or _writer_alive(temp):
+            continue
+        checkpoint = folder / temp["name"]
+        if temp["kind"] == "old" and (_recover(checkpoint) != checkpoint or not checkpoint.exists()):
+            continue  # it could not be put back: it may be the only copy
+        _remove(entry)
+
+
+def _fsync(path: Path) -> None:
+    if os.name != "posix" and path.is_dir():  # Windows cannot open a folder
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """Create ``path``, a file or a folder, with ``write(tmp)``, whole or not at all (see the comment above).
+
+    ``write`` makes a file or a folder at the path it is given. Removes first what dead processes'
+    saves left beside ``path``; the files are on disk (fsync) before the rename that publishes them.
+    """
+    path = path.resolve() if path.is_symlink() else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(path.parent)
+    tmp, aside = _temp_path(path, "tmp"), None
+    try:
+        write(tmp)
+        for file in tmp.iterdir() if tmp.is_dir() else ():
+            _fsync(file)
+        _fsync(tmp)
+        if tmp.is_dir() and path.exists():
+            aside = _temp_path(path, "old")
+            os.replace(path, aside)
+        os.replace(tmp, path)
+    except BaseException:
+        if aside is not None and not path.exists():
+            os.replace(aside, path)
+        _remove(tmp)
+        raise
+    _fsync(path.parent)  # the renames themselves on disk
+    if aside is not None:
+        _remove(aside)
+
+
 # --------------------------------------------------------------------------- reading
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
@@ -142,7 +258,7 @@ def _read_json(path: Path) -> dict:
 
 def detect_layout(path: str | Path) -> str:
     """'causal-rcm', 'wan' or 'diffusers' for a checkpoint file or folder."""
-    path = Path(path)
+    path = _recover(Path(path))
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_file():
@@ -275,8 +391,54 @@ def validate_state_dict(state: dict[str, torch.Tensor], config: CausalWanConfig,
 
 
 def load_checkpoint(path: str | Path, **config_overrides) -> tuple[CausalWanConfig, dict[str, torch.Tensor], str]:
-    """Read any supported layout -> (config, state dict with our names, layout)."""
+    """Read any supported layout -> (config, state dict with our names, layout).
+
+    Reads one checkpoint whole: if a save replaced it meanwhile (it is another file or folder now),
+    it reads again, so config and weights never come from two different saves.
+    """
     path = Path(path)
+    while True:
+        source = _recover(path)
+        with _held(source) as before:
+            try:
+                loaded = _load_checkpoint(source, config_overrides)
+            except CheckpointError:
+                if _where(path) == before:
+                    raise
+                continue
+            if _where(path) == before:
+                return loaded
+
+
+def _inode(path_or_fd: Path | int) -> tuple:
+    try:
+        stat = os.stat(path_or_fd)
+    except OSError:
+        return ()
+    return stat.st_dev, stat.st_ino
+
+
+def _where(path: Path) -> tuple:
+    """Where the checkpoint at ``path`` is now and which file or folder it is: a save changes either."""
+    source = _recover(path)
+    return source, *_inode(source)
+
+
+@contextmanager
+def _held(source: Path) -> Iterator[tuple]:
+    """``_where`` of ``source``, held open meanwhile so that no new save can take its inode number."""
+    try:
+        fd = os.open(source, os.O_RDONLY)
+    except OSError:  # missing (the read says so), or a folder on Windows
+        fd = None
+    try:
+        yield (source, *_inode(source if fd is None else fd))
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _load_checkpoint(path: Path, config_overrides: dict) -> tuple[CausalWanConfig, dict[str, torch.Tensor], str]:
     layout = detect_layout(path)
     if layout == "causal-rcm":
         data = _read_json(path / "config.json")
@@ -309,25 +471,16 @@ def load_checkpoint(path: str | Path, **config_overrides) -> tuple[CausalWanConf
 
 
 # --------------------------------------------------------------------------- writing
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], target: Path, metadata: dict | None = None) -> None:
+def _save_safetensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(file), metadata=metadata)
 
 
-def _atomic_write_text(text: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+def _write_folder(folder: Path, weights: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    folder.mkdir()
+    _save_safetensors(tensors, folder / weights)
+    (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _wan_json(config: CausalWanConfig) -> dict:
@@ -372,7 +525,7 @@ def _diffusers_json(config: CausalWanConfig) -> dict:
 
 def read_pipeline_config(path: str | Path) -> dict:
     """The ``pipeline`` section of our checkpoint config (codec, text encoder, sampler defaults), or {}."""
-    path = Path(path)
+    path = _recover(Path(path))
     if path.is_dir() and detect_layout(path) == "causal-rcm":
         return _read_json(path / "config.json").get("pipeline", {})
     return {}
@@ -389,6 +542,11 @@ def save_checkpoint(
 
     ``pipeline`` (our layout only) records how to use the model: codec, text encoder, frame
     structure and sampler defaults; ``StreamingPipeline.from_pretrained`` reads it.
+
+    The checkpoint, file or folder, is written whole or not at all (:func:`write_whole`): a crash or
+    kill at any moment leaves ``path`` holding the previous checkpoint or the new one, never one
+    model's weights under another's config. A folder is replaced whole, so one holding anything but
+    checkpoint files is refused.
     """
     path = Path(path)
     if layout not in LAYOUTS:
@@ -399,28 +557,25 @@ def save_checkpoint(
         raise CheckpointError(f"this model has MeanFlow interval-embedding weights, which the {layout} layout cannot hold")
     if layout != "causal-rcm" and config.rope_theta != 10000.0:
         raise CheckpointError(f"the {layout} layout assumes rope_theta=10000, this model uses {config.rope_theta}")
-    if path.exists() and path.is_file() and layout != "wan":
-        raise CheckpointError(f"{path} is a file; the {layout} layout is a folder")
-    if layout == "causal-rcm":
-        _atomic_save_safetensors(state, path / OURS_WEIGHTS)
-        meta = {"_class_name": "CausalWanModel", "model": config.to_dict()}
-        if pipeline:
-            meta["pipeline"] = pipeline
-        _atomic_write_text(json.dumps(meta, indent=2) + "\n", path / "config.json")
-    elif layout == "wan":
-        if path.suffix == ".safetensors":
-            _atomic_save_safetensors(state, path, metadata={"config": json.dumps(_wan_json(config))})
-        elif path.suffix in (".pth", ".pt"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-            os.replace(tmp, path)
-        else:
-            _atomic_save_safetensors(state, path / FOREIGN_WEIGHTS)
-            _atomic_write_text(json.dumps(_wan_json(config), indent=2) + "\n", path / "config.json")
+    if layout == "wan" and path.suffix == ".safetensors":
+        write = partial(_save_safetensors, state, metadata={"config": json.dumps(_wan_json(config))})
+    elif layout == "wan" and path.suffix in (".pth", ".pt"):
+        write = partial(torch.save, {k: v.detach().cpu() for k, v in state.items()})
     else:
-        _atomic_save_safetensors(wan_to_diffusers(state), path / FOREIGN_WEIGHTS)
-        _atomic_write_text(json.dumps(_diffusers_json(config), indent=2) + "\n", path / "config.json")
+        if path.is_file():
+            raise CheckpointError(f"{path} is a file; the {layout} layout is a folder")
+        others = sorted(p.name for p in path.iterdir() if not _CHECKPOINT_FILE.fullmatch(p.name)) if path.is_dir() else []
+        if others:
+            raise CheckpointError(f"{path} holds more than a checkpoint ({', '.join(others[:3])}); a save replaces the "
+                                  "whole folder: save into a folder of its own")
+        if layout == "causal-rcm":
+            meta = {"_class_name": "CausalWanModel", "model": config.to_dict(), **({"pipeline": pipeline} if pipeline else {})}
+            write = partial(_write_folder, weights=OURS_WEIGHTS, tensors=state, meta=meta)
+        elif layout == "wan":
+            write = partial(_write_folder, weights=FOREIGN_WEIGHTS, tensors=state, meta=_wan_json(config))
+        else:
+            write = partial(_write_folder, weights=FOREIGN_WEIGHTS, tensors=wan_to_diffusers(state), meta=_diffusers_json(config))
+    write_whole(path, write)
     return path
 
 
