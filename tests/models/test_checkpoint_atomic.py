@@ -20,7 +20,7 @@ import torch
 import causal_rcm
 from causal_rcm.errors import CheckpointError
 from causal_rcm.models import adapters
-from causal_rcm.models.adapters import load_checkpoint, save_checkpoint
+from causal_rcm.models.adapters import load_checkpoint, load_model, save_checkpoint, save_model
 from causal_rcm.models.wan import CausalWanModel
 
 from ..conftest import random_model, small_config
@@ -87,11 +87,11 @@ def stopped_at(k: int, monkeypatch, pid: int, *, killed: bool):
         yield fired
 
 
-def read(path: Path, from_pretrained: bool = False) -> tuple | None:
-    """(config, state) as ``load_checkpoint`` or ``CausalWanModel.from_pretrained`` sees ``path``; None if not found."""
+def read(path: Path, whole_model: bool = False) -> tuple | None:
+    """(config, state) as ``load_checkpoint`` or ``load_model`` sees ``path``; None if not found."""
     try:
-        if from_pretrained:
-            model = CausalWanModel.from_pretrained(path)
+        if whole_model:
+            model = load_model(path)
             return model.config, model.state_dict()
         return load_checkpoint(path)[:2]
     except CheckpointError as exc:
@@ -117,26 +117,26 @@ def test_a_save_stopped_at_any_step_leaves_the_old_checkpoint_or_the_new(tmp_pat
     path = folder / (f"model.{suffix}" if suffix else "model")
     # One architecture, two checkpoints that differ in config (where the layout records eps) and weights.
     models = [random_model(small_config(num_layers=1, eps=eps), seed=seed) for seed, eps in ((0, 1e-6), (1, 1e-5))]
-    old, new = (read(m.save_pretrained(tmp_path / f"reference{i}" / path.name, layout)) for i, m in enumerate(models))
+    old, new = (read(save_model(m, tmp_path / f"reference{i}" / path.name, layout)) for i, m in enumerate(models))
     for had_old in (True, False):
         for k in itertools.count(1):
             shutil.rmtree(folder, ignore_errors=True)
             if had_old:
-                models[0].save_pretrained(path, layout)
+                save_model(models[0], path, layout)
             with stopped_at(k, monkeypatch, dead_pid, killed=killed) as fired:
                 try:
-                    models[1].save_pretrained(path, layout)
+                    save_model(models[1], path, layout)
                 except (Killed, OSError):
                     assert fired
             if not killed:  # a save that failed cleans up after itself
                 assert not [p.name for p in folder.glob(".*.tmp-*")]
             with monkeypatch.context() as m:
                 m.setattr(adapters, "_writer_alive", lambda temp: True)  # as if its writer still ran: read in place
-                seen = read(path, from_pretrained=True)
+                seen = read(path, whole_model=True)
             assert same(seen, old if had_old else None) or same(seen, new), f"stopped at step {k}"
             assert same(read(path), seen)  # its writer is dead: what was set aside is put back
             assert seen is None or path.exists()
-            models[1].save_pretrained(path, layout)  # the next save removes what the stopped one left
+            save_model(models[1], path, layout)  # the next save removes what the stopped one left
             assert [p.name for p in folder.iterdir()] == [path.name]
             if not fired:
                 break
@@ -146,7 +146,7 @@ def test_a_save_stopped_at_any_step_leaves_the_old_checkpoint_or_the_new(tmp_pat
 def test_a_folder_holding_more_than_a_checkpoint_is_not_replaced(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(CheckpointError, match=r"holds more than a checkpoint \(notes.txt\)"):
-        random_model().save_pretrained(tmp_path)
+        save_model(random_model(), tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.adapters import write_whole
+from causal_rcm.models.adapters import write_whole
 
 
 def atomic_torch_save(obj, path: Path) -> None:
