@@ -187,6 +187,7 @@ class DriftReport:
     temporal_consistency: np.ndarray
     quality: np.ndarray
     drift: float
+    adherence: list[dict[str, float]] = field(default_factory=list)  # each window's colour / shape / caption adherence
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -436,11 +437,11 @@ class ShapesOracle:
         det = self._detect(frames[0])
         agents = {o.colour for o in objects if o.agent}
         starts = np.arange(0, F - window + 1, window)
-        cap, con = [], []
+        adherence, con = [], []
         for s in starts:
             w = det.window(int(s), int(s) + window)
-            cap.append(self._adherence(w, objects)[0]["caption_adherence"])
+            adherence.append(self._adherence(w, objects)[0])
             con.append(self._consistency(w, agents)["temporal_consistency"])
-        cap, con = np.array(cap), np.array(con)
+        cap, con = np.array([a["caption_adherence"] for a in adherence]), np.array(con)
         quality = cap * con
-        return DriftReport(starts, cap, con, quality, float(max(0.0, quality[0] - quality[-1])))
+        return DriftReport(starts, cap, con, quality, float(max(0.0, quality[0] - quality[-1])), adherence)

@@ -19,6 +19,7 @@ from causal_rcm.data.video import grid, to_uint8, write_gif
 from causal_rcm.devices import resolve_device
 from causal_rcm.diffusion.samplers import SamplerSpec, check_window, sample
 from causal_rcm.errors import UserError
+from causal_rcm.eval.stream import score_clips
 from causal_rcm.models.adapters import load_model
 from causal_rcm.spec import PipelineSpec
 
@@ -141,7 +142,7 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
     for start in range(0, len(captions), BATCH):
         part = captions[start : start + BATCH]
         videos = sample_videos(model, source, part, spec, num_frames=source.data.num_frames * factor, seed=seed + start // BATCH)
-        scores += [source.oracle.drift(videos[i : i + 1], c, window=clip).caption_adherence for i, c in enumerate(part)]
+        scores += [score_clips(source.oracle, videos[i : i + 1], c, clip)["caption_adherence"] for i, c in enumerate(part)]
     s = np.array(scores, dtype=float)  # (streams, clips)
     return dict(
         stream_first_caption_adherence=float(np.nanmean(s[:, 0])), stream_caption_adherence=float(np.nanmean(s)),
@@ -231,9 +232,9 @@ def evaluate_model(
 
 def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tuple[torch.nn.Module, ShapesSource, SamplerSpec]:
     """A checkpoint written by ``train`` -> (model in eval mode, its data source, its sampler from the pipeline spec)."""
+    model = load_model(path, dtype=torch.float32)  # shipped weights may be stored in half precision
     spec = PipelineSpec.read(path)
     dev = resolve_device(device)
-    model = load_model(path, dtype=torch.float32)  # shipped weights may be stored in half precision
     source = ShapesSource(spec.data_config(), spec.text.dim, device=dev)
     return model.to(dev).eval(), source, spec.sampler_spec(steps=steps)
 
