@@ -252,7 +252,8 @@ class Quickstart:
             samples["long"] = to_uint8(result.long_videos[:SAMPLE_ROWS])
         return {
             "model_path": str(model_path),
-            "sampler": {**spec.to_dict(), "causal": spec.causal, "frames_per_chunk": spec.frames_per_chunk},
+            "sampler": {"solver": spec.solver, "steps": spec.steps, "shift": spec.shift, "guidance": spec.guidance,
+                        "causal": spec.causal, "frames_per_chunk": spec.frames_per_chunk},
             "metrics": result.metrics,
             "cost": {"nfe_per_video": result.nfe_per_video, "seconds_per_video": result.seconds_per_video},
             "videos": self.save_videos(stage, samples) if videos else None,
