@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ from causal_rcm.pipeline import StreamingPipeline
 from causal_rcm.serve import create_app
 
 from ..checkpoints import make_checkpoint
-from .conftest import LiveServer, decode_frame, recv_frames, recv_json, wait_until, websockets
+from .conftest import LiveServer, decode_frame, recv_frames, recv_json, serve_process, wait_until, websockets
 
 START = {"type": "start", "prompt": "a red circle moves left", "steps": 1, "mode": "chunk", "seed": 1}
 
@@ -149,15 +150,66 @@ def test_realtime_sends_at_the_checkpoint_fps(pipeline):
     assert 4 / 8 - 0.05 <= elapsed < 2.0  # 8 fps: four more frames take half a second
 
 
-def test_cross_site_pages_are_refused(pipeline):
-    async def client(url):
-        with pytest.raises(websockets.exceptions.InvalidStatus):
-            await websockets.connect(url, origin="http://evil.example")
-        async with websockets.connect(url, origin=url.replace("ws://", "http://").removesuffix("/ws")) as ws:
-            assert (await recv_json(ws))["type"] == "hello"
+def http_status(port: int, path: str, headers: dict[str, str]) -> int:
+    """GET ``path`` from 127.0.0.1:``port`` with ``headers`` (a Host given here replaces the real one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
-    with LiveServer(pipeline) as server:
-        run(client(server.ws_url))
+
+async def ws_status(port: int, host: str, origin: str | None = None) -> int:
+    """Open /ws on 127.0.0.1:``port`` naming ``host`` in Host: 101 if it opens (and says hello), else the HTTP status."""
+    try:
+        async with websockets.connect(f"ws://{host}/ws", host="127.0.0.1", port=port, origin=origin, proxy=None) as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+            return 101
+    except websockets.exceptions.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_only_allowed_hosts_and_origins_are_served(pipeline):
+    """Localhost names and the allowed ones, on any port; DNS-rebound and cross-site requests are refused."""
+    with LiveServer(pipeline, allowed_hosts=["studio.example"]) as server:
+        port = server.port
+        allowed = [f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", "[::1]:8000", "studio.example:443"]
+        refused = ["evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "evil.example@localhost",
+                   "localhost/x", "[::2]", ""]
+        for path in ("/", "/api/info"):
+            assert [http_status(port, path, {"Host": h}) for h in allowed] == [200] * len(allowed), path
+            assert [http_status(port, path, {"Host": h}) for h in refused] == [403] * len(refused), path
+        assert http_status(port, "/api/info", {"Host": "localhost", "Origin": "http://evil.example"}) == 403
+        assert http_status(port, "/api/info", {"Host": "localhost", "Origin": "null"}) == 403
+        assert http_status(port, "/nowhere", {"Host": "evil.example"}) == 403
+
+        async def sockets():
+            return [
+                await ws_status(port, f"localhost:{port}"),
+                await ws_status(port, "studio.example", origin="https://studio.example"),
+                await ws_status(port, f"127.0.0.1:{port}", origin=f"http://localhost:{port}"),
+                await ws_status(port, f"evil.example:{port}"),  # DNS rebinding
+                await ws_status(port, f"127.0.0.1:{port}", origin="http://evil.example"),  # another site's page
+                await ws_status(port, f"127.0.0.1:{port}", origin="null"),
+            ]
+
+        assert run(sockets()) == [101, 101, 101, 403, 403, 403]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5) as reply:
+            assert reply.status == 200  # the test's other clients name 127.0.0.1
+    with pytest.raises(UserError, match="not a host name or IP address"):
+        create_app(pipeline, allowed_hosts=["http://studio.example"])
+
+
+def test_serve_answers_to_its_allowed_hosts(tmp_path):
+    proc, url = serve_process(make_checkpoint(tmp_path / "ckpt"), "--allowed-host", "Studio.Example")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    try:
+        assert http_status(port, "/api/info", {"Host": "studio.example"}) == 200
+        assert http_status(port, "/api/info", {"Host": "evil.example"}) == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_world_model_actions_over_the_socket(tmp_path):

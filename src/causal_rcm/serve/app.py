@@ -1,7 +1,10 @@
 """FastAPI + WebSocket server: live streams of a :class:`~causal_rcm.pipeline.StreamingPipeline` to one page.
 
 Routes: ``GET /`` the page, ``GET /app.js`` its script, ``GET /api/info`` the checkpoint and
-server limits (JSON), ``WS /ws`` the stream protocol:
+server limits (JSON), ``WS /ws`` the stream protocol. Every request must name an allowed host in its
+``Host`` header, and in its ``Origin`` header when it has one (localhost, 127.0.0.1, ::1 and the
+``allowed_hosts`` of :func:`create_app`, on any port): others get HTTP 403, a WebSocket is closed
+before it opens (1008, policy violation). This keeps other sites' pages out, DNS rebinding included.
 
 client -> server (JSON text, every message validated; a bad one gets an ``error`` reply and the
 connection stays usable)::
@@ -31,17 +34,19 @@ import asyncio
 import gc
 import json
 import logging
+import re
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from starlette.datastructures import Headers
 
 from ..errors import UserError
 from ..pipeline import MODES, StreamFrame, StreamingPipeline
@@ -54,6 +59,7 @@ FRAME_HEADER = struct.Struct("<IHHff")  # index, width, height, chunk ms, second
 MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 300
 MAX_MESSAGE_BYTES = 4096
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always allowed
 
 
 # ------------------------------------------------------------------ messages
@@ -107,6 +113,56 @@ def parse_message(text: str) -> StartMessage | SwitchMessage | ActionMessage | S
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"][1:]) or "message"
         raise UserError(f"{where}: {err['msg']}") from None
+
+
+# --------------------------------------------------------------------- hosts
+_NETLOC = re.compile(r"(?P<host>[a-z0-9._-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _host_of(netloc: str) -> str | None:
+    """The host of a ``Host`` header or URL authority, lower case, IPv6 unbracketed ('[::1]:80' -> '::1');
+    None for anything else (user info, a path, odd characters)."""
+    match = _NETLOC.fullmatch(netloc.lower())
+    return None if match is None else match["host"].strip("[]")
+
+
+def _allowed_host(name: str) -> str:
+    """``name`` as the allow-list keeps it (see ``_host_of``); UserError unless a bare host name or IP address."""
+    bare = name.strip().lower().removeprefix("[").removesuffix("]")
+    if not bare or _host_of(f"[{bare}]" if ":" in bare else bare) != bare:
+        raise UserError(f"allowed host {name!r} is not a host name or IP address without scheme or port "
+                        "(e.g. example.com, 192.168.1.5, ::1)")
+    return bare
+
+
+class _HostGuard:
+    """ASGI middleware: refuse requests whose ``Host``, or ``Origin`` when present, names no allowed host.
+
+    A page on another site can reach a loopback server through the user's browser: directly (its
+    requests then carry its ``Origin``) or by DNS rebinding, its own name resolving to 127.0.0.1 (its
+    requests then carry its name in ``Host``). One check of both headers keeps out either.
+    """
+
+    # Names no allowed host: a page that rebound its own name to this server could read them here.
+    REFUSAL = ("host not allowed: this server answers to localhost and the names given with "
+               "`causal-rcm serve --allowed-host`")
+
+    def __init__(self, app, allowed: frozenset[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    def permits(self, headers: Headers) -> bool:
+        origin = headers.get("origin")
+        hosts = [headers.get("host", "")] + ([] if origin is None else [urlsplit(origin).netloc])
+        return all(_host_of(h) in self.allowed for h in hosts)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.permits(Headers(scope=scope)):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await PlainTextResponse(self.REFUSAL, status_code=403)(scope, receive, send)
+        else:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
 
 
 # ------------------------------------------------------------------- limits
@@ -373,12 +429,15 @@ _CSP = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'
 
 def create_app(
     pipeline: StreamingPipeline, *, max_streams: int = 2, max_steps: int = 4, queue_frames: int = 4, realtime: bool = True,
-    window_frames: int | None = None,
+    window_frames: int | None = None, allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving ``pipeline`` (a causal checkpoint); ``app.state.slots`` counts running streams.
 
     ``window_frames``: every stream's KV-cache window in latent frames (default: the checkpoint's; see
-    ``StreamingPipeline.stream``). Freezes the process's heap for the garbage collector (``_freeze_heap``).
+    ``StreamingPipeline.stream``). ``allowed_hosts``: host names or addresses, besides ``LOCAL_HOSTS``,
+    that requests may name in ``Host`` and ``Origin`` (module docstring): the names clients reach the
+    server by when it listens beyond localhost. Freezes the process's heap for the garbage collector
+    (``_freeze_heap``).
     """
     if not pipeline.config.causal:
         raise UserError("serve needs a causal checkpoint; this one is bidirectional (use `causal-rcm generate`)")
@@ -386,6 +445,7 @@ def create_app(
         raise UserError("max_streams, max_steps and queue_frames must be >= 1")
     if window_frames is not None:
         pipeline.check_window(window_frames)  # refused now, not per client
+    allowed = frozenset(_allowed_host(name) for name in (*LOCAL_HOSTS, *allowed_hosts))
     settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime,
                         window_frames=window_frames)
     slots = Slots(max_streams)
@@ -404,6 +464,7 @@ def create_app(
     app = FastAPI(title="causal-rcm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.slots = slots
     app.state.settings = settings
+    app.add_middleware(_HostGuard, allowed=allowed)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -419,10 +480,6 @@ def create_app(
 
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket) -> None:
-        origin = ws.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != ws.headers.get("host"):
-            await ws.close(code=1008)  # another site's page: refuse (cross-site WebSocket hijacking)
-            return
         await _Connection(ws, pipeline, settings, slots).run({"type": "hello", **info})
         gc.collect()  # this connection's reference cycles (see _freeze_heap): cheap, the heap being frozen
 
