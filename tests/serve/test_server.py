@@ -13,7 +13,7 @@ import pytest
 
 from causal_rcm.errors import UserError
 from causal_rcm.pipeline import StreamingPipeline
-from causal_rcm.serve import create_app
+from causal_rcm.serve import WS_MAX_BYTES, create_app
 
 from ..checkpoints import make_checkpoint
 from .conftest import LiveServer, decode_frame, recv_frames, recv_json, serve_process, wait_until, websockets
@@ -86,6 +86,37 @@ def test_every_bad_message_gets_an_error_and_the_connection_stays_usable(pipelin
             while (reply := await recv_json(ws))["type"] != "stopped":
                 pass
             assert reply["reason"] == "stop" and reply["frames"] >= 6
+
+    with LiveServer(pipeline, realtime=False) as server:
+        run(client(server.ws_url))
+        assert wait_until(lambda: server.slots.active == 0)
+
+
+def test_deep_and_oversized_messages_are_refused_before_parsing(pipeline):
+    """Each gets an error reply, not a recursion error and a dropped connection; the connection then streams."""
+    refused = [
+        ("[" * 10000, "longer than 4096 bytes"),
+        ("{" * 60000, "longer than 4096 bytes"),
+        ("[" * 2000 + "]" * 2000, "nested deeper than 4 levels"),
+        ('{"type": "start", "prompt": ' * 5 + '"a"' + "}" * 5, "nested deeper than 4 levels"),
+        (json.dumps({**START, "prompt": "a [[[[[[ circle"}), "'[[[[[['"),  # brackets in a string are text
+    ]
+
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            await recv_json(ws)
+            for text, expected in refused:
+                await ws.send(text)
+                reply = await recv_json(ws)
+                assert reply["type"] == "error" and expected in reply["message"], (text[:40], reply)
+            await ws.send(json.dumps(START))
+            assert (await recv_json(ws))["type"] == "started"
+            await recv_frames(ws, 2)
+            await ws.send("x" * (WS_MAX_BYTES + 1))  # past the WebSocket layer's limit: not read at all
+            with pytest.raises(websockets.exceptions.ConnectionClosedError) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 1009
 
     with LiveServer(pipeline, realtime=False) as server:
         run(client(server.ws_url))

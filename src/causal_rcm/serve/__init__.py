@@ -10,12 +10,9 @@ from __future__ import annotations
 import socket
 from typing import Callable, Iterable
 
-from .app import FRAME_HEADER, create_app
+from .app import FRAME_HEADER, WS_MAX_BYTES, create_app
 
 __all__ = ["FRAME_HEADER", "WS_MAX_BYTES", "create_app", "run", "bind"]
-
-# Largest WebSocket message accepted from a client (a valid message is < 4 KiB).
-WS_MAX_BYTES = 64 * 1024
 
 
 def bind(host: str, port: int) -> socket.socket:

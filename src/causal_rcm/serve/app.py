@@ -6,8 +6,10 @@ server limits (JSON), ``WS /ws`` the stream protocol. Every request must name an
 ``allowed_hosts`` of :func:`create_app`, on any port): others get HTTP 403, a WebSocket is closed
 before it opens (1008, policy violation). This keeps other sites' pages out, DNS rebinding included.
 
-client -> server (JSON text, every message validated; a bad one gets an ``error`` reply and the
-connection stays usable)::
+client -> server: JSON text, every message validated; a bad one gets an ``error`` reply and the
+connection stays usable. Before parsing, a message must be at most ``MAX_MESSAGE_BYTES`` (4096) bytes
+of UTF-8 and nest ``[]``/``{}`` at most ``MAX_DEPTH`` (4) deep (a valid one is a flat object); one over
+``WS_MAX_BYTES`` (64 KiB) is not read at all: the connection is closed (1009, message too big)::
 
     {"type": "start", "prompt": str, "steps": 1..max_steps, "mode": "frame"|"chunk", "seed": 0..2**31-1}
     {"type": "switch", "prompt": str}          while a stream runs: new prompt from the next chunk
@@ -59,6 +61,8 @@ FRAME_HEADER = struct.Struct("<IHHff")  # index, width, height, chunk ms, second
 MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 300
 MAX_MESSAGE_BYTES = 4096
+MAX_DEPTH = 4  # [] / {} nesting; json.loads recurses once per level and would hit Python's recursion limit
+WS_MAX_BYTES = 64 * 1024  # the WebSocket layer's own limit: larger messages close the connection unread
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always allowed
 
 
@@ -95,13 +99,30 @@ ClientMessage = TypeAdapter(
 MESSAGE_TYPES = ("start", "switch", "action", "stop")
 
 
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)  # a string (taken whole) or a bracket
+
+
+def _nesting(text: str) -> int:
+    """Deepest ``[]``/``{}`` nesting in JSON ``text``, counted without parsing (brackets in strings ignored)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
+
+
 def parse_message(text: str) -> StartMessage | SwitchMessage | ActionMessage | StopMessage:
-    """Validate one client message; UserError with a one-line reason otherwise."""
+    """Validate one client message; UserError with a one-line reason otherwise (size and depth before parsing)."""
     if len(text.encode()) > MAX_MESSAGE_BYTES:
         raise UserError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
+    if _nesting(text) > MAX_DEPTH:
+        raise UserError(f"message nested deeper than {MAX_DEPTH} levels of [] or {{}}; send one flat JSON object")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or a number past int's digit limit
         raise UserError("message is not valid JSON") from None
     if not isinstance(data, dict):
         raise UserError("message must be a JSON object with a 'type'")
