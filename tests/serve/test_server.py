@@ -144,6 +144,32 @@ def test_busy_beyond_max_streams(pipeline):
         assert server.slots.peak == 1
 
 
+def test_a_bad_start_gets_its_error_even_when_the_server_is_full(pipeline):
+    bad_starts = [
+        ({**START, "prompt": "a red dragon"}, "'dragon'"),
+        ({**START, "prompt": "a red circle " * 20}, "more than the text length 16"),
+        ({**START, "steps": 9}, "steps: at most 4"),
+        ({**START, "seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({**START, "mode": "video"}, "mode: Input should be 'frame' or 'chunk'"),
+    ]
+
+    async def clients(url):
+        async with websockets.connect(url) as a, websockets.connect(url) as b:
+            await recv_json(a), await recv_json(b)
+            await a.send(json.dumps(START))
+            assert (await recv_json(a))["type"] == "started"
+            for start, expected in bad_starts:
+                await b.send(json.dumps(start))
+                reply = await recv_json(b)
+                assert reply["type"] == "error" and expected in reply["message"], (start, reply)
+            await b.send(json.dumps(START))
+            assert (await recv_json(b))["type"] == "busy"
+
+    with LiveServer(pipeline, max_streams=1, realtime=False) as server:
+        run(clients(server.ws_url))
+        assert server.slots.peak == 1
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_stream(pipeline):
     def workers():
         return [t for t in threading.enumerate() if t.name == "causal-rcm-stream"]

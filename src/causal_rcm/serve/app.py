@@ -22,10 +22,11 @@ server -> client: JSON ``hello`` (on connect: checkpoint and limits), ``started`
 (uint32 frame index, uint16 width, uint16 height, float32 chunk compute ms, float32 seconds
 since start) followed by width * height * 3 RGB bytes.
 
-Resources: at most ``max_streams`` streams run at once (beyond: ``busy``); each runs in its own
-worker thread, handing frames to the event loop through a queue of ``queue_frames`` frames
-(a slow client blocks its own worker, nothing else); a stop or a disconnect sets a flag the
-worker checks after every frame, and the stream's slot is freed when its worker has exited.
+Resources: at most ``max_streams`` streams run at once (beyond: ``busy``, sent only to a start that
+is valid in every other way); each runs in its own worker thread, handing frames to the event loop
+through a queue of ``queue_frames`` frames (a slow client blocks its own worker, nothing else); a
+stop or a disconnect sets a flag the worker checks after every frame, and the stream's slot is
+freed when its worker has exited.
 With ``realtime`` the frames are sent no faster than the checkpoint's fps. Memory stays level
 over any number of clients: their reference cycles are collected as each one leaves.
 """
@@ -367,19 +368,17 @@ class _Connection:
             raise UserError("a stream is already running on this connection: send stop first")
         if msg.steps is not None and msg.steps > self.settings.max_steps:
             raise UserError(f"steps: at most {self.settings.max_steps} on this server, got {msg.steps}")
+        # The pipeline checks the whole start (prompt, steps, mode, seed) before a slot is sought, so a bad
+        # one gets its own error even when the server is full. Cheap: the KV cache comes with the first chunk.
+        steering = _Steering()
+        stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed,
+                                  actions=steering if self.pipe.config.num_actions else None,
+                                  window_frames=self.settings.window_frames)
         if not self.slots.acquire():
             n = self.slots.limit
             await self.send({"type": "busy", "max_streams": n,
                              "message": f"busy: the server already runs its limit of {n} stream(s); try again later"})
             return
-        steering = _Steering()
-        try:
-            stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed,
-                                      actions=steering if self.pipe.config.num_actions else None,
-                                      window_frames=self.settings.window_frames)
-        except BaseException:
-            self.slots.release()
-            raise
         job = _Job(stream, steering, asyncio.get_running_loop(), self.settings, self.slots)
         self.job = job
         job.thread.start()  # before any await: end_job relies on the worker resolving job.done
