@@ -170,6 +170,19 @@ def test_a_bad_start_gets_its_error_even_when_the_server_is_full(pipeline):
         assert server.slots.peak == 1
 
 
+def test_a_start_without_steps_gets_the_advertised_default(tmp_path):
+    pipe = StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / "six", steps=6))
+
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            hello = await recv_json(ws)
+            await ws.send(json.dumps({"type": "start", "prompt": START["prompt"]}))
+            return hello["default_steps"], (await recv_json(ws))["steps"]
+
+    with LiveServer(pipe, max_steps=4, realtime=False) as server:
+        assert run(client(server.ws_url)) == (4, 4)  # the checkpoint's 6 steps, capped at max_steps
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_stream(pipeline):
     def workers():
         return [t for t in threading.enumerate() if t.name == "causal-rcm-stream"]

@@ -16,6 +16,8 @@ of UTF-8 and nest ``[]``/``{}`` at most ``MAX_DEPTH`` (4) deep (a valid one is a
     {"type": "action", "action": int}          world-model checkpoints: action for the next frames
     {"type": "stop"}
 
+(a start's steps default to hello's ``default_steps``: the checkpoint's, at most ``max_steps``)
+
 server -> client: JSON ``hello`` (on connect: checkpoint and limits), ``started``, ``prompt``
 (the first frame under a new prompt follows), ``stopped``, ``error`` {message}, ``busy``
 {message, max_streams}; and one **binary** message per frame: a 16-byte little-endian header
@@ -194,6 +196,7 @@ class Settings:
 
     max_streams: int = 2
     max_steps: int = 4
+    default_steps: int = 4  # a start without steps: the checkpoint's, at most max_steps
     queue_frames: int = 4
     realtime: bool = True
     window_frames: int | None = None  # the streams' KV-cache window (None: the checkpoint's)
@@ -371,7 +374,8 @@ class _Connection:
         # The pipeline checks the whole start (prompt, steps, mode, seed) before a slot is sought, so a bad
         # one gets its own error even when the server is full. Cheap: the KV cache comes with the first chunk.
         steering = _Steering()
-        stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed,
+        steps = self.settings.default_steps if msg.steps is None else msg.steps
+        stream = self.pipe.stream(msg.prompt, steps=steps, mode=msg.mode, seed=msg.seed,
                                   actions=steering if self.pipe.config.num_actions else None,
                                   window_frames=self.settings.window_frames)
         if not self.slots.acquire():
@@ -466,13 +470,14 @@ def create_app(
     if window_frames is not None:
         pipeline.check_window(window_frames)  # refused now, not per client
     allowed = frozenset(_allowed_host(name) for name in (*LOCAL_HOSTS, *allowed_hosts))
-    settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime,
-                        window_frames=window_frames)
-    slots = Slots(max_streams)
     cfg = pipeline.config
+    settings = Settings(max_streams=max_streams, max_steps=max_steps,
+                        default_steps=min(int(cfg.sampler["steps"]), max_steps), queue_frames=queue_frames,
+                        realtime=realtime, window_frames=window_frames)
+    slots = Slots(max_streams)
     info = {
         "resolution": cfg.resolution, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
-        "default_steps": min(int(cfg.sampler["steps"]), max_steps), "max_steps": max_steps, "modes": list(MODES),
+        "default_steps": settings.default_steps, "max_steps": max_steps, "modes": list(MODES),
         "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
         "window_frames": cfg.stream["window_frames"] if window_frames is None else window_frames,
         "max_prompt_chars": MAX_PROMPT_CHARS,
