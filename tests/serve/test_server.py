@@ -251,7 +251,8 @@ def test_only_allowed_hosts_and_origins_are_served(pipeline):
             assert [http_status(port, path, {"Host": h}) for h in allowed] == [200] * len(allowed), path
             assert [http_status(port, path, {"Host": h}) for h in refused] == [403] * len(refused), path
         assert http_status(port, "/api/info", {"Host": "localhost", "Origin": "http://evil.example"}) == 403
-        assert http_status(port, "/api/info", {"Host": "localhost", "Origin": "null"}) == 403
+        for origin in ("null", "http://[evil", "http://localhost.evil.example", "http://localhost/x"):
+            assert http_status(port, "/api/info", {"Host": "localhost", "Origin": origin}) == 403, origin
         assert http_status(port, "/nowhere", {"Host": "evil.example"}) == 403
 
         async def sockets():

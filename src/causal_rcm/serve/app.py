@@ -28,9 +28,9 @@ Resources: at most ``max_streams`` streams run at once (beyond: ``busy``, sent o
 is valid in every other way); each runs in its own worker thread, handing frames to the event loop
 through a queue of ``queue_frames`` frames (a slow client blocks its own worker, nothing else); a
 stop or a disconnect sets a flag the worker checks after every frame, and the stream's slot is
-freed when its worker has exited.
-With ``realtime`` the frames are sent no faster than the checkpoint's fps. Memory stays level
-over any number of clients: their reference cycles are collected as each one leaves.
+freed when its worker has exited. With ``realtime`` the frames are sent no faster than the
+checkpoint's fps. Memory stays level over any number of clients: their reference cycles are
+collected as each one leaves.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Iterable, Literal, Union
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -176,7 +175,8 @@ class _HostGuard:
 
     def permits(self, headers: Headers) -> bool:
         origin = headers.get("origin")
-        hosts = [headers.get("host", "")] + ([] if origin is None else [urlsplit(origin).netloc])
+        # An Origin is "scheme://host[:port]" or "null"; urlsplit would raise on some malformed ones.
+        hosts = [headers.get("host", "")] + ([] if origin is None else [origin.partition("://")[2]])
         return all(_host_of(h) in self.allowed for h in hosts)
 
     async def __call__(self, scope, receive, send) -> None:
