@@ -3,8 +3,8 @@
 The soak (25 rounds of 20 clients, ~25 s on 2 CPU cores) reads this process's RSS after each round,
 server and clients together. Before the fix it rose ~2 MB a round until a full collection came, some 20
 rounds in (every connection left reference cycles holding its stream); after it, the last 10 of 25
-rounds added 0.5 MB in all (three runs, Python 3.11, torch on CPU). The bound, 3 MB over 10 rounds,
-leaves a margin of six.
+rounds added 0.5-0.7 MB in all (five runs, Python 3.11, torch on CPU). The bound, 3 MB over 10 rounds,
+leaves a margin of four.
 """
 
 from __future__ import annotations
