@@ -345,9 +345,12 @@ def _frame_at(when: str, fps: float) -> int:
 @click.option("--realtime/--no-realtime", default=True, show_default=True, help="Send frames no faster than the checkpoint's fps.")
 @click.option("--window", type=int, default=None,
               help="Latent frames each stream attends, the chunk included (default: the checkpoint's).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name or address clients use to reach the server (besides localhost and --host); "
+                   "requests naming others are refused. Repeatable.")
 @click.option("--device", default="cpu", show_default=True)
 def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, window: int | None,
-          device: str) -> None:
+          allowed_hosts: tuple[str, ...], device: str) -> None:
     """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
     from causal_rcm.pipeline import StreamingPipeline
     from causal_rcm.serve import run
@@ -362,7 +365,7 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
         click.echo(f"serving {checkpoint} on {url} (Ctrl+C to stop)")
 
     run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready,
-        window_frames=window)
+        window_frames=window, allowed_hosts=allowed_hosts)
 
 
 def _check_writable(path: Path) -> None:

@@ -1,11 +1,15 @@
-"""A live server on an ephemeral loopback port (uvicorn in a thread) and a small WebSocket client."""
+"""A live server on an ephemeral loopback port (uvicorn in a thread, or `causal-rcm serve`) and a WebSocket client."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,7 @@ pytest.importorskip("fastapi")
 websockets = pytest.importorskip("websockets")
 uvicorn = pytest.importorskip("uvicorn")
 
+import causal_rcm  # noqa: E402
 from causal_rcm.pipeline import StreamingPipeline  # noqa: E402
 from causal_rcm.serve import FRAME_HEADER, WS_MAX_BYTES, bind, create_app  # noqa: E402
 
@@ -50,6 +55,20 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+def serve_process(checkpoint: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`causal-rcm serve ARGS` on an ephemeral loopback port; returns the process and its URL (from its first line)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(causal_rcm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "causal_rcm.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        raise AssertionError(f"serve did not start: {line!r} {proc.stderr.read()}")
+    return proc, line.split(" on ")[1].split()[0]
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-import causal_rcm
-
 from ..checkpoints import make_checkpoint
+from .conftest import serve_process
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -43,20 +41,6 @@ def _sync_playwright():
             pytest.fail("playwright is not installed: it is a test dependency (pip install -e .[test])")
         pytest.skip("playwright is not installed")
     return sync_playwright
-
-
-def serve_process(checkpoint: Path) -> tuple[subprocess.Popen, str]:
-    """`causal-rcm serve` on an ephemeral port; returns the process and its URL (from its first line)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(causal_rcm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "causal_rcm.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    line = proc.stdout.readline()
-    if "serving" not in line:
-        proc.kill()
-        raise AssertionError(f"serve did not start: {line!r} {proc.stderr.read()}")
-    return proc, line.split(" on ")[1].split()[0]
 
 
 def test_stream_in_headless_chromium(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import threading
 import time
@@ -12,10 +13,10 @@ import pytest
 
 from causal_rcm.errors import UserError
 from causal_rcm.pipeline import StreamingPipeline
-from causal_rcm.serve import create_app
+from causal_rcm.serve import WS_MAX_BYTES, create_app
 
 from ..checkpoints import make_checkpoint
-from .conftest import LiveServer, decode_frame, recv_frames, recv_json, wait_until, websockets
+from .conftest import LiveServer, decode_frame, recv_frames, recv_json, serve_process, wait_until, websockets
 
 START = {"type": "start", "prompt": "a red circle moves left", "steps": 1, "mode": "chunk", "seed": 1}
 
@@ -91,6 +92,37 @@ def test_every_bad_message_gets_an_error_and_the_connection_stays_usable(pipelin
         assert wait_until(lambda: server.slots.active == 0)
 
 
+def test_deep_and_oversized_messages_are_refused_before_parsing(pipeline):
+    """Each gets an error reply, not a recursion error and a dropped connection; the connection then streams."""
+    refused = [
+        ("[" * 10000, "longer than 4096 bytes"),
+        ("{" * 60000, "longer than 4096 bytes"),
+        ("[" * 2000 + "]" * 2000, "nested deeper than 4 levels"),
+        ('{"type": "start", "prompt": ' * 5 + '"a"' + "}" * 5, "nested deeper than 4 levels"),
+        (json.dumps({**START, "prompt": "a [[[[[[ circle"}), "'[[[[[['"),  # brackets in a string are text
+    ]
+
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            await recv_json(ws)
+            for text, expected in refused:
+                await ws.send(text)
+                reply = await recv_json(ws)
+                assert reply["type"] == "error" and expected in reply["message"], (text[:40], reply)
+            await ws.send(json.dumps(START))
+            assert (await recv_json(ws))["type"] == "started"
+            await recv_frames(ws, 2)
+            await ws.send("x" * (WS_MAX_BYTES + 1))  # past the WebSocket layer's limit: not read at all
+            with pytest.raises(websockets.exceptions.ConnectionClosedError) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 1009
+
+    with LiveServer(pipeline, realtime=False) as server:
+        run(client(server.ws_url))
+        assert wait_until(lambda: server.slots.active == 0)
+
+
 def test_busy_beyond_max_streams(pipeline):
     async def clients(url):
         async with websockets.connect(url) as a, websockets.connect(url) as b:
@@ -110,6 +142,45 @@ def test_busy_beyond_max_streams(pipeline):
     with LiveServer(pipeline, max_streams=1, realtime=False) as server:
         run(clients(server.ws_url))
         assert server.slots.peak == 1
+
+
+def test_a_bad_start_gets_its_error_even_when_the_server_is_full(pipeline):
+    bad_starts = [
+        ({**START, "prompt": "a red dragon"}, "'dragon'"),
+        ({**START, "prompt": "a red circle " * 20}, "more than the text length 16"),
+        ({**START, "steps": 9}, "steps: at most 4"),
+        ({**START, "seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({**START, "mode": "video"}, "mode: Input should be 'frame' or 'chunk'"),
+    ]
+
+    async def clients(url):
+        async with websockets.connect(url) as a, websockets.connect(url) as b:
+            await recv_json(a), await recv_json(b)
+            await a.send(json.dumps(START))
+            assert (await recv_json(a))["type"] == "started"
+            for start, expected in bad_starts:
+                await b.send(json.dumps(start))
+                reply = await recv_json(b)
+                assert reply["type"] == "error" and expected in reply["message"], (start, reply)
+            await b.send(json.dumps(START))
+            assert (await recv_json(b))["type"] == "busy"
+
+    with LiveServer(pipeline, max_streams=1, realtime=False) as server:
+        run(clients(server.ws_url))
+        assert server.slots.peak == 1
+
+
+def test_a_start_without_steps_gets_the_advertised_default(tmp_path):
+    pipe = StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / "six", steps=6))
+
+    async def client(url):
+        async with websockets.connect(url) as ws:
+            hello = await recv_json(ws)
+            await ws.send(json.dumps({"type": "start", "prompt": START["prompt"]}))
+            return hello["default_steps"], (await recv_json(ws))["steps"]
+
+    with LiveServer(pipe, max_steps=4, realtime=False) as server:
+        assert run(client(server.ws_url)) == (4, 4)  # the checkpoint's 6 steps, capped at max_steps
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_stream(pipeline):
@@ -149,15 +220,67 @@ def test_realtime_sends_at_the_checkpoint_fps(pipeline):
     assert 4 / 8 - 0.05 <= elapsed < 2.0  # 8 fps: four more frames take half a second
 
 
-def test_cross_site_pages_are_refused(pipeline):
-    async def client(url):
-        with pytest.raises(websockets.exceptions.InvalidStatus):
-            await websockets.connect(url, origin="http://evil.example")
-        async with websockets.connect(url, origin=url.replace("ws://", "http://").removesuffix("/ws")) as ws:
-            assert (await recv_json(ws))["type"] == "hello"
+def http_status(port: int, path: str, headers: dict[str, str]) -> int:
+    """GET ``path`` from 127.0.0.1:``port`` with ``headers`` (a Host given here replaces the real one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
 
-    with LiveServer(pipeline) as server:
-        run(client(server.ws_url))
+
+async def ws_status(port: int, host: str, origin: str | None = None) -> int:
+    """Open /ws on 127.0.0.1:``port`` naming ``host`` in Host: 101 if it opens (and says hello), else the HTTP status."""
+    try:
+        async with websockets.connect(f"ws://{host}/ws", host="127.0.0.1", port=port, origin=origin, proxy=None) as ws:
+            assert (await recv_json(ws))["type"] == "hello"
+            return 101
+    except websockets.exceptions.InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_only_allowed_hosts_and_origins_are_served(pipeline):
+    """Localhost names and the allowed ones, on any port; DNS-rebound and cross-site requests are refused."""
+    with LiveServer(pipeline, allowed_hosts=["studio.example"]) as server:
+        port = server.port
+        allowed = [f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", "[::1]:8000", "studio.example:443"]
+        refused = ["evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "evil.example@localhost",
+                   "localhost/x", "[::2]", ""]
+        for path in ("/", "/api/info"):
+            assert [http_status(port, path, {"Host": h}) for h in allowed] == [200] * len(allowed), path
+            assert [http_status(port, path, {"Host": h}) for h in refused] == [403] * len(refused), path
+        assert http_status(port, "/api/info", {"Host": "localhost", "Origin": "http://evil.example"}) == 403
+        for origin in ("null", "http://[evil", "http://localhost.evil.example", "http://localhost/x"):
+            assert http_status(port, "/api/info", {"Host": "localhost", "Origin": origin}) == 403, origin
+        assert http_status(port, "/nowhere", {"Host": "evil.example"}) == 403
+
+        async def sockets():
+            return [
+                await ws_status(port, f"localhost:{port}"),
+                await ws_status(port, "studio.example", origin="https://studio.example"),
+                await ws_status(port, f"127.0.0.1:{port}", origin=f"http://localhost:{port}"),
+                await ws_status(port, f"evil.example:{port}"),  # DNS rebinding
+                await ws_status(port, f"127.0.0.1:{port}", origin="http://evil.example"),  # another site's page
+                await ws_status(port, f"127.0.0.1:{port}", origin="null"),
+            ]
+
+        assert run(sockets()) == [101, 101, 101, 403, 403, 403]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5) as reply:
+            assert reply.status == 200  # the test's other clients name 127.0.0.1
+    with pytest.raises(UserError, match="not a host name or IP address"):
+        create_app(pipeline, allowed_hosts=["http://studio.example"])
+
+
+def test_serve_answers_to_its_allowed_hosts(tmp_path):
+    proc, url = serve_process(make_checkpoint(tmp_path / "ckpt"), "--allowed-host", "Studio.Example")
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    try:
+        assert http_status(port, "/api/info", {"Host": "studio.example"}) == 200
+        assert http_status(port, "/api/info", {"Host": "evil.example"}) == 403
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_world_model_actions_over_the_socket(tmp_path):

@@ -1,21 +1,19 @@
 """Web server: FastAPI + WebSocket streaming of a StreamingPipeline to one static page (``static/``).
 
 ``create_app(pipeline, ...)`` builds the app (protocol in :mod:`causal_rcm.serve.app`);
-``run(pipeline, host, port, ...)`` serves it with uvicorn, bound to localhost by default.
+``run(pipeline, host, port, ...)`` serves it with uvicorn, bound to localhost by default and answering
+requests that name localhost or the bound host (more with ``allowed_hosts``).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Callable
+from typing import Callable, Iterable
 
 from causal_rcm.errors import UserError
-from causal_rcm.serve.app import FRAME_HEADER, create_app
+from causal_rcm.serve.app import FRAME_HEADER, WS_MAX_BYTES, create_app
 
 __all__ = ["FRAME_HEADER", "WS_MAX_BYTES", "create_app", "run", "bind"]
-
-# Largest WebSocket message accepted from a client (a valid message is < 4 KiB).
-WS_MAX_BYTES = 64 * 1024
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,12 +33,16 @@ def bind(host: str, port: int) -> socket.socket:
 def run(
     pipeline, *, host: str = "127.0.0.1", port: int = 8000, max_streams: int = 2, max_steps: int = 4,
     realtime: bool = True, log_level: str = "warning", on_ready: Callable[[str], None] | None = None,
-    window_frames: int | None = None,
+    window_frames: int | None = None, allowed_hosts: Iterable[str] = (),
 ) -> None:
-    """Serve ``pipeline`` until interrupted; ``on_ready(url)`` is called once the socket is bound."""
+    """Serve ``pipeline`` until interrupted; ``on_ready(url)`` is called once the socket is bound.
+
+    Requests may name ``host`` and ``allowed_hosts`` besides the localhost names (see ``create_app``).
+    """
     import uvicorn
 
-    app = create_app(pipeline, max_streams=max_streams, max_steps=max_steps, realtime=realtime, window_frames=window_frames)
+    app = create_app(pipeline, max_streams=max_streams, max_steps=max_steps, realtime=realtime,
+                     window_frames=window_frames, allowed_hosts=(host, *allowed_hosts))
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

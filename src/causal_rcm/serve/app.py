@@ -1,15 +1,22 @@
 """FastAPI + WebSocket server: live streams of a :class:`~causal_rcm.pipeline.StreamingPipeline` to one page.
 
 Routes: ``GET /`` the page, ``GET /app.js`` its script, ``GET /api/info`` the checkpoint and
-server limits (JSON), ``WS /ws`` the stream protocol:
+server limits (JSON), ``WS /ws`` the stream protocol. Every request must name an allowed host in its
+``Host`` header, and in its ``Origin`` header when it has one (localhost, 127.0.0.1, ::1 and the
+``allowed_hosts`` of :func:`create_app`, on any port): others get HTTP 403, a WebSocket is closed
+before it opens (1008, policy violation). This keeps other sites' pages out, DNS rebinding included.
 
-client -> server (JSON text, every message validated; a bad one gets an ``error`` reply and the
-connection stays usable)::
+client -> server: JSON text, every message validated; a bad one gets an ``error`` reply and the
+connection stays usable. Before parsing, a message must be at most ``MAX_MESSAGE_BYTES`` (4096) bytes
+of UTF-8 and nest ``[]``/``{}`` at most ``MAX_DEPTH`` (4) deep (a valid one is a flat object); one over
+``WS_MAX_BYTES`` (64 KiB) is not read at all: the connection is closed (1009, message too big)::
 
     {"type": "start", "prompt": str, "steps": 1..max_steps, "mode": "frame"|"chunk", "seed": 0..2**31-1}
     {"type": "switch", "prompt": str}          while a stream runs: new prompt from the next chunk
     {"type": "action", "action": int}          world-model checkpoints: action for the next frames
     {"type": "stop"}
+
+(a start's steps default to hello's ``default_steps``: the checkpoint's, at most ``max_steps``)
 
 server -> client: JSON ``hello`` (on connect: checkpoint and limits), ``started``, ``prompt``
 (the first frame under a new prompt follows), ``stopped``, ``error`` {message}, ``busy``
@@ -17,29 +24,33 @@ server -> client: JSON ``hello`` (on connect: checkpoint and limits), ``started`
 (uint32 frame index, uint16 width, uint16 height, float32 chunk compute ms, float32 seconds
 since start) followed by width * height * 3 RGB bytes.
 
-Resources: at most ``max_streams`` streams run at once (beyond: ``busy``); each runs in its own
-worker thread, handing frames to the event loop through a queue of ``queue_frames`` frames
-(a slow client blocks its own worker, nothing else); a stop or a disconnect sets a flag the
-worker checks after every frame, and the stream's slot is freed when its worker has exited.
-With ``realtime`` the frames are sent no faster than the checkpoint's fps.
+Resources: at most ``max_streams`` streams run at once (beyond: ``busy``, sent only to a start that
+is valid in every other way); each runs in its own worker thread, handing frames to the event loop
+through a queue of ``queue_frames`` frames (a slow client blocks its own worker, nothing else); a
+stop or a disconnect sets a flag the worker checks after every frame, and the stream's slot is
+freed when its worker has exited. With ``realtime`` the frames are sent no faster than the
+checkpoint's fps. Memory stays level over any number of clients: their reference cycles are
+collected as each one leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import re
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Iterable, Literal, Union
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from starlette.datastructures import Headers
 
 from causal_rcm.errors import UserError
 from causal_rcm.pipeline import MODES, StreamFrame, StreamingPipeline
@@ -52,6 +63,9 @@ FRAME_HEADER = struct.Struct("<IHHff")  # index, width, height, chunk ms, second
 MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 300
 MAX_MESSAGE_BYTES = 4096
+MAX_DEPTH = 4  # [] / {} nesting; json.loads recurses once per level and would hit Python's recursion limit
+WS_MAX_BYTES = 64 * 1024  # the WebSocket layer's own limit: larger messages close the connection unread
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # always allowed
 
 
 # ------------------------------------------------------------------ messages
@@ -87,13 +101,30 @@ ClientMessage = TypeAdapter(
 MESSAGE_TYPES = ("start", "switch", "action", "stop")
 
 
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)  # a string (taken whole) or a bracket
+
+
+def _nesting(text: str) -> int:
+    """Deepest ``[]``/``{}`` nesting in JSON ``text``, counted without parsing (brackets in strings ignored)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
+
+
 def parse_message(text: str) -> StartMessage | SwitchMessage | ActionMessage | StopMessage:
-    """Validate one client message; UserError with a one-line reason otherwise."""
+    """Validate one client message; UserError with a one-line reason otherwise (size and depth before parsing)."""
     if len(text.encode()) > MAX_MESSAGE_BYTES:
         raise UserError(f"message longer than {MAX_MESSAGE_BYTES} bytes")
+    if _nesting(text) > MAX_DEPTH:
+        raise UserError(f"message nested deeper than {MAX_DEPTH} levels of [] or {{}}; send one flat JSON object")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or a number past int's digit limit
         raise UserError("message is not valid JSON") from None
     if not isinstance(data, dict):
         raise UserError("message must be a JSON object with a 'type'")
@@ -107,6 +138,57 @@ def parse_message(text: str) -> StartMessage | SwitchMessage | ActionMessage | S
         raise UserError(f"{where}: {err['msg']}") from None
 
 
+# --------------------------------------------------------------------- hosts
+_NETLOC = re.compile(r"(?P<host>[a-z0-9._-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _host_of(netloc: str) -> str | None:
+    """The host of a ``Host`` header or URL authority, lower case, IPv6 unbracketed ('[::1]:80' -> '::1');
+    None for anything else (user info, a path, odd characters)."""
+    match = _NETLOC.fullmatch(netloc.lower())
+    return None if match is None else match["host"].strip("[]")
+
+
+def _allowed_host(name: str) -> str:
+    """``name`` as the allow-list keeps it (see ``_host_of``); UserError unless a bare host name or IP address."""
+    bare = name.strip().lower().removeprefix("[").removesuffix("]")
+    if not bare or _host_of(f"[{bare}]" if ":" in bare else bare) != bare:
+        raise UserError(f"allowed host {name!r} is not a host name or IP address without scheme or port "
+                        "(e.g. example.com, 192.168.1.5, ::1)")
+    return bare
+
+
+class _HostGuard:
+    """ASGI middleware: refuse requests whose ``Host``, or ``Origin`` when present, names no allowed host.
+
+    A page on another site can reach a loopback server through the user's browser: directly (its
+    requests then carry its ``Origin``) or by DNS rebinding, its own name resolving to 127.0.0.1 (its
+    requests then carry its name in ``Host``). One check of both headers keeps out either.
+    """
+
+    # Names no allowed host: a page that rebound its own name to this server could read them here.
+    REFUSAL = ("host not allowed: this server answers to localhost and the names given with "
+               "`causal-rcm serve --allowed-host`")
+
+    def __init__(self, app, allowed: frozenset[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    def permits(self, headers: Headers) -> bool:
+        origin = headers.get("origin")
+        # An Origin is "scheme://host[:port]" or "null"; urlsplit would raise on some malformed ones.
+        hosts = [headers.get("host", "")] + ([] if origin is None else [origin.partition("://")[2]])
+        return all(_host_of(h) in self.allowed for h in hosts)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.permits(Headers(scope=scope)):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await PlainTextResponse(self.REFUSAL, status_code=403)(scope, receive, send)
+        else:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+
+
 # ------------------------------------------------------------------- limits
 @dataclass
 class Settings:
@@ -114,6 +196,7 @@ class Settings:
 
     max_streams: int = 2
     max_steps: int = 4
+    default_steps: int = 4  # a start without steps: the checkpoint's, at most max_steps
     queue_frames: int = 4
     realtime: bool = True
     window_frames: int | None = None  # the streams' KV-cache window (None: the checkpoint's)
@@ -169,16 +252,30 @@ class _Channel:
 _END = object()
 
 
+class _Steering:
+    """The action a world-model stream applies from its next frame on (the client's latest ``action``).
+
+    The stream holds this, not a closure over its job: the job holds the stream, and a reference
+    cycle would keep the stream's tensors until the next full garbage collection.
+    """
+
+    def __init__(self) -> None:
+        self.action = 0
+
+    def __call__(self, frame: int) -> int:
+        return self.action
+
+
 class _Job:
     """One running stream: the pipeline's Stream, its worker thread and the task sending its frames."""
 
-    def __init__(self, stream, loop: asyncio.AbstractEventLoop, settings: Settings, slots: Slots) -> None:
-        self.stream = stream
+    def __init__(self, stream, steering: _Steering, loop: asyncio.AbstractEventLoop, settings: Settings,
+                 slots: Slots) -> None:
+        self.stream, self.steering = stream, steering
         self.channel = _Channel(loop, settings.queue_frames)
         self.stop = threading.Event()
         self.done = loop.create_future()
         self.sent = 0
-        self.action = 0
         self.sender: asyncio.Task | None = None
         self._loop, self._slots = loop, slots
         self.thread = threading.Thread(target=self._work, name="causal-rcm-stream", daemon=True)
@@ -263,7 +360,7 @@ class _Connection:
                 raise UserError(f"action must be in 0..{n - 1}, got {msg.action}")
             if self.job is None:
                 raise UserError("no stream is running: send start first")
-            self.job.action = msg.action
+            self.job.steering.action = msg.action
         else:
             if self.job is None:
                 raise UserError("no stream is running")
@@ -274,21 +371,19 @@ class _Connection:
             raise UserError("a stream is already running on this connection: send stop first")
         if msg.steps is not None and msg.steps > self.settings.max_steps:
             raise UserError(f"steps: at most {self.settings.max_steps} on this server, got {msg.steps}")
+        # The pipeline checks the whole start (prompt, steps, mode, seed) before a slot is sought, so a bad
+        # one gets its own error even when the server is full. Cheap: the KV cache comes with the first chunk.
+        steering = _Steering()
+        steps = self.settings.default_steps if msg.steps is None else msg.steps
+        stream = self.pipe.stream(msg.prompt, steps=steps, mode=msg.mode, seed=msg.seed,
+                                  actions=steering if self.pipe.config.num_actions else None,
+                                  window_frames=self.settings.window_frames)
         if not self.slots.acquire():
             n = self.slots.limit
             await self.send({"type": "busy", "max_streams": n,
                              "message": f"busy: the server already runs its limit of {n} stream(s); try again later"})
             return
-        try:
-            job_ref: list[_Job] = []
-            actions = (lambda i: job_ref[0].action) if self.pipe.config.num_actions else None
-            stream = self.pipe.stream(msg.prompt, steps=msg.steps, mode=msg.mode, seed=msg.seed, actions=actions,
-                                      window_frames=self.settings.window_frames)
-        except BaseException:
-            self.slots.release()
-            raise
-        job = _Job(stream, asyncio.get_running_loop(), self.settings, self.slots)
-        job_ref.append(job)
+        job = _Job(stream, steering, asyncio.get_running_loop(), self.settings, self.slots)
         self.job = job
         job.thread.start()  # before any await: end_job relies on the worker resolving job.done
         await self.send({"type": "started", "prompt": msg.prompt, "steps": stream.steps, "mode": msg.mode,
@@ -328,6 +423,7 @@ class _Connection:
         if job.sender is not None and job.sender is not asyncio.current_task():
             job.sender.cancel()
             await asyncio.gather(job.sender, return_exceptions=True)
+        job.sender = None  # its CancelledError's traceback holds this job: a cycle keeping the stream alive
         await job.done
         if notify:
             await self.send({"type": "stopped", "frames": job.sent, "reason": "stop"})
@@ -338,17 +434,34 @@ def _static(name: str) -> str:
     return resources.files("causal_rcm.serve").joinpath("static", name).read_text(encoding="utf-8")
 
 
+def _freeze_heap() -> None:
+    """Exempt the objects alive now (the pipeline, torch's modules) from garbage collection.
+
+    Every connection leaves reference cycles behind (asyncio's transports; a stream's KV cache and its
+    layers), which only a full collection frees. Over the ~300k objects torch leaves after import a full
+    collection takes ~0.2 s, and Python runs one only once a quarter as many objects again have survived,
+    so the cycles of dozens of rounds of clients piled up (~1 MB of memory per round of 20). Frozen,
+    those objects are skipped: collecting costs milliseconds and the server collects when a client leaves.
+    """
+    gc.collect()  # garbage frozen now would never be freed
+    gc.freeze()
+    gc.collect()  # restarts the full-collection count from the (now few) unfrozen survivors
+
+
 _CSP = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
 
 
 def create_app(
     pipeline: StreamingPipeline, *, max_streams: int = 2, max_steps: int = 4, queue_frames: int = 4, realtime: bool = True,
-    window_frames: int | None = None,
+    window_frames: int | None = None, allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving ``pipeline`` (a causal checkpoint); ``app.state.slots`` counts running streams.
 
     ``window_frames``: every stream's KV-cache window in latent frames (default: the checkpoint's; see
-    ``StreamingPipeline.stream``).
+    ``StreamingPipeline.stream``). ``allowed_hosts``: host names or addresses, besides ``LOCAL_HOSTS``,
+    that requests may name in ``Host`` and ``Origin`` (module docstring): the names clients reach the
+    server by when it listens beyond localhost. Freezes the process's heap for the garbage collector
+    (``_freeze_heap``).
     """
     if not pipeline.config.causal:
         raise UserError("serve needs a causal checkpoint; this one is bidirectional (use `causal-rcm generate`)")
@@ -356,13 +469,15 @@ def create_app(
         raise UserError("max_streams, max_steps and queue_frames must be >= 1")
     if window_frames is not None:
         pipeline.check_window(window_frames)  # refused now, not per client
-    settings = Settings(max_streams=max_streams, max_steps=max_steps, queue_frames=queue_frames, realtime=realtime,
-                        window_frames=window_frames)
-    slots = Slots(max_streams)
+    allowed = frozenset(_allowed_host(name) for name in (*LOCAL_HOSTS, *allowed_hosts))
     cfg = pipeline.config
+    settings = Settings(max_streams=max_streams, max_steps=max_steps,
+                        default_steps=min(cfg.sampler.steps, max_steps), queue_frames=queue_frames,
+                        realtime=realtime, window_frames=window_frames)
+    slots = Slots(max_streams)
     info = {
         "resolution": cfg.resolution, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
-        "default_steps": min(cfg.sampler.steps, max_steps), "max_steps": max_steps, "modes": list(MODES),
+        "default_steps": settings.default_steps, "max_steps": max_steps, "modes": list(MODES),
         "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
         "window_frames": cfg.stream.window_frames if window_frames is None else window_frames,
         "max_prompt_chars": MAX_PROMPT_CHARS,
@@ -370,9 +485,11 @@ def create_app(
     page, script = _static("index.html"), _static("app.js")
     headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
+    _freeze_heap()
     app = FastAPI(title="causal-rcm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.slots = slots
     app.state.settings = settings
+    app.add_middleware(_HostGuard, allowed=allowed)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -388,10 +505,7 @@ def create_app(
 
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket) -> None:
-        origin = ws.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != ws.headers.get("host"):
-            await ws.close(code=1008)  # another site's page: refuse (cross-site WebSocket hijacking)
-            return
         await _Connection(ws, pipeline, settings, slots).run({"type": "hello", **info})
+        gc.collect()  # this connection's reference cycles (see _freeze_heap): cheap, the heap being frozen
 
     return app
