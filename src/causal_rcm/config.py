@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from causal_rcm.errors import UserError
 from causal_rcm.models.wan import CausalWanConfig

@@ -11,7 +11,6 @@ from causal_rcm.cli import main
 from causal_rcm.errors import CheckpointError
 from causal_rcm.spec import PipelineSpec
 from causal_rcm.models.adapters import detect_layout, diffusers_to_wan, load_checkpoint, load_model, save_model, wan_to_diffusers
-from causal_rcm.models.wan import CausalWanModel
 
 from ..conftest import random_model, small_config
 

@@ -21,7 +21,6 @@ import causal_rcm
 from causal_rcm.errors import CheckpointError
 from causal_rcm.models import adapters
 from causal_rcm.models.adapters import load_checkpoint, load_model, save_checkpoint, save_model
-from causal_rcm.models.wan import CausalWanModel
 
 from ..conftest import random_model, small_config
 

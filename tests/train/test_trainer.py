@@ -171,7 +171,6 @@ def test_time_guard_stops_checkpoints_and_exports(tmp_path):
 
 def test_export_dtype_halves_the_shipped_weights_and_loads_as_float32(tmp_path):
     from causal_rcm import runs as train_pkg
-    from causal_rcm.models.wan import CausalWanModel
 
     common = FAST + ["train.steps=2", "train.eval_videos=0"]
     train_pkg.train(load_config("teacher", None, common + [f"train.out_dir={tmp_path / 'a'}"]))

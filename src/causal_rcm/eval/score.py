@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from causal_rcm.config import DataConfig
 from causal_rcm.data.shapes import DIRECTIONS
 from causal_rcm.data.source import ShapesSource
 from causal_rcm.data.video import grid, to_uint8, write_gif
