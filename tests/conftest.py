@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Triton reads TRITON_INTERPRET when ``triton.jit`` decorates a kernel, that is when
+# ``causal_rcm.kernels.flash`` is first imported, which any test directory may do first
+# (bench, distill with jvp_backend=triton, kernels). So it is set here, at the root,
+# before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 

@@ -1,16 +1,8 @@
-"""Kernel tests run on CUDA when there is one, else on Triton's CPU interpreter.
-
-TRITON_INTERPRET must be set before ``triton.jit`` decorates the kernels, that is before
-``causal_rcm.kernels.flash`` is first imported.
-"""
-
-import os
+"""Kernel tests run on CUDA when there is one, else on Triton's CPU interpreter
+(``TRITON_INTERPRET=1``, set in the root ``tests/conftest.py`` before any kernel is decorated)."""
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

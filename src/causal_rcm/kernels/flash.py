@@ -51,6 +51,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from causal_rcm.kernels.masks import FULL, PARTIAL, BlockSparseMask, left_aligned_indices
 
@@ -503,7 +504,14 @@ def _check_device(x: torch.Tensor) -> None:
     if x.device.type != "cuda" and not interpreting():
         raise RuntimeError(
             "the Triton attention kernels need a CUDA tensor, or TRITON_INTERPRET=1 (set before importing "
-            "causal_rcm.kernels) to run them on the CPU interpreter"
+            "triton) to run them on the CPU interpreter"
+        )
+    if x.device.type != "cuda" and not all(isinstance(f, InterpretedFunction) for f in (tl.zeros, _attn_fwd_kernel)):
+        # triton.jit reads TRITON_INTERPRET when it decorates; Triton's own library (tl.zeros, ...)
+        # is decorated when triton is first imported, ours when this module is.
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after triton (or causal_rcm.kernels.flash) was imported, so the "
+            "kernels were compiled for the GPU; set it before anything imports triton"
         )
 
 
