@@ -62,7 +62,7 @@ ablation() {  # experiment init-ablation from the shipped chain, into runs/gpu-a
     $CAUSAL_RCM experiment init-ablation -t checkpoints/shapes/causal-teacher/model --dmd-teacher checkpoints/shapes/teacher/model \
         --cm-steps "${ABLATION_CM_STEPS:-600}" --dmd-steps "${ABLATION_DMD_STEPS:-200}" --dmd-lr 2e-5 -n "${ABLATION_VIDEOS:-48}" \
         --jobs "${ABLATION_JOBS:-6}" -o "$dir/init-ablation" $packed train.batch_size=32 data.frames_per_chunk=2 \
-        optim.lr=1e-4 objective.tangent_warmup=300 objective.critic_steps=3 objective.rollout_factor=2 data.workers=2 $extra \
+        optim.lr=1e-4 scm.tangent_warmup=300 dmd.critic_steps=3 dmd.rollout_factor=2 data.workers=2 $extra \
         > "$dir/log.txt" 2>&1 || true
     touch "$dir/DONE"
 }

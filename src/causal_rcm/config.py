@@ -25,6 +25,12 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "ObjectiveConfig",
+    "ScmConfig",
+    "DcmConfig",
+    "MeanFlowConfig",
+    "DmdConfig",
+    "OdeConfig",
+    "StagesConfig",
     "apply_file",
     "apply_overrides",
     "config_to_dict",
@@ -50,7 +56,7 @@ class DataConfig:
     codec_scale: float = 1.92
     # Latent frames a causal model's KV cache attends, the current chunk included, in the exported checkpoint's
     # streams and in evaluation rollouts (0: num_frames, the training length). Self-forcing rollouts take
-    # objective.rollout_window: SF-DMD trained at 4 streams minutes far better at 8, but trained at 8 it held them
+    # dmd.rollout_window: SF-DMD trained at 4 streams minutes far better at 8, but trained at 8 it held them
     # worse (docs/results/stream_window_2026-12-03.md).
     stream_window: int = 0
     text_len: int = 24  # text tokens (padded): the longest 3-shape caption has 19
@@ -107,14 +113,14 @@ class TrainConfig:
     init: str = ""  # checkpoint to initialise the trainable model from
     teacher: str = ""  # checkpoint of the frozen teacher, for distillation recipes
     dmd_teacher: str = ""  # causal-rcm: the teacher SF-DMD matches (default: train.teacher)
-    cm_teacher: str = ""  # sf-dmd with objective.scm_weight > 0: the causal teacher of the TF-sCM regulariser
+    cm_teacher: str = ""  # sf-dmd with dmd.scm_weight > 0: the causal teacher of the TF-sCM regulariser
     progress: bool = True
     export_dtype: str = "float32"  # weights of the exported model: float32 | float16 | bfloat16 (training state stays fp32)
 
 
 @dataclass
 class ObjectiveConfig:
-    """Loss settings shared by the recipes (each uses the fields it needs)."""
+    """Settings every recipe reads: the flow-matching time, caption dropout and guidance, the student's sampler."""
 
     shift: float = 3.0  # flow-matching time shift k
     time_sampling: str = "logit_normal"  # uniform | logit_normal
@@ -122,21 +128,43 @@ class ObjectiveConfig:
     guidance: float = 3.0  # CFG scale when sampling / distilling from a teacher
     sample_steps: int = 2  # few-step sampler steps of a distilled student (its export default)
     student_steps: tuple[int, ...] = (1, 2, 4)  # few-step samplers evaluated for students
-    # Consistency distillation (tf-dcm, tf-scm, tf-meanflow)
     jvp_backend: str = "auto"  # attention backend for network JVPs: auto (triton on CUDA, math on CPU) | math | triton
+
+
+@dataclass
+class ScmConfig:
+    """TF-sCM (and SF-DMD's sCM regulariser): the continuous-time consistency loss."""
+
     # sCM log-normal time proposal log tan t ~ N(p_mean, p_std^2). sCM's ImageNet values (-1.0, 1.4)
     # put 3% of samples above t = 1.37; few-step samplers start at t = pi/2, so we shift it up
     # (as rCM does for video with its noise multiplier): 16% above 1.37, median t = pi/4.
     p_mean: float = 0.0
     p_std: float = 1.6
-    tangent_warmup: int = 1000  # sCM tangent warm-up: r goes 0 -> 1 over these steps
-    tangent_norm: float = 0.1  # sCM tangent normalisation g / (||g|| + c)
-    dcm_intervals: int = 48  # dCM: teacher Euler steps on the shifted grid (du = 1/N)
-    meanflow_ratio: float = 0.25  # MeanFlow: fraction of samples with r != t
-    # Self-forcing DMD (sf-dmd)
+    tangent_warmup: int = 500  # tangent warm-up: r goes 0 -> 1 over these steps
+    tangent_norm: float = 0.1  # tangent normalisation g / (||g|| + c)
+
+
+@dataclass
+class DcmConfig:
+    """TF-dCM: discrete consistency distillation."""
+
+    intervals: int = 48  # teacher Euler steps on the shifted grid (du = 1/N)
+
+
+@dataclass
+class MeanFlowConfig:
+    """TF-MeanFlow."""
+
+    ratio: float = 0.25  # fraction of samples with r != t
+
+
+@dataclass
+class DmdConfig:
+    """SF-DMD: self-forcing rollouts scored by distribution matching."""
+
     critic_steps: int = 5  # critic updates per generator update (DMD's two-time-scale rule)
-    dmd_min_s: float = 0.02  # DMD noise levels drawn uniformly in [min, max], then shifted
-    dmd_max_s: float = 0.98
+    min_s: float = 0.02  # DMD noise levels drawn uniformly in [min_s, max_s], then shifted
+    max_s: float = 0.98
     critic_max_loss: float = 50.0  # a critic loss above this (or non-finite) counts as diverged: not trained on
     # Self-forcing rollouts longer than the training video: up to this many times data.num_frames, with the KV-cache
     # window of rollout_window; DMD scores a random data.num_frames window (the teacher's length) from it, so
@@ -145,15 +173,38 @@ class ObjectiveConfig:
     # The KV-cache window of self-forcing rollouts in latent frames, the current chunk included (0: data.num_frames,
     # the training length), apart from data.stream_window: train at one window, ship streams at another.
     rollout_window: int = 0
-    # rCM's regulariser: sf-dmd adds this times the TF-sCM loss on data batches (train.cm_teacher's tangents) to
-    # the generator's DMD loss (0: pure DMD)
+    # rCM's regulariser: add this times the TF-sCM loss on data batches (train.cm_teacher's tangents, the scm
+    # section's time proposal) to the generator's DMD loss (0: pure DMD)
     scm_weight: float = 0.0
-    ode_steps: int = 40  # ode-init: teacher Euler steps of each regression pair
-    # The full recipe (causal-rcm): a consistency stage, then SF-DMD from its student
+
+
+@dataclass
+class OdeConfig:
+    """ODE-init: regression on teacher trajectories."""
+
+    steps: int = 40  # teacher Euler steps of each regression pair
+
+
+@dataclass
+class StagesConfig:
+    """The staged causal-rcm run: a consistency stage, then SF-DMD from its student."""
+
     cm_method: str = "tf-scm"  # tf-scm | tf-meanflow | tf-dcm
     cm_steps: int = 2000
     dmd_steps: int = 1000
     dmd_lr: float = 1e-5
+
+
+# Where the keys of the single ``objective`` section of configs written before 2026-12-07 live now.
+LEGACY_OBJECTIVE_KEYS = {
+    "p_mean": "scm.p_mean", "p_std": "scm.p_std", "tangent_warmup": "scm.tangent_warmup",
+    "tangent_norm": "scm.tangent_norm", "dcm_intervals": "dcm.intervals", "meanflow_ratio": "meanflow.ratio",
+    "critic_steps": "dmd.critic_steps", "dmd_min_s": "dmd.min_s", "dmd_max_s": "dmd.max_s",
+    "critic_max_loss": "dmd.critic_max_loss", "rollout_factor": "dmd.rollout_factor",
+    "rollout_window": "dmd.rollout_window", "scm_weight": "dmd.scm_weight", "ode_steps": "ode.steps",
+    "cm_method": "stages.cm_method", "cm_steps": "stages.cm_steps", "dmd_steps": "stages.dmd_steps",
+    "dmd_lr": "stages.dmd_lr",
+}
 
 
 @dataclass
@@ -165,13 +216,27 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # A recipe's own sections: its defaults (in :mod:`causal_rcm.distill`) create those it reads; the others stay
+    # None, are left out of the resolved config, and setting a key of one is refused.
+    scm: ScmConfig | None = None
+    dcm: DcmConfig | None = None
+    meanflow: MeanFlowConfig | None = None
+    dmd: DmdConfig | None = None
+    ode: OdeConfig | None = None
+    stages: StagesConfig | None = None
 
     def out_dir(self) -> Path:
         return Path(self.train.out_dir or f"runs/{self.recipe}")
 
 
+SECTIONS = ("scm", "dcm", "meanflow", "dmd", "ode", "stages")  # the recipes' own sections (None where not used)
+
+
 # ------------------------------------------------------------------ (de)serialisation
 def config_to_dict(obj: Any) -> Any:
+    """Plain JSON data of a config; a :class:`Config`'s sections its recipe does not have (None) are left out."""
+    if isinstance(obj, Config):
+        return {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if getattr(obj, f.name) is not None}
     if dataclasses.is_dataclass(obj):
         return {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple):
@@ -223,6 +288,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _set(obj: Any, dotted: str, value: Any, *, from_string: bool) -> None:
     parts = dotted.split(".")
     target = obj
+    if parts[0] == "objective" and len(parts) == 2 and parts[1] in LEGACY_OBJECTIVE_KEYS:
+        raise UserError(f"{dotted} is now {LEGACY_OBJECTIVE_KEYS[parts[1]]} (each recipe has its own section)")
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
@@ -234,7 +301,12 @@ def _set(obj: Any, dotted: str, value: Any, *, from_string: bool) -> None:
                 raise UserError(f"{dotted} is a section; set one of its keys, e.g. {dotted}.<key>=...")
             setattr(target, part, _coerce(value, annotation, dotted))
         else:
-            target = getattr(target, part)
+            section = getattr(target, part)
+            if section is None and isinstance(target, Config):
+                have = [f.name for f in dataclasses.fields(Config) if f.name in SECTIONS and getattr(target, f.name) is not None]
+                raise UserError(f"recipe {target.recipe} has no {part} section (its own: {', '.join(have) or 'none'}): "
+                                f"{dotted} does not apply to it")
+            target = section
             if not dataclasses.is_dataclass(target):
                 raise UserError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
 
@@ -260,13 +332,31 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
+def _upgrade_legacy(data: dict) -> None:
+    """Move the keys of an old single ``objective`` section (a shipped checkpoint's recorded config) to their
+    sections, in place. Keys of a section the recipe has no use for were the old bag's defaults: dropped later."""
+    objective = data.get("objective")
+    if not isinstance(objective, dict):
+        return
+    for old, new in LEGACY_OBJECTIVE_KEYS.items():
+        if old in objective:
+            section, key = new.split(".")
+            data.setdefault(section, {}).setdefault(key, objective.pop(old))
+            data["_legacy"] = True
+
+
 def apply_file(config: Config, config_file: str | Path) -> Config:
     """Update ``config`` in place from a JSON file of sections (a resolved ``config.json`` works); UserError names
     a missing file, bad JSON, a file for another recipe, an ``extends`` loop, or a bad key or value.
 
     A file may name a base file, ``"extends": "base.json"`` (relative to it), applied first: the shipped settings in
     ``configs/`` share what their runs have in common that way, so each value has one home. ``about`` is a note."""
-    for key, value in _flatten(_read_sections(Path(config_file), config.recipe, ())).items():
+    sections = _read_sections(Path(config_file), config.recipe, ())
+    if sections.pop("_legacy", False):  # an old bag's keys for sections this recipe does not have: its unused defaults
+        for name in SECTIONS:
+            if getattr(config, name) is None:
+                sections.pop(name, None)
+    for key, value in _flatten(sections).items():
         _set(config, key, value, from_string=False)
     _revalidate(config)
     return config
@@ -288,6 +378,7 @@ def _read_sections(path: Path, recipe: str, seen: tuple[Path, ...]) -> dict:
         raise UserError(f"config file {path} is for recipe {data['recipe']!r}, not {recipe!r}")
     data.pop("recipe", None)
     data.pop("about", None)
+    _upgrade_legacy(data)
     base = data.pop("extends", None)
     if base is None:
         return data

@@ -132,7 +132,7 @@ FAST = [*BASE, "objective.student_steps=1", "train.eval_drift=0"]
 
 def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(teachers, tmp_path):
     out = tmp_path / "sf"
-    config = load_config("sf-dmd", None, FAST + ["train.steps=4", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.critic_steps=2"])
+    config = load_config("sf-dmd", None, FAST + ["train.steps=4", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "dmd.critic_steps=2"])
     summary = train(config, restart=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/' in line]
     assert [("loss/student" in r) for r in records] == [True, False, True, False]
@@ -144,7 +144,7 @@ def test_sf_dmd_updates_the_critic_every_step_and_the_generator_every_k(teachers
 
 
 def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp_path, monkeypatch):
-    """objective.rollout_factor: the student rolls out past the training length, DMD sees the last window."""
+    """dmd.rollout_factor: the student rolls out past the training length, DMD sees the last window."""
     import causal_rcm.distill.dmd as dmd
 
     lengths = []
@@ -157,7 +157,7 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
     out = tmp_path / "long"
     config = load_config("sf-dmd", None, FAST + ["train.steps=6", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
-                                                 "objective.critic_steps=1", "objective.rollout_factor=2"])
+                                                 "dmd.critic_steps=1", "dmd.rollout_factor=2"])
     train(config, restart=True)
     # data.num_frames=4 in chunks of 2: rollouts of 4, 6 or 8 frames, gradient from the chunk that starts the last 4
     assert lengths and all(n in (4, 6, 8) and g == (n - 4) // 2 for n, g in lengths)
@@ -166,9 +166,9 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     assert len(records) == 6 and all("loss/student" in r and "loss/critic" in r for r in records)
 
 
-@pytest.mark.parametrize("overrides, rollout_window", [(["data.stream_window=6"], 4), (["data.stream_window=6", "objective.rollout_window=8"], 8)])
+@pytest.mark.parametrize("overrides, rollout_window", [(["data.stream_window=6"], 4), (["data.stream_window=6", "dmd.rollout_window=8"], 8)])
 def test_the_stream_window_reaches_the_checkpoint_and_the_rollout_window_the_rollouts(teachers, tmp_path, monkeypatch, overrides, rollout_window):
-    """data.stream_window: the exported checkpoint's streams; objective.rollout_window (default: the training
+    """data.stream_window: the exported checkpoint's streams; dmd.rollout_window (default: the training
     length, 4 frames here): self-forcing rollouts."""
     import causal_rcm.distill.dmd as dmd
 
@@ -182,13 +182,13 @@ def test_the_stream_window_reaches_the_checkpoint_and_the_rollout_window_the_rol
     monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
     out = tmp_path / "wide"
     config = load_config("sf-dmd", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
-                                                 "objective.critic_steps=1", "objective.rollout_factor=2", *overrides])
+                                                 "dmd.critic_steps=1", "dmd.rollout_factor=2", *overrides])
     train(config, restart=True)
     assert windows and set(windows) == {rollout_window}
     assert json.loads((out / "model" / "config.json").read_text())["pipeline"]["stream"]["window_frames"] == 6
 
 
-@pytest.mark.parametrize("key", ["data.stream_window", "objective.rollout_window"])
+@pytest.mark.parametrize("key", ["data.stream_window", "dmd.rollout_window"])
 def test_a_window_that_cannot_hold_a_chunk_is_refused_at_start(teachers, tmp_path, key):
     from causal_rcm.errors import UserError
 
@@ -200,17 +200,17 @@ def test_a_window_that_cannot_hold_a_chunk_is_refused_at_start(teachers, tmp_pat
 def test_a_bad_rollout_factor_is_refused_at_start(teachers, tmp_path):
     from causal_rcm.errors import UserError
 
-    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "objective.rollout_factor=0"])
+    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "dmd.rollout_factor=0"])
     with pytest.raises(UserError, match="rollout_factor"):
         train(config, restart=True)
 
 
 def test_the_scm_regulariser_adds_the_weighted_tf_scm_loss_to_dmd(teachers, tmp_path):
-    """objective.scm_weight (rCM): the generator's loss is DMD's plus w x TF-sCM's on the data batch."""
+    """dmd.scm_weight (rCM): the generator's loss is DMD's plus w x TF-sCM's on the data batch."""
     out = tmp_path / "reg"
     config = load_config("sf-dmd", None, FAST + [
-        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.critic_steps=1",
-        "objective.scm_weight=0.5", f"train.cm_teacher={teachers['causal-teacher']}",
+        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "dmd.critic_steps=1",
+        "dmd.scm_weight=0.5", f"train.cm_teacher={teachers['causal-teacher']}",
     ])
     train(config, restart=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss/student"' in line]
@@ -228,7 +228,7 @@ def test_the_scm_regulariser_needs_a_causal_teacher(teachers, tmp_path, which, m
 
     extra = {"none": [], "teacher": [f"train.cm_teacher={teachers['teacher']}"],
              "chunks": [f"train.cm_teacher={teachers['causal-teacher']}", "data.frames_per_chunk=1"]}[which]
-    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "objective.scm_weight=1", *extra])
+    config = load_config("sf-dmd", None, FAST + [f"train.out_dir={tmp_path}", f"train.teacher={teachers['teacher']}", "dmd.scm_weight=1", *extra])
     with pytest.raises(UserError, match=message):
         train(config, restart=True)
 
@@ -236,7 +236,7 @@ def test_the_scm_regulariser_needs_a_causal_teacher(teachers, tmp_path, which, m
 def test_a_diverged_critic_is_reported_and_not_trained_on(teachers, tmp_path):
     out = tmp_path / "div"
     config = load_config("sf-dmd", None, FAST + [
-        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.critic_max_loss=1e-6",
+        "train.steps=3", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "dmd.critic_max_loss=1e-6",
         "optim.max_bad_steps=2",
     ])
     from causal_rcm.errors import TrainingStopped
@@ -250,7 +250,7 @@ def test_a_diverged_critic_is_reported_and_not_trained_on(teachers, tmp_path):
 
 def test_ode_init_regresses_on_teacher_ode_pairs(teachers, tmp_path):
     out = tmp_path / "ode"
-    config = load_config("ode-init", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "objective.ode_steps=4"])
+    config = load_config("ode-init", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}", "ode.steps=4"])
     summary = train(config, restart=True)
     assert torch.isfinite(torch.tensor(summary["final"]["loss/student"]))
     assert json.loads((out / "model" / "config.json").read_text())["pipeline"]["sampler"]["solver"] == "consistency"
@@ -272,7 +272,7 @@ def test_the_full_recipe_runs_both_stages_and_resumes(teachers, tmp_path):
     out = tmp_path / "full"
     argv = [
         "train", "causal-rcm", *FAST, f"train.out_dir={out}", f"train.teacher={teachers['causal-teacher']}",
-        f"train.dmd_teacher={teachers['teacher']}", "objective.cm_steps=2", "objective.dmd_steps=2", "objective.critic_steps=1",
+        f"train.dmd_teacher={teachers['teacher']}", "stages.cm_steps=2", "stages.dmd_steps=2", "dmd.critic_steps=1",
     ]
     main(argv)
     report = json.loads((out / "train_report.json").read_text())
@@ -289,7 +289,7 @@ def test_the_full_recipe_gives_its_sf_dmd_stage_the_causal_teacher_for_the_scm_r
     from causal_rcm.runs.staged import CausalRCMRun
 
     base = [f"train.out_dir={tmp_path}", "train.teacher=ct", "train.dmd_teacher=bt"]
-    _, dmd = CausalRCMRun.stage_configs(load_config("causal-rcm", None, base + ["objective.scm_weight=0.1"]))
-    assert (dmd.recipe, dmd.train.teacher, dmd.train.cm_teacher, dmd.objective.scm_weight) == ("sf-dmd", "bt", "ct", 0.1)
+    _, dmd = CausalRCMRun.stage_configs(load_config("causal-rcm", None, base + ["dmd.scm_weight=0.1"]))
+    assert (dmd.recipe, dmd.train.teacher, dmd.train.cm_teacher, dmd.dmd.scm_weight) == ("sf-dmd", "bt", "ct", 0.1)
     _, plain = CausalRCMRun.stage_configs(load_config("causal-rcm", None, base))
-    assert plain.train.cm_teacher == "" and plain.objective.scm_weight == 0
+    assert plain.train.cm_teacher == "" and plain.dmd.scm_weight == 0

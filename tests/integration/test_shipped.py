@@ -27,19 +27,25 @@ def test_a_shipped_run_was_made_with_its_config_file(name):
     report = json.loads((run / "train_report.json").read_text())
     assert words[words.index("train") + 1] == config["recipe"] == report["recipe"] == name
     # The committed config file, read as `causal-rcm train NAME --config configs/shapes/NAME.json` reads it, resolves
-    # to the config the shipped model was trained with (paths aside: they named the device machine's folders; and the
-    # JVP backend, which a recipe resolves from "auto" for the device it runs on: triton there, math here).
+    # to the config the shipped model was trained with, read back as a run's resolved config is (its old single
+    # `objective` section moved to the recipe's own sections; keys added since at defaults that keep the old
+    # behaviour). Paths aside (they named the device machine's folders), and the JVP backend, which a recipe
+    # resolves from "auto" for the device it runs on: triton there, math here.
     resolved = config_to_dict(load_config(name, CONFIGS / f"{name}.json", []))
-    defaults = config_to_dict(load_config(name, None, []))
-    for section, values in resolved.items():  # keys added after the run, at defaults that keep the old behaviour
-        if isinstance(values, dict):
-            for key in set(values) - set(config[section]):
-                assert values.pop(key) == defaults[section][key], f"{section}.{key}"
-    for saved in (config, resolved):
+    recorded = config_to_dict(load_config(name, run / "config.json", []))
+    for saved in (recorded, resolved):
         for key in ("out_dir", "init", "teacher"):
             saved["train"].pop(key)
         saved["objective"].pop("jvp_backend")
-    assert resolved == config
+        if name == "sf-dmd":  # read by TF-sCM only: SF-DMD's regulariser takes the full tangent (r = 1)
+            saved["scm"].pop("tangent_warmup")
+    assert resolved == recorded
+    # Every recorded value was read: none of the old bag's keys was dropped unless its recipe has no section for it.
+    for section, values in config.items():
+        if isinstance(values, dict) and section != "objective":
+            for key, value in values.items():
+                if key not in ("out_dir", "init", "teacher"):
+                    assert recorded[section][key] == (list(value) if isinstance(value, tuple) else value), f"{section}.{key}"
     # made on a GPU, as the quickstart's table says of the shipped models
     assert report["device"].startswith("cuda") and report["steps"] > 0 and report["eval"]
     assert (run / "metrics.jsonl").read_text().strip()
@@ -55,7 +61,7 @@ def test_each_shipped_setting_has_one_home():
                 settings.update({f"{section}.{key}": value for key, value in values.items()})
     for how in ("train.progress", "train.log_every", "train.ckpt_every", "data.workers"):  # how a run reports, not what it learns
         settings.pop(how)
-    assert "objective.tangent_warmup" in settings and "train.max_seconds" in settings
+    assert "scm.tangent_warmup" in settings and "train.max_seconds" in settings
     # The quickstart's budgets are its own settings for minutes on a CPU (or a GPU), not the shipped chain's.
     runs = [p for p in ROOT.joinpath("src", "causal_rcm", "runs").glob("*.py") if p.name != "quickstart.py"]
     homes = [*ROOT.joinpath("scripts").glob("train_shapes_*.sh"), *runs]

@@ -27,7 +27,7 @@ def test_two_processes_match_one_through_both_stages(teachers, tmp_path):
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
     args = [
         "train", "causal-rcm", *FAST, "train.eval_videos=1", "train.eval_drift=0", "objective.student_steps=1",
-        "objective.cm_steps=2", "objective.dmd_steps=2", "objective.critic_steps=1",
+        "stages.cm_steps=2", "stages.dmd_steps=2", "dmd.critic_steps=1",
         f"train.teacher={teachers['causal-teacher']}", f"train.dmd_teacher={teachers['teacher']}",
     ]
     one, two = tmp_path / "one", tmp_path / "two"

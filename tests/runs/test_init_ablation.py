@@ -12,7 +12,7 @@ def _ablation(teachers, out, *args):
     main([
         "experiment", "init-ablation", "--teacher", str(teachers["causal-teacher"]), "--dmd-teacher", str(teachers["teacher"]),
         "--out", str(out), "--cm-steps", "1", "--dmd-steps", "1", "--dmd-lr", "3e-5", "--videos", "1", "--device", "cpu",
-        *args, *FAST, "objective.ode_steps=2", "objective.critic_steps=1",
+        *args, *FAST, "ode.steps=2", "dmd.critic_steps=1",
     ])
 
 

@@ -52,7 +52,7 @@ def run_scm_step_bench(
 ) -> dict:
     import torch
 
-    from causal_rcm.config import Config
+    from causal_rcm.config import Config, ScmConfig
     from causal_rcm.distill.flow import CausalTeacherRecipe
     from causal_rcm.distill.tf_scm import TFSCMRecipe
     from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
@@ -66,7 +66,7 @@ def run_scm_step_bench(
     config = Config(recipe="tf-scm", model=model_config, attn_backend="triton" if cuda else "sdpa")
     config.data.num_frames, config.data.frames_per_chunk = frames, frames_per_chunk
     config.objective.jvp_backend = "triton" if cuda else "math"
-    config.objective.tangent_warmup = 0
+    config.scm = ScmConfig(tangent_warmup=0)
     latent = (model_config.in_dim, frames, height // 8, width // 8)
     world = _NoSource(model_config.text_dim, model_config.text_len, latent, device)
     torch.manual_seed(0)

@@ -17,12 +17,12 @@ The samples come from :func:`~.self_forcing.self_forcing_rollout` (Self Forcing,
 through each chunk's exit step. The teacher is usually the bidirectional one (the best score
 of whole videos); a causal teacher is evaluated with the block-causal mask.
 
-With ``objective.scm_weight`` w > 0 the generator's loss is DMD's plus w times the TF-sCM loss on the
+With ``dmd.scm_weight`` w > 0 the generator's loss is DMD's plus w times the TF-sCM loss on the
 data batch, with the tangents of the causal teacher ``train.cm_teacher`` (the combination of rCM, Zheng
 et al. 2025, where the sCM loss keeps the diversity that DMD's mode seeking loses).
 
 Safety: samples whose DMD gradient is not finite are dropped and counted; if none is left, or
-the critic's loss is not finite or above ``objective.critic_max_loss``, that update is
+the critic's loss is not finite or above ``dmd.critic_max_loss``, that update is
 rejected (``skipped/<group>`` in the logs), and ``optim.max_bad_steps`` such steps in a row
 stop the run with the last checkpoint kept.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from causal_rcm.config import Config
+from causal_rcm.config import Config, DmdConfig, ScmConfig
 from causal_rcm.diffusion.samplers import check_window
 from causal_rcm.diffusion.conversions import expand_time, velocity_to_x0
 from causal_rcm.diffusion.guidance import guided_velocity
@@ -59,6 +59,7 @@ from causal_rcm.distill.tf_scm import TFSCMRecipe
 
 def sf_dmd_config() -> Config:
     config = distill_config("sf-dmd", steps=1000, batch_size=16, eval_every=250, lr=1e-5)
+    config.dmd, config.scm = DmdConfig(), ScmConfig()  # scm: the regulariser's time proposal (dmd.scm_weight > 0)
     return config
 
 
@@ -101,22 +102,22 @@ class SFDMDRecipe(DistillRecipe):
                 raise UserError(f"train.init={config.train.init} is a bidirectional model; self forcing needs a causal student")
         else:  # "no init": the student starts from the teacher's weights
             config.model = load_checkpoint(config.train.teacher)[0]
-        obj = config.objective
+        obj, dmd = config.objective, config.dmd
         check_chunks(config)
-        if obj.critic_steps < 1:
-            raise UserError(f"objective.critic_steps must be >= 1, got {obj.critic_steps}")
-        if not 0 <= obj.dmd_min_s < obj.dmd_max_s <= 1:
-            raise UserError(f"need 0 <= objective.dmd_min_s < objective.dmd_max_s <= 1, got {obj.dmd_min_s}, {obj.dmd_max_s}")
+        if dmd.critic_steps < 1:
+            raise UserError(f"dmd.critic_steps must be >= 1, got {dmd.critic_steps}")
+        if not 0 <= dmd.min_s < dmd.max_s <= 1:
+            raise UserError(f"need 0 <= dmd.min_s < dmd.max_s <= 1, got {dmd.min_s}, {dmd.max_s}")
         if obj.sample_steps < 1:
             raise UserError(f"objective.sample_steps must be >= 1, got {obj.sample_steps}")
-        if obj.rollout_factor < 1:
-            raise UserError(f"objective.rollout_factor must be >= 1 (1: rollouts of the training length), got {obj.rollout_factor}")
-        check_window(obj.rollout_window, config.data.frames_per_chunk, "objective.rollout_window", zero="the training length")
-        if obj.rollout_factor > 1 and config.data.agent:
-            raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
-        if obj.scm_weight < 0:
-            raise UserError(f"objective.scm_weight must be >= 0, got {obj.scm_weight}")
-        if obj.scm_weight > 0:
+        if dmd.rollout_factor < 1:
+            raise UserError(f"dmd.rollout_factor must be >= 1 (1: rollouts of the training length), got {dmd.rollout_factor}")
+        check_window(dmd.rollout_window, config.data.frames_per_chunk, "dmd.rollout_window", zero="the training length")
+        if dmd.rollout_factor > 1 and config.data.agent:
+            raise UserError("dmd.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
+        if dmd.scm_weight < 0:
+            raise UserError(f"dmd.scm_weight must be >= 0, got {dmd.scm_weight}")
+        if dmd.scm_weight > 0:
             cls.check_scm_regulariser(config)
 
     @staticmethod
@@ -125,14 +126,14 @@ class SFDMDRecipe(DistillRecipe):
         path = config.train.cm_teacher
         if not path:
             raise UserError(
-                "objective.scm_weight > 0 needs train.cm_teacher=PATH: the causal teacher whose tangents the TF-sCM "
+                "dmd.scm_weight > 0 needs train.cm_teacher=PATH: the causal teacher whose tangents the TF-sCM "
                 "regulariser uses (`causal-rcm train causal-teacher`)"
             )
         if not Path(path).exists():
             raise UserError(f"train.cm_teacher not found: {path}")
         check_causal_teacher(config, "train.cm_teacher", path, "the TF-sCM regulariser needs a causal teacher", who="train.cm_teacher")
         if config.model.interval_embedding:
-            raise UserError("objective.scm_weight > 0 regularises a consistency student; this one is a MeanFlow student")
+            raise UserError("dmd.scm_weight > 0 regularises a consistency student; this one is a MeanFlow student")
         config.objective.jvp_backend = resolve_jvp_backend(config)
 
     def __init__(self, config: Config, source) -> None:
@@ -147,7 +148,7 @@ class SFDMDRecipe(DistillRecipe):
         self.student = (self.model_at(cfg.train.init) if cfg.train.init else self.student_from(self.teacher)).to(device).train()
         self.critic = self.model_at(cfg.train.teacher).to(device).train()
         self.cm_teacher = None
-        if cfg.objective.scm_weight > 0:
+        if cfg.dmd.scm_weight > 0:
             self.cm_teacher = self.model_at(cfg.train.cm_teacher).to(device).eval().requires_grad_(False)
 
     def trainable(self):
@@ -164,37 +165,37 @@ class SFDMDRecipe(DistillRecipe):
     def rollout(self, batch: dict, rnd, *, with_grad: bool) -> tuple[torch.Tensor, int]:
         """The student's video of ``data.num_frames`` latent frames, and the exit step.
 
-        With ``objective.rollout_factor`` r > 1 the video is a window of a longer rollout (as
+        With ``dmd.rollout_factor`` r > 1 the video is a window of a longer rollout (as
         Self-Forcing++, Cui et al. 2025, trains past the teacher's horizon): a chunk-aligned end e in
         [F, r F] (F = ``data.num_frames``) is drawn, the same on every rank; the student rolls out e
-        frames with its rolling cache of ``objective.rollout_window`` frames (default F) and the last F
+        frames with its rolling cache of ``dmd.rollout_window`` frames (default F) and the last F
         are returned, the chunks before them run without gradient.
         """
-        obj = self.config.objective
+        obj, dmd = self.config.objective, self.config.dmd
         grid = flow_time_grid(obj.sample_steps, obj.shift)
         exit_step = rnd.shared_randint(obj.sample_steps)  # the same on every rank
         latents = batch["latents"]
         F, fpc = latents.shape[2], self.frames_per_chunk()
         end = F
-        if obj.rollout_factor > 1:
-            end = F + fpc * rnd.shared_randint((obj.rollout_factor - 1) * F // fpc + 1)
+        if dmd.rollout_factor > 1:
+            end = F + fpc * rnd.shared_randint((dmd.rollout_factor - 1) * F // fpc + 1)
         noise = rnd.randn(latents.shape[0], latents.shape[1], end, *latents.shape[3:]).to(latents.dtype)
         with torch.set_grad_enabled(with_grad):
             video = self_forcing_rollout(
                 self.student, noise, batch["context"], grid=grid, exit_step=exit_step,
-                frames_per_chunk=fpc, solver=self.solver, window_frames=obj.rollout_window or F,
+                frames_per_chunk=fpc, solver=self.solver, window_frames=dmd.rollout_window or F,
                 draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), grad_from_chunk=(end - F) // fpc,
             )
         return video[:, :, end - F :], exit_step
 
     def noise_levels(self, rnd, batch: int) -> torch.Tensor:
-        obj = self.config.objective
-        u = obj.dmd_min_s + (obj.dmd_max_s - obj.dmd_min_s) * rnd.rand(batch, 1)
+        obj, dmd = self.config.objective, self.config.dmd
+        u = dmd.min_s + (dmd.max_s - dmd.min_s) * rnd.rand(batch, 1)
         return shift_time(u, obj.shift).expand(batch, self.config.data.num_frames)  # one level per video
 
     def losses(self, batch, rnd, step):
-        obj = self.config.objective
-        generator_step = step % obj.critic_steps == 0
+        obj, dmd = self.config.objective, self.config.dmd
+        generator_step = step % dmd.critic_steps == 0
         video, exit_step = self.rollout(batch, rnd, with_grad=generator_step)
         context = batch["context"]
         B = video.shape[0]
@@ -223,7 +224,7 @@ class SFDMDRecipe(DistillRecipe):
                 scm, scm_metrics = TFSCMRecipe.scm_terms(self, batch, rnd, 1.0, self.cm_teacher)
                 metrics.update({"dmd_loss": float(loss.detach()), "scm_loss": float(scm.detach()),
                                 **{f"scm_{k}": v for k, v in scm_metrics.items() if k != "tangent_r"}})
-                loss = loss + obj.scm_weight * scm
+                loss = loss + dmd.scm_weight * scm
             out["student"] = (loss, metrics)
         out["critic"] = self.critic_loss(video.detach(), context, rnd, mask, kwargs)
         return out
@@ -237,7 +238,7 @@ class SFDMDRecipe(DistillRecipe):
         v = self.critic((1 - s_) * x + s_ * eps, 1000 * s, context, mask=mask, **kwargs)
         loss = (v.float() - (eps - x).float()).square().mean()
         value = global_mean(loss.detach().float())  # the same decision on every rank
-        if not value == value or value > self.config.objective.critic_max_loss:  # NaN or too large
+        if not value == value or value > self.config.dmd.critic_max_loss:  # NaN or too large
             return None, {"diverged": 1.0, "loss": value}
         return loss, {}
 

@@ -1,7 +1,7 @@
 """``ode-init``: the Self-Forcing / CausVid initialisation, regressing the causal student on teacher ODE pairs.
 
 For each batch the frozen teacher (with CFG) integrates its probability-flow ODE from noise
-to a clean video x0 with ``objective.ode_steps`` Euler steps, on a grid that contains the
+to a clean video x0 with ``ode.steps`` Euler steps, on a grid that contains the
 student's few-step times s_0 = 1 > s_1 > ... > s_{N-1} (``objective.sample_steps``, shifted).
 Each chunk of the student's input is the ODE state at one of those times, drawn per chunk, and
 the student regresses its x0 estimate f = x - s v onto the ODE's endpoint (CausVid, Yin et al.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from causal_rcm.config import Config
+from causal_rcm.config import Config, OdeConfig
 from causal_rcm.diffusion.conversions import velocity_to_x0
 from causal_rcm.diffusion.samplers import euler_sample
 from causal_rcm.diffusion.schedules import flow_time_grid
@@ -33,6 +33,7 @@ from causal_rcm.distill.base import DistillRecipe, check_chunks, distill_config,
 
 def ode_init_config() -> Config:
     config = distill_config("ode-init", steps=1000, batch_size=16, eval_every=250, lr=2e-5)
+    config.ode = OdeConfig()
     return config
 
 
@@ -54,8 +55,8 @@ class ODEInitRecipe(DistillRecipe):
         if not config.train.init:
             config.model = load_checkpoint(config.train.teacher)[0]
         check_chunks(config)
-        if config.objective.ode_steps < config.objective.sample_steps:
-            raise UserError(f"objective.ode_steps={config.objective.ode_steps} must be >= objective.sample_steps={config.objective.sample_steps}")
+        if config.ode.steps < config.objective.sample_steps:
+            raise UserError(f"ode.steps={config.ode.steps} must be >= objective.sample_steps={config.objective.sample_steps}")
 
     def build(self, device: torch.device) -> None:
         super().build(device)
@@ -65,7 +66,7 @@ class ODEInitRecipe(DistillRecipe):
         """ODE states at the student's grid times (N, B, C, F, h, w) and the endpoint x0 (B, C, F, h, w)."""
         obj = self.config.objective
         student_grid = flow_time_grid(obj.sample_steps, obj.shift)
-        substeps = max(1, obj.ode_steps // obj.sample_steps)
+        substeps = max(1, self.config.ode.steps // obj.sample_steps)
         grid = ode_grid(student_grid, substeps)
         noise = rnd.randn_like(batch["latents"])
         context = batch["context"]

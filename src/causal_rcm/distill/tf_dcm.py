@@ -1,6 +1,6 @@
 """TF-dCM: discrete-time consistency distillation (Song et al. 2023, CD) under teacher forcing.
 
-On the shifted flow-matching grid s_n = shift(n / N), n = 0..N (``objective.dcm_intervals``):
+On the shifted flow-matching grid s_n = shift(n / N), n = 0..N (``dcm.intervals``):
 draw n in 1..N per chunk, noise x_{s_n} = (1 - s_n) x0 + s_n eps, take one Euler step of the
 teacher's CFG ODE to x_{s_{n-1}} = x_{s_n} + (s_{n-1} - s_n) v_teacher, and regress the
 student's consistency function f(x, s) = x - s v_theta (its x0 estimate) at (x_{s_n}, s_n)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from causal_rcm.config import Config
+from causal_rcm.config import Config, DcmConfig
 from causal_rcm.diffusion.conversions import expand_time, velocity_to_x0
 from causal_rcm.diffusion.schedules import shift_time
 from causal_rcm.distill.base import DistillRecipe, distill_config
@@ -26,6 +26,7 @@ from causal_rcm.distill.base import DistillRecipe, distill_config
 
 def tf_dcm_config() -> Config:
     config = distill_config("tf-dcm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
+    config.dcm = DcmConfig()
     return config
 
 
@@ -45,9 +46,9 @@ class TFDCMRecipe(DistillRecipe):
         obj = self.config.objective
         x0 = batch["latents"]
         B = x0.shape[0]
-        n = rnd.randint(obj.dcm_intervals, B, self.num_chunks()) + 1  # (B, chunks) in 1..N
-        s = self.per_chunk(shift_time(n.float() / obj.dcm_intervals, obj.shift))
-        s_prev = self.per_chunk(shift_time((n - 1).float() / obj.dcm_intervals, obj.shift))
+        n = rnd.randint(self.config.dcm.intervals, B, self.num_chunks()) + 1  # (B, chunks) in 1..N
+        s = self.per_chunk(shift_time(n.float() / self.config.dcm.intervals, obj.shift))
+        s_prev = self.per_chunk(shift_time((n - 1).float() / self.config.dcm.intervals, obj.shift))
         eps = rnd.randn_like(x0)
         x_s = (1 - expand_time(s, x0)) * x0 + expand_time(s, x0) * eps
 

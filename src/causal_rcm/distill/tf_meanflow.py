@@ -10,7 +10,7 @@ the student starts as the teacher). The MeanFlow identity (their Eq. (6)),
 gives the regression target u_tgt = sg(v - (s - r) du/ds) (their Eq. (10)), with v the
 teacher's CFG velocity (distillation) and the JVP taken through the whole network under
 ``no_grad``. (s, r): two logit-normal shifted times, s the larger; with probability
-1 - ``objective.meanflow_ratio`` r = s (the flow-matching loss on the teacher's velocity).
+1 - ``meanflow.ratio`` r = s (the flow-matching loss on the teacher's velocity).
 Sampling is the jump z_r = z_s - (s - r) u(z_s, r, s) (solver ``meanflow``).
 
 Teacher forcing: [clean | noisy] sequences, the clean half at t = 0 with interval 0 and zero
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from causal_rcm.config import Config
+from causal_rcm.config import Config, MeanFlowConfig
 from causal_rcm.diffusion.conversions import expand_time
 from causal_rcm.diffusion.schedules import shift_time
 from causal_rcm.distill.base import DistillRecipe, attention_backend, distill_config, finite_rows, masked_mean
@@ -41,6 +41,7 @@ def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: 
 
 def tf_meanflow_config() -> Config:
     config = distill_config("tf-meanflow", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
+    config.meanflow = MeanFlowConfig()
     return config
 
 
@@ -60,7 +61,7 @@ class TFMeanFlowRecipe(DistillRecipe):
         a = shift_time(torch.sigmoid(rnd.randn(batch, chunks)), obj.shift)
         b = shift_time(torch.sigmoid(rnd.randn(batch, chunks)), obj.shift)
         s, r = torch.maximum(a, b).clamp(1e-4, 1.0), torch.minimum(a, b)
-        equal = rnd.rand(batch, chunks) >= obj.meanflow_ratio
+        equal = rnd.rand(batch, chunks) >= self.config.meanflow.ratio
         return torch.where(equal, s, r), s
 
     def losses(self, batch, rnd, step):

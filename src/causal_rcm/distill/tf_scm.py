@@ -19,7 +19,7 @@ JVP pass made the loss 0.0009 at the first steps against 0.00015 in fp32: five p
 the regression target were rounding noise. With sg(F_theta) the loss is ||g||^2 at any
 precision and its gradient is exactly sCM's, -2 g . dF_theta/dtheta (:func:`scm_loss`).
 
-with the tangent warm-up r going 0 -> 1 over ``objective.tangent_warmup`` steps and the
+with the tangent warm-up r going 0 -> 1 over ``scm.tangent_warmup`` steps and the
 scaling of the JVP tangents by cos t sin t (rCM), which keeps them bounded near t = pi/2. The
 JVP runs under ``no_grad`` through the whole network with ``objective.jvp_backend`` (our
 fused masked Triton kernel on GPU, the math reference on CPU).
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from causal_rcm.config import Config
+from causal_rcm.config import Config, ScmConfig
 from causal_rcm.diffusion.conversions import expand_time, trigflow_to_flow_time, trigflow_to_flow_x, velocity_to_trigflow
 from causal_rcm.models.precond import TrigFlowWrapper
 from causal_rcm.distill.base import (
@@ -83,7 +83,7 @@ def scm_loss(F_theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def tf_scm_config() -> Config:
     config = distill_config("tf-scm", steps=2000, batch_size=32, eval_every=500, lr=2e-5)
-    config.objective.tangent_warmup = 500
+    config.scm = ScmConfig()
     return config
 
 
@@ -93,19 +93,19 @@ class TFSCMRecipe(DistillRecipe):
     solver = "consistency"
 
     def losses(self, batch, rnd, step):
-        obj = self.config.objective
-        r = min(1.0, step / obj.tangent_warmup) if obj.tangent_warmup > 0 else 1.0
+        warmup = self.config.scm.tangent_warmup
+        r = min(1.0, step / warmup) if warmup > 0 else 1.0
         return {"student": self.scm_terms(batch, rnd, r, self.teacher)}
 
     def scm_terms(self, batch, rnd, r: float, teacher) -> tuple[torch.Tensor, dict]:
         """The TF-sCM loss of ``self.student`` on ``batch`` with ``teacher``'s tangents at warm-up ``r``, and its metrics.
 
         Uses only :class:`DistillRecipe`'s helpers, so SF-DMD calls it for rCM's regulariser."""
-        obj = self.config.objective
+        obj, scm = self.config.objective, self.config.scm
         x0 = batch["latents"]  # (B, C, F, h, w)
         B, _, F, _, _ = x0.shape
         context = batch["context"]
-        t = self.per_chunk(log_normal_trigflow_time(rnd, B, self.num_chunks(), obj.p_mean, obj.p_std))  # (B, F)
+        t = self.per_chunk(log_normal_trigflow_time(rnd, B, self.num_chunks(), scm.p_mean, scm.p_std))  # (B, F)
         eps = rnd.randn_like(x0)
         t_ = expand_time(t, x0)
         x_t = torch.cos(t_) * x0 + torch.sin(t_) * eps
@@ -125,7 +125,7 @@ class TFSCMRecipe(DistillRecipe):
 
         with torch.no_grad(), attention_backend(self.student, obj.jvp_backend):
             F_minus, cs_dFdt = scm_tangent(F_noisy, x_t, t, dxdt)
-        g, g_norm = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=r, c=obj.tangent_norm, frames_per_chunk=self.frames_per_chunk())
+        g, g_norm = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=r, c=scm.tangent_norm, frames_per_chunk=self.frames_per_chunk())
 
         keep = finite_rows(g, dxdt, F_minus)
         g = torch.where(keep[:, None, None, None, None], g, torch.zeros_like(g))

@@ -56,7 +56,7 @@ SHIPPED_TEACHERS = shipped_checkpoints()
 # The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
 SOURCE_KEYS = ("source", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
               "codec_shift", "codec_scale", "text_len", "text_seed")
-STREAM_KEYS = (("data", "stream_window"), ("objective", "rollout_window"))  # a shipped student's, for the one trained here
+STREAM_KEYS = (("data", "stream_window"), ("dmd", "rollout_window"))  # a shipped student's, for the one trained here
 
 TEACHERS = ("teacher", "causal-teacher")
 STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers (scripts/train_shapes_students.sh; see checkpoints/shapes/README.md)
@@ -101,7 +101,7 @@ BUDGETS = {
         # at the recipe's 3e-4 it stays at the floor; the causal fine-tune's loss falls faster at 5e-4 than 1e-4.
         recipe_overrides={
             "teacher": ("optim.lr=1e-3",), "causal-teacher": ("optim.lr=5e-4", "optim.warmup_steps=20"),
-            "tf-scm": ("optim.lr=1e-4", "objective.tangent_warmup=100"), "sf-dmd": ("optim.lr=2e-5", "objective.critic_steps=3"),
+            "tf-scm": ("optim.lr=1e-4", "scm.tangent_warmup=100"), "sf-dmd": ("optim.lr=2e-5", "dmd.critic_steps=3"),
         },
     ),
     # On one GPU: the shipped teachers' batch and compiled blocks (configs/shapes/teachers.json), minutes not a quarter-hour.
@@ -176,14 +176,15 @@ class Quickstart:
         return tuple(f"data.{key}={data[key]}" for key in SOURCE_KEYS if key in data)
 
     def stream_overrides(self, student: str) -> tuple[str, ...]:
-        """The shipped ``student``'s KV-cache windows (``data.stream_window``, ``objective.rollout_window``) where it
+        """The shipped ``student``'s KV-cache windows (``data.stream_window``, ``dmd.rollout_window``) where it
         set them, so the student trained here streams, and is scored, as the shipped one beside it."""
         shipped = self.shipped.get(student)
         if shipped is None:
             return ()
-        config = json.loads((shipped / "config.json").read_text())
-        return tuple(f"{section}.{key}={config[section][key]}" for section, key in STREAM_KEYS
-                     if config.get(section, {}).get(key))
+        config = load_config(student, shipped / "config.json")  # an old checkpoint's sections read as today's
+        values = {f"{section}.{key}": getattr(getattr(config, section), key)
+                  for section, key in STREAM_KEYS if getattr(config, section) is not None}
+        return tuple(f"{key}={value}" for key, value in values.items() if value)
 
     def model(self, stage: str) -> Path:
         """The checkpoint an earlier stage produced or used."""
