@@ -112,8 +112,8 @@ class SFDMDRecipe(DistillRecipe):
         if obj.rollout_factor < 1:
             raise UserError(f"objective.rollout_factor must be >= 1 (1: rollouts of the training length), got {obj.rollout_factor}")
         check_window(obj.rollout_window, config.data.frames_per_chunk, "objective.rollout_window", zero="the training length")
-        if obj.rollout_factor > 1 and config.data.agent:
-            raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
+        if obj.rollout_factor > 1 and config.data.has_actions():
+            raise UserError("objective.rollout_factor > 1 needs actions for the frames past the training video: not for action-conditioned data yet")
         if obj.scm_weight < 0:
             raise UserError(f"objective.scm_weight must be >= 0, got {obj.scm_weight}")
         if obj.scm_weight > 0:
