@@ -9,6 +9,7 @@ import pytest
 
 from causal_rcm.data.shards import Manifest
 from causal_rcm.errors import UserError
+from causal_rcm.eval.score import evaluate_checkpoint
 from causal_rcm.models.adapters import load_checkpoint
 from causal_rcm.runs import load_config, train
 from causal_rcm.spec import PipelineSpec
@@ -37,6 +38,9 @@ def test_a_teacher_trains_on_episodes_and_its_checkpoint_records_the_env(atari_t
     assert load_checkpoint(model)[0].num_actions == 4  # set from the manifest
     resolved = json.loads((model.parent / "config.json").read_text())
     assert resolved["model"]["num_actions"] == 4 and resolved["data"]["source"] == "atari"
+    with pytest.raises(UserError, match=r"`causal-rcm eval` scores shapes-world checkpoints with the oracle; .* was "
+                                        r"trained on atari data \(ALE/Breakout-v5\)"):
+        evaluate_checkpoint(model)
 
 
 def test_sf_dmd_distils_the_world_model_from_it(atari_teacher, breakout_shards, tmp_path):
