@@ -59,3 +59,15 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
         train(config, restart=True)
         out[recipe] = root / recipe / "model"
     return out
+
+
+@pytest.fixture(scope="session")
+def breakout_shards(tmp_path_factory) -> Path:
+    """A tiny collection from the real emulator: 3 Breakout episodes of the scripted player, 24 steps each,
+    2 to a shard, the last one held out (``train-000000.tar``, ``heldout-000000.tar``)."""
+    from causal_rcm.data.atari import CollectArgs, collect
+
+    out = tmp_path_factory.mktemp("breakout") / "shards"
+    collect(out, CollectArgs(env="ALE/Breakout-v5", policy="agent", episodes=3, max_steps=24, episodes_per_shard=2, holdout=0.34),
+            progress=False, say=lambda line: None)
+    return out

@@ -76,6 +76,46 @@ def _print_summary(report: dict, out: Path) -> None:
     click.echo(f"\nreport: {out / 'report.md'}{mode}; wall-clock {report['wall_seconds']:.0f} s ({report['wall_seconds'] / 60:.1f} min)")
 
 
+@cli.command()
+@click.option("--env", "env_id", required=True, help="An Atari game of ale-py, e.g. ALE/Breakout-v5 or ALE/Pong-v5.")
+@click.option("--policy", type=click.Choice(["random", "sticky", "agent"]), default="random", show_default=True,
+              help="random: uniform; sticky: repeats its last action (--sticky-p); agent: a scripted player (Breakout, Pong).")
+@click.option("--episodes", type=int, required=True, help="Episodes to record, held-out ones included.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the shards and manifest.json.")
+@click.option("--size", type=int, default=64, show_default=True, help="Frames are resized to SIZE x SIZE RGB.")
+@click.option("--episodes-per-shard", type=int, default=10, show_default=True, help="Episodes in one tar shard.")
+@click.option("--max-steps", type=int, default=None, help="End an episode after this many steps (default: at game over).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Episode i depends only on (seed, i).")
+@click.option("--holdout", type=float, default=0.1, show_default=True,
+              help="Fraction of the episodes held out, whole, in heldout-* shards (at least one when > 0).")
+@click.option("--sticky-p", type=float, default=0.8, show_default=True, help="--policy sticky: probability of repeating.")
+@click.option("--repeat-action-probability", type=float, default=None,
+              help="The emulator's own sticky actions (default: the game's, 0.25 for -v5).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def collect(env_id: str, policy: str, episodes: int, out: Path, size: int, episodes_per_shard: int, max_steps: int | None,
+            seed: int, holdout: float, sticky_p: float, repeat_action_probability: float | None, no_progress: bool) -> None:
+    """Record Atari episodes from the emulator into webdataset shards, for training world models.
+
+    Resumable: rerun the same command and the shards its manifest lists are kept, the others (re)written.
+    Train on them with `causal-rcm train teacher data.source=atari data.shards=OUT data.resolution=SIZE`.
+    """
+    from causal_rcm.data.atari import CollectArgs
+    from causal_rcm.data.atari import collect as run
+
+    args = CollectArgs(env=env_id, policy=policy, episodes=episodes, size=size, episodes_per_shard=episodes_per_shard,
+                       max_steps=max_steps, seed=seed, holdout=holdout, sticky_p=sticky_p,
+                       repeat_action_probability=repeat_action_probability)
+    args.check()
+    _check_writable(out)
+    summary = run(out, args, progress=not no_progress, say=lambda line: click.echo(line, err=True))
+    shards = summary.manifest.shards
+    rate = f", {summary.frames / summary.seconds:.0f} frames/s" if summary.seconds > 0 and summary.frames else ""
+    mean = f"; mean return {sum(summary.returns) / len(summary.returns):.1f}" if summary.returns else ""
+    click.echo(f"{out}: recorded {summary.episodes} episodes ({summary.frames} frames{rate}{mean}), "
+               f"{summary.skipped_shards} shards already whole; {len([s for s in shards if s.split == 'train'])} train "
+               f"and {len([s for s in shards if s.split == 'heldout'])} held-out shards, {sum(s.frames for s in shards)} frames")
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")

@@ -42,7 +42,8 @@ __all__ = [
 class DataConfig:
     """Where training videos come from and their frame structure."""
 
-    source: str = "shapes"  # where training videos come from: the embedded shapes world (more sources later)
+    source: str = "shapes"  # where training videos come from: shapes (the embedded world) | atari (recorded episodes)
+    shards: str = ""  # data.source=atari: a folder written by `causal-rcm collect` (manifest.json + tar shards)
     resolution: int = 32  # pixels (square)
     num_frames: int = 8  # latent frames per training video
     frames_per_chunk: int = 1  # causal structure: 1 = frame-wise
@@ -63,6 +64,10 @@ class DataConfig:
     text_seed: int = 0  # the toy text encoder is rebuilt from this seed
     workers: int = -1  # processes rendering batches ahead; -1 = auto (none on CPU, up to 12 beside a GPU)
     seed: int = 0
+
+    def has_actions(self) -> bool:
+        """Whether every video comes with one action per frame (the shapes agent mode, recorded episodes)."""
+        return self.agent or self.source == "atari"
 
     def cache_window(self) -> int:
         """The causal KV-cache window in latent frames (``stream_window``, or the training length)."""

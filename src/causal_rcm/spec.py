@@ -1,8 +1,9 @@
 """The checkpoint's ``pipeline`` section, typed: how to turn a model into video. Its only reader and writer.
 
 A model folder in our layout (``config.json`` + ``model.safetensors``) carries, beside the model's
-architecture, a ``pipeline`` section: the data source it was trained on, frame structure, codec,
-text encoder, sampler defaults and stream defaults. :class:`PipelineSpec` parses it (clear errors
+architecture, a ``pipeline`` section: the data source it was trained on (and, for recorded episodes, the
+environment: frame rate, frameskip, action meanings), frame structure, codec, text encoder, sampler
+defaults and stream defaults. :class:`PipelineSpec` parses it (clear errors
 for missing or unsupported parts), builds the sampler settings from it, and writes it; the trainer's
 export, the pipeline, evaluation, the CLI and the training recipes all go through it.
 """
@@ -15,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from causal_rcm.config import DataConfig
-from causal_rcm.data.source import ShapesSource
+from causal_rcm.data.shards import EnvInfo
+from causal_rcm.data.source import SOURCES, VideoSource
 from causal_rcm.diffusion.samplers import SOLVERS, SamplerSpec
 from causal_rcm.errors import UserError
 from causal_rcm.models.adapters import detect_layout, read_pipeline_config
 
-__all__ = ["CodecSpec", "TextSpec", "SamplerDefaults", "StreamDefaults", "PipelineSpec"]
+__all__ = ["CodecSpec", "EnvInfo", "TextSpec", "SamplerDefaults", "StreamDefaults", "PipelineSpec"]
 
 CODECS = ("pixel",)
 TEXT_ENCODERS = ("toy",)
-SOURCES = ("shapes",)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class PipelineSpec:
     num_actions: int = 0
     source: str = "shapes"  # the data source the model was trained on
     recipe: str = ""  # the recipe that made it
+    env: EnvInfo | None = None  # the environment of recorded episodes (data.source=atari); fps is its agent rate
 
     # ------------------------------------------------------------ reading
     @classmethod
@@ -106,6 +108,7 @@ class PipelineSpec:
             parts = {
                 "codec": _typed(CodecSpec, data["codec"]), "text": _typed(TextSpec, data["text"]),
                 "sampler": _typed(SamplerDefaults, data.get("sampler", {})), "stream": _typed(StreamDefaults, data.get("stream", {})),
+                "env": EnvInfo.from_dict(data["env"], source) if data.get("env") else None,
             }
             top = {k: data[k] for k in ("resolution", "num_frames", "frames_per_chunk", "causal", "fps", "num_actions", "source", "recipe") if k in data}
             spec = cls(**top, **parts)
@@ -143,30 +146,34 @@ class PipelineSpec:
             raise UserError(f"{source}: sampler solver {self.sampler.solver!r} is not one of {SOLVERS}")
         if self.source not in SOURCES:
             raise UserError(f"{source}: data source {self.source!r} is not supported (only {', '.join(SOURCES)})")
+        if self.env is not None and self.env.num_actions != self.num_actions:
+            raise UserError(f"{source}: the pipeline config has {self.num_actions} actions but its env {self.env.id} {self.env.num_actions}")
         if min(self.frames_per_chunk, self.num_frames, self.resolution, self.codec.factor, self.codec.frames) < 1 or self.fps <= 0:
             raise UserError(f"{source}: resolution, num_frames, frames_per_chunk, codec factor and frames, and fps must be positive")
 
     # ------------------------------------------------------------ writing
     @classmethod
     def of_source(
-        cls, source: ShapesSource, *, causal: bool, sampler: SamplerDefaults, stream: StreamDefaults, num_actions: int = 0,
+        cls, source: VideoSource, *, causal: bool, sampler: SamplerDefaults, stream: StreamDefaults, num_actions: int = 0,
         recipe: str = "",
     ) -> PipelineSpec:
-        """The spec of a model trained on ``source`` (its frame structure, codec and text encoder)."""
+        """The spec of a model trained on ``source`` (its frame structure, codec, text encoder and environment)."""
         data, codec, text = source.data, source.codec, source.text
         return cls(
             resolution=data.resolution, num_frames=data.num_frames, frames_per_chunk=data.frames_per_chunk, causal=causal,
             codec=CodecSpec("pixel", factor=codec.factor, frames=codec.frames, shift=codec.shift, scale=codec.scale),
             text=TextSpec("toy", dim=text.dim, text_len=text.text_len, seed=text.seed), sampler=sampler, stream=stream,
-            fps=source.fps, num_actions=num_actions, source="shapes", recipe=recipe,
+            fps=source.fps, num_actions=num_actions, source=source.name, recipe=recipe, env=source.env,
         )
 
     def data_config(self) -> DataConfig:
-        """The data settings that rebuild the source the model was trained on (for evaluation)."""
+        """The data settings that rebuild the source the model was trained on (for evaluation; recorded episodes
+        also need ``shards``, which the checkpoint does not keep)."""
         return DataConfig(
             source=self.source, resolution=self.resolution, num_frames=self.num_frames, frames_per_chunk=self.frames_per_chunk,
             codec_factor=self.codec.factor, codec_frames=self.codec.frames, codec_shift=self.codec.shift,
-            codec_scale=self.codec.scale, text_len=self.text.text_len, text_seed=self.text.seed, agent=bool(self.num_actions),
+            codec_scale=self.codec.scale, text_len=self.text.text_len, text_seed=self.text.seed,
+            agent=self.source == "shapes" and bool(self.num_actions),
         )
 
     def to_dict(self) -> dict:

@@ -1,10 +1,14 @@
-"""Data: the procedural shapes world and its oracle, the pixel codec, the toy text encoder, video files.
+"""Data: the procedural shapes world and its oracle, recorded Atari episodes, the pixel codec, the toy text encoder,
+video files.
 
 * ``shapes``: ``ShapesConfig``, scenes, simulator (incl. agent), renderer, captions, ``ShapesDataset``.
 * ``oracle``: ``ShapesOracle``, the analytic detector and metrics of shapes-world videos.
 * ``codec``: ``PixelCodec``, pixels <-> latents by pixel-unshuffle.
 * ``text``: ``ToyTokenizer``, ``ToyTextEncoder`` (UMT5-shaped outputs).
 * ``video``: float <-> uint8 conversions, mp4 / GIF writers, grids.
+* ``source``: the training data sources, ``ShapesSource`` and ``AtariSource`` (``make_source``).
+* ``shards``: recorded episodes in webdataset tar shards and their ``Manifest``.
+* ``atari``: episodes from the Atari emulator (ale-py, the optional ``atari`` extra) and ``collect``.
 """
 
 from causal_rcm.data.codec import PixelCodec

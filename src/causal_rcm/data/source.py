@@ -1,14 +1,17 @@
-"""The embedded default as a training data source: shapes-world videos -> latents + text context.
+"""Training data sources: videos -> latents + text context, for one process.
 
-``ShapesSource`` bundles what a recipe needs from the world (dataset, codec, toy text encoder,
-oracle) from a :class:`~causal_rcm.config.DataConfig`; ``next_batch`` yields this process's
-slice of the global batch on the training device, and its position is part of the checkpoint.
+``ShapesSource`` renders the embedded shapes world; ``AtariSource`` reads episodes recorded from the Atari
+emulator (``causal-rcm collect``, :mod:`causal_rcm.data.shards`). Both build what a recipe needs (codec, toy
+text encoder, frame structure) from a :class:`~causal_rcm.config.DataConfig`; ``next_batch`` yields this
+process's slice of the global batch on the training device, and its position is part of the checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,9 @@ from causal_rcm.errors import UserError
 from causal_rcm.data.codec import PixelCodec
 from causal_rcm.data.oracle import ShapesOracle
 from causal_rcm.data.shapes import ShapesConfig, ShapesDataset
+from causal_rcm.data.shards import Episode, EnvInfo, Manifest, ShardReader
 from causal_rcm.data.text import ToyTextEncoder
+from causal_rcm.data.video import from_uint8
 
 # Evaluation prompts come from a stream the training stream never reaches.
 EVAL_SEED_OFFSET = 1_000_003
@@ -34,23 +39,63 @@ def _render(task: tuple[ShapesDataset, list[int]]) -> list[dict[str, Any]]:
     return [dataset.render_sample(i) for i in indices]
 
 
-class ShapesSource:
-    """Dataset, codec, text encoder and oracle of the shapes world, for one process."""
+class VideoSource:
+    """What every source gives a recipe: the codec, the toy text encoder and the frame structure, on one device.
 
-    fps = 8  # rendered frames per second of video, as its checkpoints' streams play them
+    ``name`` is the source's ``data.source``; ``fps`` the frame rate its videos play at; ``env`` the environment of
+    recorded episodes (None for a rendered world); ``oracle`` the analytic scorer where the world has one (None:
+    evaluation compares pixels)."""
 
-    def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
+    name = ""
+    fps: float
+    env: EnvInfo | None = None
+    oracle: ShapesOracle | None = None
+
+    def __init__(self, data, text_dim: int, *, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
         self.data = data
         self.device = torch.device(device)
         self.local_batch = local_batch
+        self.codec = PixelCodec(data.codec_factor, shift=data.codec_shift, scale=data.codec_scale, frames=data.codec_frames)
+        self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
+        self._empty: torch.Tensor | None = None
+
+    def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
+        """(C, F, h, w) of the latents of one video of ``num_frames`` latent frames (default ``data.num_frames``)."""
+        frames = self.data.num_frames if num_frames is None else num_frames
+        return self.codec.latent_shape(frames * self.codec.temporal_factor, self.data.resolution, self.data.resolution)
+
+    def tokens_per_frame(self, patch: tuple[int, int, int]) -> int:
+        _, _, h, w = self.latent_shape()
+        return (h // patch[1]) * (w // patch[2])
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L, D) context for ``prompts`` (UserError on words outside the vocabulary)."""
+        context, _ = self.text(list(prompts))
+        return context.to(self.device)
+
+    def empty_context(self, batch: int) -> torch.Tensor:
+        """(B, L, D) context of the empty prompt: the unconditional branch of CFG."""
+        if self._empty is None:
+            self._empty = self.encode_text([""])
+        return self._empty.expand(batch, -1, -1)
+
+    def close(self) -> None:
+        """Release workers and files (nothing to release by default)."""
+
+
+class ShapesSource(VideoSource):
+    """Dataset, codec, text encoder and oracle of the shapes world, for one process."""
+
+    name = "shapes"
+    fps = 8  # rendered frames per second of video, as its checkpoints' streams play them
+
+    def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
         if data.agent and data.codec_frames != 1:
             raise UserError("data.agent takes one action per latent frame: it needs data.codec_frames=1")
-        self.codec = PixelCodec(data.codec_factor, shift=data.codec_shift, scale=data.codec_scale, frames=data.codec_frames)
+        super().__init__(data, text_dim, local_batch=local_batch, device=device)
         self.shapes = self._shapes_config(data.num_frames)
         self.dataset = ShapesDataset(self.shapes, seed=data.seed, rank=rank, world_size=world_size)
-        self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
         self.oracle = ShapesOracle(self.shapes)
-        self._empty: torch.Tensor | None = None
         workers = data.workers if data.workers >= 0 else (0 if self.device.type == "cpu" else max(1, min(12, (os.cpu_count() or 2) - 2)))
         # Samples depend only on their global index, so rendering them in other processes (one
         # batch ahead) gives exactly the serial batches; the position counts consumed batches only.
@@ -66,27 +111,6 @@ class ShapesSource:
         """The world rendering videos of ``num_frames`` latent frames (``codec_frames`` rendered frames each)."""
         frames = num_frames * self.codec.temporal_factor
         return ShapesConfig(size=self.data.resolution, num_frames=frames, max_shapes=self.data.max_shapes, agent=self.data.agent)
-
-    def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
-        """(C, F, h, w) of the latents of one video of ``num_frames`` latent frames (default ``data.num_frames``)."""
-        frames = self.data.num_frames if num_frames is None else num_frames
-        return self.codec.latent_shape(frames * self.codec.temporal_factor, self.data.resolution, self.data.resolution)
-
-    def tokens_per_frame(self, patch: tuple[int, int, int]) -> int:
-        _, _, h, w = self.latent_shape()
-        return (h // patch[1]) * (w // patch[2])
-
-    # -------------------------------------------------------------- text
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """(B, L, D) context for ``prompts`` (UserError on words outside the vocabulary)."""
-        context, _ = self.text(list(prompts))
-        return context.to(self.device)
-
-    def empty_context(self, batch: int) -> torch.Tensor:
-        """(B, L, D) context of the empty prompt: the unconditional branch of CFG."""
-        if self._empty is None:
-            self._empty = self.encode_text([""])
-        return self._empty.expand(batch, -1, -1)
 
     # -------------------------------------------------------- data source
     def _indices(self, position: int) -> list[int]:
@@ -122,7 +146,7 @@ class ShapesSource:
     def next_batch(self) -> dict[str, Any]:
         items = self._next_raw()
         frames = torch.from_numpy(np.stack([it["frames"] for it in items])).to(self.device)  # (B, F, H, W, 3) uint8
-        video = frames.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)  # (B, 3, F, H, W) in [-1, 1]
+        video = from_uint8(frames)  # (B, 3, F, H, W) in [-1, 1]
         captions = [it["caption"] for it in items]
         batch = {
             "latents": self.codec.encode(video),  # (B, C, F, h, w)
@@ -145,3 +169,124 @@ class ShapesSource:
         """n fixed evaluation samples (captions, scenes, ground-truth videos) from a held-out stream, ``num_frames`` latent frames long."""
         frames = self.data.num_frames if num_frames is None else num_frames
         return ShapesDataset(self._shapes_config(frames), seed=self.data.seed + EVAL_SEED_OFFSET).batch(n)
+
+
+class Windows:
+    """Every window of ``num_frames`` consecutive frames of some episodes, numbered ``0 .. count - 1``.
+
+    Episodes shorter than a window give none; window ``u`` lies in the episode where the cumulative count
+    passes ``u``, so drawing ``u`` uniformly draws a window uniformly over all frames."""
+
+    def __init__(self, episodes: list[Episode], num_frames: int) -> None:
+        self.episodes = [ep for ep in episodes if len(ep.frames) >= num_frames]
+        self.num_frames = num_frames
+        self.ends = np.cumsum([len(ep.frames) - num_frames + 1 for ep in self.episodes], dtype=np.int64)
+        self.count = int(self.ends[-1]) if len(self.ends) else 0
+
+    def window(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window ``u``: uint8 frames (F, H, W, 3) (read from the mapped shard) and int64 actions (F,)."""
+        e = int(np.searchsorted(self.ends, u, side="right"))
+        start = u - (int(self.ends[e - 1]) if e else 0)
+        ep = self.episodes[e]
+        return np.array(ep.frames[start : start + self.num_frames]), ep.actions[start : start + self.num_frames]
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` uniform windows: frames (n, F, H, W, 3) uint8, actions (n, F) int64."""
+        frames, actions = zip(*(self.window(int(u)) for u in rng.integers(self.count, size=n)))
+        return np.stack(frames), np.stack(actions)
+
+
+class AtariSource(VideoSource):
+    """Windows of ``data.num_frames`` consecutive frames, with their actions, from the episodes that
+    ``causal-rcm collect`` recorded in ``data.shards`` (training shards; held-out ones for evaluation).
+
+    Sample ``i`` of the global stream is a window drawn uniformly over all training frames by a generator
+    seeded from ``(data.seed, i)``; rank ``r`` of ``W`` reads samples ``r, r + W, ...`` (as ``ShapesDataset``),
+    so the stream resumes exactly from the number of samples consumed. Every sample has the empty prompt:
+    the actions are the only condition. Shards are checked against the manifest (size, SHA-256) when the
+    source is built, and their frames stay mapped from disk.
+    """
+
+    name = "atari"
+
+    def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1,
+                 device: torch.device | str = "cpu") -> None:
+        if not data.shards:
+            raise UserError("data.source=atari reads recorded episodes: set data.shards=PATH (a folder written by `causal-rcm collect`)")
+        if data.codec_frames != 1:
+            raise UserError("Atari data has one action per frame: it needs data.codec_frames=1")
+        super().__init__(data, text_dim, local_batch=local_batch, device=device)
+        folder = Path(data.shards)
+        self.manifest = Manifest.read(folder)
+        self.env, self.fps = self.manifest.env, self.manifest.env.fps
+        size = self.manifest.frame_size
+        if size != data.resolution:
+            raise UserError(f"{folder} holds {size}x{size} frames but data.resolution={data.resolution}: "
+                            f"set data.resolution={size} (or collect with --size {data.resolution})")
+        train = self._episodes(folder, "train")
+        self.train = Windows(train, data.num_frames)
+        if not self.train.count:
+            longest = max(len(ep.frames) for ep in train)
+            raise UserError(f"no training episode of {folder} has data.num_frames={data.num_frames} frames (the longest has "
+                            f"{longest}): lower data.num_frames or collect longer episodes (--max-steps)")
+        self.heldout = self._episodes(folder, "heldout") if self.manifest.split("heldout") else []
+        self.seed, self.rank, self.world_size = data.seed, rank, world_size
+        self.position = 0  # samples consumed by this rank
+        self._data_id = hashlib.sha256("".join(s.sha256 for s in self.manifest.split("train")).encode()).hexdigest()[:16]
+
+    def _episodes(self, folder: Path, split: str) -> list[Episode]:
+        entries = self.manifest.split(split)
+        if not entries:
+            raise UserError(f"{folder} has no {split} shards: collect at least one {split} episode")
+        return [ep for entry in entries for ep in ShardReader(folder, entry, self.manifest).episodes]
+
+    def _batch(self, frames: np.ndarray, actions: np.ndarray) -> dict[str, Any]:
+        """uint8 frames (B, F, H, W, 3) and actions (B, F) -> latents, empty-prompt context and actions on the device."""
+        video = from_uint8(torch.from_numpy(frames).to(self.device))  # (B, 3, F, H, W) in [-1, 1]
+        B = len(frames)
+        return {
+            "latents": self.codec.encode(video),  # (B, C, F, h, w)
+            "context": self.empty_context(B).contiguous(), "caption": [""] * B,
+            "actions": torch.from_numpy(actions).to(self.device),
+        }
+
+    def next_batch(self) -> dict[str, Any]:
+        samples = [self._sample(self.rank + self.world_size * (self.position + i)) for i in range(self.local_batch)]
+        self.position += self.local_batch
+        frames, actions = zip(*samples)
+        return self._batch(np.stack(frames), np.stack(actions))
+
+    def _sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+        return self.train.window(int(rng.integers(self.train.count)))
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "samples_seen": self.position * self.world_size, "shards": self._data_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("shards") != self._data_id or int(state["seed"]) != self.seed:
+            raise UserError("the checkpoint was trained on other shards or another data.seed: resume with the same data")
+        seen = int(state["samples_seen"])
+        if seen % self.world_size:
+            raise UserError(f"cannot resume a data stream at {seen} samples on {self.world_size} ranks: use a world size that divides it")
+        self.position = seen // self.world_size
+
+    def eval_set(self, n: int, num_frames: int | None = None) -> dict[str, Any]:
+        """n fixed windows of held-out episodes, ``num_frames`` frames long: their videos (n, 3, F, H, W) in
+        [-1, 1] and actions (n, F), with empty captions."""
+        windows = Windows(self.heldout, self.data.num_frames if num_frames is None else num_frames)
+        if not windows.count:
+            raise UserError(f"no held-out episode of {self.data.shards} has {windows.num_frames} frames: "
+                            "collect with --holdout (and longer episodes), or set train.eval_videos=0")
+        frames, actions = windows.draw(np.random.default_rng(self.seed + EVAL_SEED_OFFSET), n)
+        return {"video": from_uint8(frames), "actions": torch.from_numpy(actions), "caption": [""] * n, "scene": [None] * n}
+
+
+SOURCES: dict[str, type[VideoSource]] = {"shapes": ShapesSource, "atari": AtariSource}
+
+
+def make_source(data, text_dim: int, **kwargs: Any) -> VideoSource:
+    """The source ``data.source`` names (``kwargs``: rank, world_size, local_batch, device); UserError for another name."""
+    if data.source not in SOURCES:
+        raise UserError(f"data.source={data.source!r} is not a data source; choose from {', '.join(SOURCES)}")
+    return SOURCES[data.source](data, text_dim, **kwargs)

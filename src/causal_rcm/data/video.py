@@ -34,9 +34,9 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def from_uint8(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``[F, H, W, 3]`` or ``[B, F, H, W, 3]`` -> float32 ``[3, F, H, W]`` / ``[B, 3, F, H, W]`` in ``[-1, 1]``.
 
-    Exact inverse of ``to_uint8`` on uint8 input.
+    Exact inverse of ``to_uint8`` on uint8 input. A tensor is converted on its own device.
     """
-    x = torch.as_tensor(np.asarray(frames))
+    x = frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))
     if x.dtype != torch.uint8 or x.ndim not in (4, 5) or x.shape[-1] != 3:
         raise UserError(f"expected uint8 frames [F, H, W, 3] or [B, F, H, W, 3], got {x.dtype} {list(x.shape)}")
     return x.movedim(-1, -4).float() / 127.5 - 1.0

@@ -120,7 +120,8 @@ class DenoisingRecipe(Recipe):
             tag=f"step{step:06d}", drift_factor=self.config.train.eval_drift if self.causal else 0,
             stream_seconds=self.config.train.eval_stream_seconds if self.causal else 0.0,
         )
-        if not self.causal:  # the loss gap of swapped direction words: motion learned from text shows here first
+        # The loss gap of swapped direction words (in captioned worlds): motion learned from text shows here first
+        if not self.causal and self.source.oracle is not None:
             metrics["direction_word_gap"] = direction_word_gap(student, self.source, n=max(self.config.train.eval_videos, 32))
         return metrics
 

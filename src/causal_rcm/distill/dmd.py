@@ -113,8 +113,8 @@ class SFDMDRecipe(DistillRecipe):
         if dmd.rollout_factor < 1:
             raise UserError(f"dmd.rollout_factor must be >= 1 (1: rollouts of the training length), got {dmd.rollout_factor}")
         check_window(dmd.rollout_window, config.data.frames_per_chunk, "dmd.rollout_window", zero="the training length")
-        if dmd.rollout_factor > 1 and config.data.agent:
-            raise UserError("dmd.rollout_factor > 1 needs actions for the frames past the training video: not for agent worlds yet")
+        if dmd.rollout_factor > 1 and config.data.has_actions():
+            raise UserError("dmd.rollout_factor > 1 needs actions for the frames past the training video: not for action-conditioned data yet")
         if dmd.scm_weight < 0:
             raise UserError(f"dmd.scm_weight must be >= 0, got {dmd.scm_weight}")
         if dmd.scm_weight > 0:

@@ -1,5 +1,6 @@
 """Sample a model on shapes-world prompts, decode, and score with the analytic oracle (caption adherence,
-direction, drift on long rollouts, minute-long streams clip by clip)."""
+direction, drift on long rollouts, minute-long streams clip by clip). A source without an oracle (recorded
+Atari episodes) is scored by pixels against its held-out windows instead (:func:`pixel_metrics`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from causal_rcm.data.shapes import DIRECTIONS
-from causal_rcm.data.source import ShapesSource
+from causal_rcm.data.source import ShapesSource, VideoSource
 from causal_rcm.data.video import grid, to_uint8, write_gif
 from causal_rcm.devices import resolve_device
 from causal_rcm.diffusion.samplers import SamplerSpec, check_window, sample
@@ -57,7 +58,7 @@ class NetworkCalls:
 
 @torch.no_grad()
 def sample_videos(
-    model, source: ShapesSource, captions: list[str], spec: SamplerSpec, *, num_frames: int | None = None,
+    model, source: VideoSource, captions: list[str], spec: SamplerSpec, *, num_frames: int | None = None,
     seed: int = 0, actions: torch.Tensor | None = None, batch_size: int = BATCH,
 ) -> torch.Tensor:
     """Generate one video per caption -> pixels (B, 3, F, H, W) in [-1, 1] (float32, CPU)."""
@@ -90,15 +91,18 @@ class Evaluation:
 
 
 def evaluate(
-    model, source: ShapesSource, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
+    model, source: VideoSource, spec: SamplerSpec, *, n: int = 16, seed: int = 0, drift_factor: int = 0,
     stream_seconds: float = 0.0, progress: str | None = None,
 ) -> Evaluation:
     """Sample ``n`` held-out prompts (and, causal with ``drift_factor = k``, rollouts k times as long) and score them.
 
     ``progress`` names a progress bar over the network calls. Long rollouts add ``long_*`` metrics
     (see :func:`drift_metrics`); a causal model with ``stream_seconds`` also streams each prompt for
-    about that much video, scored clip by clip (``stream_*`` metrics, see :func:`stream_metrics`).
+    about that much video, scored clip by clip (``stream_*`` metrics, see :func:`stream_metrics`). Both need the
+    oracle: a source without one is scored by :func:`pixel_metrics` only.
     """
+    if source.oracle is None:
+        drift_factor, stream_seconds = 0, 0.0
     frames = source.data.num_frames
     ref = source.eval_set(n)
     long_frames = frames * drift_factor if drift_factor and spec.causal else 0
@@ -115,11 +119,25 @@ def evaluate(
             long_ref = source.eval_set(n, num_frames=long_frames)
             long_videos = sample_videos(model, source, long_ref["caption"], spec, num_frames=long_frames, seed=seed + 1)
         stream = stream_metrics(model, source, spec, ref["caption"], factor=streams, seed=seed + 2) if streams else {}
-    metrics = dict(source.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
+    if source.oracle is None:
+        metrics = pixel_metrics(videos, ref["video"])
+    else:
+        metrics = dict(source.oracle.evaluate(videos, ref["scene"], actions=ref.get("actions")).metrics)
     if long_videos is not None:
         metrics.update(drift_metrics(source, long_videos, long_ref["caption"]))
     metrics.update(stream)
     return Evaluation(metrics, videos, ref, long_videos, nfe_per_video=nfe / batches, seconds_per_video=seconds / n)
+
+
+def pixel_metrics(videos: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
+    """Mean squared error and PSNR (on [0, 1] pixels, averaged over videos) of samples (B, 3, F, H, W) in [-1, 1]
+    against the real windows whose actions they were sampled with.
+
+    The samples start from noise, not from the real window's first frames, so this measures how much of a game's
+    look (layout, colours, score digits) and of its action-driven motion a model has learned, not prediction; a
+    world model's prediction from context frames is scored against the emulator by a separate evaluation."""
+    mse = (videos.float() - real.float()).square().flatten(1).mean(dim=1) / 4  # (B,), pixels in [0, 1]
+    return {"pixel_mse": float(mse.mean()), "psnr": float((-10 * torch.log10(mse.clamp(min=1e-10))).mean())}
 
 
 def stream_factor(source: ShapesSource, seconds: float) -> int:
@@ -207,7 +225,7 @@ def direction_word_gap(model, source: ShapesSource, *, n: int = 32, seed: int = 
 
 
 def evaluate_model(
-    model, source: ShapesSource, spec: SamplerSpec, *, n: int = 16, seed: int = 0, out_dir: Path | None = None,
+    model, source: VideoSource, spec: SamplerSpec, *, n: int = 16, seed: int = 0, out_dir: Path | None = None,
     tag: str = "samples", drift_factor: int = 0, stream_seconds: float = 0.0,
 ) -> dict[str, float]:
     """Oracle metrics of ``model`` on ``n`` held-out prompts; optional long-rollout drift (causal only).
@@ -231,8 +249,11 @@ def evaluate_model(
 
 def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tuple[torch.nn.Module, ShapesSource, SamplerSpec]:
     """A checkpoint written by ``train`` -> (model in eval mode, its data source, its sampler from the pipeline spec)."""
-    model = load_model(path, dtype=torch.float32)  # shipped weights may be stored in half precision
     spec = PipelineSpec.read(path)
+    if spec.source != "shapes":
+        raise UserError(f"`causal-rcm eval` scores shapes-world checkpoints with the oracle; {path} was trained on "
+                        f"{spec.source} data ({spec.env.id if spec.env else 'no env recorded'})")
+    model = load_model(path, dtype=torch.float32)  # shipped weights may be stored in half precision
     dev = resolve_device(device)
     source = ShapesSource(spec.data_config(), spec.text.dim, device=dev)
     return model.to(dev).eval(), source, spec.sampler_spec(steps=steps)

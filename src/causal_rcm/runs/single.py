@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch.distributed
 
 from causal_rcm.config import Config
-from causal_rcm.data.source import ShapesSource
+from causal_rcm.data.shards import Manifest
+from causal_rcm.data.source import SOURCES, make_source
 from causal_rcm.distill import RECIPES
 from causal_rcm.errors import UserError
 from causal_rcm.models.adapters import load_checkpoint
 from causal_rcm.train.parallel import DistEnv, init_dist, shutdown
 from causal_rcm.train.trainer import Trainer
 
-__all__ = ["train_one"]
+__all__ = ["recorded_actions", "train_one"]
+
+
+def recorded_actions(config: Config) -> int:
+    """The number of actions of the environment that recorded ``data.shards`` (0 for a rendered world)."""
+    return Manifest.read(config.data.shards).env.num_actions if config.data.source == "atari" and config.data.shards else 0
 
 
 def train_one(config: Config, restart: bool = False, *, dist: DistEnv | None = None) -> dict:
@@ -24,18 +32,28 @@ def train_one(config: Config, restart: bool = False, *, dist: DistEnv | None = N
     """
     if config.recipe not in RECIPES:
         raise UserError(f"recipe {config.recipe!r} is not a single recipe; choose from {', '.join(RECIPES)}")
-    if config.data.source != "shapes":
-        raise UserError(f"data.source={config.data.source!r} is not available yet; use 'shapes'")
+    if config.data.source not in SOURCES:
+        raise UserError(f"data.source={config.data.source!r} is not a data source; choose from {', '.join(SOURCES)}")
     cls = RECIPES[config.recipe].recipe
     if config.train.init:
         config.model = load_checkpoint(config.train.init)[0]  # the student takes the checkpoint's architecture
+    num_actions = recorded_actions(config)
+    if num_actions and not config.model.num_actions and not config.train.init:  # a new world model: the env's actions
+        config.model = dataclasses.replace(config.model, num_actions=num_actions)
     cls.prepare(config)
+    if num_actions and config.model.num_actions != num_actions:
+        raise UserError(
+            f"the model takes {config.model.num_actions} actions but {config.data.shards} records {num_actions}: "
+            "train on shards of the game its teacher or train.init was trained on"
+        )
     owns_dist = dist is None
     dist = dist or init_dist(config.train.device)
     source = None
     try:
         local_batch = config.train.batch_size // dist.size
-        source = ShapesSource(config.data, config.model.text_dim, rank=dist.rank, world_size=dist.size, local_batch=local_batch, device=dist.device)
+        source = make_source(config.data, config.model.text_dim, rank=dist.rank, world_size=dist.size, local_batch=local_batch, device=dist.device)
+        if config.train.eval_videos:
+            source.eval_set(1)  # a source without evaluation data fails now, not after training
         return Trainer(config, cls(config, source), source, dist=dist).fit(restart=restart)
     finally:
         if source is not None:

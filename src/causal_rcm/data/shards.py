@@ -1,0 +1,258 @@
+"""Recorded episodes in webdataset tar shards, and the manifest that says which shards are whole.
+
+A collection folder (written by ``causal-rcm collect``, :mod:`causal_rcm.data.atari`) holds tar shards of
+whole episodes and ``manifest.json``. Each sample of a shard is one episode, under the key ``ep%06d``:
+
+* ``frames.npy``: uint8 ``[T, S, S, 3]``, the observations resized to ``S x S`` RGB;
+* ``actions.npy``: int64 ``[T]``; ``actions[t]`` is the action that led from frame ``t - 1`` to frame ``t``
+  (the shapes world's convention, so a model sees each frame with the key pressed for it); ``actions[0]``
+  is 0 (NOOP), the reset frame having no cause;
+* ``rewards.npy``: float32 ``[T]``, the reward of that same step (``rewards[0] = 0``);
+* ``meta.json``: ``episode`` (its index in the collection), steps, return, and whether it ended by game over
+  or a cap.
+
+The manifest is the only record of which shards are whole: it is rewritten (atomically) after each shard,
+so a shard on disk that it does not list was left by a killed run, and is rewritten, never read. Readers
+check each shard's size and SHA-256 against it before use. Frames are stored uncompressed so that a reader
+maps them straight from the tar (``numpy.memmap``) and reads a window without loading an episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from causal_rcm.errors import UserError
+from causal_rcm.models.adapters import write_whole
+
+try:
+    import webdataset
+except ImportError:  # the optional `atari` extra: only writing shards needs it
+    webdataset = None
+
+__all__ = ["MANIFEST", "EnvInfo", "Episode", "Manifest", "ShardEntry", "ShardReader", "sha256", "write_shard"]
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """The environment that made a collection, as a checkpoint trained on it records it.
+
+    ``fps`` is the agent's rate (one recorded frame per action): the emulator's ``emulator_fps`` divided by
+    ``frameskip``. ``repeat_action_probability`` is the emulator's own sticky actions (ALE v5: 0.25): with that
+    probability a step repeats the previous action instead of the recorded one."""
+
+    id: str
+    num_actions: int
+    action_meanings: tuple[str, ...]
+    frameskip: int
+    repeat_action_probability: float
+    emulator_fps: float
+    fps: float
+    ale_py: str = ""
+    gymnasium: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> EnvInfo:
+        """Parse the JSON object of a manifest or a checkpoint; UserError naming ``where`` when it does not fit."""
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: the env section must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            info = cls(**{k: v for k, v in data.items() if k in names})
+            info = dataclasses.replace(info, action_meanings=tuple(str(m) for m in info.action_meanings))
+        except TypeError as exc:
+            raise UserError(f"{where}: unreadable env section ({exc})") from None
+        if info.num_actions < 1 or len(info.action_meanings) != info.num_actions or info.fps <= 0 or info.frameskip < 1:
+            raise UserError(f"{where}: the env section is inconsistent (actions, meanings, fps or frameskip)")
+        return info
+
+
+@dataclass
+class Episode:
+    """One recorded episode: ``frames`` uint8 ``[T, S, S, 3]``, ``actions`` int64 ``[T]``, ``rewards`` float32 ``[T]``."""
+
+    frames: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One whole shard in the manifest: ``episodes`` (their indices in the collection), the seed the emulator was
+    reset with before the first of them, their frames, the file's size and SHA-256."""
+
+    file: str
+    split: str
+    episodes: tuple[int, ...]
+    emulator_seed: int
+    frames: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` of a collection folder: the environment, how it was collected, and its whole shards."""
+
+    env: EnvInfo
+    frame_size: int
+    collection: dict[str, Any]  # the arguments of `collect` (a rerun with other ones is refused)
+    shards: list[ShardEntry] = field(default_factory=list)
+    format: int = FORMAT
+
+    def split(self, name: str) -> list[ShardEntry]:
+        return [s for s in self.shards if s.split == name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, folder: Path) -> None:
+        """Replace ``folder/manifest.json`` whole (temp file, fsync, rename)."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        write_whole(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Manifest:
+        """The manifest of ``folder``; one-line UserError when it is missing or unreadable."""
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not folder.is_dir():
+            raise UserError(f"shard folder {folder} does not exist (write one with `causal-rcm collect --out {folder}`)")
+        if not path.is_file():
+            raise UserError(
+                f"{folder} has no {MANIFEST}: it is not a folder written by `causal-rcm collect`, "
+                "or its collection has not finished a shard yet"
+            )
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, this version reads {FORMAT}")
+            shards = [ShardEntry(**{**s, "episodes": tuple(s["episodes"])}) for s in data["shards"]]
+            manifest = cls(EnvInfo.from_dict(data["env"], str(path)), int(data["frame_size"]), dict(data["collection"]), shards)
+        except UserError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path} is not a readable manifest ({exc}); collect again into a new folder") from None
+        bad = [s.file for s in shards if s.split not in SPLITS]
+        if bad:
+            raise UserError(f"{path}: shard {bad[0]} has a split other than {' or '.join(SPLITS)}")
+        return manifest
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_shard(path: Path, episodes: list[tuple[int, Episode]], split: str, emulator_seed: int) -> ShardEntry:
+    """Write ``(index, episode)`` pairs as one webdataset tar at ``path``, whole or not at all; its manifest entry.
+
+    Members carry a fixed mtime, so the same episodes give the same bytes (a resumed collection equals an
+    uninterrupted one)."""
+    if webdataset is None:
+        raise UserError("writing shards needs webdataset: pip install 'causal-rcm[atari]'")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            sink = webdataset.TarWriter(f, encoder=False, mtime=0.0)
+            for index, ep in episodes:
+                sink.write({
+                    "__key__": f"ep{index:06d}", "frames.npy": _npy(ep.frames), "actions.npy": _npy(ep.actions.astype(np.int64)),
+                    "rewards.npy": _npy(ep.rewards.astype(np.float32)), "meta.json": json.dumps(ep.meta, sort_keys=True).encode(),
+                })
+            sink.close()
+
+    write_whole(path, write)
+    return ShardEntry(
+        file=path.name, split=split, episodes=tuple(i for i, _ in episodes), emulator_seed=emulator_seed,
+        frames=sum(len(ep.frames) for _, ep in episodes), bytes=path.stat().st_size, sha256=sha256(path),
+    )
+
+
+class ShardReader:
+    """The episodes of one whole shard, checked against its manifest entry; frames mapped from the file, not loaded.
+
+    ``episodes[i]`` is an :class:`Episode` whose ``frames`` is a read-only ``numpy.memmap`` view; a window
+    ``frames[s : s + F]`` reads only its own bytes.
+    """
+
+    def __init__(self, folder: Path, entry: ShardEntry, manifest: Manifest) -> None:
+        path = folder / entry.file
+        self.path = path
+        if not path.is_file():
+            raise UserError(f"shard {path} is listed in the manifest but missing: run the same `causal-rcm collect` again")
+        if path.stat().st_size != entry.bytes or sha256(path) != entry.sha256:
+            raise UserError(f"shard {path} is truncated or changed since it was written (size or SHA-256 differ from "
+                            f"the manifest): run the same `causal-rcm collect` again to rewrite it")
+        self._map = np.memmap(path, dtype=np.uint8, mode="r") if entry.bytes else np.zeros(0, np.uint8)
+        self.episodes = self._read(manifest)
+        if [ep.meta.get("episode") for ep in self.episodes] != list(entry.episodes):
+            raise UserError(f"shard {path} does not hold the episodes its manifest entry lists")
+
+    def _read(self, manifest: Manifest) -> list[Episode]:
+        members: dict[str, dict[str, tarfile.TarInfo]] = {}
+        try:
+            with tarfile.open(self.path, "r:") as tar:
+                for info in tar:
+                    key, _, ext = info.name.partition(".")
+                    members.setdefault(key, {})[ext] = info
+            episodes = [self._episode(key, parts, manifest) for key, parts in members.items()]
+        except (tarfile.TarError, ValueError, KeyError, EOFError) as exc:
+            raise UserError(f"shard {self.path} is not a readable episode shard ({exc})") from None
+        if not episodes:
+            raise UserError(f"shard {self.path} holds no episodes")
+        return episodes
+
+    def _episode(self, key: str, parts: dict[str, tarfile.TarInfo], manifest: Manifest) -> Episode:
+        frames = self._array(parts["frames.npy"])
+        actions = np.array(self._array(parts["actions.npy"]))
+        rewards = np.array(self._array(parts["rewards.npy"]))
+        meta = json.loads(self._bytes(parts["meta.json"]).tobytes())
+        S = manifest.frame_size
+        if frames.dtype != np.uint8 or frames.shape[1:] != (S, S, 3) or actions.shape != frames.shape[:1] or rewards.shape != actions.shape:
+            raise ValueError(f"{key}: frames {frames.dtype} {list(frames.shape)}, {len(actions)} actions, {len(rewards)} rewards")
+        if len(actions) and not 0 <= actions.min() <= actions.max() < manifest.env.num_actions:
+            raise ValueError(f"{key}: actions outside 0..{manifest.env.num_actions - 1}")
+        return Episode(frames, actions, rewards, meta)
+
+    def _bytes(self, info: tarfile.TarInfo) -> np.ndarray:
+        if info.offset_data + info.size > len(self._map):
+            raise ValueError(f"{info.name} runs past the end of the file")
+        return self._map[info.offset_data : info.offset_data + info.size]
+
+    def _array(self, info: tarfile.TarInfo) -> np.ndarray:
+        """The ``.npy`` member ``info`` as a view of the mapped file (no copy)."""
+        raw = self._bytes(info)
+        header = io.BytesIO(raw[:1024].tobytes())
+        version = np.lib.format.read_magic(header)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(header)
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{info.name}: not a plain C-ordered array")
+        body = raw[header.tell() :]
+        count = int(np.prod(shape)) * dtype.itemsize
+        if len(body) != count:
+            raise ValueError(f"{info.name}: {len(body)} bytes for an array of {count}")
+        return body.view(dtype).reshape(shape)
