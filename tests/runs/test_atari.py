@@ -44,7 +44,7 @@ def test_a_teacher_trains_on_episodes_and_its_checkpoint_records_the_env(atari_t
 
 
 def test_sf_dmd_distils_the_world_model_from_it(atari_teacher, breakout_shards, tmp_path):
-    config = _config("sf-dmd", breakout_shards, tmp_path, f"train.teacher={atari_teacher[0]}", "objective.critic_steps=1")
+    config = _config("sf-dmd", breakout_shards, tmp_path, f"train.teacher={atari_teacher[0]}", "dmd.critic_steps=1")
     assert train(config, restart=True)["steps"] == 2
     spec = PipelineSpec.read(tmp_path / "model")
     assert spec.causal and spec.recipe == "sf-dmd" and spec.env == PipelineSpec.read(atari_teacher[0]).env
