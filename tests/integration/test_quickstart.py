@@ -8,7 +8,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -36,10 +35,9 @@ def run_main(*args: str) -> int:
 def fast_run(tmp_path_factory):
     """One fast from-scratch run (the teachers trained here): its folder and the CompletedProcess."""
     out = tmp_path_factory.mktemp("quickstart") / "run"
-    started = time.perf_counter()
     result = cli("quickstart", "--fast", "--from-scratch", "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result, time.perf_counter() - started
+    return out, result
 
 
 def _report(out: Path) -> dict:
@@ -50,9 +48,10 @@ def _stages(report: dict) -> dict[str, dict]:
     return {r["name"]: r for r in report["stages"]}
 
 
-def test_fast_run_is_quick_and_says_what_it_does(fast_run):
-    out, result, seconds = fast_run
-    assert seconds < 90
+def test_fast_run_is_small_and_says_what_it_does(fast_run):
+    """Fast mode is a few steps a stage (its wall time is the machine's business, not a test's: no timed asserts)."""
+    out, result = fast_run
+    assert max(_report(out)["budget"]["steps"].values()) <= 10
     assert "--from-scratch: training the teachers here on cpu" in result.stdout
     assert "fast mode" in result.stdout and "report:" in result.stdout
     for name in ("ground-truth", "untrained", "teacher", "causal-teacher", "causal-teacher-here", "tf-scm", "sf-dmd"):
@@ -60,7 +59,7 @@ def test_fast_run_is_quick_and_says_what_it_does(fast_run):
 
 
 def test_every_promised_file_exists(fast_run):
-    out, _, _ = fast_run
+    out, _ = fast_run
     report = _report(out)
     expected = {"report_md", "report_json", "loss_png", "oracle_png", "compare_gif", "compare_mp4", "long_gif", "long_mp4"}
     assert expected <= set(report["files"])
@@ -79,7 +78,7 @@ def test_every_promised_file_exists(fast_run):
 
 
 def test_report_has_every_stage_with_metrics_in_range(fast_run):
-    out, _, _ = fast_run
+    out, _ = fast_run
     report = _report(out)
     assert report["mode"]["test_mode"] is True
     assert "test mode" in (out / "report.md").read_text()
@@ -116,7 +115,7 @@ def test_report_has_every_stage_with_metrics_in_range(fast_run):
 
 
 def test_a_rerun_skips_finished_stages_and_a_lost_stage_is_redone(fast_run):
-    out, _, _ = fast_run
+    out, _ = fast_run
     again = cli("quickstart", "--fast", "--from-scratch", "--device", "cpu", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done in an earlier run, skipped") == 7
@@ -133,7 +132,7 @@ def test_a_rerun_skips_finished_stages_and_a_lost_stage_is_redone(fast_run):
 
 
 def test_given_teachers_are_used_and_a_short_causal_run_is_trained_here(fast_run, tmp_path):
-    teachers, _, _ = fast_run
+    teachers, _ = fast_run
     out = tmp_path / "given"
     result = cli("quickstart", "--fast", "--teachers", str(teachers), "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -176,7 +175,7 @@ def test_given_teachers_in_another_world_train_the_stages_here_in_it(tmp_path):
 
 
 def test_other_options_in_the_same_folder_are_refused(fast_run, capsys):
-    out, _, _ = fast_run
+    out, _ = fast_run
     assert run_main("quickstart", "--fast", "--from-scratch", "--device", "cpu", "--minutes", "1", "--out", str(out)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a quickstart run with other options (minutes differ)" in err[0]
