@@ -12,7 +12,8 @@
 #   bash scripts/device_session.sh students+cm     # the students, with cm-convergence and the kernel tests beside them
 #   bash scripts/device_session.sh teachers+cm     # the teachers, with cm-convergence (from the shipped ones) beside them
 #   bash scripts/device_session.sh ablation        # experiment init-ablation from the shipped teachers
-#   bash scripts/device_session.sh atari-teachers  # the Breakout teachers (scripts/train_atari.sh) from carried shards,
+#   bash scripts/device_session.sh atari           # the whole Breakout chain (scripts/train_atari.sh) from carried shards,
+#   bash scripts/device_session.sh atari-teachers  # or its teachers alone,
 #   bash scripts/device_session.sh atari-students  # then its students from those teachers (carried back as tars)
 #       (carry .data/: breakout.tgz, the shards of `causal-rcm collect` packed by `tar czf .data/breakout.tgz -C DIR .`,
 #       and for the students teacher.tar and causal-teacher.tar as the teachers' call returned them)
@@ -20,7 +21,7 @@
 # stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
-stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|teachers+cm|ablation|atari-teachers|atari-students}
+stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|teachers+cm|ablation|atari|atari-teachers|atari-students}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -119,11 +120,13 @@ case "$stage" in
         wait "$cm" || true
         tail -15 "$out/cm_convergence.txt" || true
         exit "$status" ;;
-    atari-teachers|atari-students)
+    atari|atari-teachers|atari-students)
         shards=/tmp/shards/breakout
         mkdir -p "$shards" "$runs"
         tar -C "$shards" -xzf .data/breakout.tgz
-        if [ "$stage" = atari-teachers ]; then
+        if [ "$stage" = atari ]; then
+            train scripts/train_atari.sh atari.txt teacher causal-teacher tf-scm sf-dmd -- "$shards" breakout
+        elif [ "$stage" = atari-teachers ]; then
             STAGES="teacher causal-teacher" train scripts/train_atari.sh atari_teachers.txt teacher causal-teacher -- "$shards" breakout
         else
             for name in teacher causal-teacher; do tar -C "$runs" -xf ".data/$name.tar"; done
