@@ -2,14 +2,77 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
+from causal_rcm.errors import TrainingStopped, UserError, shorten
+from causal_rcm.limits import (
+    MAX_DRIFT, MAX_EVAL_VIDEOS, MAX_SEED, MAX_STEPS, MAX_STREAM_SECONDS, MAX_VIDEO_BYTES, check_video_bytes,
+)
 from causal_rcm.version import __version__
-from causal_rcm.errors import TrainingStopped, UserError
+
+MAX_MESSAGE_CHARS = 600  # an error line longer than this is cut in its middle (it quotes a long input)
+
+
+class Number(click.FloatRange):
+    """A float within a range, and finite: click's FloatRange lets nan through (no comparison with it is true)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+class Numbers(click.ParamType):
+    """Comma-separated finite numbers, at most ``most`` of them: ``"0.75,0.5"`` -> ``[0.75, 0.5]``."""
+
+    name = "numbers"
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[float]:
+        if isinstance(value, list):
+            return value
+        parts = [p for p in str(value).split(",") if p.strip()]
+        if len(parts) > self.most:
+            self.fail(f"{len(parts)} numbers given; at most {self.most}", param, ctx)
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            self.fail(f"{value!r} is not comma-separated numbers", param, ctx)
+        if not all(map(math.isfinite, numbers)):
+            self.fail(f"{value!r} holds a number that is not finite", param, ctx)
+        return numbers
+
+
+SEED = click.IntRange(0, MAX_SEED)
+STEPS = click.IntRange(1, MAX_STEPS)
+POSITIVE = click.IntRange(min=1)
+
+
+def device_option(default: str) -> Callable:
+    """``--device``, checked to name a device this machine has when the command is parsed."""
+    return click.option("--device", default=default, show_default=True, callback=_check_device,
+                        help="auto, cpu, cuda or cuda:N (one this machine has).")
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from causal_rcm.devices import resolve_device
+
+    try:
+        resolve_device(value)
+    except UserError as exc:
+        raise UserError(f"--device: {exc}") from None
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -24,8 +87,8 @@ def cli() -> None:
 @click.option("--from-scratch", is_flag=True, help="Train the teachers here instead of using the shipped ones.")
 @click.option("--teachers", type=click.Path(path_type=Path), default=None,
               help="Folder with teacher/ and causal-teacher/ runs to use (default: the shipped checkpoints/shapes).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--minutes", type=float, default=None,
+@device_option("auto")
+@click.option("--minutes", type=Number(0, 7 * 24 * 60, min_open=True), default=None,
               help="Training time of this run, shared by the stages that train (default on a CPU: 3.75 min when "
                    "the teachers are trained here, 2 min beside shipped ones).")
 @click.option("--fast", is_flag=True, help="Test mode: seconds of training, 4 videos, 4 sampler steps; numbers measure nothing.")
@@ -141,21 +204,28 @@ def train(recipe: str, overrides: tuple[str, ...], config_file: Path | None, res
     _check_writable(config.out_dir())
     summary = run(config, restart=restart)
     if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s -> {config.out_dir() / 'model'}")
+        model = config.out_dir() / "model"
+        if summary["steps"]:
+            click.echo(f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s -> {model}")
+        else:  # train.steps=0 exports the model it starts from, e.g. the quickstart's untrained baseline
+            start = f"train.init's weights ({config.train.init})" if config.train.init else "a randomly initialised model"
+            click.echo(f"not trained (train.steps=0): exported {start} -> {model}")
         _print_metrics(summary.get("eval", {}))
 
 
 @cli.command("eval")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A checkpoint folder written by `train`.")
-@click.option("--steps", type=int, default=None, help="Sampler steps (default: the checkpoint's).")
-@click.option("--videos", "-n", type=int, default=16, show_default=True, help="Held-out prompts to sample.")
-@click.option("--drift", type=int, default=0, help="Also roll out causal models this many times their training length.")
+@click.option("--steps", type=STEPS, default=None, help="Sampler steps (default: the checkpoint's).")
+@click.option("--videos", "-n", type=click.IntRange(1, MAX_EVAL_VIDEOS), default=16, show_default=True,
+              help="Held-out prompts to sample.")
+@click.option("--drift", type=click.IntRange(0, MAX_DRIFT), default=0,
+              help="Causal models: also roll out this many times their training length (0: no rollouts).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the metrics as JSON here.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--window", type=int, default=None,
+@device_option("auto")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--window", type=POSITIVE, default=None,
               help="Causal models: KV-cache window in latent frames, the chunk included (default: the checkpoint's).")
-@click.option("--stream-seconds", type=float, default=0.0,
+@click.option("--stream-seconds", type=Number(0, MAX_STREAM_SECONDS), default=0.0,
               help="Causal models: also stream each prompt for about this much video, scored clip by clip (stream_* metrics).")
 def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int,
           window: int | None, stream_seconds: float) -> None:
@@ -215,12 +285,14 @@ def experiment() -> None:
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path), help="Causal teacher checkpoint (`train causal-teacher`).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/cm-convergence"), show_default=True)
-@click.option("--steps", type=int, default=2000, show_default=True, help="Training steps of every method.")
-@click.option("--eval-every", type=int, default=200, show_default=True, help="Oracle evaluation (1/2/4-step) cadence.")
-@click.option("--videos", "-n", type=int, default=16, show_default=True, help="Prompts per evaluation.")
-@click.option("--threshold", type=float, default=None, help="Quality to reach (default: 0.9 x the teacher's caption adherence).")
+@click.option("--steps", type=POSITIVE, default=2000, show_default=True, help="Training steps of every method.")
+@click.option("--eval-every", type=POSITIVE, default=200, show_default=True, help="Oracle evaluation (1/2/4-step) cadence.")
+@click.option("--videos", "-n", type=click.IntRange(1, MAX_EVAL_VIDEOS), default=16, show_default=True,
+              help="Prompts per evaluation.")
+@click.option("--threshold", type=Number(0, 1, min_open=True), default=None,
+              help="Caption adherence to reach, in (0, 1] (default: 0.9 x the teacher's).")
 @click.option("--methods", default=",".join(("tf-dcm", "tf-scm", "tf-meanflow")), show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option("auto")
 @click.option("--restart", is_flag=True, help="Retrain every method from scratch.")
 def cm_convergence(overrides, teacher, out, steps, eval_every, videos, threshold, methods, device, restart) -> None:
     """TF-dCM vs TF-sCM vs TF-MeanFlow from the same teacher, same budget and seeds.
@@ -243,13 +315,15 @@ def cm_convergence(overrides, teacher, out, steps, eval_every, videos, threshold
 @click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path), help="Causal teacher (`train causal-teacher`).")
 @click.option("--dmd-teacher", required=True, type=click.Path(path_type=Path), help="Teacher SF-DMD matches (`train teacher`).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/init-ablation"), show_default=True)
-@click.option("--cm-steps", type=int, default=1000, show_default=True, help="Training steps of every initialisation.")
-@click.option("--dmd-steps", type=int, default=500, show_default=True, help="SF-DMD steps of every arm.")
-@click.option("--dmd-lr", type=float, default=None, help="Learning rate of the SF-DMD arms (default: the sf-dmd recipe's).")
-@click.option("--videos", "-n", type=int, default=16, show_default=True, help="Prompts per evaluation.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--cm-steps", type=POSITIVE, default=1000, show_default=True, help="Training steps of every initialisation.")
+@click.option("--dmd-steps", type=POSITIVE, default=500, show_default=True, help="SF-DMD steps of every arm.")
+@click.option("--dmd-lr", type=Number(0, 1, min_open=True), default=None,
+              help="Learning rate of the SF-DMD arms, in (0, 1] (default: the sf-dmd recipe's).")
+@click.option("--videos", "-n", type=click.IntRange(1, MAX_EVAL_VIDEOS), default=16, show_default=True,
+              help="Prompts per evaluation.")
+@device_option("auto")
 @click.option("--restart", is_flag=True, help="Retrain every run from scratch.")
-@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Runs trained at once, each in its own process (small models share a GPU well).")
 def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd_lr, videos, device, restart, jobs) -> None:
     """SF-DMD from TF-sCM, TF-MeanFlow, TF-dCM, ODE init, the causal teacher and no init; plus TF-sCM alone.
@@ -272,7 +346,7 @@ def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--to", "layout", type=click.Choice(["causal-rcm", "wan", "diffusers"]), required=True,
               help="Layout to write. 'wan' with OUT ending in .safetensors or .pth writes one file.")
-@click.option("--window", type=int, default=None,
+@click.option("--window", type=POSITIVE, default=None,
               help="Our layout, causal checkpoints: the latent frames its streams attend, the chunk included (default: IN's).")
 def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
     """Convert a checkpoint between layouts (ours, original Wan2.1, diffusers); IN's layout is detected.
@@ -292,7 +366,7 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
             raise UserError("--window sets the stream window of our layout's pipeline section; use --to causal-rcm")
         if spec is None or not spec.causal:
             raise UserError(f"--window needs a causal checkpoint of our layout with a pipeline section; {src} is not one")
-        check_window(window, spec.frames_per_chunk, "--window")
+        check_window(window, spec.frames_per_chunk, "--window", most=config.max_frames - spec.stream.sink_frames)
         spec = dataclasses.replace(spec, stream=dataclasses.replace(spec.stream, window_frames=window))
     _check_writable(dst)
     save_checkpoint(config, state, dst, layout, pipeline=spec.to_dict() if spec is not None and layout == "causal-rcm" else None)
@@ -311,22 +385,24 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
 @click.option("--prompt", "-p", required=True, help="Text prompt (the shapes world's vocabulary for toy checkpoints).")
 @click.option("--switch", "switches", nargs=2, multiple=True, metavar="TIME PROMPT",
               help="Causal checkpoints: switch to PROMPT at TIME ('4s', '2.5s' or '12f' frames); repeatable.")
-@click.option("--seconds", type=float, default=None, help="Video length (default: the checkpoint's training length).")
-@click.option("--steps", type=int, default=None, help="Sampler steps per chunk (default: the checkpoint's).")
-@click.option("--times", default=None, metavar="T1,T2,...",
+@click.option("--seconds", type=Number(0, min_open=True), default=None,
+              help="Video length (default: the checkpoint's training length).")
+@click.option("--steps", type=STEPS, default=None, help="Sampler steps per chunk (default: the checkpoint's).")
+@click.option("--times", type=Numbers(MAX_STEPS - 1), default=None, metavar="T1,T2,...",
               help="Causal few-step students: intermediate flow-matching times, e.g. 0.75 for 2 steps 1 -> 0.75 -> 0.")
 @click.option("--mode", type=click.Choice(["chunk", "frame"]), default="chunk", show_default=True,
               help="Causal checkpoints: denoise the checkpoint's frames_per_chunk at a time, or one frame.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--window", type=int, default=None,
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--window", type=POSITIVE, default=None,
               help="Causal checkpoints: latent frames the stream attends, the chunk included (default: the checkpoint's).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output video, .mp4 or .gif.")
-@click.option("--scale", type=int, default=1, show_default=True, help="Nearest-neighbour upscaling of the written video.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--scale", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Nearest-neighbour upscaling of the written video.")
+@device_option("cpu")
 @click.option("--compile", "compile_blocks", is_flag=True,
               help="torch.compile each block's tensor math (the first chunks compile; worth it for long videos on a GPU).")
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
-             steps: int | None, times: str | None, mode: str, seed: int, window: int | None, out: Path, scale: int,
+             steps: int | None, times: list[float] | None, mode: str, seed: int, window: int | None, out: Path, scale: int,
              device: str, compile_blocks: bool) -> None:
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
     import time
@@ -339,25 +415,20 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name ending with .mp4 or .gif")
     _check_writable(out)
-    if seconds is not None and seconds <= 0:
-        raise UserError(f"--seconds must be positive, got {seconds}")
-    if scale < 1:
-        raise UserError(f"--scale must be a positive integer, got {scale}")
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks)
+    if not pipe.config.causal and mode != "chunk":
+        raise UserError("--mode frame streams a causal checkpoint frame by frame; this one is bidirectional")
     if window is not None and pipe.config.causal:
         pipe.check_window(window, 1 if mode == "frame" else None, name="--window")
-    fps = pipe.config.fps
-    num_frames = None if seconds is None else max(1, round(seconds * fps))
-    schedule = [(_frame_at(when, fps), text) for when, text in switches]
+    fps, (H, W) = pipe.config.fps, pipe.frame_size
+    num_frames = pipe.video_frames if seconds is None else max(1, round(seconds * fps))
+    frame_bytes = 3 * H * W * (2 + scale**2)  # held at once: the frame as made, in the stacked video, upscaled
+    check_video_bytes(num_frames * frame_bytes, f"{num_frames} frames of {W * scale}x{H * scale} px",
+                      f"at most {MAX_VIDEO_BYTES // frame_bytes / fps:g} s (--seconds) fit at --scale {scale}")
+    schedule = [(_frame_at(when, fps, num_frames), text) for when, text in switches]
     started = time.perf_counter()
-    grid = None
-    if times is not None:
-        try:
-            grid = [float(x) for x in times.split(",") if x.strip()]
-        except ValueError:
-            raise UserError(f"--times must be comma-separated numbers, got {times!r}") from None
-    frames = pipe.generate(prompt, num_frames=num_frames, steps=steps, mode=mode, seed=seed, switches=schedule, times=grid,
-                           window_frames=window)
+    frames = pipe.generate(prompt, num_frames=None if seconds is None else num_frames, steps=steps, mode=mode, seed=seed,
+                           switches=schedule, times=times, window_frames=window)
     elapsed = time.perf_counter() - started
     try:
         (write_gif if out.suffix.lower() == ".gif" else write_mp4)(out, frames, fps=fps, scale=scale)
@@ -368,39 +439,42 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
                f"generated in {elapsed:.1f} s ({F / elapsed:.1f} frames/s)")
 
 
-def _frame_at(when: str, fps: float) -> int:
-    """'4s' / '2.5s' / '4' (seconds) or '12f' (frames) -> a frame index."""
+def _frame_at(when: str, fps: float, num_frames: int) -> int:
+    """'4s' / '2.5s' / '4' (seconds) or '12f' (frames) -> a frame index within a video of ``num_frames``."""
     text = when.strip().lower()
     try:
         value = float(text[:-1] if text[-1:] in ("s", "f") else text)
     except ValueError:
-        raise UserError(f"--switch time {when!r} is not like '4s' (seconds) or '12f' (frames)") from None
-    if value < 0 or (text.endswith("f") and not value.is_integer()):
-        raise UserError(f"--switch time {when!r} must be a non-negative time or a whole frame count")
-    return int(value) if text.endswith("f") else round(value * fps)
+        raise UserError(f"--switch time {shorten(when)} is not like '4s' (seconds) or '12f' (frames)") from None
+    if not math.isfinite(value) or value < 0 or (text.endswith("f") and not value.is_integer()):
+        raise UserError(f"--switch time {shorten(when)} must be a non-negative time or a whole frame count")
+    frame = value if text.endswith("f") else value * fps
+    if frame >= num_frames:
+        raise UserError(f"--switch time {shorten(when)} is at or past the end of the video ({num_frames} frames, "
+                        f"{num_frames / fps:g} s): it would never switch")
+    return round(frame)
 
 
 @cli.command()
 @click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A causal checkpoint folder.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; other than localhost exposes the server.")
-@click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
-@click.option("--max-streams", type=int, default=2, show_default=True, help="Streams run at once; more get a 'busy' reply.")
-@click.option("--max-steps", type=int, default=4, show_default=True, help="Largest number of steps a client may ask for.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: any free port).")
+@click.option("--max-streams", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Streams run at once; more get a 'busy' reply.")
+@click.option("--max-steps", type=STEPS, default=4, show_default=True, help="Largest number of steps a client may ask for.")
 @click.option("--realtime/--no-realtime", default=True, show_default=True, help="Send frames no faster than the checkpoint's fps.")
-@click.option("--window", type=int, default=None,
+@click.option("--window", type=POSITIVE, default=None,
               help="Latent frames each stream attends, the chunk included (default: the checkpoint's).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="A host name or address clients use to reach the server (besides localhost and --host); "
                    "requests naming others are refused. Repeatable.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu")
 def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, window: int | None,
           allowed_hosts: tuple[str, ...], device: str) -> None:
     """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
     from causal_rcm.pipeline import StreamingPipeline
     from causal_rcm.serve import run
 
-    if not 0 <= port <= 65535:
-        raise UserError(f"--port must be in 0..65535, got {port}")
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
@@ -424,7 +498,7 @@ def _check_writable(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors, click's usage errors among them, become one line on stderr and exit code 2."""
     code = _run(argv)
     if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _leave_process_group_worker(code)
@@ -439,17 +513,28 @@ def _run(argv: list[str] | None) -> int:
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if isinstance(exc, click.UsageError) and ctx is not None else ""
+        _say(f"error: {exc.format_message()}{hint}")
         return exc.exit_code
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _say(f"error: {exc}")
         return 2
     except TrainingStopped as exc:
-        click.echo(f"training stopped: {exc}", err=True)
+        _say(f"training stopped: {exc}")
         return 3
     except click.exceptions.Exit as exc:
         return exc.exit_code
     return 0
+
+
+def _say(message: str) -> None:
+    """``message`` as one line on stderr, cut in its middle if it quotes a long input at length."""
+    line = " ".join(message.splitlines())
+    if len(line) > MAX_MESSAGE_CHARS:
+        head, tail = MAX_MESSAGE_CHARS * 2 // 3, MAX_MESSAGE_CHARS // 4
+        line = f"{line[:head]} [... {len(line) - head - tail} characters ...] {line[-tail:]}"
+    click.echo(line, err=True)
 
 
 def _leave_process_group_worker(code: int) -> None:

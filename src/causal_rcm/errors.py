@@ -11,3 +11,11 @@ class CheckpointError(UserError):
 
 class TrainingStopped(Exception):
     """A run stopped on purpose (e.g. repeated non-finite losses); its last checkpoint is intact."""
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``repr(text)``, cut to its first ``limit`` characters with the length said when longer: how an error
+    quotes what a user typed, so that a 100 KB prompt is not echoed back whole."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -342,10 +342,11 @@ class StreamingPipeline:
         if window_frames is not None and (isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1):
             raise UserError(f"{name} must be a positive integer, got {window_frames!r}")
         fc = self.config.frames_per_chunk if frames_per_chunk is None else frames_per_chunk
+        most = self.model.config.max_frames - self.config.stream.sink_frames
         if window_frames is not None:
-            check_window(window_frames, fc, name)
+            check_window(window_frames, fc, name, most=most)
         elif self.config.stream.window_frames is not None:
-            check_window(self.config.stream.window_frames, fc, "the checkpoint's window")
+            check_window(self.config.stream.window_frames, fc, "the checkpoint's window", most=most)
 
     def stream(
         self,

@@ -163,6 +163,6 @@ def test_eval_scores_a_causal_checkpoint_with_drift_from_the_cli(teachers, tmp_p
     assert metrics["stream_seconds"] == 3.0 and 0 <= metrics["stream_caption_adherence"] <= 1  # 6 clips of 4 frames at 8 fps
     assert "caption_adherence" in result.stdout
     for checkpoint, seconds, message in ((teachers["teacher"], "3", "needs a causal checkpoint"),
-                                         (teachers["causal-teacher"], "-1", "must be >= 0")):
+                                         (teachers["causal-teacher"], "-1", "'--stream-seconds': -1.0 is not in the range")):
         result = _cli("eval", "-c", str(checkpoint), "-n", "1", "--stream-seconds", seconds)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ import causal_rcm
 PACKAGE = Path(causal_rcm.__file__).resolve().parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "devices", "version", "kernels"),  # 0: leaf code
+    ("errors", "devices", "limits", "version", "kernels"),  # 0: leaf code
     ("diffusion",),  # 1: math without parameters
     ("models", "data"),  # 2: the network, its checkpoints; codecs, text encoders, data sources
     ("config", "spec", "pipeline"),  # 3: run configs, the checkpoint's pipeline spec, streaming

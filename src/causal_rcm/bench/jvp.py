@@ -103,9 +103,11 @@ def run_jvp_bench(size: str = "wan2.1-1.3b", height: int = 480, width: int = 832
 @click.command("jvp")
 @click.option("--size", type=click.Choice(["tiny", "wan2.1-1.3b", "wan2.1-14b"]), default="wan2.1-1.3b",
               show_default=True)
-@click.option("--height", default=480, show_default=True, help="video height in pixels (latent = /8)")
-@click.option("--width", default=832, show_default=True, help="video width in pixels (latent = /8)")
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--height", type=click.IntRange(min=1), default=480, show_default=True,
+              help="video height in pixels (latent = /8)")
+@click.option("--width", type=click.IntRange(min=1), default=832, show_default=True,
+              help="video width in pixels (latent = /8)")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("benchmarks/results"),
               show_default=True, help="folder for the JSON result")
 def jvp_command(size: str, height: int, width: int, repeats: int, out_dir: Path) -> None:

@@ -138,11 +138,14 @@ def _measure(fn, repeats: int, cuda: bool) -> tuple[float, float | None]:
 
 @click.command("scm-step")
 @click.option("--size", type=click.Choice(["tiny", "wan2.1-1.3b", "wan2.1-14b"]), default="wan2.1-1.3b", show_default=True)
-@click.option("--height", default=480, show_default=True, help="video height in pixels (latent = /8)")
-@click.option("--width", default=832, show_default=True, help="video width in pixels (latent = /8)")
-@click.option("--frames", default=FRAMES, show_default=True, help="latent frames per half of the TF sequence")
-@click.option("--frames-per-chunk", default=FRAMES_PER_CHUNK, show_default=True)
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--height", type=click.IntRange(min=1), default=480, show_default=True,
+              help="video height in pixels (latent = /8)")
+@click.option("--width", type=click.IntRange(min=1), default=832, show_default=True,
+              help="video width in pixels (latent = /8)")
+@click.option("--frames", type=click.IntRange(min=1), default=FRAMES, show_default=True,
+              help="latent frames per half of the TF sequence")
+@click.option("--frames-per-chunk", type=click.IntRange(min=1), default=FRAMES_PER_CHUNK, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--device", "device_name", default="cuda", show_default=True, help="cuda, or cpu for a toy-size check")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 def scm_step_command(size, height, width, frames, frames_per_chunk, repeats, device_name, out_dir) -> None:

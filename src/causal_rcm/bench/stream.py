@@ -314,9 +314,10 @@ def run_stream_bench(
 
 @click.command("stream")
 @click.option("--size", type=click.Choice(["tiny", "wan2.1-1.3b", "wan2.1-14b"]), default="wan2.1-1.3b", show_default=True)
-@click.option("--height", default=480, show_default=True)
-@click.option("--width", default=832, show_default=True)
-@click.option("--latent-frames", default=21, show_default=True, help="latent frames (21 = 81 pixel frames)")
+@click.option("--height", type=click.IntRange(min=1), default=480, show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=832, show_default=True)
+@click.option("--latent-frames", type=click.IntRange(min=1), default=21, show_default=True,
+              help="latent frames (21 = 81 pixel frames)")
 @click.option("--steps", default="1,2,4", show_default=True)
 @click.option("--modes", default="chunk,frame", show_default=True)
 @click.option("--device", "device_name", default="cuda", show_default=True, help="cuda, or cpu with --size tiny for a toy check")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from causal_rcm.data.shapes import DIRECTIONS, KINDS, PALETTE
-from causal_rcm.errors import UserError
+from causal_rcm.errors import UserError, shorten
 
 __all__ = ["VOCABULARY", "ToyTokenizer", "ToyTextEncoder"]
 
@@ -56,7 +56,7 @@ class ToyTokenizer:
             known = ", ".join(repr(w) for w in self.vocabulary if w not in (PAD, EOS))
             raise UserError(
                 "prompt contains words outside the shapes-world vocabulary: "
-                f"{', '.join(repr(w) for w in unknown)} (known: {known})"
+                f"{', '.join(shorten(w, 40) for w in unknown[:5])}{', ...' if len(unknown) > 5 else ''} (known: {known})"
             )
         return [self._ids[w] for w in words] + [self.eos_id]
 
@@ -67,7 +67,7 @@ class ToyTokenizer:
             tokens = self.encode(prompt)
             if len(tokens) > max_length:
                 raise UserError(
-                    f"prompt {prompt!r} has {len(tokens)} tokens (with </s>), more than the text length "
+                    f"prompt {shorten(prompt)} has {len(tokens)} tokens (with </s>), more than the text length "
                     f"{max_length}: shorten it or raise text_len"
                 )
             ids[b, : len(tokens)] = torch.tensor(tokens)

@@ -372,13 +372,17 @@ class SamplerSpec:
         return (chunks * self.steps + chunks - 1) * branches
 
 
-def check_window(window: int, frames_per_chunk: int, name: str, *, zero: str | None = None) -> None:
-    """Refuse a KV-cache window (latent frames, the current chunk included) that cannot hold a chunk.
+def check_window(window: int, frames_per_chunk: int, name: str, *, zero: str | None = None, most: int | None = None) -> None:
+    """Refuse a KV-cache window (latent frames, the current chunk included) that cannot hold a chunk, or is longer
+    than ``most`` (a model's temporal RoPE positions, less its sink frames: the cache is allocated whole).
 
     ``zero`` names what 0 means where it is a default (e.g. "the training length"); without it 0 is refused too.
     The one check behind every window a user can set: config keys, CLI options and the streaming API."""
     if isinstance(window, bool) or not isinstance(window, int):
         raise UserError(f"{name} must be an integer number of latent frames, got {window!r}")
+    if most is not None and window > most:
+        raise UserError(f"{name} must be at most {most} latent frames (the model's max_frames RoPE positions, less "
+                        f"the sink frames), got {window}")
     if (zero is not None and window == 0) or window >= frames_per_chunk:
         return
     allowed = f"be 0 ({zero}) or hold" if zero is not None else "hold"

@@ -20,6 +20,7 @@ from causal_rcm.devices import resolve_device
 from causal_rcm.diffusion.samplers import SamplerSpec, check_window, sample
 from causal_rcm.errors import UserError
 from causal_rcm.eval.stream import score_clips
+from causal_rcm.limits import check_video_bytes
 from causal_rcm.models.adapters import load_model
 from causal_rcm.spec import PipelineSpec
 
@@ -263,21 +264,25 @@ def evaluate_checkpoint(
     path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
     out_dir: Path | None = None, window_frames: int | None = None, stream_seconds: float = 0.0,
 ) -> dict[str, float]:
-    """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it).
+    """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it); the
+    numbers' ranges are the CLI's (``causal-rcm eval``), what depends on the checkpoint is checked here.
 
     ``window_frames``: a causal model's KV-cache window in latent frames, the current chunk included (default: the
     checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts and the streams of
     ``stream_seconds`` (see :func:`stream_metrics`).
     """
-    if stream_seconds < 0:
-        raise UserError(f"--stream-seconds must be >= 0 (0: no streams), got {stream_seconds:g}")
     model, source, spec = load_for_eval(path, steps=steps, device=device)
+    if not spec.causal:
+        for option, value in (("--window", window_frames), ("--drift", drift_factor), ("--stream-seconds", stream_seconds)):
+            if value:
+                raise UserError(f"{option} needs a causal checkpoint; a bidirectional one samples its training length only")
     if window_frames is not None:
-        if not spec.causal:
-            raise UserError("--window needs a causal checkpoint; this one is bidirectional")
-        check_window(window_frames, spec.frames_per_chunk, "--window")
+        check_window(window_frames, spec.frames_per_chunk, "--window", most=model.config.max_frames - spec.sink_frames)
         spec = replace(spec, window_frames=window_frames)
-    if stream_seconds and not spec.causal:
-        raise UserError("--stream-seconds needs a causal checkpoint; a bidirectional one samples its training length")
+    frames, (H, W) = source.shapes.num_frames, (source.data.resolution,) * 2
+    streams = stream_factor(source, stream_seconds) if stream_seconds else 0
+    held = (n * (2 + 2 * drift_factor) + min(n, BATCH) * streams) * frames  # ground truth and samples, float32
+    check_video_bytes(held * 3 * H * W * 4, f"{n} videos with --drift {drift_factor} and --stream-seconds {stream_seconds:g}",
+                      "lower --videos, --drift or --stream-seconds")
     return evaluate_model(model, source, spec, n=n, seed=seed, out_dir=out_dir, drift_factor=drift_factor,
                           stream_seconds=stream_seconds)

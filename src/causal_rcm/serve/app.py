@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAda
 from starlette.datastructures import Headers
 
 from causal_rcm.errors import UserError
+from causal_rcm.limits import MAX_SEED
 from causal_rcm.pipeline import MODES, StreamFrame, StreamingPipeline
 
 __all__ = ["create_app", "FRAME_HEADER"]
@@ -60,7 +61,6 @@ __all__ = ["create_app", "FRAME_HEADER"]
 log = logging.getLogger(__name__)
 
 FRAME_HEADER = struct.Struct("<IHHff")  # index, width, height, chunk ms, seconds since start
-MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 300
 MAX_MESSAGE_BYTES = 4096
 MAX_DEPTH = 4  # [] / {} nesting; json.loads recurses once per level and would hit Python's recursion limit
