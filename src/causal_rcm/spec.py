@@ -11,7 +11,7 @@ export, the pipeline, evaluation, the CLI and the training recipes all go throug
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from causal_rcm.data.shards import EnvInfo
 from causal_rcm.data.source import SOURCES, VideoSource
 from causal_rcm.diffusion.samplers import SOLVERS, SamplerSpec
 from causal_rcm.errors import UserError
+from causal_rcm.limits import MAX_SEED, MAX_STEPS, field_problems, ranged
 from causal_rcm.models.adapters import detect_layout, read_pipeline_config
 
 __all__ = ["CodecSpec", "EnvInfo", "TextSpec", "SamplerDefaults", "StreamDefaults", "PipelineSpec"]
@@ -34,10 +35,10 @@ class CodecSpec:
     latents normalised as ``(pixel - shift) * scale``."""
 
     kind: str = "pixel"
-    factor: int = 1
-    frames: int = 1
-    shift: float = 0.0
-    scale: float = 1.0
+    factor: int = ranged(1, 1, 64)
+    frames: int = ranged(1, 1, 64)
+    shift: float = ranged(0.0, -1e6, 1e6)
+    scale: float = ranged(1.0, 0, 1e6, above=True)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class TextSpec:
     """The text encoder: ``toy`` = the shapes world's vocabulary, embedded by a table rebuilt from ``seed``."""
 
     kind: str = "toy"
-    dim: int = 64
-    text_len: int = 24
-    seed: int = 0
+    dim: int = ranged(64, 2, 65536)
+    text_len: int = ranged(24, 1, 65536)
+    seed: int = ranged(0, 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -55,33 +56,33 @@ class SamplerDefaults:
     """The sampler a checkpoint is used with unless told otherwise."""
 
     solver: str = "euler"
-    steps: int = 50
-    shift: float = 3.0
-    guidance: float = 3.0
+    steps: int = ranged(50, 1, MAX_STEPS)
+    shift: float = ranged(3.0, 0, 1000, above=True)
+    guidance: float = ranged(3.0, 0, 100)
 
 
 @dataclass(frozen=True)
 class StreamDefaults:
     """A causal model's KV cache in streams: ``sink_frames`` kept for ever, ``window_frames`` attended (None: all)."""
 
-    sink_frames: int = 0
-    window_frames: int | None = None
+    sink_frames: int = ranged(0, 0, 65536)
+    window_frames: int | None = ranged(None, 1, 65536)
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
     """The ``pipeline`` section of a checkpoint's config.json (see the module docstring)."""
 
-    resolution: int
-    num_frames: int  # latent frames of a training video
-    frames_per_chunk: int
+    resolution: int = ranged(MISSING, 1, 4096)  # MISSING: no default
+    num_frames: int = ranged(MISSING, 1, 65536)  # latent frames of a training video
+    frames_per_chunk: int = ranged(MISSING, 1, 65536)
     causal: bool
     codec: CodecSpec
     text: TextSpec
     sampler: SamplerDefaults = field(default_factory=SamplerDefaults)
     stream: StreamDefaults = field(default_factory=StreamDefaults)
-    fps: float = 8.0
-    num_actions: int = 0
+    fps: float = ranged(8.0, 0, 1000, above=True)
+    num_actions: int = ranged(0, 0, 65536)
     source: str = "shapes"  # the data source the model was trained on
     recipe: str = ""  # the recipe that made it
     env: EnvInfo | None = None  # the environment of recorded episodes (data.source=atari); fps is its agent rate
@@ -137,7 +138,7 @@ class PipelineSpec:
         return cls.from_dict(section, source=str(path)) if section else None
 
     def check(self, source: str = "checkpoint") -> None:
-        """UserError for kinds this version cannot run and for impossible numbers."""
+        """UserError for kinds this version cannot run, and for values of the wrong type or out of their ranges."""
         if self.codec.kind not in CODECS:
             raise UserError(f"{source}: codec kind {self.codec.kind!r} is not supported (only {', '.join(CODECS)})")
         if self.text.kind not in TEXT_ENCODERS:
@@ -146,10 +147,11 @@ class PipelineSpec:
             raise UserError(f"{source}: sampler solver {self.sampler.solver!r} is not one of {SOLVERS}")
         if self.source not in SOURCES:
             raise UserError(f"{source}: data source {self.source!r} is not supported (only {', '.join(SOURCES)})")
+        problems = field_problems(self, "pipeline.")
+        if problems:
+            raise UserError(f"{source}: " + "; ".join(problems))
         if self.env is not None and self.env.num_actions != self.num_actions:
             raise UserError(f"{source}: the pipeline config has {self.num_actions} actions but its env {self.env.id} {self.env.num_actions}")
-        if min(self.frames_per_chunk, self.num_frames, self.resolution, self.codec.factor, self.codec.frames) < 1 or self.fps <= 0:
-            raise UserError(f"{source}: resolution, num_frames, frames_per_chunk, codec factor and frames, and fps must be positive")
 
     # ------------------------------------------------------------ writing
     @classmethod

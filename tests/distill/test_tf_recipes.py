@@ -138,7 +138,7 @@ def test_non_finite_samples_are_dropped_and_counted(teachers, tmp_path, monkeypa
         (["train.teacher="], "tf-scm distils a causal teacher: set train.teacher=PATH"),
         (["@teacher"], "is a bidirectional model"),
         (["data.frames_per_chunk=1"], "the teacher was trained with 2 frames per chunk"),
-        (["train.eval_stream_seconds=-5"], "train.eval_stream_seconds must be >= 0"),
+        (["train.eval_stream_seconds=-5"], "train.eval_stream_seconds must be in [0, 3600], got -5.0"),
     ],
 )
 def test_config_errors_fail_at_start_with_one_line(extra, message, teachers, tmp_path):

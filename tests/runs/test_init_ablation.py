@@ -55,4 +55,4 @@ def test_init_ablation_rejects_a_bad_override_or_jobs_before_training(teachers, 
     assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
     assert not list((tmp_path / "ablation").glob("*/log.txt"))  # no run was started
     bad_jobs = subprocess.run([*base, "--jobs", "0"], capture_output=True, text=True)
-    assert bad_jobs.returncode != 0 and "--jobs must be >= 1" in bad_jobs.stderr
+    assert bad_jobs.returncode != 0 and "'--jobs' / '-j': 0 is not in the range 1<=x<=64" in bad_jobs.stderr

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from causal_rcm.errors import UserError
+from causal_rcm.limits import field_problems
 from causal_rcm.models.adapters import write_whole
 
 try:
@@ -74,6 +75,9 @@ class EnvInfo:
             info = dataclasses.replace(info, action_meanings=tuple(str(m) for m in info.action_meanings))
         except TypeError as exc:
             raise UserError(f"{where}: unreadable env section ({exc})") from None
+        problems = field_problems(info, "env.")
+        if problems:
+            raise UserError(f"{where}: " + "; ".join(problems))
         if info.num_actions < 1 or len(info.action_meanings) != info.num_actions or info.fps <= 0 or info.frameskip < 1:
             raise UserError(f"{where}: the env section is inconsistent (actions, meanings, fps or frameskip)")
         return info

@@ -51,8 +51,6 @@ class DenoisingRecipe(Recipe):
         self.source = source
         data = config.data
         check_window(data.stream_window, data.frames_per_chunk, "data.stream_window", zero="the training length")
-        if config.train.eval_stream_seconds < 0:
-            raise UserError(f"train.eval_stream_seconds must be >= 0 (0: off), got {config.train.eval_stream_seconds:g}")
 
     def build(self, device: torch.device) -> None:
         self.device = device

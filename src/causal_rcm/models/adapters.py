@@ -251,9 +251,12 @@ def _read_folder_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"unreadable config {path}: {exc}") from None
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"unreadable config {path}: {str(exc) or 'nested too deeply'}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"unreadable config {path}: a JSON object is needed, not a {type(data).__name__}")
+    return data
 
 
 def detect_layout(path: str | Path) -> str:
@@ -361,6 +364,8 @@ def _config_from_diffusers_json(data: dict) -> CausalWanConfig:
         )
     except KeyError as exc:
         raise CheckpointError(f"diffusers config lacks {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"bad diffusers config: {exc}") from None
 
 
 def _expected_shapes(config: CausalWanConfig) -> dict[str, tuple]:

@@ -34,6 +34,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from causal_rcm.kernels.dispatch import attention, available_backends
+from causal_rcm.limits import field_problems, ranged
 from causal_rcm.models.kv_cache import KVCache, LayerKVCache
 from causal_rcm.kernels.masks import BlockSparseMask
 from causal_rcm.models.rope import apply_rope, at_least_fp32, rope_freqs
@@ -45,39 +46,42 @@ __all__ = ["CausalWanConfig", "CausalWanModel", "PRESETS"]
 class CausalWanConfig:
     """Architecture of a (causal) Wan2.1 DiT. Defaults are Wan2.1-T2V-1.3B."""
 
-    in_dim: int = 16
-    out_dim: int = 16
-    dim: int = 1536
-    ffn_dim: int = 8960
-    freq_dim: int = 256
-    text_dim: int = 4096
-    text_len: int = 512
-    num_heads: int = 12
-    num_layers: int = 30
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    eps: float = 1e-6
+    # Each size's upper bound is well above Wan2.1-14B's, and below what no machine could hold.
+    in_dim: int = ranged(16, 1, 4096)
+    out_dim: int = ranged(16, 1, 4096)
+    dim: int = ranged(1536, 1, 65536)
+    ffn_dim: int = ranged(8960, 1, 262144)
+    freq_dim: int = ranged(256, 2, 65536)
+    text_dim: int = ranged(4096, 1, 65536)
+    text_len: int = ranged(512, 1, 65536)
+    num_heads: int = ranged(12, 1, 1024)
+    num_layers: int = ranged(30, 1, 1024)
+    patch_size: tuple[int, int, int] = ranged((1, 2, 2), 1, 64)
+    eps: float = ranged(1e-6, 0, 1, above=True)
     qk_norm: bool = True
     cross_attn_norm: bool = True
-    rope_theta: float = 10000.0
-    max_frames: int = 1024  # temporal RoPE positions available (Wan: 1024)
-    num_actions: int = 0  # discrete actions (embedding table); 0 = none
-    action_dim: int = 0  # continuous actions (MLP); 0 = none
+    rope_theta: float = ranged(10000.0, 1, 1e12)
+    max_frames: int = ranged(1024, 1, 65536)  # temporal RoPE positions available (Wan: 1024)
+    num_actions: int = ranged(0, 0, 65536)  # discrete actions (embedding table); 0 = none
+    action_dim: int = ranged(0, 0, 65536)  # continuous actions (MLP); 0 = none
     interval_embedding: bool = False  # MeanFlow's second time input t - r (zero-initialised)
 
     def __post_init__(self) -> None:
-        self.patch_size = tuple(self.patch_size)
-        problems = []
+        if isinstance(self.patch_size, list):  # as JSON holds it
+            self.patch_size = tuple(self.patch_size)
+        problems = field_problems(self)
+        if problems:  # the checks below need numbers of the right types
+            raise ValueError("invalid model config: " + "; ".join(problems))
         if self.dim % self.num_heads:
             problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         elif (self.dim // self.num_heads) % 2 or self.dim // self.num_heads < 6:
             problems.append(f"head dim {self.dim // self.num_heads} must be even and >= 6 for RoPE")
-        if len(self.patch_size) != 3 or self.patch_size[0] != 1:
+        if self.freq_dim % 2:
+            problems.append(f"freq_dim {self.freq_dim} must be even (cosines and sines)")
+        if self.patch_size[0] != 1:
             problems.append(f"patch_size must be (1, p, p) so that timesteps are per frame, got {self.patch_size}")
         if self.num_actions and self.action_dim:
             problems.append("set num_actions (discrete) or action_dim (continuous), not both")
-        for name in ("in_dim", "out_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "num_heads", "num_layers"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from causal_rcm.config import Config, apply_file, apply_overrides
+from causal_rcm.config import Config, apply_file, apply_overrides, validate
 from causal_rcm.distill import RECIPES
 from causal_rcm.errors import UserError
 from causal_rcm.runs.single import train_one
@@ -37,11 +37,14 @@ def recipe_config(name: str) -> Config:
 
 
 def load_config(recipe: str, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """The named recipe's defaults, updated by a JSON file (resolved configs and ``configs/`` files work) and overrides."""
+    """The named recipe's defaults, updated by a JSON file (resolved configs and ``configs/`` files work) and overrides,
+    then validated (every key's type and range; UserError names the key, the value and what is allowed)."""
     config = recipe_config(recipe)
     if config_file:
         apply_file(config, config_file)
-    return apply_overrides(config, list(overrides))
+    apply_overrides(config, list(overrides))
+    validate(config)
+    return config
 
 
 def train(config: Config, restart: bool = False, *, dist: DistEnv | None = None) -> dict:
