@@ -13,7 +13,7 @@ from causal_rcm.models.adapters import save_model
 
 def pipeline_section(*, causal: bool = True, num_actions: int = 0, frames_per_chunk: int = 2, num_frames: int = 8,
                      sink_frames: int = 1, window_frames: int = 4, solver: str = "consistency", steps: int = 2,
-                     guidance: float = 1.0, codec_frames: int = 1) -> dict:
+                     guidance: float = 1.0, codec_frames: int = 1, text_len: int = 16) -> dict:
     """The pipeline config of a 32 px shapes-world checkpoint (pixel codec factor 4: 48 T x 8 x 8 latents)."""
     return {
         "source": "shapes",
@@ -22,7 +22,7 @@ def pipeline_section(*, causal: bool = True, num_actions: int = 0, frames_per_ch
         "frames_per_chunk": frames_per_chunk,
         "causal": causal,
         "codec": {"kind": "pixel", "factor": 4, "frames": codec_frames, "shift": -0.81, "scale": 1.92},
-        "text": {"kind": "toy", "dim": 16, "text_len": 16, "seed": 0},
+        "text": {"kind": "toy", "dim": 16, "text_len": text_len, "seed": 0},
         "sampler": {"solver": solver, "steps": steps, "shift": 3.0, "guidance": guidance},
         "stream": {"sink_frames": sink_frames, "window_frames": window_frames},
         "fps": 8,
@@ -33,6 +33,7 @@ def pipeline_section(*, causal: bool = True, num_actions: int = 0, frames_per_ch
 def make_checkpoint(path: Path, *, seed: int = 0, num_actions: int = 0, **pipeline) -> Path:
     """Write a random 2-layer model (dim 32, 16 tokens a frame) with its pipeline config to ``path``."""
     channels = 48 * pipeline.get("codec_frames", 1)
-    config = small_config(in_dim=channels, out_dim=channels, text_dim=16, text_len=16, num_actions=num_actions)
+    config = small_config(in_dim=channels, out_dim=channels, text_dim=16, text_len=pipeline.get("text_len", 16),
+                          num_actions=num_actions)
     model = random_model(config, seed=seed, backend="sdpa")
     return save_model(model, path, pipeline=pipeline_section(num_actions=num_actions, **pipeline))

@@ -60,19 +60,19 @@ POSITIVE = click.IntRange(min=1)
 
 
 def device_option(default: str) -> Callable:
-    """``--device``, checked to name a device this machine has when the command is parsed."""
+    """``--device``, checked to name a device this machine has when the command is parsed ('auto' resolved)."""
     return click.option("--device", default=default, show_default=True, callback=_check_device,
                         help="auto, cpu, cuda or cuda:N (one this machine has).")
 
 
 def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The device's name, 'auto' resolved (``cpu`` or ``cuda``), or UserError when this machine has no such device."""
     from causal_rcm.devices import resolve_device
 
     try:
-        resolve_device(value)
+        return str(resolve_device(value))
     except UserError as exc:
         raise UserError(f"--device: {exc}") from None
-    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -235,12 +235,18 @@ def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out
     from causal_rcm.eval.score import evaluate_checkpoint
 
     if json_out is not None:
+        if json_out.is_dir():
+            raise UserError(f"--json {json_out} is a folder; give a file name")
         _check_writable(json_out)
     metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
                                   window_frames=window, stream_seconds=stream_seconds)
     _print_metrics(metrics)
     if json_out is not None:
-        json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(metrics, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write {json_out}: {exc.strerror or exc}") from None
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -476,10 +482,10 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
     from causal_rcm.serve import run
 
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
 
-    def ready(url: str) -> None:
+    def ready(url: str) -> None:  # a start that fails says only why
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
         click.echo(f"serving {checkpoint} on {url} (Ctrl+C to stop)")
 
     run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready,

@@ -249,6 +249,7 @@ class StreamingPipeline:
     """
 
     def __init__(self, model: Any, config: PipelineSpec, device: torch.device | str = "cpu", *, compile: bool = False) -> None:
+        config.check_model(model.config)
         self.model = model.eval()
         if compile:
             model.compile_blocks()
@@ -257,18 +258,6 @@ class StreamingPipeline:
         codec, text = config.codec, config.text
         self.codec = PixelCodec(codec.factor, shift=codec.shift, scale=codec.scale, frames=codec.frames)
         self.text_encoder = ToyTextEncoder(dim=text.dim, text_len=text.text_len, seed=text.seed).to(self.device)
-        mc = model.config
-        if mc.in_dim != self.codec.latent_channels or mc.out_dim != self.codec.latent_channels:
-            raise UserError(
-                f"the model takes {mc.in_dim} latent channels but the codec makes {self.codec.latent_channels}: "
-                "the checkpoint's pipeline config does not match its model"
-            )
-        if mc.text_dim != self.text_encoder.dim:
-            raise UserError(f"the model takes text_dim {mc.text_dim} but the text encoder makes {self.text_encoder.dim}")
-        if config.num_actions and mc.num_actions != config.num_actions:
-            raise UserError(f"the pipeline config has {config.num_actions} actions, the model {mc.num_actions}")
-        if config.num_actions and self.codec.temporal_factor != 1:
-            raise UserError("an action-conditioned checkpoint needs one frame per latent frame (codec frames 1)")
 
     @classmethod
     def from_pretrained(

@@ -20,8 +20,9 @@ from causal_rcm.data.shards import EnvInfo
 from causal_rcm.data.source import SOURCES, VideoSource
 from causal_rcm.diffusion.samplers import SOLVERS, SamplerSpec
 from causal_rcm.errors import UserError
-from causal_rcm.limits import MAX_SEED, MAX_STEPS, field_problems, ranged
+from causal_rcm.limits import MAX_SEED, MAX_STEPS, field_problems, ranged, show
 from causal_rcm.models.adapters import detect_layout, read_pipeline_config
+from causal_rcm.models.wan import CausalWanConfig
 
 __all__ = ["CodecSpec", "EnvInfo", "TextSpec", "SamplerDefaults", "StreamDefaults", "PipelineSpec"]
 
@@ -46,8 +47,8 @@ class TextSpec:
     """The text encoder: ``toy`` = the shapes world's vocabulary, embedded by a table rebuilt from ``seed``."""
 
     kind: str = "toy"
-    dim: int = ranged(64, 2, 65536)
-    text_len: int = ranged(24, 1, 65536)
+    dim: int = ranged(64, 2, 4096)  # its fixed convolution holds 5 dim^2 weights
+    text_len: int = ranged(24, 1, 4096)
     seed: int = ranged(0, 0, MAX_SEED)
 
 
@@ -138,20 +139,36 @@ class PipelineSpec:
         return cls.from_dict(section, source=str(path)) if section else None
 
     def check(self, source: str = "checkpoint") -> None:
-        """UserError for kinds this version cannot run, and for values of the wrong type or out of their ranges."""
-        if self.codec.kind not in CODECS:
-            raise UserError(f"{source}: codec kind {self.codec.kind!r} is not supported (only {', '.join(CODECS)})")
-        if self.text.kind not in TEXT_ENCODERS:
-            raise UserError(f"{source}: text encoder kind {self.text.kind!r} is not supported (only {', '.join(TEXT_ENCODERS)})")
-        if self.sampler.solver not in SOLVERS:
-            raise UserError(f"{source}: sampler solver {self.sampler.solver!r} is not one of {SOLVERS}")
-        if self.source not in SOURCES:
-            raise UserError(f"{source}: data source {self.source!r} is not supported (only {', '.join(SOURCES)})")
+        """UserError for values of the wrong type or out of their ranges, and for kinds this version cannot run."""
         problems = field_problems(self, "pipeline.")
         if problems:
             raise UserError(f"{source}: " + "; ".join(problems))
+        if self.codec.kind not in CODECS:
+            raise UserError(f"{source}: codec kind {show(self.codec.kind)} is not supported (only {', '.join(CODECS)})")
+        if self.text.kind not in TEXT_ENCODERS:
+            raise UserError(f"{source}: text encoder kind {show(self.text.kind)} is not supported (only {', '.join(TEXT_ENCODERS)})")
+        if self.sampler.solver not in SOLVERS:
+            raise UserError(f"{source}: sampler solver {show(self.sampler.solver)} is not one of {SOLVERS}")
+        if self.source not in SOURCES:
+            raise UserError(f"{source}: data source {show(self.source)} is not supported (only {', '.join(SOURCES)})")
         if self.env is not None and self.env.num_actions != self.num_actions:
             raise UserError(f"{source}: the pipeline config has {self.num_actions} actions but its env {self.env.id} {self.env.num_actions}")
+
+    def check_model(self, model: CausalWanConfig) -> None:
+        """UserError when ``model`` cannot run with this spec (its latent channels, text width or actions), checked
+        before the codec and the text encoder are built from the spec."""
+        channels = 3 * self.codec.frames * self.codec.factor**2  # PixelCodec.latent_channels
+        if model.in_dim != channels or model.out_dim != channels:
+            raise UserError(
+                f"the model takes {model.in_dim} latent channels but the codec makes {channels}: "
+                "the checkpoint's pipeline config does not match its model"
+            )
+        if model.text_dim != self.text.dim:
+            raise UserError(f"the model takes text_dim {model.text_dim} but the text encoder makes {self.text.dim}")
+        if self.num_actions and model.num_actions != self.num_actions:
+            raise UserError(f"the pipeline config has {self.num_actions} actions, the model {model.num_actions}")
+        if self.num_actions and self.codec.frames != 1:
+            raise UserError("an action-conditioned checkpoint needs one frame per latent frame (codec frames 1)")
 
     # ------------------------------------------------------------ writing
     @classmethod

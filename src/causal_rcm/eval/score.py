@@ -255,6 +255,7 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
         raise UserError(f"`causal-rcm eval` scores shapes-world checkpoints with the oracle; {path} was trained on "
                         f"{spec.source} data ({spec.env.id if spec.env else 'no env recorded'})")
     model = load_model(path, dtype=torch.float32)  # shipped weights may be stored in half precision
+    spec.check_model(model.config)
     dev = resolve_device(device)
     source = ShapesSource(spec.data_config(), spec.text.dim, device=dev)
     return model.to(dev).eval(), source, spec.sampler_spec(steps=steps)

@@ -53,7 +53,7 @@ class CausalWanConfig:
     ffn_dim: int = ranged(8960, 1, 262144)
     freq_dim: int = ranged(256, 2, 65536)
     text_dim: int = ranged(4096, 1, 65536)
-    text_len: int = ranged(512, 1, 65536)
+    text_len: int = ranged(512, 1, 4096)
     num_heads: int = ranged(12, 1, 1024)
     num_layers: int = ranged(30, 1, 1024)
     patch_size: tuple[int, int, int] = ranged((1, 2, 2), 1, 64)
