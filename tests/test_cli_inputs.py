@@ -25,8 +25,9 @@ The property tests draw their inputs from the real option space, walked, not lis
 Asserted for every example: exit 0, or a non-zero exit with exactly one line on stderr, starting ``error:`` (no
 traceback); an input known to be invalid (outside its declared range, of the wrong type, not finite, missing)
 never exits 0, and a bad config key or value is named in the line; a valid override shows in the printed config;
-every example ends within ``EXAMPLE_SECONDS`` (SIGALRM). Deterministic (``derandomize``): 600 examples, about a
-minute on 2 CPU cores.
+every example ends within ``EXAMPLE_SECONDS`` (SIGALRM). Deterministic (``derandomize``, no example database):
+810 examples (300 overrides, 200 files, 100 generate, 80 eval, 40 convert, 30 serve, 60 checkpoint configs) in
+about 70 s on 2 shared CPU cores, torch on one thread.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class Key:
 
 
 def keys_of(obj: Any, prefix: str = "") -> list[Key]:
-    """Every field of dataclass ``obj`` (and of the dataclasses in it) as a :class:`Key`."""
+    """Every field of dataclass ``obj`` (and of the dataclasses in it, but those left None) as a :class:`Key`."""
     found = []
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
@@ -175,6 +176,8 @@ def keys_of(obj: Any, prefix: str = "") -> list[Key]:
         kind, args, optional = hints[f.name], (), False
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             optional, kind = True, next(a for a in typing.get_args(kind) if a is not type(None))
+        if dataclasses.is_dataclass(kind):  # a section this recipe (or checkpoint) does not have
+            continue
         if typing.get_origin(kind) is tuple:
             args, kind = typing.get_args(kind), tuple
         length = None if not args or args[-1] is Ellipsis else len(args)

@@ -148,7 +148,7 @@ def _print_summary(report: dict, out: Path) -> None:
 @click.option("--size", type=int, default=64, show_default=True, help="Frames are resized to SIZE x SIZE RGB.")
 @click.option("--episodes-per-shard", type=int, default=10, show_default=True, help="Episodes in one tar shard.")
 @click.option("--max-steps", type=int, default=None, help="End an episode after this many steps (default: at game over).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Episode i depends only on (seed, i).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Episode i depends only on (seed, i).")
 @click.option("--holdout", type=float, default=0.1, show_default=True,
               help="Fraction of the episodes held out, whole, in heldout-* shards (at least one when > 0).")
 @click.option("--sticky-p", type=float, default=0.8, show_default=True, help="--policy sticky: probability of repeating.")

@@ -119,7 +119,7 @@ def test_non_finite_losses_are_skipped_and_stop_the_run(tmp_path, monkeypatch):
         (["train", "teacher", "train.stepz=3"], "unknown config key 'train.stepz'"),
         (["train", "teacher", "train.steps=abc"], "train.steps: cannot read 'abc' as int"),
         (["train", "teacher", "steps"], "not of the form section.key=value"),
-        (["eval", "--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
+        (["eval", "--checkpoint", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
         (["train", "teacher", "data.codec_frames=2", "data.num_frames=4"], "set model.in_dim=96 model.out_dim=96"),
     ],
 )

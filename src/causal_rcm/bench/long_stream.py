@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from causal_rcm.limits import MAX_SEED
+
 RESULTS = Path("benchmarks/results")
 
 # The shapes world at 32 px (pixel codec factor 4 -> 48 x 8 x 8 latents): what `causal-rcm train` writes for
@@ -73,7 +75,7 @@ def _checkpoint_name(checkpoint: Path) -> str:
 @click.option("--prompt", default="a red circle moves right", show_default=True)
 @click.option("--steps", type=click.IntRange(1, 64), default=None, help="Sampler steps (default: the checkpoint's).")
 @click.option("--mode", type=click.Choice(["chunk", "frame"]), default="chunk", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 @click.option("--window", type=click.IntRange(1), default=None, help="KV-cache window in latent frames (default: the checkpoint's).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -157,7 +159,7 @@ def _windows(ctx, param, value: str) -> list[int]:
               help="Seconds of video a stream (at the checkpoint's fps).")
 @click.option("--prompts", type=click.IntRange(1, len(PROMPTS)), default=len(PROMPTS), show_default=True,
               help="How many of the eight single-shape prompts.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=1, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS / "stream_window_scan.json",
               show_default=True)
 def stream_window_command(checkpoints, windows, seconds, prompts, seed, out) -> None:
