@@ -235,3 +235,33 @@ def test_compiled_stream_gives_the_eager_frames(tmp_path, mode):
     close_uint8(compiled, eager)
     assert (compiled == eager).mean() > 0.999
     torch._dynamo.reset()
+
+
+def test_a_prefilled_stream_continues_given_frames_as_the_sampler_does(tmp_path):
+    """prefill commits real frames (with their actions) as context: the frames of causal_sample with that prefix."""
+    pipe = load(tmp_path, num_actions=3, solver="euler", steps=2, sink_frames=1, window_frames=4)
+    given = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    stream = pipe.stream("", seed=5, num_frames=6, actions=lambda i: i % 3)
+    stream.prefill(given, [0, 2, 1, 1])
+    frames = list(stream)
+    assert [f.index for f in frames] == [4, 5, 6, 7, 8, 9] and [f.action for f in frames] == [1, 2, 0, 1, 2, 0]
+    with torch.no_grad():
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 5, [2] * 3), pipe.encode_prompt(""), frames_per_chunk=2, steps=2, shift=3.0,
+            solver="euler", sink_frames=1, window_frames=4, prefix=pipe.encode(given),
+            actions=torch.tensor([[0, 2, 1, 1, 1, 2, 0, 1, 2, 0]]),
+        )
+    close_uint8(np.stack([f.image for f in frames]), pipe.decode(latents))
+    other = pipe.stream("", seed=5, num_frames=2)
+    other.prefill(255 - given)
+    assert np.abs(frames_of(other).astype(int) - frames[0].image[None].astype(int)).max() > 10  # the context matters
+
+    for bad, match in ((given[:3], "multiple of the chunk, 2"), (given[:, :16], r"\(P, 32, 32, 3\)")):
+        with pytest.raises(UserError, match=match):
+            pipe.stream("", num_frames=2).prefill(bad)
+    with pytest.raises(UserError, match="one action per frame: 4 frames, 2 actions"):
+        pipe.stream("", num_frames=2).prefill(given, [0, 1])
+    with pytest.raises(UserError, match=r"action 3 at frame 1 is not an integer in 0..2"):
+        pipe.stream("", num_frames=2).prefill(given, [0, 3, 0, 0])
+    with pytest.raises(UserError, match="before its first frame"):
+        stream.prefill(given)

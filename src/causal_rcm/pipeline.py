@@ -36,7 +36,7 @@ import torch
 
 from causal_rcm.data.codec import PixelCodec
 from causal_rcm.data.text import ToyTextEncoder
-from causal_rcm.data.video import to_uint8
+from causal_rcm.data.video import from_uint8, to_uint8
 from causal_rcm.diffusion.guidance import is_unguided
 from causal_rcm.diffusion.samplers import check_window, make_kv_caches, refresh_kv_caches, sample, sample_chunk, time_grid
 from causal_rcm.errors import UserError
@@ -55,7 +55,8 @@ class StreamFrame:
 
     ``image`` uint8 (H, W, 3); ``index`` its position in the stream; ``chunk`` the chunk that
     made it; ``prompt`` the prompt it was generated under; ``chunk_seconds`` the time to denoise,
-    commit and decode its chunk; ``time`` seconds since the stream started when it was ready.
+    commit and decode its chunk; ``time`` seconds since the stream started when it was ready; ``action``
+    (world models) the action that led to it.
     """
 
     image: np.ndarray
@@ -64,12 +65,14 @@ class StreamFrame:
     prompt: str
     chunk_seconds: float
     time: float
+    action: int | None = None  # world models: the action the frame was generated with
 
 
 class Stream:
     """A running stream: iterate for :class:`StreamFrame` s; ``switch_prompt`` / ``close`` from any thread.
 
-    Work happens lazily in ``__next__``, one chunk at a time; ``num_frames=None`` never ends.
+    Work happens lazily in ``__next__``, one chunk at a time; ``num_frames=None`` never ends. A stream may
+    start from given frames instead of its own first chunk (:meth:`prefill`; a world model's real context).
     State held: the KV caches (``sink_frames + window_frames`` frames per layer and CFG branch, see
     ``kv_cache.py``)
     and the clean latents they cover (for prompt switches), so memory is bounded.
@@ -113,7 +116,8 @@ class Stream:
         self._closed = False
         self._buffer: deque[StreamFrame] = deque()
         self._chunk = 0
-        self._frame = 0  # decoded frames made (codec.temporal_factor per latent frame; only a last chunk is cut)
+        self._frame = 0  # decoded frames made or prefilled (codec.temporal_factor per latent frame; only a last chunk is cut)
+        self._first = 0  # frames given by prefill: the generated ones are numbered from here
         self._start = time.perf_counter()
 
     # ------------------------------------------------------------- control
@@ -127,10 +131,49 @@ class Stream:
         """End the stream: the iterator stops after the frames already made."""
         self._closed = True
 
+    @torch.inference_mode()
+    def prefill(self, frames: np.ndarray, actions: Sequence[int] | None = None) -> None:
+        """Continue given frames: commit uint8 ``frames`` (P, H, W, 3) to the KV caches, a chunk at a time, as if
+        the stream had made them, before its first frame.
+
+        A world model continues a real game from them (``actions``: the P actions that led to each, default NOOP,
+        0). P must be whole chunks; the generated frames are numbered from P on, and ``num_frames`` still counts
+        generated frames. UserError for frames of another size, a packed codec, or a stream already running.
+        """
+        pipe, fc = self._pipe, self.frames_per_chunk
+        if self._frame:
+            raise UserError("prefill a stream before its first frame")
+        if pipe.codec.temporal_factor != 1:
+            raise UserError("prefill needs one frame per latent frame (codec frames 1)")
+        frames = np.asarray(frames)
+        H, W = pipe.frame_size
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (H, W, 3) or not len(frames) or len(frames) % fc:
+            raise UserError(f"prefill takes uint8 frames (P, {H}, {W}, 3) with P a multiple of the chunk, {fc}; "
+                            f"got {frames.dtype} {list(frames.shape)}")
+        if actions is not None and self._actions is None:
+            raise UserError("this checkpoint is not action-conditioned (num_actions is 0): do not pass actions")
+        acts = None
+        if self._actions is not None:
+            given = [0] * len(frames) if actions is None else list(actions)
+            if len(given) != len(frames):
+                raise UserError(f"prefill takes one action per frame: {len(frames)} frames, {len(given)} actions")
+            checked = _action_source(given, pipe.config.num_actions)
+            acts = torch.tensor([[checked(i) for i in range(len(given))]], dtype=torch.long, device=pipe.device)  # (1, P)
+        latents = pipe.encode(frames)  # (1, C, P, h, w)
+        for k, x0 in enumerate(latents.split(fc, dim=2)):
+            chunk_actions = None if acts is None else acts[:, k * fc : (k + 1) * fc]
+            refresh_kv_caches(pipe.model, x0, self._context, self._caches, neg_context=self._neg,
+                              **({} if chunk_actions is None else {"actions": chunk_actions}))
+            self._remember(x0, chunk_actions)
+            self._frame += fc
+            self._chunk += 1
+        self._first = self._frame
+
     @property
     def frames_done(self) -> int:
-        """Frames generated so far (chunks are generated whole, so it may run ahead of the consumer)."""
-        return self._frame
+        """Frames generated so far, prefilled ones not counted (chunks are generated whole, so it may run ahead of
+        the consumer)."""
+        return self._frame - self._first
 
     @property
     def window_frames(self) -> int | None:
@@ -149,7 +192,7 @@ class Stream:
 
     def __next__(self) -> StreamFrame:
         if not self._buffer:
-            if self._closed or (self.num_frames is not None and self._frame >= self.num_frames):
+            if self._closed or (self.num_frames is not None and self.frames_done >= self.num_frames):
                 raise StopIteration
             self._next_chunk()
         return self._buffer.popleft()
@@ -158,7 +201,7 @@ class Stream:
     def _next_chunk(self) -> None:
         pipe, fc = self._pipe, self.frames_per_chunk
         if self.num_frames is not None:
-            fc = min(fc, math.ceil((self.num_frames - self._frame) / pipe.codec.temporal_factor))
+            fc = min(fc, math.ceil((self.num_frames - self.frames_done) / pipe.codec.temporal_factor))
         started = time.perf_counter()
         with self._lock:
             pending, self._pending = self._pending, None
@@ -174,10 +217,11 @@ class Stream:
         self._remember(x0, actions)
         frames = pipe.decode(x0)  # (fc T, H, W, 3)
         if self.num_frames is not None:
-            frames = frames[: self.num_frames - self._frame]  # a packed last latent frame may overshoot
+            frames = frames[: self.num_frames - self.frames_done]  # a packed last latent frame may overshoot
         done = time.perf_counter()
-        for image in frames:
-            self._buffer.append(StreamFrame(image, self._frame, self._chunk, self.prompt, done - started, done - self._start))
+        for i, image in enumerate(frames):
+            action = None if actions is None else int(actions[0, i])
+            self._buffer.append(StreamFrame(image, self._frame, self._chunk, self.prompt, done - started, done - self._start, action))
             self._frame += 1
         self._chunk += 1
 
@@ -296,6 +340,11 @@ class StreamingPipeline:
         with torch.inference_mode():
             context, _ = self.text_encoder([prompt])
         return context.to(self.device)
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames (F, H, W, 3) -> latents (1, C, F / codec.temporal_factor, h, w) on the device."""
+        video = from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))[None]  # (1, 3, F, H, W) in [-1, 1]
+        return self.codec.encode(video).to(self.device)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (1, C, F, h, w) -> uint8 frames (F, H, W, 3) on the CPU."""

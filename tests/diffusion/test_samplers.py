@@ -243,3 +243,40 @@ def test_causal_rejects_bad_arguments(mock_model, contexts):
         causal_sample(mock_model, noise, contexts[0], frames_per_chunk=0, steps=2)
     with pytest.raises(ValueError, match="neg_context"):
         causal_sample(mock_model, noise, contexts[0], frames_per_chunk=2, steps=2, guidance=2.0)
+
+
+# ------------------------------------------------------------------------ prefix
+@pytest.mark.parametrize("frames_per_chunk", [1, 2])
+def test_a_causal_prefix_is_committed_as_the_models_own_chunks(mocks, mock_model, contexts, frames_per_chunk):
+    """Continuing a prefix equals generating from a cache that committed the prefix's chunks at t = 0, with their actions."""
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(2, 2, 3, 6, 2, 2, generator=g)
+    oracle = mocks.PointMassOracle(x0)  # locates each chunk by the frames committed: the prefix must be in the cache
+    out = causal_sample(oracle, noise[:, :, 2:], torch.zeros(2, 1, 1), frames_per_chunk=frames_per_chunk, steps=2,
+                        solver="consistency", prefix=x0[:, :, :2], generator=g)
+    torch.testing.assert_close(out, x0[:, :, 2:])
+
+    actions = torch.arange(12.0).reshape(2, 6)
+    causal_sample(mock_model, noise[:, :, 2:], contexts[0], frames_per_chunk=2, steps=2, prefix=x0[:, :, :2], actions=actions)
+    first, second = mock_model.calls[0], mock_model.calls[1]
+    assert first["update_cache"] and bool((first["t"] == 0).all())
+    torch.testing.assert_close(first["x"], x0[:, :, :2], rtol=0, atol=0)
+    torch.testing.assert_close(first["actions"], actions[:, :2])
+    torch.testing.assert_close(second["actions"], actions[:, 2:4])  # the new frames take the actions after the prefix
+    with pytest.raises(ValueError, match="not whole chunks of 2"):
+        causal_sample(mock_model, noise, contexts[0], frames_per_chunk=2, steps=2, prefix=x0[:, :, :1])
+
+
+@pytest.mark.parametrize("solver", [euler_sample, consistency_sample])
+def test_a_bidirectional_prefix_is_put_back_at_each_noise_level(mocks, solver):
+    g = torch.Generator().manual_seed(5)
+    x0, noise = torch.randn(2, 2, 3, 6, 2, 2, generator=g)
+    oracle = mocks.PointMassOracle(x0)
+    out = solver(oracle, noise[:, :, 2:], torch.zeros(2, 1, 1), steps=3, shift=2.0, prefix=x0[:, :, :2],
+                 generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(out, x0[:, :, 2:])  # the model sees the whole window; only the new frames come back
+    eps = torch.randn(x0[:, :, :2].shape, generator=torch.Generator().manual_seed(6))
+    for call in oracle.calls:
+        s = float(call["t"][0, 0]) / 1000
+        assert call["x"].shape[2] == 6
+        torch.testing.assert_close(call["x"][:, :, :2], (1 - s) * x0[:, :, :2] + s * eps)  # one noise path

@@ -32,6 +32,12 @@ video chunk by chunk: each chunk is denoised attending to a KV cache of the clea
 before it, then committed to the cache by re-running the clean chunk at t = 0 with
 ``update_cache=True``. With guidance, the conditional and unconditional branches keep
 separate caches (each history computed with its own prompt).
+
+Continuing given frames (``prefix``, e.g. a world model's real context frames): a causal model commits
+them to its caches, a chunk at a time, exactly as it commits its own clean chunks, then samples the new
+ones; a bidirectional model samples the window ``[prefix | new]`` with the known frames put back at every
+step at the current noise level, ``(1 - s) x0 + s eps`` with one ``eps`` ("replacement", Song et al. 2021,
+Sec. 5 and App. I.2), and returns the new frames.
 """
 
 from __future__ import annotations
@@ -142,6 +148,8 @@ def euler_sample(
     neg_context: torch.Tensor | None = None,
     mask: Any = None,
     callback: Callback | None = None,
+    prefix: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Euler solver of the flow-matching ODE dx/ds = v from s = 1 to 0 (Lipman et al. 2023; Wan's flow Euler).
@@ -149,14 +157,14 @@ def euler_sample(
     Args:
         noise: (B, C, F, H, W) standard normal (x at s = 1); context: (B, L, D).
         mask: a :class:`~causal_rcm.kernels.masks.BlockSparseMask` for every call, None = full attention.
+        prefix: (B, C, P, H, W) known clean frames before the new ones, kept by replacement (module docstring);
+            ``generator`` draws their noise. The network then sees P + F frames (``actions`` (B, P + F)).
         model_kwargs: passed to every call (e.g. ``actions``).
     Returns:
         (B, C, F, H, W) sample.
     """
-    if mask is not None:
-        model_kwargs["mask"] = mask
-    velocity = _velocity_fn(model, context, guidance, neg_context, None, model_kwargs)
-    return _integrate(velocity, noise, time_grid(steps, shift), solver="euler", generator=None, callback=callback)
+    return _bidirectional(model, noise, context, "euler", steps=steps, shift=shift, guidance=guidance, neg_context=neg_context,
+                          mask=mask, generator=generator, callback=callback, prefix=prefix, model_kwargs=model_kwargs)
 
 
 def consistency_sample(
@@ -171,16 +179,39 @@ def consistency_sample(
     mask: Any = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    prefix: torch.Tensor | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): predict x0, re-noise with fresh noise.
 
     Same arguments as :func:`euler_sample`; ``generator`` draws the fresh noise between steps.
     """
+    return _bidirectional(model, noise, context, "consistency", steps=steps, shift=shift, guidance=guidance,
+                          neg_context=neg_context, mask=mask, generator=generator, callback=callback, prefix=prefix,
+                          model_kwargs=model_kwargs)
+
+
+def _bidirectional(
+    model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, solver: str, *, steps: Steps,
+    shift: float, guidance: float, neg_context: torch.Tensor | None, mask: Any, generator: torch.Generator | None,
+    callback: Callback | None, prefix: torch.Tensor | None, model_kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """:func:`euler_sample` and :func:`consistency_sample`: one window, with a known ``prefix`` put back at every step."""
     if mask is not None:
         model_kwargs["mask"] = mask
     velocity = _velocity_fn(model, context, guidance, neg_context, None, model_kwargs)
-    return _integrate(velocity, noise, time_grid(steps, shift), solver="consistency", generator=generator, callback=callback)
+    grid = time_grid(steps, shift)
+    if prefix is None:
+        return _integrate(velocity, noise, grid, solver=solver, generator=generator, callback=callback)
+    P = prefix.shape[2]
+    eps = torch.randn(prefix.shape, generator=generator, device=prefix.device, dtype=noise.dtype)
+
+    def replaced(x: torch.Tensor, s: float, *r: float) -> torch.Tensor:
+        known = ((1 - s) * prefix + s * eps).to(x.dtype)  # the prefix at noise level s, on one noise path
+        return velocity(torch.cat([known, x[:, :, P:]], dim=2), s, *r)
+
+    x = torch.cat([eps, noise], dim=2)  # (B, C, P + F, H, W) at s = 1
+    return _integrate(replaced, x, grid, solver=solver, generator=generator, callback=callback)[:, :, P:]
 
 
 # ------------------------------------------------------------------------- causal
@@ -275,6 +306,7 @@ def causal_sample_stream(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     actions: torch.Tensor | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
     """Autoregressive chunk-by-chunk generation with a KV cache, yielding each clean chunk (Self Forcing).
 
@@ -286,7 +318,10 @@ def causal_sample_stream(
             many-step ``"euler"`` for causal teachers, 1-4 step ``"consistency"`` for students.
         sink_frames, window_frames: the cache's attention sink and rolling window
             (``window_frames=None``: unbounded).
-        actions: (B, F, ...) per-frame actions, split into chunks like the noise (tensor noise only).
+        actions: (B, F, ...) per-frame actions, split into chunks like the noise (tensor noise only); with a
+            prefix, (B, P + F, ...): the prefix's first.
+        prefix: (B, C, P, H, W) clean frames to continue (P a multiple of ``frames_per_chunk``), committed to the
+            cache chunk by chunk before the first new chunk, as the model's own chunks are.
     Yields:
         (B, C, Fc, H, W) clean chunks in order. The last chunk of tensor noise is not committed
         to the cache (nothing reads it), saving one forward pass.
@@ -303,6 +338,13 @@ def causal_sample_stream(
             raise ValueError("actions need tensor noise; for a live stream call sample_chunk per chunk")
         chunks, num_chunks = noise, None
     action_chunks = None if actions is None else actions.split(frames_per_chunk, dim=1)
+    if prefix is not None:
+        if prefix.shape[2] % frames_per_chunk:
+            raise ValueError(f"a prefix of {prefix.shape[2]} frames is not whole chunks of {frames_per_chunk}")
+        for k, chunk in enumerate(prefix.split(frames_per_chunk, dim=2)):
+            model_kwargs = {} if action_chunks is None else {"actions": action_chunks[k]}
+            refresh_kv_caches(model, chunk, context, kv_caches, neg_context=neg_context, **model_kwargs)
+        action_chunks = None if action_chunks is None else action_chunks[prefix.shape[2] // frames_per_chunk :]
     for k, chunk in enumerate(chunks):
         if num_chunks is None and chunk.shape[2] != frames_per_chunk:
             raise ValueError(f"stream chunk {k} has {chunk.shape[2]} frames, expected {frames_per_chunk}")
@@ -330,17 +372,18 @@ def causal_sample(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     actions: torch.Tensor | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Autoregressive sampling with a KV cache (Self Forcing): :func:`causal_sample_stream`, concatenated.
 
-    ``noise`` (B, C, F, H, W) -> (B, C, F, H, W); arguments as :func:`causal_sample_stream`.
+    ``noise`` (B, C, F, H, W) -> (B, C, F, H, W), the new frames; arguments as :func:`causal_sample_stream`.
     """
     if not isinstance(noise, torch.Tensor):
         raise TypeError("causal_sample needs the whole noise tensor; use causal_sample_stream for a stream")
     stream = causal_sample_stream(
         model, noise, context, frames_per_chunk=frames_per_chunk, steps=steps, shift=shift, solver=solver,
         guidance=guidance, neg_context=neg_context, sink_frames=sink_frames, window_frames=window_frames,
-        generator=generator, callback=callback, actions=actions,
+        generator=generator, callback=callback, actions=actions, prefix=prefix,
     )
     return torch.cat(list(stream), dim=2)
 
@@ -399,20 +442,24 @@ def sample(
     generator: torch.Generator | None = None,
     actions: torch.Tensor | None = None,
     callback: Callback | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A whole video as ``spec`` says: causal chunk by chunk with a KV cache, or bidirectional with its solver.
 
     ``noise`` (B, C, F, H, W), ``context`` (B, L, D), ``actions`` (B, F) for world models -> (B, C, F, H, W).
-    The entry point of evaluation and of :meth:`~causal_rcm.pipeline.StreamingPipeline.generate`."""
-    common = dict(steps=spec.steps, shift=spec.shift, guidance=spec.guidance, neg_context=neg_context, callback=callback)
+    With ``prefix`` (B, C, P, H, W), known clean frames the video continues (module docstring), ``actions`` is
+    (B, P + F) and the F new frames are returned. The entry point of evaluation and of
+    :meth:`~causal_rcm.pipeline.StreamingPipeline.generate`."""
+    common = dict(steps=spec.steps, shift=spec.shift, guidance=spec.guidance, neg_context=neg_context, callback=callback,
+                  generator=generator, prefix=prefix)
     if spec.causal:
         return causal_sample(
             model, noise, context, frames_per_chunk=spec.frames_per_chunk, solver=spec.solver,
-            sink_frames=spec.sink_frames, window_frames=spec.window_frames, generator=generator, actions=actions, **common,
+            sink_frames=spec.sink_frames, window_frames=spec.window_frames, actions=actions, **common,
         )
     model_kwargs = {} if actions is None else {"actions": actions}
     if spec.solver == "consistency":
-        return consistency_sample(model, noise, context, generator=generator, **common, **model_kwargs)
+        return consistency_sample(model, noise, context, **common, **model_kwargs)
     if spec.solver != "euler":
         raise UserError(f"a bidirectional model samples with euler or consistency, not {spec.solver!r}")
     return euler_sample(model, noise, context, **common, **model_kwargs)
