@@ -54,6 +54,9 @@ class DataConfig:
 
     source: str = ranged("shapes", choices=tuple(SOURCES))  # where training videos come from: shapes (the embedded world) | atari (recorded episodes)
     shards: str = ""  # data.source=atari: a folder written by `causal-rcm collect` (manifest.json + tar shards)
+    # data.source=atari: condition on the recorded actions; false trains the same model without them, the
+    # baseline `causal-rcm eval world --no-action-model` compares a world model with
+    actions: bool = True
     resolution: int = ranged(32, 16, 4096)  # pixels (square; the shapes world draws at 16 px and more)
     num_frames: int = ranged(8, 1, 1024)  # latent frames per training video
     frames_per_chunk: int = ranged(1, 1, 1024)  # causal structure: 1 = frame-wise
@@ -77,7 +80,7 @@ class DataConfig:
 
     def has_actions(self) -> bool:
         """Whether every video comes with one action per frame (the shapes agent mode, recorded episodes)."""
-        return self.agent or self.source == "atari"
+        return self.agent or (self.source == "atari" and self.actions)
 
     def cache_window(self) -> int:
         """The causal KV-cache window in latent frames (``stream_window``, or the training length)."""

@@ -151,7 +151,7 @@ class PipelineSpec:
             raise UserError(f"{source}: sampler solver {show(self.sampler.solver)} is not one of {SOLVERS}")
         if self.source not in SOURCES:
             raise UserError(f"{source}: data source {show(self.source)} is not supported (only {', '.join(SOURCES)})")
-        if self.env is not None and self.env.num_actions != self.num_actions:
+        if self.env is not None and self.num_actions not in (0, self.env.num_actions):  # 0: the no-action baseline
             raise UserError(f"{source}: the pipeline config has {self.num_actions} actions but its env {self.env.id} {self.env.num_actions}")
 
     def check_model(self, model: CausalWanConfig) -> None:
@@ -192,7 +192,7 @@ class PipelineSpec:
             source=self.source, resolution=self.resolution, num_frames=self.num_frames, frames_per_chunk=self.frames_per_chunk,
             codec_factor=self.codec.factor, codec_frames=self.codec.frames, codec_shift=self.codec.shift,
             codec_scale=self.codec.scale, text_len=self.text.text_len, text_seed=self.text.seed,
-            agent=self.source == "shapes" and bool(self.num_actions),
+            agent=self.source == "shapes" and bool(self.num_actions), actions=self.source != "atari" or bool(self.num_actions),
         )
 
     def to_dict(self) -> dict:

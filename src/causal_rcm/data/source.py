@@ -203,7 +203,7 @@ class AtariSource(VideoSource):
     Sample ``i`` of the global stream is a window drawn uniformly over all training frames by a generator
     seeded from ``(data.seed, i)``; rank ``r`` of ``W`` reads samples ``r, r + W, ...`` (as ``ShapesDataset``),
     so the stream resumes exactly from the number of samples consumed. Every sample has the empty prompt:
-    the actions are the only condition. Shards are checked against the manifest (size, SHA-256) when the
+    the actions are the only condition (``data.actions=false``: none, the no-action baseline). Shards are checked against the manifest (size, SHA-256) when the
     source is built, and their frames stay mapped from disk.
     """
 
@@ -244,11 +244,10 @@ class AtariSource(VideoSource):
         """uint8 frames (B, F, H, W, 3) and actions (B, F) -> latents, empty-prompt context and actions on the device."""
         video = from_uint8(torch.from_numpy(frames).to(self.device))  # (B, 3, F, H, W) in [-1, 1]
         B = len(frames)
-        return {
-            "latents": self.codec.encode(video),  # (B, C, F, h, w)
-            "context": self.empty_context(B).contiguous(), "caption": [""] * B,
-            "actions": torch.from_numpy(actions).to(self.device),
-        }
+        batch = {"latents": self.codec.encode(video), "context": self.empty_context(B).contiguous(), "caption": [""] * B}
+        if self.data.actions:  # else the no-action baseline: the same windows, their actions unseen
+            batch["actions"] = torch.from_numpy(actions).to(self.device)
+        return batch
 
     def next_batch(self) -> dict[str, Any]:
         samples = [self._sample(self.rank + self.world_size * (self.position + i)) for i in range(self.local_batch)]
@@ -279,7 +278,8 @@ class AtariSource(VideoSource):
             raise UserError(f"no held-out episode of {self.data.shards} has {windows.num_frames} frames: "
                             "collect with --holdout (and longer episodes), or set train.eval_videos=0")
         frames, actions = windows.draw(np.random.default_rng(self.seed + EVAL_SEED_OFFSET), n)
-        return {"video": from_uint8(frames), "actions": torch.from_numpy(actions), "caption": [""] * n, "scene": [None] * n}
+        out = {"video": from_uint8(frames), "caption": [""] * n, "scene": [None] * n}
+        return {**out, "actions": torch.from_numpy(actions)} if self.data.actions else out
 
 
 SOURCES: dict[str, type[VideoSource]] = {"shapes": ShapesSource, "atari": AtariSource}

@@ -19,8 +19,10 @@ __all__ = ["recorded_actions", "train_one"]
 
 
 def recorded_actions(config: Config) -> int:
-    """The number of actions of the environment that recorded ``data.shards`` (0 for a rendered world)."""
-    return Manifest.read(config.data.shards).env.num_actions if config.data.source == "atari" and config.data.shards else 0
+    """The number of actions of the environment that recorded ``data.shards`` (0 for a rendered world, and for the
+    no-action baseline, ``data.actions=false``)."""
+    data = config.data
+    return Manifest.read(data.shards).env.num_actions if data.source == "atari" and data.shards and data.actions else 0
 
 
 def train_one(config: Config, restart: bool = False, *, dist: DistEnv | None = None) -> dict:
@@ -40,6 +42,9 @@ def train_one(config: Config, restart: bool = False, *, dist: DistEnv | None = N
     num_actions = recorded_actions(config)
     if num_actions and not config.model.num_actions and not config.train.init:  # a new world model: the env's actions
         config.model = dataclasses.replace(config.model, num_actions=num_actions)
+    if config.data.source == "atari" and not config.data.actions and config.model.num_actions:
+        raise UserError(f"data.actions=false trains a model without actions, but the model takes {config.model.num_actions}: "
+                        "train it from scratch (no train.init of a world model, model.num_actions=0)")
     cls.prepare(config)
     if num_actions and config.model.num_actions != num_actions:
         raise UserError(
