@@ -213,7 +213,28 @@ def train(recipe: str, overrides: tuple[str, ...], config_file: Path | None, res
         _print_metrics(summary.get("eval", {}))
 
 
-@cli.command("eval")
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it names none of its commands, goes to its ``default`` command, so that
+    ``causal-rcm eval -c CKPT`` stays ``causal-rcm eval shapes -c CKPT`` (options before a command name are not the
+    group's: ``ignore_unknown_options`` passes them on)."""
+
+    def __init__(self, *args, default: str, **kwargs) -> None:
+        super().__init__(*args, context_settings={"ignore_unknown_options": True}, **kwargs)
+        self.default = default
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            return self.default, self.commands[self.default], args
+        return super().resolve_command(ctx, args)
+
+
+@cli.group("eval", cls=_DefaultGroup, default="shapes")
+def eval_group() -> None:
+    """Score checkpoints: `eval shapes` (the default: `eval -c CKPT`) with the shapes world's oracle, `eval world`
+    against the Atari emulator's frames."""
+
+
+@eval_group.command("shapes")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A checkpoint folder written by `train`.")
 @click.option("--steps", type=STEPS, default=None, help="Sampler steps (default: the checkpoint's).")
 @click.option("--videos", "-n", type=click.IntRange(1, MAX_EVAL_VIDEOS), default=16, show_default=True,
@@ -247,6 +268,66 @@ def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out
             json_out.write_text(json.dumps(metrics, indent=2) + "\n")
         except OSError as exc:
             raise UserError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+
+
+def _candidate(value: str, option: str):
+    """``PATH`` or ``PATH@K[,K...]`` (its sampler steps) -> a :class:`~causal_rcm.eval.world.Candidate`."""
+    from causal_rcm.eval.world import Candidate
+
+    path, at, steps = value.rpartition("@")
+    if not at or Path(value).exists():
+        return Candidate(Path(value))
+    return Candidate(Path(path), _steps_list(steps, f"{option} {value}"))
+
+
+def _steps_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        steps = ()
+    if not steps or min(steps) < 1:
+        raise UserError(f"{option}: steps are positive integers separated by commas (e.g. 1,2), got {text!r}")
+    return steps
+
+
+@eval_group.command("world")
+@click.option("--checkpoint", "-c", "checkpoints", required=True, multiple=True, metavar="CKPT[@K,...]",
+              help="An Atari world-model checkpoint (repeat for several: teacher, causal teacher, students); "
+                   "CKPT@1,2 samples it with 1 and 2 steps.")
+@click.option("--shards", required=True, type=click.Path(path_type=Path), help="A folder written by `causal-rcm collect` (its held-out episodes).")
+@click.option("--horizon", type=int, default=32, show_default=True, help="Frames predicted after the context.")
+@click.option("--episodes", type=int, default=16, show_default=True, help="Held-out episodes to use (the first long enough).")
+@click.option("--steps", default=None, metavar="K[,K...]", help="Sampler steps of every checkpoint without its own @K (default: each one's).")
+@click.option("--context", type=int, default=None, help="Real frames given as context (default: one chunk of the causal models).")
+@click.option("--no-action-model", "no_action", default=None, metavar="CKPT[@K]",
+              help="The same model trained without actions (data.actions=false): the baseline the actions must beat.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/eval-world"), show_default=True,
+              help="Folder for world_eval.json, world_eval.md and world_eval.png.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def eval_world(checkpoints: tuple[str, ...], shards: Path, horizon: int, episodes: int, steps: str | None,
+               context: int | None, no_action: str | None, out: Path, seed: int, device: str) -> None:
+    """Predict held-out Atari episodes from their first frames under the recorded actions and compare with the
+    emulator's frames: PSNR and SSIM per horizon step, action sensitivity (ΔPSNR against random actions), beside
+    copy-last-frame and the no-action model; a table, JSON and a plot."""
+    import shlex
+
+    from causal_rcm.eval.world import evaluate_world, write_world_eval
+
+    _check_writable(out)
+    candidates = [_candidate(c, "-c") for c in checkpoints]
+    baseline = None if no_action is None else _candidate(no_action, "--no-action-model")
+    result = evaluate_world(candidates, shards, horizon=horizon, episodes=episodes, context=context,
+                            steps=None if steps is None else _steps_list(steps, "--steps"), no_action=baseline, seed=seed,
+                            device=device, say=lambda line: click.echo(line, err=True))
+    args = [a for c in checkpoints for a in ("-c", c)] + ["--shards", str(shards), "--horizon", str(horizon),
+                                                            "--episodes", str(episodes), "--seed", str(seed)]
+    args += [] if steps is None else ["--steps", steps]
+    args += [] if context is None else ["--context", str(context)]
+    args += [] if no_action is None else ["--no-action-model", no_action]
+    paths = write_world_eval(result, out, command="causal-rcm eval world " + " ".join(shlex.quote(a) for a in args))
+    click.echo(paths["md"].read_text())
+    click.echo(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
 
 
 def _print_metrics(metrics: dict) -> None:
