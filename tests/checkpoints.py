@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .conftest import random_model, small_config
 from causal_rcm.models.adapters import save_model
 
@@ -37,3 +39,23 @@ def make_checkpoint(path: Path, *, seed: int = 0, num_actions: int = 0, **pipeli
                           num_actions=num_actions)
     model = random_model(config, seed=seed, backend="sdpa")
     return save_model(model, path, pipeline=pipeline_section(num_actions=num_actions, **pipeline))
+
+
+BREAKOUT = {
+    "id": "ALE/Breakout-v5", "num_actions": 4, "action_meanings": ["NOOP", "FIRE", "RIGHT", "LEFT"], "frameskip": 4,
+    "repeat_action_probability": 0.25, "emulator_fps": 60.0, "fps": 15.0,
+}
+
+
+def make_world_checkpoint(path: Path, *, seed: int = 0, action_scale: float = 100.0, num_actions: int = 4, **pipeline) -> Path:
+    """A random Breakout world model at 32 px (``make_checkpoint``'s network) whose action embedding is scaled by
+    ``action_scale``: its frames then depend mostly on the action (a random model's would hardly), so tests can
+    see that keys reach it. ``num_actions=0`` makes the no-action model of the same game."""
+    channels = 48
+    config = small_config(in_dim=channels, out_dim=channels, text_dim=16, text_len=16, num_actions=num_actions)
+    model = random_model(config, seed=seed, backend="sdpa")
+    if num_actions:
+        with torch.no_grad():
+            model.action_embedding.weight.mul_(action_scale)
+    section = {**pipeline_section(num_actions=num_actions, **pipeline), "source": "atari", "env": BREAKOUT, "fps": 15.0}
+    return save_model(model, path, pipeline=section)

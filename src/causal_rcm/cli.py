@@ -573,6 +573,42 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
         window_frames=window, allowed_hosts=allowed_hosts)
 
 
+@cli.command()
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A causal world-model checkpoint folder.")
+@click.option("--env", "env_id", default=None,
+              help="The emulator giving the first frames (default: the checkpoint's game, e.g. ALE/Breakout-v5).")
+@click.option("--side-by-side", is_flag=True, help="Run the real emulator with the same actions beside the model's frames.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; other than localhost exposes the server.")
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
+@click.option("--max-streams", type=int, default=2, show_default=True, help="Games played at once; more get a 'busy' reply.")
+@click.option("--max-steps", type=int, default=4, show_default=True, help="Largest number of steps a client may ask for.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name or address clients use to reach the server (besides localhost and --host). Repeatable.")
+@click.option("--device", default="cpu", show_default=True)
+def play(checkpoint: Path, env_id: str | None, side_by_side: bool, host: str, port: int, max_streams: int, max_steps: int,
+         allowed_hosts: tuple[str, ...], device: str) -> None:
+    """Play a world model in the browser: the arrow keys and space choose the action of the next frames, which the
+    model streams from the emulator's first frames (the page shows the game's actions, FPS and latency)."""
+    from causal_rcm.pipeline import StreamingPipeline
+    from causal_rcm.serve import Play, run
+    from causal_rcm.spec import PipelineSpec
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    game = Play.of(PipelineSpec.read(checkpoint), str(checkpoint), env_id=env_id, side_by_side=side_by_side)
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"serving {checkpoint} in play mode on {url} (Ctrl+C to stop)")
+
+    # Frames are paced at the game's rate, and a key acts on the frames made after it: a short queue keeps the
+    # frames made ahead of the screen, hence a key's latency, to about one chunk.
+    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=True, on_ready=ready,
+        allowed_hosts=allowed_hosts, play=game, queue_frames=pipe.config.frames_per_chunk)
+
+
 def _check_writable(path: Path) -> None:
     """Fail early with one line if ``path`` cannot be created or written."""
     parent = path if path.is_dir() else path.parent

@@ -57,11 +57,12 @@ class LiveServer:
         self.sock.close()
 
 
-def serve_process(checkpoint: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """`causal-rcm serve ARGS` on an ephemeral loopback port; returns the process and its URL (from its first line)."""
+def serve_process(checkpoint: Path, *args: str, command: str = "serve") -> tuple[subprocess.Popen, str]:
+    """`causal-rcm serve ARGS` (or `play`) on an ephemeral loopback port; returns the process and its URL (from its
+    first line)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(causal_rcm.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "causal_rcm.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0", *args],
+        [sys.executable, "-m", "causal_rcm.cli", command, "--checkpoint", str(checkpoint), "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     line = proc.stdout.readline()

@@ -1,8 +1,10 @@
-"""Browser test: `causal-rcm serve` with a tiny checkpoint, driven in headless Chromium through Playwright.
+"""Browser tests: `causal-rcm serve` and `causal-rcm play` with tiny checkpoints, driven in headless Chromium through
+Playwright.
 
-Type a prompt, start, see frames arrive (the canvas changes), switch the prompt, stop; the page's
-screenshot is saved to test-artifacts/. Needs Debian's chromium (`.ci/run` installs it): skipped
-when it is missing, except under CI (the CI variable set), where it fails.
+Streaming: type a prompt, start, see frames arrive (the canvas changes), switch the prompt, stop. Play: keys
+change the world model's frames, and different keys give different frames. Screenshots are saved to
+test-artifacts/. Needs Debian's chromium (`.ci/run` installs it): skipped when it is missing, except under CI (the
+CI variable set), where it fails.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..checkpoints import make_checkpoint
+from ..checkpoints import make_checkpoint, make_world_checkpoint
 from .conftest import serve_process
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -90,3 +92,67 @@ def test_stream_in_headless_chromium(tmp_path):
     assert not problems, problems
     assert proc.returncode is not None
     assert (ARTIFACTS / "browser_stream.png").stat().st_size > 1000
+
+
+# The model's half of the side-by-side canvas, kept under a name, and the mean absolute difference of two such snapshots.
+_SNAP = """name => { const c = document.getElementById('view');
+  (window.snaps = window.snaps || {})[name] = c.getContext('2d').getImageData(0, 0, c.width / 2, c.height).data; }"""
+_DIST = """([a, b]) => { const x = window.snaps[a], y = window.snaps[b]; let d = 0;
+  for (let i = 0; i < x.length; i++) d += Math.abs(x[i] - y[i]); return d / x.length; }"""
+
+
+def _frames_under(page, key: str | None, name: str) -> None:
+    """Hold ``key`` (None: none), wait for the first frame under its action, then snapshot two frames two apart."""
+    action = {"ArrowRight": "RIGHT", "ArrowLeft": "LEFT", None: "NOOP"}[key]
+    if key is not None:
+        page.keyboard.down(key)
+    page.wait_for_function(f"() => document.getElementById('view').dataset.action === '{action}'", timeout=20000)
+    start = int(page.evaluate("document.getElementById('view').dataset.frame"))
+    for k, ahead in enumerate((2, 4), start=1):
+        page.wait_for_function(f"() => Number(document.getElementById('view').dataset.frame) >= {start + ahead}", timeout=20000)
+        page.evaluate(_SNAP, f"{name}{k}")
+    if key is not None:
+        page.keyboard.up(key)
+
+
+def test_play_in_headless_chromium(tmp_path):
+    """Keys reach the model: under one held key its frames barely change (its action embedding dominates them),
+    while another key, or none, changes them many times as much."""
+    executable = _chromium()
+    sync_playwright = _sync_playwright()
+    proc, url = serve_process(make_world_checkpoint(tmp_path / "world"), "--side-by-side", command="play")
+    problems: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda msg: msg.type == "error" and problems.append(f"console: {msg.text}"))
+            page.goto(url)
+            page.wait_for_selector("#start:enabled", timeout=15000)
+            assert page.is_hidden("#prompt") and page.is_visible("#meanings")
+            assert page.eval_on_selector_all("#meanings li", "items => items.map(li => li.textContent)") == ["NOOP", "FIRE", "RIGHT", "LEFT"]
+            assert page.evaluate("document.getElementById('view').width") == 768  # model | emulator
+
+            page.select_option("#steps", "1")
+            page.click("#start")
+            _frames_under(page, None, "noop")
+            _frames_under(page, "ArrowRight", "right")
+            _frames_under(page, "ArrowLeft", "left")
+            assert "ms" in page.text_content("#keylatency") and page.text_content("#fps") != "-"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser_play.png"))
+            dist = {(a, b): page.evaluate(_DIST, [a, b]) for a, b in
+                    (("right1", "right2"), ("left1", "left2"), ("noop1", "noop2"), ("right2", "left1"), ("noop2", "right1"))}
+            page.click("#stop")
+            page.wait_for_function("() => document.getElementById('state').textContent === 'idle'", timeout=10000)
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert not problems, problems
+    same = max(dist[("right1", "right2")], dist[("left1", "left2")], dist[("noop1", "noop2")])
+    assert dist[("right2", "left1")] > 5 * same and dist[("noop2", "right1")] > 5 * same, dist

@@ -12,8 +12,9 @@ from typing import Callable, Iterable
 
 from causal_rcm.errors import UserError
 from causal_rcm.serve.app import FRAME_HEADER, WS_MAX_BYTES, create_app
+from causal_rcm.serve.play import Play
 
-__all__ = ["FRAME_HEADER", "WS_MAX_BYTES", "create_app", "run", "bind"]
+__all__ = ["FRAME_HEADER", "WS_MAX_BYTES", "Play", "create_app", "run", "bind"]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -33,16 +34,17 @@ def bind(host: str, port: int) -> socket.socket:
 def run(
     pipeline, *, host: str = "127.0.0.1", port: int = 8000, max_streams: int = 2, max_steps: int = 4,
     realtime: bool = True, log_level: str = "warning", on_ready: Callable[[str], None] | None = None,
-    window_frames: int | None = None, allowed_hosts: Iterable[str] = (),
+    window_frames: int | None = None, allowed_hosts: Iterable[str] = (), play: Play | None = None, queue_frames: int = 4,
 ) -> None:
-    """Serve ``pipeline`` until interrupted; ``on_ready(url)`` is called once the socket is bound.
+    """Serve ``pipeline`` until interrupted (in play mode with ``play``); ``on_ready(url)`` is called once the
+    socket is bound.
 
     Requests may name ``host`` and ``allowed_hosts`` besides the localhost names (see ``create_app``).
     """
     import uvicorn
 
-    app = create_app(pipeline, max_streams=max_streams, max_steps=max_steps, realtime=realtime,
-                     window_frames=window_frames, allowed_hosts=(host, *allowed_hosts))
+    app = create_app(pipeline, max_streams=max_streams, max_steps=max_steps, realtime=realtime, queue_frames=queue_frames,
+                     window_frames=window_frames, allowed_hosts=(host, *allowed_hosts), play=play)
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

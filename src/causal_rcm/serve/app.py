@@ -19,10 +19,15 @@ of UTF-8 and nest ``[]``/``{}`` at most ``MAX_DEPTH`` (4) deep (a valid one is a
 (a start's steps default to hello's ``default_steps``: the checkpoint's, at most ``max_steps``)
 
 server -> client: JSON ``hello`` (on connect: checkpoint and limits), ``started``, ``prompt``
-(the first frame under a new prompt follows), ``stopped``, ``error`` {message}, ``busy``
+(the first frame under a new prompt follows), ``action`` {action, frame} (world models: the first
+frame under a new action follows), ``stopped``, ``error`` {message}, ``busy``
 {message, max_streams}; and one **binary** message per frame: a 16-byte little-endian header
 (uint32 frame index, uint16 width, uint16 height, float32 chunk compute ms, float32 seconds
 since start) followed by width * height * 3 RGB bytes.
+
+Play mode (``create_app(play=...)``, :mod:`causal_rcm.serve.play`): hello's ``play`` names the game and its
+actions; a start resets the emulator with its seed and the stream continues the emulator's first frames
+(frame indices count them); side by side, a frame's image is the model's and the emulator's, width 2W.
 
 Resources: at most ``max_streams`` streams run at once (beyond: ``busy``, sent only to a start that
 is valid in every other way); each runs in its own worker thread, handing frames to the event loop
@@ -55,6 +60,7 @@ from starlette.datastructures import Headers
 from causal_rcm.errors import UserError
 from causal_rcm.limits import MAX_SEED
 from causal_rcm.pipeline import MODES, StreamFrame, StreamingPipeline
+from causal_rcm.serve.play import Play, Session
 
 __all__ = ["create_app", "FRAME_HEADER"]
 
@@ -267,11 +273,12 @@ class _Steering:
 
 
 class _Job:
-    """One running stream: the pipeline's Stream, its worker thread and the task sending its frames."""
+    """One running stream: the pipeline's Stream, its worker thread and the task sending its frames; in play mode
+    its emulator ``session``, started and stepped in the worker."""
 
     def __init__(self, stream, steering: _Steering, loop: asyncio.AbstractEventLoop, settings: Settings,
-                 slots: Slots) -> None:
-        self.stream, self.steering = stream, steering
+                 slots: Slots, session: Session | None = None) -> None:
+        self.stream, self.steering, self.session = stream, steering, session
         self.channel = _Channel(loop, settings.queue_frames)
         self.stop = threading.Event()
         self.done = loop.create_future()
@@ -282,7 +289,11 @@ class _Job:
 
     def _work(self) -> None:
         try:
+            if self.session is not None:
+                self.session.start(self.stream)
             for frame in self.stream:
+                if self.session is not None:
+                    frame = self.session.frame(frame)
                 if self.stop.is_set() or not self.channel.put(frame, self.stop):
                     break
         except UserError as exc:
@@ -291,6 +302,8 @@ class _Job:
             log.exception("stream worker failed")
             self.channel.put(f"stream stopped by an internal error: {type(exc).__name__}", self.stop)
         finally:
+            if self.session is not None:
+                self.session.close()
             self.channel.put(_END, self.stop)
             self._slots.release()
             try:
@@ -313,8 +326,8 @@ def _encode_frame(frame: StreamFrame) -> bytes:
 class _Connection:
     """The protocol for one WebSocket client."""
 
-    def __init__(self, ws: WebSocket, pipe: StreamingPipeline, settings: Settings, slots: Slots) -> None:
-        self.ws, self.pipe, self.settings, self.slots = ws, pipe, settings, slots
+    def __init__(self, ws: WebSocket, pipe: StreamingPipeline, settings: Settings, slots: Slots, play: Play | None) -> None:
+        self.ws, self.pipe, self.settings, self.slots, self.play = ws, pipe, settings, slots, play
         self.job: _Job | None = None
         self._send_lock = asyncio.Lock()
 
@@ -383,7 +396,8 @@ class _Connection:
             await self.send({"type": "busy", "max_streams": n,
                              "message": f"busy: the server already runs its limit of {n} stream(s); try again later"})
             return
-        job = _Job(stream, steering, asyncio.get_running_loop(), self.settings, self.slots)
+        session = None if self.play is None else self.play.session(msg.seed)
+        job = _Job(stream, steering, asyncio.get_running_loop(), self.settings, self.slots, session)
         self.job = job
         job.thread.start()  # before any await: end_job relies on the worker resolving job.done
         await self.send({"type": "started", "prompt": msg.prompt, "steps": stream.steps, "mode": msg.mode,
@@ -391,7 +405,7 @@ class _Connection:
         job.sender = asyncio.create_task(self._send_frames(job))
 
     async def _send_frames(self, job: _Job) -> None:
-        fps, prompt, first_sent = self.pipe.config.fps, None, None
+        fps, prompt, action, first_sent = self.pipe.config.fps, None, None, None
         while True:
             item = await job.channel.get()
             if item is _END:
@@ -408,6 +422,9 @@ class _Connection:
             if item.prompt != prompt:
                 prompt = item.prompt
                 await self.send({"type": "prompt", "prompt": prompt, "frame": item.index})
+            if item.action != action:  # the page measures a key's latency to its first frame
+                action = item.action
+                await self.send({"type": "action", "action": action, "frame": item.index})
             await self.send(_encode_frame(item))
             job.sent += 1
         if self.job is job:  # the stream ended by itself (an error): report it
@@ -453,9 +470,11 @@ _CSP = "default-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'
 
 def create_app(
     pipeline: StreamingPipeline, *, max_streams: int = 2, max_steps: int = 4, queue_frames: int = 4, realtime: bool = True,
-    window_frames: int | None = None, allowed_hosts: Iterable[str] = (),
+    window_frames: int | None = None, allowed_hosts: Iterable[str] = (), play: Play | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``pipeline`` (a causal checkpoint); ``app.state.slots`` counts running streams.
+
+    ``play``: the page in play mode for a world model (:mod:`causal_rcm.serve.play`; module docstring).
 
     ``window_frames``: every stream's KV-cache window in latent frames (default: the checkpoint's; see
     ``StreamingPipeline.stream``). ``allowed_hosts``: host names or addresses, besides ``LOCAL_HOSTS``,
@@ -465,6 +484,8 @@ def create_app(
     """
     if not pipeline.config.causal:
         raise UserError("serve needs a causal checkpoint; this one is bidirectional (use `causal-rcm generate`)")
+    if play is not None and not pipeline.config.num_actions:
+        raise UserError("play mode needs a world model (a checkpoint trained with actions)")
     if max_streams < 1 or max_steps < 1 or queue_frames < 1:
         raise UserError("max_streams, max_steps and queue_frames must be >= 1")
     if window_frames is not None:
@@ -480,7 +501,7 @@ def create_app(
         "default_steps": settings.default_steps, "max_steps": max_steps, "modes": list(MODES),
         "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
         "window_frames": cfg.stream.window_frames if window_frames is None else window_frames,
-        "max_prompt_chars": MAX_PROMPT_CHARS,
+        "max_prompt_chars": MAX_PROMPT_CHARS, "play": None if play is None else play.info(),
     }
     page, script = _static("index.html"), _static("app.js")
     headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
@@ -505,7 +526,7 @@ def create_app(
 
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket) -> None:
-        await _Connection(ws, pipeline, settings, slots).run({"type": "hello", **info})
+        await _Connection(ws, pipeline, settings, slots, play).run({"type": "hello", **info})
         gc.collect()  # this connection's reference cycles (see _freeze_heap): cheap, the heap being frozen
 
     return app

@@ -1,6 +1,8 @@
 // causal-rcm stream page: one WebSocket, JSON control messages, binary RGB frames drawn on a canvas.
 // Frame message: 16-byte little-endian header (uint32 index, uint16 width, uint16 height,
 // float32 chunk compute ms, float32 seconds since start) + width * height * 3 RGB bytes.
+// Play mode (hello.play set): no prompt; held keys choose an action of the game, sent when it changes;
+// side by side, a frame holds the model's image and the emulator's, twice as wide.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,6 +15,11 @@ let frames = 0;
 let arrivals = [];       // arrival times (ms) of the frames of the last second
 let startClicked = 0;
 let firstFrameMs = null;
+let meanings = [];       // play mode: the game's action names, by index
+const KEYS = { ArrowUp: "UP", ArrowDown: "DOWN", ArrowLeft: "LEFT", ArrowRight: "RIGHT", " ": "FIRE" };
+const held = new Set();  // play mode: the KEYS parts held down
+let sentAction = 0;      // the action the server steers with (a stream starts with NOOP, 0)
+let pressedAt = null;    // when the last action change was sent, until its first frame arrives
 
 function status(text, isError) {
   $("status").textContent = text;
@@ -64,6 +71,61 @@ function drawFrame(buffer) {
   view.dataset.frame = String(index);
 }
 
+// The game's action for the held keys: the full combination if the game has it (e.g. UPRIGHTFIRE), else
+// the most of it that it has, else NOOP.
+function actionOf(keys) {
+  const v = keys.has("UP") ? "UP" : keys.has("DOWN") ? "DOWN" : "";
+  const h = keys.has("RIGHT") ? "RIGHT" : keys.has("LEFT") ? "LEFT" : "";
+  const f = keys.has("FIRE") ? "FIRE" : "";
+  for (const name of [v + h + f, v + h, h + f, v + f, h, v, f]) {
+    if (name && meanings.includes(name)) return meanings.indexOf(name);
+  }
+  return Math.max(0, meanings.indexOf("NOOP"));
+}
+
+function steer() {
+  const action = actionOf(held);
+  if (!running || action === sentAction) return;
+  sentAction = action;
+  pressedAt = performance.now();
+  send({ type: "action", action });
+}
+
+function onKey(event, down) {
+  if (!document.body.classList.contains("play") || !(event.key in KEYS)) return;
+  if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement) event.target.blur();
+  event.preventDefault();  // arrows and space would scroll the page
+  if (down) held.add(KEYS[event.key]); else held.delete(KEYS[event.key]);
+  steer();
+}
+
+function showAction(action) {
+  $("action").textContent = meanings[action] || String(action);
+  view.dataset.action = meanings[action] || String(action);
+  document.querySelectorAll("#meanings li").forEach((li, i) => li.classList.toggle("on", i === action));
+  if (pressedAt !== null && action === sentAction) {
+    $("keylatency").textContent = (performance.now() - pressedAt).toFixed(0) + " ms";
+    pressedAt = null;
+  }
+}
+
+function setupPlay(play) {
+  document.body.classList.add("play");
+  document.body.classList.toggle("side", play.side_by_side);
+  $("title").textContent = "causal-rcm: play " + (play.env || "the world model");
+  $("prompt").value = "";
+  $("game").textContent = play.env || "the world model";
+  meanings = play.action_meanings;
+  const list = $("meanings");
+  list.innerHTML = "";
+  for (const name of meanings) {
+    const li = document.createElement("li");
+    li.textContent = name;
+    list.appendChild(li);
+  }
+  if (play.side_by_side) { view.width = 768; view.title = "model | emulator"; }
+}
+
 function onMessage(event) {
   if (typeof event.data !== "string") { drawFrame(event.data); return; }
   const msg = JSON.parse(event.data);
@@ -78,13 +140,19 @@ function onMessage(event) {
         steps.appendChild(option);
       }
       $("seed").max = String(msg.max_seed);
+      if (msg.play) setupPlay(msg.play);
       status(`connected: ${msg.resolution} px at ${msg.fps} fps, ${msg.frames_per_chunk} frames a chunk`);
       setRunning(false);
       break;
     }
     case "started":
       setRunning(true);
+      sentAction = 0;
+      steer();  // keys already held
       status(`streaming with ${msg.steps} step(s), ${msg.mode} mode, seed ${msg.seed}`);
+      break;
+    case "action":
+      showAction(msg.action);
       break;
     case "prompt":
       $("current").textContent = msg.prompt;
@@ -119,6 +187,9 @@ $("start").addEventListener("click", () => {
 });
 $("switch").addEventListener("click", () => send({ type: "switch", prompt: $("prompt").value }));
 $("stop").addEventListener("click", () => send({ type: "stop" }));
+document.addEventListener("keydown", (event) => onKey(event, true));
+document.addEventListener("keyup", (event) => onKey(event, false));
+window.addEventListener("blur", () => { held.clear(); steer(); });
 $("controls").addEventListener("submit", (event) => {
   event.preventDefault();
   $(running ? "switch" : "start").click();
