@@ -342,13 +342,14 @@ def _print_metrics(metrics: dict) -> None:
 @cli.group()
 def bench() -> None:
     """Benchmarks (JSON under benchmarks/results/): attention kernels, whole-model JVP, sCM step, streaming (GPU);
-    long streams and the KV-cache window (CPU)."""
+    long streams and the KV-cache window (CPU); the play loop of a world model (CPU or GPU)."""
 
 
 def _register_benchmarks() -> None:
     from causal_rcm.bench.attention import attention_command
     from causal_rcm.bench.jvp import jvp_command
     from causal_rcm.bench.long_stream import long_stream_command, stream_window_command
+    from causal_rcm.bench.play import play_command
     from causal_rcm.bench.scm_step import scm_step_command
     from causal_rcm.bench.stream import stream_command
 
@@ -358,6 +359,7 @@ def _register_benchmarks() -> None:
     bench.add_command(stream_command)
     bench.add_command(long_stream_command)
     bench.add_command(stream_window_command)
+    bench.add_command(play_command)
 
 
 _register_benchmarks()

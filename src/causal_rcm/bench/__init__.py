@@ -7,16 +7,24 @@ import platform
 
 
 def environment(benchmark: str, device) -> dict:
-    """The header every result carries: what ran, when, on which device and software."""
-    import torch
-    import triton
+    """The header every result carries: what ran, when, on which device and software.
 
+    ``device`` "cpu" names the processor and torch's threads instead of a GPU; triton is optional there."""
+    import torch
+
+    try:
+        import triton
+    except ImportError:  # a CPU build of torch comes without it
+        triton = None
+    dev = torch.device(device)
+    where = ({"device": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else
+             {"device": dev.type, "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()})
     return {
         "benchmark": benchmark,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device),
+        **where,
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": None if triton is None else triton.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
     }

@@ -61,11 +61,6 @@ def _write(report: dict, out: Path) -> None:
     click.echo(f"wrote {out}")
 
 
-def _checkpoint_name(checkpoint: Path) -> str:
-    """A checkpoint's name: its folder, or the run folder above a train output's ``model/``."""
-    return checkpoint.parent.name if checkpoint.name == "model" else checkpoint.name
-
-
 @click.command("long-stream")
 @click.option("-c", "--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A causal checkpoint folder.")
@@ -85,6 +80,7 @@ def long_stream_command(checkpoint, untrained_shapes, minutes, prompt, steps, mo
     import torch
 
     from causal_rcm.eval.stream import measure_stream
+    from causal_rcm.models.adapters import checkpoint_name
     from causal_rcm.pipeline import StreamingPipeline
 
     if (checkpoint is None) == (not untrained_shapes):
@@ -95,7 +91,7 @@ def long_stream_command(checkpoint, untrained_shapes, minutes, prompt, steps, mo
         folder = untrained_shapes_checkpoint(Path(tmp)) if untrained_shapes else checkpoint
         pipe = StreamingPipeline.from_pretrained(folder)
         measured = measure_stream(pipe, prompt, minutes=minutes, steps=steps, mode=mode, seed=seed, window_frames=window)
-    name = "untrained-shapes" if untrained_shapes else _checkpoint_name(checkpoint)
+    name = "untrained-shapes" if untrained_shapes else checkpoint_name(checkpoint)
     if window is not None:
         name += f"_window{window}"
     report = {

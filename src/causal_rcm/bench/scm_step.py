@@ -106,9 +106,8 @@ def run_scm_step_bench(
         log(f"{name:>18}: {ms:9.1f} ms{memory}")
     ratio = results["tf_scm_step"]["ms"] / results["tf_diffusion_step"]["ms"]
     log(f"TF-sCM step / TF diffusion step: {ratio:.2f}x")
-    header = environment("scm_step", device) if cuda else {"benchmark": "scm_step", "device": "cpu", "torch": torch.__version__}
     return {
-        **header,
+        **environment("scm_step", device),
         "setup": {"size": size, "height": height, "width": width, "frames": 2 * frames, "seq_len": scm.tf_mask().seq_len_q,
                   "precision": "bf16 autocast, fp32 weights" if cuda else "fp32", "weights": "random",
                   "jvp_backend": config.objective.jvp_backend, "optimizer": "AdamW",

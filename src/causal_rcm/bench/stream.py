@@ -297,9 +297,8 @@ def run_stream_bench(
     baseline = {"forward_ms": forward_ms, "decode_ms": decode_ms, "total_ms": baseline_ms, "fps": pixels / (baseline_ms / 1000)}
     log(f"bidirectional 50 steps x CFG: forward {forward_ms:.1f} ms x 100 + decode {decode_ms:.1f} ms = "
         f"{baseline_ms / 1000:.2f} s ({baseline['fps']:.2f} FPS)")
-    header = environment("stream", device) if cuda else {"benchmark": "stream", "device": "cpu", "torch": torch.__version__}
     return {
-        **header,
+        **environment("stream", device),
         "setup": {"size": size, "height": height, "width": width, "latent_frames": latent_frames, "pixel_frames": pixels,
                   "dtype": str(dtype).replace("torch.", ""), "weights": "random", "attention": "sdpa with KV cache",
                   "sampler": "consistency, shift 3, no CFG", "vae": "diffusers AutoencoderKLWan, random weights, streamed",

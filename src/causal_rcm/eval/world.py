@@ -46,7 +46,7 @@ from causal_rcm.devices import resolve_device
 from causal_rcm.diffusion.samplers import SamplerSpec, sample
 from causal_rcm.errors import UserError
 from causal_rcm.eval.score import BATCH
-from causal_rcm.models.adapters import write_whole
+from causal_rcm.models.adapters import checkpoint_name, write_whole
 from causal_rcm.pipeline import StreamingPipeline
 from causal_rcm.spec import PipelineSpec
 
@@ -184,11 +184,6 @@ class Candidate:
     steps: tuple[int, ...] | None = None
 
 
-def _name(path: Path) -> str:
-    """A checkpoint's name: its folder, or the run folder above a train output's ``model/``."""
-    return path.parent.name if path.name == "model" else path.name
-
-
 def _check(spec: PipelineSpec, path: Path, manifest: Manifest, shards: Path, *, no_action: bool) -> None:
     """One-line UserError when the checkpoint cannot be compared with the episodes of ``manifest``."""
     env = manifest.env
@@ -264,7 +259,7 @@ def evaluate_world(
     for (c, baseline), (path, spec) in zip(everything, specs):
         pipe = StreamingPipeline.from_pretrained(path, device=dev, dtype=torch.float32)
         for k in c.steps or tuple(steps or ()) or (spec.sampler.steps,):
-            label = f"{_name(path)} ({k} step{'s' * (k != 1)})" + (" without actions" if baseline else "")
+            label = f"{checkpoint_name(path)} ({k} step{'s' * (k != 1)})" + (" without actions" if baseline else "")
             started = time.perf_counter()
             pred = rollout(pipe, frames, None if baseline else held.actions, horizon, steps=k, seed=seed)
             seconds = (time.perf_counter() - started) / len(frames)

@@ -33,7 +33,7 @@ import torch
 from causal_rcm.errors import CheckpointError
 from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
-__all__ = ["LAYOUTS", "detect_layout", "load_checkpoint", "save_checkpoint", "wan_to_diffusers", "diffusers_to_wan"]
+__all__ = ["LAYOUTS", "checkpoint_name", "detect_layout", "load_checkpoint", "save_checkpoint", "wan_to_diffusers", "diffusers_to_wan"]
 
 LAYOUTS = ("causal-rcm", "wan", "diffusers")
 OURS_WEIGHTS = "model.safetensors"
@@ -257,6 +257,12 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"unreadable config {path}: a JSON object is needed, not a {type(data).__name__}")
     return data
+
+
+def checkpoint_name(path: str | Path) -> str:
+    """A checkpoint's name in tables and file names: its folder, or the run folder above a train output's ``model/``."""
+    path = Path(path)
+    return path.parent.name if path.name == "model" else path.name
 
 
 def detect_layout(path: str | Path) -> str:
