@@ -22,7 +22,7 @@ def test_bench_play_writes_frames_per_second_by_step_count(tmp_path):
     assert report["torch"] and report["date"] and report["torch_threads"] >= 1 and report["game_fps"] == 15.0
     assert [r["steps"] for r in report["results"]] == [1, 2]
     for r in report["results"]:
-        assert r["frames"] == 4 and r["frames_per_second"] > 0 and r["chunk_latency_ms"]["p90"] >= r["chunk_latency_ms"]["p50"] > 0
+        assert r["frames"] == 4 and r["frames_per_second"] > 0 and r["process_cpu_seconds"] > 0 and r["chunk_latency_ms"]["p90"] >= r["chunk_latency_ms"]["p50"] > 0
     assert "1 step(s):" in result.output and "frames/s" in result.output
     bad = CliRunner().invoke(cli, ["bench", "play", "-c", str(checkpoint), "--steps", "0"])
     assert bad.exit_code == 2 and "one or more step counts >= 1" in bad.output

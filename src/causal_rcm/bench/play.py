@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ def _steps(ctx, param, value: str) -> list[int]:
 
 
 def measure_play(pipe, game, *, steps: int, frames: int, warmup: int, mode: str = "chunk", seed: int = 0) -> dict:
-    """Time ``frames`` frames of one play stream after ``warmup`` frames: frames per second and chunk latencies."""
+    """Time ``frames`` frames of one play stream after ``warmup`` frames: frames per second and chunk latencies, and
+    the process's CPU seconds (on a shared CPU, ``frames / process_cpu_seconds`` with one thread is the rate the
+    loop would reach on an idle core; the wall-clock rate is what the player sees)."""
     import numpy as np
     import torch
 
@@ -50,16 +53,17 @@ def measure_play(pipe, game, *, steps: int, frames: int, warmup: int, mode: str 
             next(stream)
         if pipe.device.type == "cuda":
             torch.cuda.synchronize(pipe.device)
-        started, chunks = time.perf_counter(), {}
+        started, cpu, chunks = time.perf_counter(), time.process_time(), {}
         for _ in range(frames):
             frame = next(stream)
             chunks[frame.chunk] = frame.chunk_seconds
-        wall = time.perf_counter() - started
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:
         session.close()
         stream.close()
     latency = np.array(list(chunks.values())) * 1000
     return {"steps": steps, "frames": frames, "wall_seconds": round(wall, 3), "frames_per_second": round(frames / wall, 2),
+            "process_cpu_seconds": round(cpu, 3),
             "chunk_latency_ms": {"mean": round(float(latency.mean()), 2), "p50": round(float(np.median(latency)), 2),
                                  "p90": round(float(np.percentile(latency, 90)), 2)}}
 
@@ -105,6 +109,8 @@ def play_command(checkpoint: Path, steps: list[int], device: str, frames: int, w
         "resolution": cfg.resolution, "parameters_m": round(pipe.model.num_parameters() / 1e6, 3), "mode": mode,
         "frames_per_chunk": cfg.frames_per_chunk if mode == "chunk" else 1, "game_fps": cfg.fps, "results": results,
     }
+    if dev.type == "cpu":
+        report["load_average"] = [round(x, 2) for x in os.getloadavg()]  # others' work on a shared machine slows the loop
     if out is None:
         slug = re.sub(r"[^A-Za-z0-9.-]+", "_", header["device"])
         out = RESULTS / f"play_{slug}_{checkpoint_name(checkpoint)}_{datetime.date.today().isoformat()}.json"
