@@ -38,8 +38,17 @@ def test_gpu_benchmarks_say_they_need_a_gpu(name):
 
 def test_help_lists_every_command():
     result = subprocess.run(_console_script() + ["--help"], capture_output=True, text=True)
-    for command in ("quickstart", "train", "eval", "generate", "serve", "convert", "bench", "experiment"):
+    for command in ("quickstart", "train", "eval", "generate", "serve", "play", "convert", "bench", "experiment"):
         assert command in result.stdout
+
+
+def test_eval_without_a_command_is_the_shapes_worlds_and_eval_world_is_there():
+    shapes = subprocess.run(_console_script() + ["eval", "-c", "no/such/checkpoint", "--drift", "2"], capture_output=True, text=True)
+    assert shapes.returncode == 2 and shapes.stderr == "error: checkpoint no/such/checkpoint does not exist\n"
+    world = subprocess.run(_console_script() + ["eval", "world", "--help"], capture_output=True, text=True)
+    assert world.returncode == 0 and "--no-action-model" in world.stdout and "--horizon" in world.stdout
+    group = subprocess.run(_console_script() + ["eval", "--help"], capture_output=True, text=True)
+    assert group.returncode == 0 and "shapes" in group.stdout and "world" in group.stdout
 
 
 _WORKER = """
