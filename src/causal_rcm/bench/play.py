@@ -45,7 +45,7 @@ def measure_play(pipe, game, *, steps: int, frames: int, warmup: int, mode: str 
     def player(i: int) -> int:
         return presses.setdefault(i // PRESS_FRAMES, int(rng.integers(len(game.action_meanings))))
 
-    stream = pipe.stream("", steps=steps, mode=mode, seed=seed, actions=player)
+    stream = pipe.stream("", steps=steps, mode=mode, seed=seed, actions=player, guidance=1.0)  # as play: no CFG
     session = game.session(seed)
     try:
         session.start(stream)

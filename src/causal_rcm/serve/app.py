@@ -388,9 +388,10 @@ class _Connection:
         # one gets its own error even when the server is full. Cheap: the KV cache comes with the first chunk.
         steering = _Steering()
         steps = self.settings.default_steps if msg.steps is None else msg.steps
+        # Play: the actions are the only condition, the empty prompt's two CFG branches equal: one branch, half the work.
         stream = self.pipe.stream(msg.prompt, steps=steps, mode=msg.mode, seed=msg.seed,
                                   actions=steering if self.pipe.config.num_actions else None,
-                                  window_frames=self.settings.window_frames)
+                                  window_frames=self.settings.window_frames, guidance=None if self.play is None else 1.0)
         if not self.slots.acquire():
             n = self.slots.limit
             await self.send({"type": "busy", "max_streams": n,

@@ -4,7 +4,8 @@ A play stream starts as a recorded episode does: the emulator (ale-py) is reset 
 first frames (the reset frame, then NOOPs, one chunk in all) are the model's context (:meth:`Stream.prefill`). From
 there the model makes every frame under the action the client's keys set (no key: NOOP). With ``side_by_side`` the
 emulator plays on with the same actions, one step per generated frame, and each frame message carries both images,
-the model's on the left; when its game ends it shows its last frame. A shapes-world model (agent mode) has no
+the model's on the left; when its game ends it shows its last frame. Play samples without CFG: the prompt is empty
+and the actions reach both branches, which are therefore equal. A shapes-world model (agent mode) has no
 emulator: it starts from its own first chunk.
 """
 
