@@ -299,6 +299,8 @@ def _steps_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--episodes", type=int, default=16, show_default=True, help="Held-out episodes to use (the first long enough).")
 @click.option("--steps", default=None, metavar="K[,K...]", help="Sampler steps of every checkpoint without its own @K (default: each one's).")
 @click.option("--context", type=int, default=None, help="Real frames given as context (default: one chunk of the causal models).")
+@click.option("--start", type=int, default=0, show_default=True,
+              help="Frame of each episode where the context begins (0: the reset; later frames test later game states).")
 @click.option("--no-action-model", "no_action", default=None, metavar="CKPT[@K]",
               help="The same model trained without actions (data.actions=false): the baseline the actions must beat.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/eval-world"), show_default=True,
@@ -306,7 +308,7 @@ def _steps_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def eval_world(checkpoints: tuple[str, ...], shards: Path, horizon: int, episodes: int, steps: str | None,
-               context: int | None, no_action: str | None, out: Path, seed: int, device: str) -> None:
+               context: int | None, start: int, no_action: str | None, out: Path, seed: int, device: str) -> None:
     """Predict held-out Atari episodes from their first frames under the recorded actions and compare with the
     emulator's frames: PSNR and SSIM per horizon step, action sensitivity (ΔPSNR against random actions), beside
     copy-last-frame and the no-action model; a table, JSON and a plot."""
@@ -318,10 +320,11 @@ def eval_world(checkpoints: tuple[str, ...], shards: Path, horizon: int, episode
     candidates = [_candidate(c, "-c") for c in checkpoints]
     baseline = None if no_action is None else _candidate(no_action, "--no-action-model")
     result = evaluate_world(candidates, shards, horizon=horizon, episodes=episodes, context=context,
-                            steps=None if steps is None else _steps_list(steps, "--steps"), no_action=baseline, seed=seed,
-                            device=device, say=lambda line: click.echo(line, err=True))
+                            steps=None if steps is None else _steps_list(steps, "--steps"), no_action=baseline,
+                            start=start, seed=seed, device=device, say=lambda line: click.echo(line, err=True))
     args = [a for c in checkpoints for a in ("-c", c)] + ["--shards", str(shards), "--horizon", str(horizon),
-                                                            "--episodes", str(episodes), "--seed", str(seed)]
+                                                            "--episodes", str(episodes), "--start", str(start),
+                                                            "--seed", str(seed)]
     args += [] if steps is None else ["--steps", steps]
     args += [] if context is None else ["--context", str(context)]
     args += [] if no_action is None else ["--no-action-model", no_action]

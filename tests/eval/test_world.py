@@ -117,12 +117,13 @@ def test_eval_world_compares_models_and_baselines_per_horizon(world_models, brea
 
 
 def test_a_rollout_equal_to_the_emulators_frames_scores_the_ceiling(world_models, breakout_shards, monkeypatch):
-    """A rollout equal to the emulator's frames scores PSNR_MAX and SSIM 1 at every horizon (the metric's ceiling)."""
+    """A rollout equal to the emulator's frames (from frame --start on) scores PSNR_MAX and SSIM 1 at every horizon."""
     import causal_rcm.eval.world as world
 
-    held = world.heldout(breakout_shards, context=2, horizon=4, episodes=1)
+    held = world.heldout(breakout_shards, context=2, horizon=4, episodes=1, start=5)
+    assert held.frames.shape[1] == 6 and held.start == 5
     monkeypatch.setattr(world, "rollout", lambda pipe, frames, actions, horizon, **kw: held.frames[:, 2:])
-    result = evaluate_world([Candidate(world_models["causal"])], breakout_shards, horizon=4, say=lambda line: None)
+    result = evaluate_world([Candidate(world_models["causal"])], breakout_shards, horizon=4, start=5, say=lambda line: None)
     model = result["rows"][1]
     assert model["psnr"] == [PSNR_MAX] * 4 and np.allclose(model["ssim"], 1.0)
     assert all(c < PSNR_MAX for c in result["rows"][0]["psnr"])
@@ -156,6 +157,7 @@ def test_bad_input_is_one_clear_line(world_models, breakout_shards, tmp_path):
         (dict(candidates=[causal], shards=trained_only), "has no held-out episodes: collect with --holdout > 0"),
         (dict(candidates=[causal], horizon=40), "--context 2 and --horizon 40 need episodes of 42 frames, but the longest "
                                                 "held-out episode of .* has 25: lower --horizon"),
+        (dict(candidates=[causal], start=20), "--context 2 and --horizon 4 from frame 20 need episodes of 26 frames"),
         (dict(candidates=[Candidate(world_models["no-action"])]), "was trained without actions: it is a baseline, pass it "
                                                                   "as --no-action-model"),
         (dict(candidates=[causal], no_action=causal), "--no-action-model .* takes actions"),

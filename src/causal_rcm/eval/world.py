@@ -1,7 +1,7 @@
 """World models against the emulator (``causal-rcm eval world``): predicting held-out Atari episodes from their first frames.
 
-Every held-out episode long enough gives one test: its first ``context`` real frames, encoded by the checkpoint's codec,
-are the model's context, and the model predicts the next ``horizon`` frames under the recorded actions (``actions[t]``
+Every held-out episode long enough gives one test: its first ``context`` real frames (from frame ``start``, 0 by
+default: the reset), encoded by the checkpoint's codec, are the model's context, and the model predicts the next ``horizon`` frames under the recorded actions (``actions[t]``
 led to frame t, :mod:`causal_rcm.data.shards`). Prediction and the emulator's frames are compared as uint8 images at
 each horizon step h = 1..H: PSNR and SSIM, averaged over the episodes.
 
@@ -99,37 +99,42 @@ def ssim(pred: torch.Tensor | np.ndarray, real: torch.Tensor | np.ndarray) -> to
 @dataclass
 class HeldOut:
     """The tests: ``frames`` uint8 (N, C + H, S, S, 3), the context then the frames to predict, and the recorded
-    ``actions`` int64 (N, C + H), from the held-out episodes ``episodes`` (their indices in the collection)."""
+    ``actions`` int64 (N, C + H), from frame ``start`` of the held-out episodes ``episodes`` (their indices in the
+    collection)."""
 
     manifest: Manifest
     frames: np.ndarray
     actions: np.ndarray
     episodes: list[int]
     context: int
+    start: int = 0
 
     @property
     def horizon(self) -> int:
         return self.frames.shape[1] - self.context
 
 
-def heldout(shards: Path, *, context: int, horizon: int, episodes: int) -> HeldOut:
-    """The first ``context + horizon`` frames of the first ``episodes`` held-out episodes of ``shards`` long enough;
-    one-line UserError when there are none (no held-out split, or episodes shorter than the horizon)."""
+def heldout(shards: Path, *, context: int, horizon: int, episodes: int, start: int = 0) -> HeldOut:
+    """``context + horizon`` frames from frame ``start`` of the first ``episodes`` held-out episodes of ``shards``
+    long enough; one-line UserError when there are none (no held-out split, or episodes shorter than that)."""
     manifest = Manifest.read(shards)
     entries = manifest.split("heldout")
     if not entries:
         raise UserError(f"{shards} has no held-out episodes: collect with --holdout > 0 (held-out episodes go whole into "
                         "heldout-* shards)")
-    need = context + horizon
+    need = start + context + horizon
     found = [ep for entry in entries for ep in ShardReader(Path(shards), entry, manifest).episodes]
     long_enough = [ep for ep in found if len(ep.frames) >= need][:episodes]
     if not long_enough:
         longest = max(len(ep.frames) for ep in found)
-        raise UserError(f"--context {context} and --horizon {horizon} need episodes of {need} frames, but the longest "
+        at = f" from frame {start}" if start else ""
+        raise UserError(f"--context {context} and --horizon {horizon}{at} need episodes of {need} frames, but the longest "
                         f"held-out episode of {shards} has {longest}: lower --horizon, or collect longer episodes (--max-steps)")
+    window = slice(start, need)
     return HeldOut(
-        manifest, np.stack([np.asarray(ep.frames[:need]) for ep in long_enough]),
-        np.stack([ep.actions[:need] for ep in long_enough]), [int(ep.meta.get("episode", -1)) for ep in long_enough], context,
+        manifest, np.stack([np.asarray(ep.frames[window]) for ep in long_enough]),
+        np.stack([ep.actions[window] for ep in long_enough]), [int(ep.meta.get("episode", -1)) for ep in long_enough],
+        context, start,
     )
 
 
@@ -228,16 +233,17 @@ def _row(label: str, kind: str, pred: np.ndarray, real: np.ndarray, **extra) -> 
 
 def evaluate_world(
     candidates: Sequence[Candidate], shards: Path, *, horizon: int = 32, episodes: int = 16, context: int | None = None,
-    steps: Sequence[int] | None = None, no_action: Candidate | None = None, seed: int = 0, device: str = "auto",
-    say: Callable[[str], None] = print,
+    steps: Sequence[int] | None = None, no_action: Candidate | None = None, start: int = 0, seed: int = 0,
+    device: str = "auto", say: Callable[[str], None] = print,
 ) -> dict:
     """Every candidate (at each of its steps, else ``steps``, else its own) beside copy-last-frame and, when given,
     the no-action model, on the held-out episodes of ``shards``: the result :func:`write_world_eval` writes.
 
     Each model row has ``psnr``, ``ssim`` and (models with actions) ``psnr_random_actions`` and ``delta_psnr``: lists
     over horizon steps 1..H, means over episodes; ``seconds_per_episode`` is the rollout's sampling time."""
-    if horizon < 1 or episodes < 1:
-        raise UserError(f"--horizon and --episodes must be at least 1, got {horizon} and {episodes}")
+    if horizon < 1 or episodes < 1 or start < 0:
+        raise UserError(f"--horizon and --episodes must be at least 1 and --start at least 0, got {horizon}, {episodes} "
+                        f"and {start}")
     shards = Path(shards)
     dev = resolve_device(device)
     everything = [*((c, False) for c in candidates), *(() if no_action is None else ((no_action, True),))]
@@ -246,7 +252,7 @@ def evaluate_world(
     for (c, baseline), (_, spec) in zip(everything, specs):
         _check(spec, c.path, manifest, shards, no_action=baseline)
     context = _context(specs, context)
-    held = heldout(shards, context=context, horizon=horizon, episodes=episodes)
+    held = heldout(shards, context=context, horizon=horizon, episodes=episodes, start=start)
     frames, real = held.frames[:, :context], held.frames[:, context:]
     rng = np.random.default_rng(seed + 1)
     random_actions = held.actions.copy()
@@ -255,7 +261,7 @@ def evaluate_world(
     copy = np.repeat(frames[:, -1:], horizon, axis=1)
     zeros = [0.0] * horizon  # delta_psnr of what ignores the actions, by construction
     rows = [_row("copy last context frame", "copy-last", copy, real, delta_psnr=zeros)]
-    say(f"{len(held.episodes)} held-out episode(s) of {shards}, {context} context frame(s), horizon {horizon}")
+    say(f"{len(held.episodes)} held-out episode(s) of {shards}, {context} context frame(s) from frame {start}, horizon {horizon}")
     for (c, baseline), (path, spec) in zip(everything, specs):
         pipe = StreamingPipeline.from_pretrained(path, device=dev, dtype=torch.float32)
         for k in c.steps or tuple(steps or ()) or (spec.sampler.steps,):
@@ -276,7 +282,7 @@ def evaluate_world(
             say(f"  {label}: PSNR h=1 {rows[-1]['psnr'][0]:.2f} dB, h={horizon} {rows[-1]['psnr'][-1]:.2f} dB "
                 f"({seconds:.2f} s/episode)")
     return {
-        "env": held.manifest.env.id, "shards": str(shards), "episodes": held.episodes, "context": context,
+        "env": held.manifest.env.id, "shards": str(shards), "episodes": held.episodes, "start": start, "context": context,
         "horizon": horizon, "seed": seed, "device": str(dev),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
     }
@@ -295,7 +301,8 @@ def markdown(result: dict, command: str = "") -> str:
             + ["ΔPSNR (mean h)", "s/episode"])
     lines = [
         f"# World model evaluation: {result['env']}", "",
-        f"{len(result['episodes'])} held-out episode(s) of `{result['shards']}`: {result['context']} real context frame(s), "
+        f"{len(result['episodes'])} held-out episode(s) of `{result['shards']}`: {result['context']} real context frame(s) "
+        f"from frame {result.get('start', 0)}, "
         f"then {result['horizon']} predicted frames under the recorded actions, against the emulator's frames. PSNR in dB "
         "and SSIM (11x11 Gaussian window) of uint8 frames at horizon h, means over episodes; ΔPSNR (Genie's action "
         "sensitivity) = PSNR with the recorded actions - PSNR with uniformly random ones (same noise), mean over h = 1.."
@@ -329,7 +336,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set(xlabel="horizon (frames after the context)", title=title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{result['env']}: {len(result['episodes'])} held-out episode(s), {result['context']} context frame(s)")
+    fig.suptitle(f"{result['env']}: {len(result['episodes'])} held-out episode(s), {result['context']} context frame(s) "
+                 f"from frame {result.get('start', 0)}")
     fig.tight_layout()
     write_whole(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
