@@ -285,6 +285,13 @@ BAD = [
     (["eval", "-c", "{bidirectional}", "-n", "1", "--steps", "1", "--drift", "2"], "--drift needs a causal checkpoint"),
     (["eval", "-c", "{causal}", "--stream-seconds", "nan"], "'--stream-seconds': nan is not a finite number"),
     (["serve", "-c", "{causal}", "--port", "70000"], "'--port': 70000 is not in the range 0<=x<=65535"),
+    (["eval", "world", "-c", "{causal}", "--shards", "{folder}", "--horizon", "0"], "'--horizon': 0 is not in the range x>=1"),
+    (["eval", "world", "-c", "{causal}@1,0", "--shards", "{folder}"], "steps are integers in 1..1000 separated by commas"),
+    (["eval", "world", "-c", "{causal}", "--shards", "{folder}"], "has no manifest.json"),
+    (["eval", "world", "-c", "{causal}", "--shards", "{missing}", "--start", "-1"], "'--start': -1 is not in the range x>=0"),
+    (["play", "-c", "{causal}", "--port", "70000"], "'--port': 70000 is not in the range 0<=x<=65535"),
+    (["play", "-c", "{causal}"], "was trained without actions, so keys cannot steer it"),
+    (["play", "-c", "{missing}"], "does not exist"),
     (["convert", "{causal}", "{root}/c", "--to", "causal-rcm", "--window", "0"], "'--window': 0 is not in the range x>=1"),
     (["train", "teacher", "--print-config", "x" * 100_000 + "=1"], "(100000 characters): config has recipe"),
     (["train", "teacher", "--print-config", "recipe=sf-dmd"], "recipe is the command's RECIPE argument"),
@@ -460,8 +467,10 @@ def option_values(param: click.Parameter, world: dict[str, Path], command: str) 
 
 @st.composite
 def command_lines(draw, world: dict[str, Path], command: str) -> tuple[list[str], bool]:
-    """``causal-rcm COMMAND ...`` with every required parameter and a random subset of the others."""
-    params = cli.commands[command].params
+    """``causal-rcm COMMAND ...`` with every required parameter and a random subset of the others (a group's: its
+    default command's, as `eval -c CKPT` is `eval shapes -c CKPT`)."""
+    found = cli.commands[command]
+    params = (found.commands[found.default] if isinstance(found, click.Group) else found).params
     args, invalid = [command], False
     for param in params:
         if param.name in ("compile_blocks", "help"):

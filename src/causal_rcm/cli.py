@@ -285,8 +285,8 @@ def _steps_list(text: str, option: str) -> tuple[int, ...]:
         steps = tuple(int(k) for k in text.split(","))
     except ValueError:
         steps = ()
-    if not steps or min(steps) < 1:
-        raise UserError(f"{option}: steps are positive integers separated by commas (e.g. 1,2), got {text!r}")
+    if not steps or not all(1 <= k <= MAX_STEPS for k in steps):
+        raise UserError(f"{option}: steps are integers in 1..{MAX_STEPS} separated by commas (e.g. 1,2), got {shorten(text)}")
     return steps
 
 
@@ -295,18 +295,19 @@ def _steps_list(text: str, option: str) -> tuple[int, ...]:
               help="An Atari world-model checkpoint (repeat for several: teacher, causal teacher, students); "
                    "CKPT@1,2 samples it with 1 and 2 steps.")
 @click.option("--shards", required=True, type=click.Path(path_type=Path), help="A folder written by `causal-rcm collect` (its held-out episodes).")
-@click.option("--horizon", type=int, default=32, show_default=True, help="Frames predicted after the context.")
-@click.option("--episodes", type=int, default=16, show_default=True, help="Held-out episodes to use (the first long enough).")
+@click.option("--horizon", type=POSITIVE, default=32, show_default=True, help="Frames predicted after the context.")
+@click.option("--episodes", type=click.IntRange(1, MAX_EVAL_VIDEOS), default=16, show_default=True,
+              help="Held-out episodes to use (the first long enough).")
 @click.option("--steps", default=None, metavar="K[,K...]", help="Sampler steps of every checkpoint without its own @K (default: each one's).")
-@click.option("--context", type=int, default=None, help="Real frames given as context (default: one chunk of the causal models).")
-@click.option("--start", type=int, default=0, show_default=True,
+@click.option("--context", type=POSITIVE, default=None, help="Real frames given as context (default: one chunk of the causal models).")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
               help="Frame of each episode where the context begins (0: the reset; later frames test later game states).")
 @click.option("--no-action-model", "no_action", default=None, metavar="CKPT[@K]",
               help="The same model trained without actions (data.actions=false): the baseline the actions must beat.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/eval-world"), show_default=True,
               help="Folder for world_eval.json, world_eval.md and world_eval.png.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@device_option("auto")
 def eval_world(checkpoints: tuple[str, ...], shards: Path, horizon: int, episodes: int, steps: str | None,
                context: int | None, start: int, no_action: str | None, out: Path, seed: int, device: str) -> None:
     """Predict held-out Atari episodes from their first frames under the recorded actions and compare with the
@@ -584,12 +585,13 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
               help="The emulator giving the first frames (default: the checkpoint's game, e.g. ALE/Breakout-v5).")
 @click.option("--side-by-side", is_flag=True, help="Run the real emulator with the same actions beside the model's frames.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; other than localhost exposes the server.")
-@click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0: any free port).")
-@click.option("--max-streams", type=int, default=2, show_default=True, help="Games played at once; more get a 'busy' reply.")
-@click.option("--max-steps", type=int, default=4, show_default=True, help="Largest number of steps a client may ask for.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port (0: any free port).")
+@click.option("--max-streams", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Games played at once; more get a 'busy' reply.")
+@click.option("--max-steps", type=STEPS, default=4, show_default=True, help="Largest number of steps a client may ask for.")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="A host name or address clients use to reach the server (besides localhost and --host). Repeatable.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu")
 def play(checkpoint: Path, env_id: str | None, side_by_side: bool, host: str, port: int, max_streams: int, max_steps: int,
          allowed_hosts: tuple[str, ...], device: str) -> None:
     """Play a world model in the browser: the arrow keys and space choose the action of the next frames, which the
@@ -598,14 +600,12 @@ def play(checkpoint: Path, env_id: str | None, side_by_side: bool, host: str, po
     from causal_rcm.serve import Play, run
     from causal_rcm.spec import PipelineSpec
 
-    if not 0 <= port <= 65535:
-        raise UserError(f"--port must be in 0..65535, got {port}")
     game = Play.of(PipelineSpec.read(checkpoint), str(checkpoint), env_id=env_id, side_by_side=side_by_side)
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
 
-    def ready(url: str) -> None:
+    def ready(url: str) -> None:  # a start that fails says only why
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
         click.echo(f"serving {checkpoint} in play mode on {url} (Ctrl+C to stop)")
 
     # Frames are paced at the game's rate, and a key acts on the frames made after it: a short queue keeps the
