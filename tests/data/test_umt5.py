@@ -14,6 +14,7 @@ from causal_rcm.data.umt5 import (  # noqa: E402
     UMT5Spec, UMT5TextEncoder, clean_prompt, read_umt5_config, transformers_to_wan_t5, wan_t5_to_transformers,
 )
 from causal_rcm.errors import CheckpointError, UserError  # noqa: E402
+from causal_rcm.spec import PipelineSpec  # noqa: E402
 from tests.wan_release import PROMPTS, tiny_pipeline  # noqa: E402
 
 TEXT_LEN = 12
@@ -84,8 +85,9 @@ def test_spec_reads_back_and_errors_name_the_problem(folder, tmp_path):
     assert spec == UMT5Spec("te", "tok", 8) and text_spec(spec_dict(spec)) == spec
     with pytest.raises(UserError, match="text encoder kind 'bert' is not supported"):
         text_spec({"kind": "bert"})
-    with pytest.raises(UserError, match="text_len must be a positive integer"):
-        text_spec({"kind": "umt5", "text_len": 0})
+    section = {"resolution": 32, "num_frames": 3, "frames_per_chunk": 1, "causal": True, "codec": {"kind": "wan-vae"}}
+    with pytest.raises(UserError, match=r"pipeline.text.text_len must be in \[1, 4096\], got 0"):
+        PipelineSpec.from_dict({**section, "text": {"kind": "umt5", "text_len": 0}})
     with pytest.raises(CheckpointError, match="UMT5 text encoder not found"):
         make_text_encoder(UMT5Spec(path="nope"), tmp_path)
     with pytest.raises(CheckpointError, match="tokenizer folder not found"):
