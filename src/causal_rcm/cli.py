@@ -444,16 +444,21 @@ def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd
 def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
     """Convert a checkpoint between layouts (ours, original Wan2.1, diffusers); IN's layout is detected.
 
-    Our layout to ours keeps the pipeline section (codec, text encoder, sampler and stream defaults); the Wan and
-    diffusers layouts have no place for it."""
+    IN may be a Wan2.1 release (a diffusers Wan folder or the original folder): to our layout, its pipeline section
+    names the release's VAE and text encoder where they are (absolute paths). Our layout to ours keeps the pipeline
+    section (codec, text encoder, sampler and stream defaults); the Wan and diffusers layouts have no place for it."""
     import dataclasses
 
     from causal_rcm.diffusion.samplers import check_window
     from causal_rcm.models.adapters import load_checkpoint, save_checkpoint
+    from causal_rcm.models.release import find_release
     from causal_rcm.spec import PipelineSpec
 
     config, state, src_layout = load_checkpoint(src)
-    spec = PipelineSpec.read_if_any(src) if src_layout == "causal-rcm" else None
+    release = find_release(src)
+    spec = PipelineSpec.read(src) if release is not None and layout == "causal-rcm" else PipelineSpec.read_if_any(src)
+    if release is not None and spec is not None:
+        spec.check_model(config, src)  # a component that does not fit the transformer, named before anything is written
     if window is not None:
         if layout != "causal-rcm":
             raise UserError("--window sets the stream window of our layout's pipeline section; use --to causal-rcm")
@@ -462,19 +467,23 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
         check_window(window, spec.frames_per_chunk, "--window", most=config.max_frames - spec.stream.sink_frames)
         spec = dataclasses.replace(spec, stream=dataclasses.replace(spec.stream, window_frames=window))
     _check_writable(dst)
-    save_checkpoint(config, state, dst, layout, pipeline=spec.to_dict() if spec is not None and layout == "causal-rcm" else None)
+    pipeline = spec.relocated(src, dst).to_dict() if spec is not None and layout == "causal-rcm" else None
+    save_checkpoint(config, state, dst, layout, pipeline=pipeline)
     n_params = sum(v.numel() for v in state.values())
-    click.echo(f"{src} ({src_layout}) -> {dst} ({layout}): {len(state)} tensors, {n_params / 1e6:.2f} M parameters")
+    what = f"a Wan release, {release.layout} layout" if release is not None and spec is not None else src_layout
+    click.echo(f"{src} ({what}) -> {dst} ({layout}): {len(state)} tensors, {n_params / 1e6:.2f} M parameters")
     if spec is not None and layout != "causal-rcm":
         click.echo(f"note: the {layout} layout does not hold IN's pipeline section (codec, text encoder, sampler); "
                    "`generate`, `serve` and `eval` need our layout")
+    elif pipeline is not None and release is not None:
+        click.echo(f"the pipeline section names the release's VAE {pipeline['codec']['path']} and text encoder "
+                   f"{pipeline['text']['path']}: keep them there")
     elif window is not None:
         click.echo(f"streams attend {window} latent frames")
 
 
-
 @cli.command()
-@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A checkpoint folder (ours, with a pipeline config).")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A checkpoint folder (ours, with a pipeline config) or a Wan2.1 release folder.")
 @click.option("--prompt", "-p", required=True, help="Text prompt (the shapes world's vocabulary for toy checkpoints).")
 @click.option("--switch", "switches", nargs=2, multiple=True, metavar="TIME PROMPT",
               help="Causal checkpoints: switch to PROMPT at TIME ('4s', '2.5s' or '12f' frames); repeatable.")

@@ -1,6 +1,8 @@
 """StreamingPipeline: a checkpoint plus its codec and text encoder, generating decoded frames.
 
-The CLI (`generate`) and the server (`serve`) only call this module.
+The CLI (`generate`) and the server (`serve`) only call this module. A checkpoint is a folder of our layout or a
+Wan2.1 release (diffusers' or the original layout); its codec and text encoder are built by ``data.components``
+from its :class:`~causal_rcm.spec.PipelineSpec`, and seen here only through their interfaces.
 
 * :meth:`StreamingPipeline.stream` runs a causal checkpoint autoregressively, chunk by chunk
   (``mode="chunk"``: the checkpoint's ``frames_per_chunk``; ``mode="frame"``: one frame per
@@ -34,8 +36,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from causal_rcm.data.codec import PixelCodec
-from causal_rcm.data.text import ToyTextEncoder
+from causal_rcm.data.codec import StreamDecoder, VideoCodec
+from causal_rcm.data.components import make_codec, make_text_encoder
+from causal_rcm.data.text import TextEncoder
 from causal_rcm.data.video import from_uint8, to_uint8
 from causal_rcm.diffusion.guidance import is_unguided
 from causal_rcm.diffusion.samplers import check_window, make_kv_caches, refresh_kv_caches, sample, sample_chunk, time_grid
@@ -115,7 +118,9 @@ class Stream:
         self._lock = threading.Lock()
         self._closed = False
         self._buffer: deque[StreamFrame] = deque()
+        self._decoder = pipe.codec.stream_decoder()  # a causal codec's state between chunks
         self._chunk = 0
+        self._latent = 0  # latent frames made or prefilled
         self._frame = 0  # decoded frames made or prefilled (codec.temporal_factor per latent frame; only a last chunk is cut)
         self._first = 0  # frames given by prefill: the generated ones are numbered from here
         self._start = time.perf_counter()
@@ -166,6 +171,7 @@ class Stream:
                               **({} if chunk_actions is None else {"actions": chunk_actions}))
             self._remember(x0, chunk_actions)
             self._frame += fc
+            self._latent += fc
             self._chunk += 1
         self._first = self._frame
 
@@ -201,7 +207,8 @@ class Stream:
     def _next_chunk(self) -> None:
         pipe, fc = self._pipe, self.frames_per_chunk
         if self.num_frames is not None:
-            fc = min(fc, math.ceil((self.num_frames - self.frames_done) / pipe.codec.temporal_factor))
+            # prefilled frames are latent frames (prefill needs a codec of one frame per latent frame)
+            fc = min(fc, pipe.codec.latent_frames(self.num_frames) - (self._latent - self._first))
         started = time.perf_counter()
         with self._lock:
             pending, self._pending = self._pending, None
@@ -215,7 +222,8 @@ class Stream:
             guidance=self._guidance, neg_context=self._neg, generator=self._generator, **kwargs,
         )  # (1, C, fc, h, w)
         self._remember(x0, actions)
-        frames = pipe.decode(x0)  # (fc T, H, W, 3)
+        self._latent += fc
+        frames = pipe.decode(x0, self._decoder)  # (frames, H, W, 3)
         if self.num_frames is not None:
             frames = frames[: self.num_frames - self.frames_done]  # a packed last latent frame may overshoot
         done = time.perf_counter()
@@ -234,7 +242,7 @@ class Stream:
     def _remember(self, x0: torch.Tensor, actions: torch.Tensor | None) -> None:
         """Keep the committed chunk while the cache still covers it (sink chunks always)."""
         item = (self._chunk, x0, actions)
-        if self._frame // self._pipe.codec.temporal_factor < self._sink:  # latent frames committed before this chunk
+        if self._latent < self._sink:  # latent frames committed before this chunk
             self._sink_chunks.append(item)
         self._recent.append(item)
 
@@ -290,51 +298,69 @@ class StreamingPipeline:
             (:meth:`~causal_rcm.models.wan.CausalWanModel.compile_blocks`): the first chunks of a
             stream compile (seconds to a minute), later ones run the fused kernels; the same frames
             to float rounding. Off by default.
+        root: the checkpoint folder, where the spec's component paths start.
+        component_dtype: the codec's and text encoder's dtype (None: as stored).
     """
 
-    def __init__(self, model: Any, config: PipelineSpec, device: torch.device | str = "cpu", *, compile: bool = False) -> None:
-        config.check_model(model.config)
+    def __init__(
+        self, model: Any, config: PipelineSpec, device: torch.device | str = "cpu", *, compile: bool = False,
+        root: str | Path | None = None, component_dtype: torch.dtype | None = None,
+    ) -> None:
+        config.check_model(model.config, root)
         self.model = model.eval()
         if compile:
             model.compile_blocks()
         self.config = config
         self.device = torch.device(device)
-        codec, text = config.codec, config.text
-        self.codec = PixelCodec(codec.factor, shift=codec.shift, scale=codec.scale, frames=codec.frames)
-        self.text_encoder = ToyTextEncoder(dim=text.dim, text_len=text.text_len, seed=text.seed).to(self.device)
+        self.codec: VideoCodec = make_codec(config.codec, root, device=self.device, dtype=component_dtype)
+        _, _, h, w = self.latent_shape(1)  # UserError from the codec for a frame size it cannot encode
+        patch = model.config.patch_size
+        if h % patch[1] or w % patch[2]:
+            height, width = self.frame_size
+            raise UserError(f"frames of {height}x{width} px make {h}x{w} latents, which the model's {patch[1]}x{patch[2]} "
+                            f"patches do not tile: use a resolution and width divisible by {self.codec.spatial_factor * patch[1]}")
+        self.text_encoder: TextEncoder = make_text_encoder(config.text, root, device=self.device, dtype=component_dtype)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-        attn_backend: str = "sdpa", compile: bool = False,
+        attn_backend: str = "sdpa", compile: bool = False, pipeline: dict | None = None,
     ) -> StreamingPipeline:
-        """Load a checkpoint folder in our layout (config.json with a ``pipeline`` section + model.safetensors).
+        """Load a checkpoint folder: our layout (config.json with a ``pipeline`` section + model.safetensors), or a
+        Wan2.1 release, a diffusers Wan folder (``model_index.json``) or Wan's original folder (``models.release``;
+        a missing or mismatched component is one error, before the VAE and text encoder load).
 
         ``dtype`` None keeps the stored dtype on a GPU and loads float32 on the CPU (which runs
-        half-precision weights slowly, if at all). ``compile``: see the class.
+        half-precision weights slowly, if at all); the codec and text encoder load float32 on the CPU, as stored on a
+        GPU. ``compile``: see the class.
+        ``pipeline``: pipeline-section keys that replace the checkpoint's (:meth:`PipelineSpec.read`), e.g.
+        ``{"causal": True, "frames_per_chunk": 3}`` to stream a causal model published in a Wan layout, or another
+        ``resolution`` / ``width`` / ``num_frames`` than Wan's 480 x 832 x 21 latent frames.
         """
-        config = PipelineSpec.read(path)
-        if dtype is None and torch.device(device).type == "cpu":
+        config = PipelineSpec.read(path, overrides=pipeline)
+        cpu = torch.device(device).type == "cpu"
+        if dtype is None and cpu:
             dtype = torch.float32
         model = load_model(path, device=device, dtype=dtype, attn_backend=attn_backend)
-        return cls(model, config, device=device, compile=compile)
+        return cls(model, config, device=device, compile=compile, root=path, component_dtype=torch.float32 if cpu else None)
 
     # ------------------------------------------------------------ pieces
     @property
     def frame_size(self) -> tuple[int, int]:
-        return self.config.resolution, self.config.resolution
+        """(height, width) of a frame."""
+        return self.config.resolution, self.config.width or self.config.resolution
 
     @property
     def video_frames(self) -> int:
-        """Decoded frames of a training-length video: ``num_frames`` latent frames, each ``codec.temporal_factor`` frames."""
-        return self.config.num_frames * self.codec.temporal_factor
+        """Decoded frames of a training-length video (``num_frames`` latent frames)."""
+        return self.codec.video_frames(self.config.num_frames)
 
     def latent_shape(self, num_frames: int) -> tuple[int, int, int, int]:
         """(C, F, h, w) of ``num_frames`` latent frames."""
-        return self.codec.latent_shape(num_frames * self.codec.temporal_factor, *self.frame_size)
+        return self.codec.latent_shape(self.codec.video_frames(num_frames), *self.frame_size)
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """(1, L, D) context of one prompt; UserError for words outside the vocabulary or too many tokens."""
+        """(1, L, D) context of one prompt; UserError for words outside the vocabulary or too many tokens (toy encoder)."""
         if not isinstance(prompt, str):
             raise UserError(f"a prompt must be a string, got {type(prompt).__name__}")
         with torch.inference_mode():
@@ -346,9 +372,9 @@ class StreamingPipeline:
         video = from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))[None]  # (1, 3, F, H, W) in [-1, 1]
         return self.codec.encode(video).to(self.device)
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents (1, C, F, h, w) -> uint8 frames (F, H, W, 3) on the CPU."""
-        return to_uint8(self.codec.decode(latents.float().cpu())[0])
+    def decode(self, latents: torch.Tensor, decoder: StreamDecoder | None = None) -> np.ndarray:
+        """Latents (1, C, F, h, w) -> uint8 frames (frames, H, W, 3) on the CPU; ``decoder``: a stream's, for its next chunk."""
+        return to_uint8((decoder or self.codec).decode(latents.float())[0])
 
     def _steps(self, steps: int | None) -> int:
         steps = self.config.sampler.steps if steps is None else steps

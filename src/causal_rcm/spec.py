@@ -6,6 +6,11 @@ environment: frame rate, frameskip, action meanings), frame structure, codec, te
 defaults and stream defaults. :class:`PipelineSpec` parses it (clear errors
 for missing or unsupported parts), builds the sampler settings from it, and writes it; the trainer's
 export, the pipeline, evaluation, the CLI and the training recipes all go through it.
+
+The codec and the text encoder are named by kind with their params (``data.components``): ``pixel`` / ``toy``
+for the shapes world and Atari, ``wan-vae`` / ``umt5`` for Wan2.1, whose files are named by paths relative to the
+checkpoint folder (or absolute). A Wan release (``models.release``) has no section: :meth:`PipelineSpec.of_release`
+makes one, with Wan2.1's own defaults (:data:`WAN_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -16,40 +21,28 @@ from pathlib import Path
 from typing import Any
 
 from causal_rcm.config import DataConfig
+from causal_rcm.data.codec import PixelCodecSpec
+from causal_rcm.data.components import (
+    CODECS, TEXT_ENCODERS, CodecSpec, TextSpec, codec_spec, latent_channels, relocated, spec_dict, text_dim, text_spec,
+)
 from causal_rcm.data.shards import EnvInfo
 from causal_rcm.data.source import SOURCES, VideoSource
+from causal_rcm.data.text import ToyTextSpec
 from causal_rcm.diffusion.samplers import SOLVERS, SamplerSpec
 from causal_rcm.errors import UserError
-from causal_rcm.limits import MAX_SEED, MAX_STEPS, field_problems, ranged, show
+from causal_rcm.limits import MAX_STEPS, field_problems, ranged, show
 from causal_rcm.models.adapters import detect_layout, read_pipeline_config
+from causal_rcm.models.release import WanRelease, find_release
 from causal_rcm.models.wan import CausalWanConfig
 
-__all__ = ["CodecSpec", "EnvInfo", "TextSpec", "SamplerDefaults", "StreamDefaults", "PipelineSpec"]
+__all__ = ["CODECS", "TEXT_ENCODERS", "WAN_DEFAULTS", "CodecSpec", "EnvInfo", "TextSpec", "SamplerDefaults", "StreamDefaults",
+           "PipelineSpec"]
 
-CODECS = ("pixel",)
-TEXT_ENCODERS = ("toy",)
+RELEASE_SOURCE = "wan"  # the data source of a Wan release: Wan's own training data, which no source rebuilds
 
-
-@dataclass(frozen=True)
-class CodecSpec:
-    """The video codec: ``pixel`` = pixel-unshuffle by ``factor``, ``frames`` frames packed per latent frame,
-    latents normalised as ``(pixel - shift) * scale``."""
-
-    kind: str = "pixel"
-    factor: int = ranged(1, 1, 64)
-    frames: int = ranged(1, 1, 64)
-    shift: float = ranged(0.0, -1e6, 1e6)
-    scale: float = ranged(1.0, 0, 1e6, above=True)
-
-
-@dataclass(frozen=True)
-class TextSpec:
-    """The text encoder: ``toy`` = the shapes world's vocabulary, embedded by a table rebuilt from ``seed``."""
-
-    kind: str = "toy"
-    dim: int = ranged(64, 2, 4096)  # its fixed convolution holds 5 dim^2 weights
-    text_len: int = ranged(24, 1, 4096)
-    seed: int = ranged(0, 0, MAX_SEED)
+# What Wan2.1's text-to-video release generates by default (its generate.py and configs): 832 x 480, 81 frames
+# (21 latent frames) at 16 fps, 50 steps of shift 5 (a diffusers release: its scheduler's flow_shift) with CFG 5.
+WAN_DEFAULTS = {"resolution": 480, "width": 832, "num_frames": 21, "fps": 16.0, "steps": 50, "shift": 5.0, "guidance": 5.0}
 
 
 @dataclass(frozen=True)
@@ -74,7 +67,7 @@ class StreamDefaults:
 class PipelineSpec:
     """The ``pipeline`` section of a checkpoint's config.json (see the module docstring)."""
 
-    resolution: int = ranged(MISSING, 1, 4096)  # MISSING: no default
+    resolution: int = ranged(MISSING, 1, 4096)  # MISSING: no default; frame height (and width, unless ``width`` is set)
     num_frames: int = ranged(MISSING, 1, 65536)  # latent frames of a training video
     frames_per_chunk: int = ranged(MISSING, 1, 65536)
     causal: bool
@@ -87,6 +80,7 @@ class PipelineSpec:
     source: str = "shapes"  # the data source the model was trained on
     recipe: str = ""  # the recipe that made it
     env: EnvInfo | None = None  # the environment of recorded episodes (data.source=atari); fps is its agent rate
+    width: int | None = ranged(None, 1, 4096)  # frame width; None: square frames, ``resolution`` wide
 
     # ------------------------------------------------------------ reading
     @classmethod
@@ -108,67 +102,106 @@ class PipelineSpec:
             raise UserError(f"{source}: the pipeline config lacks {', '.join(missing)}")
         try:
             parts = {
-                "codec": _typed(CodecSpec, data["codec"]), "text": _typed(TextSpec, data["text"]),
+                "codec": codec_spec(data["codec"]), "text": text_spec(data["text"]),
                 "sampler": _typed(SamplerDefaults, data.get("sampler", {})), "stream": _typed(StreamDefaults, data.get("stream", {})),
                 "env": EnvInfo.from_dict(data["env"], source) if data.get("env") else None,
             }
-            top = {k: data[k] for k in ("resolution", "num_frames", "frames_per_chunk", "causal", "fps", "num_actions", "source", "recipe") if k in data}
+            top = {k: data[k] for k in ("resolution", "width", "num_frames", "frames_per_chunk", "causal", "fps", "num_actions", "source", "recipe") if k in data}
             spec = cls(**top, **parts)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{source}: unreadable pipeline config ({exc})") from None
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
         if "window_frames" not in data.get("stream", {}):  # the training length, by default
             spec = dataclasses.replace(spec, stream=dataclasses.replace(spec.stream, window_frames=spec.num_frames))
         spec.check(source)
         return spec
 
     @classmethod
-    def read(cls, path: str | Path) -> PipelineSpec:
-        """The spec of the checkpoint folder ``path`` (our layout); UserError if it is missing or has none."""
+    def read(cls, path: str | Path, overrides: dict | None = None) -> PipelineSpec:
+        """The spec of the checkpoint folder ``path``: our layout's section, or a Wan release's
+        (:meth:`of_release`); UserError if it is neither, or a release lacks a component. ``overrides``: section
+        keys that replace the checkpoint's (e.g. ``{"causal": True, "frames_per_chunk": 3}`` for a causal model
+        published in a Wan layout)."""
         path = Path(path)
         if not path.exists():
             raise UserError(f"checkpoint {path} does not exist")
-        if not path.is_dir() or detect_layout(path) != "causal-rcm":
-            raise UserError(f"{path} is not a causal-rcm checkpoint folder (config.json + model.safetensors)")
-        return cls.from_dict(read_pipeline_config(path), source=str(path))
+        release = find_release(path)
+        if release is not None:
+            if release.missing():
+                raise UserError(f"{path} is a Wan release ({release.layout} layout) without its {', '.join(release.missing())}")
+            return cls.of_release(release, overrides)
+        layout = detect_layout(path) if path.is_dir() else None
+        if layout in ("wan", "diffusers"):
+            raise UserError(f"{path} is a bare transformer ({layout} layout): a pipeline also needs its VAE, text encoder "
+                            "and tokenizer; load the whole Wan release folder")
+        if layout != "causal-rcm":
+            raise UserError(f"{path} is not a causal-rcm checkpoint folder (config.json + model.safetensors) or a Wan release "
+                            "(a diffusers Wan folder with model_index.json, or Wan2.1's original folder)")
+        return cls.from_dict({**read_pipeline_config(path), **(overrides or {})}, source=str(path))
 
     @classmethod
     def read_if_any(cls, path: str | Path) -> PipelineSpec | None:
-        """The spec of ``path`` when it is a checkpoint of ours with a pipeline section, else None
-        (a foreign layout, e.g. a Wan release, or a file that does not exist yet)."""
-        section = read_pipeline_config(path) if Path(path).exists() else {}
+        """The spec of ``path`` when it is a checkpoint of ours with a pipeline section or a whole Wan release,
+        else None (another layout, a bare transformer, or a file that does not exist yet)."""
+        if not Path(path).exists():
+            return None
+        release = find_release(path)
+        if release is not None:
+            return None if release.missing() else cls.of_release(release)
+        section = read_pipeline_config(path)
         return cls.from_dict(section, source=str(path)) if section else None
 
+    @classmethod
+    def of_release(cls, release: WanRelease, overrides: dict | None = None) -> PipelineSpec:
+        """The section of a Wan release: its own components (``wan-vae``, ``umt5`` with 512 tokens), a bidirectional
+        model, Wan2.1's defaults (:data:`WAN_DEFAULTS`; the shift of the release's scheduler if it names one);
+        ``overrides`` as in :meth:`read`."""
+        d = WAN_DEFAULTS
+        shift = d["shift"] if release.flow_shift is None else release.flow_shift
+        section = {
+            "source": RELEASE_SOURCE, "resolution": d["resolution"], "width": d["width"], "num_frames": d["num_frames"],
+            "frames_per_chunk": d["num_frames"], "causal": False, "fps": d["fps"],
+            "codec": {"kind": "wan-vae", "path": release.vae},
+            "text": {"kind": "umt5", "path": release.text_encoder, "tokenizer": release.tokenizer, "text_len": 512},
+            "sampler": {"solver": "euler", "steps": d["steps"], "shift": shift, "guidance": d["guidance"]},
+        }
+        return cls.from_dict({**section, **(overrides or {})}, source=str(release.root))
+
+    def relocated(self, src: str | Path, dst: str | Path) -> PipelineSpec:
+        """This spec (of the checkpoint at ``src``) for a copy at ``dst``: component paths that still find the files."""
+        return dataclasses.replace(self, codec=relocated(self.codec, src, dst), text=relocated(self.text, src, dst))
+
     def check(self, source: str = "checkpoint") -> None:
-        """UserError for values of the wrong type or out of their ranges, and for kinds this version cannot run."""
+        """UserError for values of the wrong type or out of their ranges, and for kinds this version cannot run
+        (the codec's and text encoder's kinds are checked where they are parsed, ``data.components``)."""
         problems = field_problems(self, "pipeline.")
         if problems:
             raise UserError(f"{source}: " + "; ".join(problems))
-        if self.codec.kind not in CODECS:
-            raise UserError(f"{source}: codec kind {show(self.codec.kind)} is not supported (only {', '.join(CODECS)})")
-        if self.text.kind not in TEXT_ENCODERS:
-            raise UserError(f"{source}: text encoder kind {show(self.text.kind)} is not supported (only {', '.join(TEXT_ENCODERS)})")
         if self.sampler.solver not in SOLVERS:
             raise UserError(f"{source}: sampler solver {show(self.sampler.solver)} is not one of {SOLVERS}")
-        if self.source not in SOURCES:
-            raise UserError(f"{source}: data source {show(self.source)} is not supported (only {', '.join(SOURCES)})")
+        if self.source not in (*SOURCES, RELEASE_SOURCE):
+            raise UserError(f"{source}: data source {show(self.source)} is not supported (only {', '.join((*SOURCES, RELEASE_SOURCE))})")
         if self.env is not None and self.num_actions not in (0, self.env.num_actions):  # 0: the no-action baseline
             raise UserError(f"{source}: the pipeline config has {self.num_actions} actions but its env {self.env.id} {self.env.num_actions}")
 
-    def check_model(self, model: CausalWanConfig) -> None:
+    def check_model(self, model: CausalWanConfig, root: str | Path | None = None) -> None:
         """UserError when ``model`` cannot run with this spec (its latent channels, text width or actions), checked
-        before the codec and the text encoder are built from the spec."""
-        channels = 3 * self.codec.frames * self.codec.factor**2  # PixelCodec.latent_channels
+        before the codec and the text encoder are built from the spec: from their configs alone (a Wan VAE's
+        ``z_dim``, a UMT5's ``d_model``), their files found from ``root``, the checkpoint folder."""
+        channels = latent_channels(self.codec, root)
         if model.in_dim != channels or model.out_dim != channels:
             raise UserError(
-                f"the model takes {model.in_dim} latent channels but the codec makes {channels}: "
+                f"the model takes {model.in_dim} latent channels but the codec ({_named(self.codec)}) makes {channels}: "
                 "the checkpoint's pipeline config does not match its model"
             )
-        if model.text_dim != self.text.dim:
-            raise UserError(f"the model takes text_dim {model.text_dim} but the text encoder makes {self.text.dim}")
+        dim = text_dim(self.text, root)
+        if model.text_dim != dim:
+            raise UserError(f"the model takes text_dim {model.text_dim} but the text encoder ({_named(self.text)}) makes {dim}")
         if self.num_actions and model.num_actions != self.num_actions:
             raise UserError(f"the pipeline config has {self.num_actions} actions, the model {model.num_actions}")
-        if self.num_actions and self.codec.frames != 1:
-            raise UserError("an action-conditioned checkpoint needs one frame per latent frame (codec frames 1)")
+        if self.num_actions and not (isinstance(self.codec, PixelCodecSpec) and self.codec.frames == 1):
+            raise UserError("an action-conditioned checkpoint needs one frame per latent frame (a pixel codec of frames 1)")
 
     # ------------------------------------------------------------ writing
     @classmethod
@@ -177,17 +210,19 @@ class PipelineSpec:
         recipe: str = "",
     ) -> PipelineSpec:
         """The spec of a model trained on ``source`` (its frame structure, codec, text encoder and environment)."""
-        data, codec, text = source.data, source.codec, source.text
+        data = source.data
         return cls(
             resolution=data.resolution, num_frames=data.num_frames, frames_per_chunk=data.frames_per_chunk, causal=causal,
-            codec=CodecSpec("pixel", factor=codec.factor, frames=codec.frames, shift=codec.shift, scale=codec.scale),
-            text=TextSpec("toy", dim=text.dim, text_len=text.text_len, seed=text.seed), sampler=sampler, stream=stream,
+            codec=source.codec_spec, text=source.text_spec, sampler=sampler, stream=stream,
             fps=source.fps, num_actions=num_actions, source=source.name, recipe=recipe, env=source.env,
         )
 
     def data_config(self) -> DataConfig:
         """The data settings that rebuild the source the model was trained on (for evaluation; recorded episodes
-        also need ``shards``, which the checkpoint does not keep)."""
+        also need ``shards``, which the checkpoint does not keep); UserError for a model of other data."""
+        if self.source not in SOURCES or not isinstance(self.codec, PixelCodecSpec) or not isinstance(self.text, ToyTextSpec):
+            raise UserError(f"this checkpoint was trained on {self.source!r} data with a {self.codec.kind} codec and a "
+                            f"{self.text.kind} text encoder; only shapes-world and Atari checkpoints rebuild their data source")
         return DataConfig(
             source=self.source, resolution=self.resolution, num_frames=self.num_frames, frames_per_chunk=self.frames_per_chunk,
             codec_factor=self.codec.factor, codec_frames=self.codec.frames, codec_shift=self.codec.shift,
@@ -197,7 +232,7 @@ class PipelineSpec:
 
     def to_dict(self) -> dict:
         """The JSON section (what :meth:`from_dict` reads back)."""
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "codec": spec_dict(self.codec), "text": spec_dict(self.text)}
 
     # ------------------------------------------------------------ using
     def sampler_spec(self, *, steps: int | None = None, window_frames: int | None = None) -> SamplerSpec:
@@ -207,6 +242,12 @@ class PipelineSpec:
             shift=self.sampler.shift, guidance=self.sampler.guidance, frames_per_chunk=self.frames_per_chunk,
             sink_frames=self.stream.sink_frames, window_frames=self.stream.window_frames if window_frames is None else window_frames,
         )
+
+
+def _named(spec: CodecSpec | TextSpec) -> str:
+    """A codec or text encoder as an error names it: its kind, and its file where it has one."""
+    path = getattr(spec, "path", None)
+    return spec.kind if path is None else f"{spec.kind} {path}"
 
 
 def _typed(cls: type, value: Any) -> Any:

@@ -61,7 +61,7 @@ def test_stream_bench_compiles_the_blocks_when_asked(tmp_path):
     formats = record["setup"]["vae_memory_format"]
     assert formats["compiled_ms"] > 0 and formats["compiled"] == (formats["compiled_ms"] < formats[f"{formats['chosen']}_ms"])
     # the blocks: 2 stages x (3 frames, 1 frame, the baseline's 4), one pair per chunk size over ~30 streamed
-    # chunks; the VAE decoder's steady-state frame: 2 (see tests/models/test_vae_stream.py)
+    # chunks; the VAE decoder's steady-state frame: 2 (see tests/data/test_wan_vae.py)
     assert counters["stats"]["unique_graphs"] == 6 + 2
     torch._dynamo.reset()
     result = CliRunner().invoke(stream_command, ["--count-ops", "--compile", "--device", "cpu", "--size", "tiny"])

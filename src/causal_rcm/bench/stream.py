@@ -8,7 +8,7 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
 
 * throughput in pixel frames per second, and latency to the first frame, without and with VAE
   decoding (diffusers' ``AutoencoderKLWan`` with random weights, decoded chunk by chunk with its
-  causal cache by :class:`~causal_rcm.bench.vae_stream.StreamingWanDecoder`); with decoding, the
+  causal cache by :class:`~causal_rcm.data.wan_vae.StreamingWanDecoder`); with decoding, the
   decode of chunk k runs on a second CUDA stream while chunk k + 1 is generated, and the first
   frame counts as shown once the first latent frame is decoded (the rest of its chunk after it,
   as a player would show it); the VAE's convolution layout (contiguous or channels-last) is the
@@ -27,7 +27,7 @@ any device (a CPU is enough): see :mod:`causal_rcm.bench.stream_ops`.
 
 ``--compile`` compiles each block's pure tensor math first (``CausalWanModel.compile_blocks``;
 the warm-up pass of each mode compiles) and the VAE decoder's per-frame forward
-(:meth:`~causal_rcm.bench.vae_stream.StreamingWanDecoder.compile`, kept only if a timed chunk
+(:meth:`~causal_rcm.data.wan_vae.StreamingWanDecoder.compile`, kept only if a timed chunk
 decodes faster than eagerly); its JSON is written as ``stream_<size>_compiled_...``.
 
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
@@ -123,7 +123,7 @@ def run_stream_bench(
     import torch
 
     from causal_rcm.diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
-    from causal_rcm.bench.vae_stream import StreamingWanDecoder
+    from causal_rcm.data.wan_vae import StreamingWanDecoder
     from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
     from causal_rcm.bench import environment
 

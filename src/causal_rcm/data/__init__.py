@@ -1,10 +1,12 @@
-"""Data: the procedural shapes world and its oracle, recorded Atari episodes, the pixel codec, the toy text encoder,
-video files.
+"""Data: the procedural shapes world and its oracle, recorded Atari episodes, codecs and text encoders, video files.
 
 * ``shapes``: ``ShapesConfig``, scenes, simulator (incl. agent), renderer, captions, ``ShapesDataset``.
 * ``oracle``: ``ShapesOracle``, the analytic detector and metrics of shapes-world videos.
-* ``codec``: ``PixelCodec``, pixels <-> latents by pixel-unshuffle.
-* ``text``: ``ToyTokenizer``, ``ToyTextEncoder`` (UMT5-shaped outputs).
+* ``codec``: the ``VideoCodec`` interface; ``PixelCodec``, pixels <-> latents by pixel-unshuffle.
+* ``text``: the ``TextEncoder`` interface; ``ToyTokenizer``, ``ToyTextEncoder`` (UMT5-shaped outputs).
+* ``wan_vae``: ``WanVAECodec``, Wan2.1's VAE (diffusers' ``AutoencoderKLWan``), and its streaming decoder.
+* ``umt5``: ``UMT5TextEncoder``, Wan2.1's text encoder (transformers' ``UMT5EncoderModel``).
+* ``components``: ``make_codec`` and ``make_text_encoder``, the one factory, from a checkpoint's specs.
 * ``video``: float <-> uint8 conversions, mp4 / GIF writers, grids.
 * ``source``: the training data sources, ``ShapesSource`` and ``AtariSource`` (``make_source``).
 * ``shards``: recorded episodes in webdataset tar shards and their ``Manifest``.

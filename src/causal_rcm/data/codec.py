@@ -1,8 +1,13 @@
-"""Pixel codec: videos to latents by pixel-unshuffle, exactly invertible.
+"""Video codecs: the :class:`VideoCodec` interface, and the pixel codec, videos to latents by pixel-unshuffle.
 
-The embedded default's stand-in for the Wan VAE, with the same duck interface:
-``encode(video [B, 3, F, H, W]) -> latents [B, C, F', H', W']``, ``decode`` back,
-``latent_channels``, ``spatial_factor``, ``temporal_factor``.
+A codec turns videos ``[B, 3, F, H, W]`` in ``[-1, 1]`` into the latents ``[B, C, F', h, w]`` a model is trained
+on (normalised to about zero mean and unit variance) and back. Streams decode chunk by chunk with the decoder
+:meth:`VideoCodec.stream_decoder` returns, whose chunks, concatenated, are the whole video's decode: causal
+codecs (Wan's VAE) keep state between chunks there. Implementations: :class:`PixelCodec` (the shapes world and
+Atari episodes) and ``data.wan_vae.WanVAECodec`` (Wan2.1's VAE); ``data.components.make_codec`` builds the one a
+checkpoint's pipeline section names.
+
+The pixel codec is the embedded default's stand-in for the Wan VAE, exactly invertible.
 
 Latent layout: channel ``((c * T + k) * f + i) * f + j`` of latent pixel ``(n, y, x)`` is colour
 channel ``c`` of pixel ``(f y + i, f x + j)`` of frame ``T n + k``: spatially the order of
@@ -21,11 +26,77 @@ Wan VAE's per-channel mean/std do.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
 import torch
 
 from causal_rcm.errors import UserError
+from causal_rcm.limits import ranged
 
-__all__ = ["PixelCodec"]
+__all__ = ["PixelCodec", "PixelCodecSpec", "StreamDecoder", "VideoCodec"]
+
+
+class StreamDecoder(Protocol):
+    """Decodes one stream's latents chunk by chunk; the chunks' frames, concatenated, are the whole decode."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The next latent frames ``[B, C, f, h, w]`` (normalised) -> their frames ``[B, 3, f', H, W]`` in ``[-1, 1]``."""
+        ...
+
+
+class VideoCodec(Protocol):
+    """Videos <-> normalised latents (see the module docstring).
+
+    ``spatial_factor``: pixels per latent pixel along each side; ``temporal_factor``: frames per latent frame (Wan's
+    VAE: 4, except its first latent frame, which holds one frame, see :meth:`video_frames`).
+    """
+
+    @property
+    def latent_channels(self) -> int: ...
+
+    @property
+    def spatial_factor(self) -> int: ...
+
+    @property
+    def temporal_factor(self) -> int: ...
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Frames that ``latent_frames`` latent frames decode to."""
+        ...
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames that decode to at least ``frames`` frames."""
+        ...
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, F', h, w)`` of the latents of a ``[3, num_frames, height, width]`` video (UserError if it has no latents)."""
+        ...
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, F, H, W]`` in ``[-1, 1]`` -> normalised latents ``[B, C, F', h, w]``."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, C, F', h, w]`` -> video ``[B, 3, F, H, W]`` (about ``[-1, 1]``), float32."""
+        ...
+
+    def stream_decoder(self) -> StreamDecoder:
+        """A fresh decoder for one stream."""
+        ...
+
+
+@dataclass(frozen=True)
+class PixelCodecSpec:
+    """A checkpoint's pixel codec: pixel-unshuffle by ``factor``, ``frames`` frames packed per latent frame,
+    latents normalised as ``(pixel - shift) * scale``."""
+
+    kind: ClassVar[str] = "pixel"
+    factor: int = ranged(1, 1, 64)
+    frames: int = ranged(1, 1, 64)
+    shift: float = ranged(0.0, -1e6, 1e6)
+    scale: float = ranged(1.0, 0, 1e6, above=True)
 
 
 class PixelCodec:
@@ -54,6 +125,16 @@ class PixelCodec:
     @property
     def latent_channels(self) -> int:
         return 3 * self.frames * self.factor**2
+
+    def video_frames(self, latent_frames: int) -> int:
+        return latent_frames * self.frames
+
+    def latent_frames(self, frames: int) -> int:
+        return math.ceil(frames / self.frames)
+
+    def stream_decoder(self) -> PixelCodec:
+        """The codec itself: pixels of one latent frame depend on that frame only."""
+        return self
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, F / T, H / f, W / f)`` of the latents of a ``[3, F, H, W]`` video."""

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from causal_rcm.errors import UserError
-from causal_rcm.data.codec import PixelCodec
+from causal_rcm.data.codec import PixelCodecSpec
+from causal_rcm.data.components import make_codec, make_text_encoder
 from causal_rcm.data.oracle import ShapesOracle
 from causal_rcm.data.shapes import ShapesConfig, ShapesDataset
 from causal_rcm.data.shards import Episode, EnvInfo, Manifest, ShardReader
-from causal_rcm.data.text import ToyTextEncoder
+from causal_rcm.data.text import ToyTextSpec
 from causal_rcm.data.video import from_uint8
 
 # Evaluation prompts come from a stream the training stream never reaches.
@@ -42,9 +43,10 @@ def _render(task: tuple[ShapesDataset, list[int]]) -> list[dict[str, Any]]:
 class VideoSource:
     """What every source gives a recipe: the codec, the toy text encoder and the frame structure, on one device.
 
-    ``name`` is the source's ``data.source``; ``fps`` the frame rate its videos play at; ``env`` the environment of
-    recorded episodes (None for a rendered world); ``oracle`` the analytic scorer where the world has one (None:
-    evaluation compares pixels)."""
+    ``codec_spec`` and ``text_spec`` are what a checkpoint trained on the source records (``PipelineSpec.of_source``),
+    ``codec`` and ``text`` the components they build (``data.components``). ``name`` is the source's ``data.source``;
+    ``fps`` the frame rate its videos play at; ``env`` the environment of recorded episodes (None for a rendered
+    world); ``oracle`` the analytic scorer where the world has one (None: evaluation compares pixels)."""
 
     name = ""
     fps: float
@@ -55,14 +57,16 @@ class VideoSource:
         self.data = data
         self.device = torch.device(device)
         self.local_batch = local_batch
-        self.codec = PixelCodec(data.codec_factor, shift=data.codec_shift, scale=data.codec_scale, frames=data.codec_frames)
-        self.text = ToyTextEncoder(dim=text_dim, text_len=data.text_len, seed=data.text_seed).to(self.device)
+        self.codec_spec = PixelCodecSpec(factor=data.codec_factor, frames=data.codec_frames, shift=data.codec_shift, scale=data.codec_scale)
+        self.text_spec = ToyTextSpec(dim=text_dim, text_len=data.text_len, seed=data.text_seed)
+        self.codec = make_codec(self.codec_spec)
+        self.text = make_text_encoder(self.text_spec, device=self.device)
         self._empty: torch.Tensor | None = None
 
     def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
         """(C, F, h, w) of the latents of one video of ``num_frames`` latent frames (default ``data.num_frames``)."""
         frames = self.data.num_frames if num_frames is None else num_frames
-        return self.codec.latent_shape(frames * self.codec.temporal_factor, self.data.resolution, self.data.resolution)
+        return self.codec.latent_shape(self.codec.video_frames(frames), self.data.resolution, self.data.resolution)
 
     def tokens_per_frame(self, patch: tuple[int, int, int]) -> int:
         _, _, h, w = self.latent_shape()
@@ -109,7 +113,7 @@ class ShapesSource(VideoSource):
     # ------------------------------------------------------------ shapes
     def _shapes_config(self, num_frames: int) -> ShapesConfig:
         """The world rendering videos of ``num_frames`` latent frames (``codec_frames`` rendered frames each)."""
-        frames = num_frames * self.codec.temporal_factor
+        frames = self.codec.video_frames(num_frames)
         return ShapesConfig(size=self.data.resolution, num_frames=frames, max_shapes=self.data.max_shapes, agent=self.data.agent)
 
     # -------------------------------------------------------- data source

@@ -1,6 +1,11 @@
-"""Toy tokenizer and frozen text encoder over the shapes world's caption vocabulary.
+"""Text encoders: the :class:`TextEncoder` interface, and a toy tokenizer and frozen encoder over the shapes world's
+caption vocabulary.
 
-Same interface as the UMT5 encoder used at real scale: ``encoder(prompts)`` returns
+A text encoder maps prompts to the context a model cross-attends to. Implementations: :class:`ToyTextEncoder`
+and ``data.umt5.UMT5TextEncoder`` (Wan2.1's); ``data.components.make_text_encoder`` builds the one a checkpoint's
+pipeline section names.
+
+The toy encoder has the UMT5 encoder's interface: ``encoder(prompts)`` returns
 ``context [B, L, D]`` and ``attention_mask [B, L]`` (bool), with ``L = text_len`` and the
 positions past each prompt filled with zeros, as Wan pads UMT5 outputs to ``text_len``.
 
@@ -14,15 +19,41 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from causal_rcm.data.shapes import DIRECTIONS, KINDS, PALETTE
 from causal_rcm.errors import UserError, shorten
+from causal_rcm.limits import MAX_SEED, ranged
 
-__all__ = ["VOCABULARY", "ToyTokenizer", "ToyTextEncoder"]
+__all__ = ["VOCABULARY", "TextEncoder", "ToyTextSpec", "ToyTokenizer", "ToyTextEncoder"]
+
+
+class TextEncoder(Protocol):
+    """Prompts -> ``context`` float32 ``[B, text_len, dim]`` and ``mask`` bool ``[B, text_len]``, zeros where the mask
+    is False (past each prompt's tokens, as Wan pads UMT5's states)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def text_len(self) -> int: ...
+
+    def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ToyTextSpec:
+    """A checkpoint's toy text encoder: the shapes world's vocabulary, embedded by a table rebuilt from ``seed``."""
+
+    kind: ClassVar[str] = "toy"
+    dim: int = ranged(64, 2, 4096)  # its fixed convolution holds 5 dim^2 weights
+    text_len: int = ranged(24, 1, 4096)
+    seed: int = ranged(0, 0, MAX_SEED)
+
 
 PAD, EOS = "<pad>", "</s>"
 VOCABULARY: tuple[str, ...] = (

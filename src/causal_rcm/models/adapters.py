@@ -8,7 +8,8 @@
   ``config.json`` (``"_class_name": "WanModel"``) and ``diffusion_pytorch_model*.safetensors``.
 * ``diffusers``: a folder with ``config.json`` (``"_class_name": "WanTransformer3DModel"``) and
   ``diffusion_pytorch_model*.safetensors`` (sharded or not), diffusers' names. Its config has
-  no text length: loading assumes Wan's 512.
+  no text length: loading assumes Wan's 512. A diffusers Wan pipeline folder (``model_index.json``,
+  as released) stands for its ``transformer/``; ``models.release`` finds its other components.
 
 Conversions only rename tensors, so round trips are exact. Every problem a user can hit
 (missing file, truncated file, keys or shapes that do not match the config) raises a
@@ -33,7 +34,7 @@ import torch
 from causal_rcm.errors import CheckpointError
 from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
-__all__ = ["LAYOUTS", "checkpoint_name", "detect_layout", "load_checkpoint", "save_checkpoint", "wan_to_diffusers", "diffusers_to_wan"]
+__all__ = ["LAYOUTS", "checkpoint_name", "detect_layout", "load_checkpoint", "read_tensors", "save_checkpoint", "wan_to_diffusers", "diffusers_to_wan"]
 
 LAYOUTS = ("causal-rcm", "wan", "diffusers")
 OURS_WEIGHTS = "model.safetensors"
@@ -209,7 +210,10 @@ def write_whole(path: Path, write: Callable[[Path], None]) -> None:
 
 
 # --------------------------------------------------------------------------- reading
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors or .pth file (a ``state_dict`` entry of a .pth, if any); CheckpointError if
+    the file is missing, truncated or holds anything else. ``mmap``: a .pth's tensors stay on disk until read
+    (for their shapes: a config inferred from a large file)."""
     if not path.exists():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
@@ -217,7 +221,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except CheckpointError:
         raise
     except Exception as exc:  # truncated / corrupt files raise many different types
@@ -233,7 +237,7 @@ def _read_folder_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
     single = folder / f"{stem}.safetensors"
     index = folder / f"{stem}.safetensors.index.json"
     if single.exists():
-        return _read_tensors(single)
+        return read_tensors(single)
     if index.exists():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -241,11 +245,11 @@ def _read_folder_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"unreadable shard index {index}: {exc}") from None
         state = {}
         for shard in shards:
-            state.update(_read_tensors(folder / shard))
+            state.update(read_tensors(folder / shard))
         return state
     pth = sorted(folder.glob("*.pth"))
     if len(pth) == 1:
-        return _read_tensors(pth[0])
+        return read_tensors(pth[0])
     raise CheckpointError(f"no weights in {folder}: expected {stem}.safetensors (or a shard index)")
 
 
@@ -265,9 +269,27 @@ def checkpoint_name(path: str | Path) -> str:
     return path.parent.name if path.name == "model" else path.name
 
 
+def transformer_of(path: Path) -> Path:
+    """The ``transformer/`` folder of a diffusers Wan pipeline folder (``model_index.json``), else ``path`` itself."""
+    index = path / "model_index.json"
+    if not path.is_dir() or not index.exists():
+        return path
+    data = _read_json(index)
+    if data.get("_class_name") != "WanPipeline":
+        raise CheckpointError(f"{index} describes a {data.get('_class_name')!r}; only Wan text-to-video pipelines (WanPipeline) are supported")
+    second = data.get("transformer_2")
+    if isinstance(second, list) and second and second[0]:
+        raise CheckpointError(f"{path} has two transformers (a Wan2.2 mixture of experts), which this version cannot load")
+    folder = path / "transformer"
+    if not (folder / "config.json").exists():
+        raise CheckpointError(f"{path} is a diffusers Wan pipeline without its transformer (transformer/config.json is missing)")
+    return folder
+
+
 def detect_layout(path: str | Path) -> str:
-    """'causal-rcm', 'wan' or 'diffusers' for a checkpoint file or folder."""
-    path = _recover(Path(path))
+    """'causal-rcm', 'wan' or 'diffusers' for a checkpoint file or folder (a diffusers Wan pipeline folder: its
+    transformer's)."""
+    path = transformer_of(_recover(Path(path)))
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_file():
@@ -294,7 +316,7 @@ def _peek_keys(path: Path) -> list[str]:
                 return list(f.keys())
         except Exception as exc:
             raise CheckpointError(f"cannot read {path} (truncated or not a checkpoint): {str(exc).splitlines()[0]}") from None
-    return list(_read_tensors(path))
+    return list(read_tensors(path, mmap=True))
 
 
 def _safetensors_metadata_config(path: Path) -> dict:
@@ -402,12 +424,13 @@ def validate_state_dict(state: dict[str, torch.Tensor], config: CausalWanConfig,
 
 
 def load_checkpoint(path: str | Path, **config_overrides) -> tuple[CausalWanConfig, dict[str, torch.Tensor], str]:
-    """Read any supported layout -> (config, state dict with our names, layout).
+    """Read any supported layout -> (config, state dict with our names, layout). A diffusers Wan pipeline folder
+    (``model_index.json``) reads its ``transformer/``; an original Wan2.1 release folder is a ``WanModel`` folder.
 
     Reads one checkpoint whole: if a save replaced it meanwhile (it is another file or folder now),
     it reads again, so config and weights never come from two different saves.
     """
-    path = Path(path)
+    path = transformer_of(Path(path))
     while True:
         source = _recover(path)
         with _held(source) as before:
@@ -457,13 +480,13 @@ def _load_checkpoint(path: Path, config_overrides: dict) -> tuple[CausalWanConfi
             config = CausalWanConfig.from_dict({**data.get("model", {}), **config_overrides})
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"bad model config in {path / 'config.json'}: {exc}") from None
-        state = _read_tensors(path / OURS_WEIGHTS)
+        state = read_tensors(path / OURS_WEIGHTS)
     elif layout == "wan":
         if path.is_dir():
             state = _read_folder_weights(path, "diffusion_pytorch_model")
             overrides = {**_config_from_wan_json(_read_json(path / "config.json")), **config_overrides}
         else:
-            state = _read_tensors(path)
+            state = read_tensors(path)
             overrides = {**_config_from_wan_json(_safetensors_metadata_config(path)), **config_overrides}
         try:
             config = _infer_wan_config(state, overrides)
@@ -474,7 +497,7 @@ def _load_checkpoint(path: Path, config_overrides: dict) -> tuple[CausalWanConfi
             config = _config_from_diffusers_json(_read_json(path / "config.json"))
             state = _read_folder_weights(path, "diffusion_pytorch_model")
         else:
-            state = _read_tensors(path)
+            state = read_tensors(path)
             config = _infer_wan_config(diffusers_to_wan(state), config_overrides)
         state = diffusers_to_wan(state)
     validate_state_dict(state, config, str(path))
