@@ -139,3 +139,111 @@ def test_drift_on_long_rollouts():
     degraded = np.clip(frames + np.random.default_rng(0).normal(size=frames.shape) * sigma, 0, 255).astype(np.uint8)
     report = oracle.drift(degraded, scene.caption, window=16)
     assert report.quality[0] >= 0.95 and report.quality[-1] <= 0.1 and report.drift >= 0.85
+
+
+# ------------------------------------------------------------------ pixel fidelity and what students produce
+FIDELITY = ("background_residual", "background_residual_p90", "colour_error", "edge_sharpness")
+
+
+def _pixels(batch) -> torch.Tensor:
+    """The batch's renders as float (B, F, H, W, 3) on the 0-255 scale."""
+    return ((batch["video"] + 1) * 127.5).permute(0, 2, 3, 4, 1)
+
+
+def _uint8(frames: torch.Tensor) -> np.ndarray:
+    return frames.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _blurred(frames: torch.Tensor, passes: int) -> torch.Tensor:
+    """``passes`` 3x3 box blurs of (B, F, H, W, 3) frames, black beyond the frame."""
+    B, F, H, W, C = frames.shape
+    x = frames.permute(0, 1, 4, 2, 3).reshape(-1, 1, H, W)
+    for _ in range(passes):
+        x = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True)
+    return x.reshape(B, F, C, H, W).permute(0, 1, 3, 4, 2)
+
+
+def _hue_rotated(frames: torch.Tensor, degrees: float) -> torch.Tensor:
+    """(B, F, H, W, 3) frames with every colour turned by ``degrees`` about the grey axis (black stays black)."""
+    a, k = np.deg2rad(degrees), np.ones(3) / np.sqrt(3)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rotation = np.eye(3) + np.sin(a) * cross + (1 - np.cos(a)) * cross @ cross  # Rodrigues
+    return frames @ torch.tensor(rotation.T, dtype=frames.dtype)
+
+
+def _noise(shape, sigma: float, seed: int, blur: int = 0) -> torch.Tensor:
+    """Gaussian noise of std ``sigma`` on the [-1, 1] scale, as 0-255 values; ``blur`` box passes correlate it
+    spatially (renormalised to the same std)."""
+    n = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if blur:
+        n = _blurred(n, blur)
+        n = n / n.std()
+    return n * sigma * 127.5
+
+
+def test_renders_have_perfect_fidelity(batch):
+    for targets in (batch["caption"], batch["scene"]):
+        m = ShapesOracle(CFG).evaluate(batch["video"], targets).metrics
+        assert (m["background_residual"], m["background_residual_p90"], m["colour_error"], m["edge_sharpness"]) == (0, 0, 0, 1)
+
+
+def test_background_residual_grows_with_noise(batch):
+    oracle, frames = ShapesOracle(CFG), _pixels(batch)
+    noise = _noise(frames.shape, 1.0, seed=4)
+    rows = [oracle.evaluate(_uint8(frames + sigma * noise), batch["caption"]).metrics for sigma in (0.0, 0.05, 0.1, 0.2, 0.3)]
+    for key in ("background_residual", "background_residual_p90"):
+        values = [m[key] for m in rows]
+        assert values[0] == 0 and all(b > a for a, b in zip(values, values[1:])), (key, values)
+    assert all(m["caption_adherence"] >= 0.99 for m in rows)  # the shapes are still found: the residual is the noise
+
+
+def test_edge_sharpness_drops_with_blur(batch):
+    oracle, frames = ShapesOracle(CFG), _pixels(batch)
+    values = [oracle.evaluate(_uint8(_blurred(frames, passes)), batch["caption"]).metrics["edge_sharpness"] for passes in range(4)]
+    assert values[0] == 1 and values[1] < 0.5 and all(b < a for a, b in zip(values, values[1:])), values
+
+
+def test_colour_error_grows_with_hue_shift(batch):
+    oracle, frames = ShapesOracle(CFG), _pixels(batch)
+    rows = [oracle.evaluate(_uint8(_hue_rotated(frames, degrees)), batch["caption"]).metrics for degrees in (0, 5, 10, 20)]
+    values = [m["colour_error"] for m in rows]
+    assert values[0] == 0 and all(b > a for a, b in zip(values, values[1:])), values
+    assert all(m["caption_adherence"] >= 0.99 and m["background_residual"] == 0 for m in rows)
+
+
+@pytest.mark.parametrize("sigma, blur", [(0.3, 0), (0.45, 0), (0.6, 0), (0.3, 1), (0.45, 1)])
+def test_background_noise_alone_scores_absent(batch, sigma, blur):
+    """Frames of black with the shipped models' speckle (independent per pixel, sigma about 0.3-0.37 on the [-1, 1]
+    scale) and beyond, or spatially correlated, and no shape: nothing is found, the residual says what is there."""
+    noise = _noise(_pixels(batch).shape, sigma, seed=5, blur=blur)
+    report = ShapesOracle(CFG).evaluate(_uint8(noise), batch["caption"])
+    m = report.metrics
+    assert m["caption_adherence"] == 0 and m["colour_adherence"] == 0, m
+    assert not any(v.detection.present.any() for v in report.videos)
+    assert m["background_residual"] > 0.1 and np.isnan([m.get("colour_error", np.nan), m.get("edge_sharpness", np.nan)]).all()
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.35, 0.5])
+@pytest.mark.parametrize("sigma", [0.0, 0.3])
+def test_faint_ghosts_score_absent(batch, alpha, sigma):
+    """A shape drawn at ``alpha`` of its colour (what a fading student leaves), alone or in speckle, is not the shape."""
+    frames = _pixels(batch)
+    ghosts = alpha * frames + _noise(frames.shape, sigma, seed=6)
+    m = ShapesOracle(CFG).evaluate(_uint8(ghosts), batch["caption"]).metrics
+    assert m["caption_adherence"] <= 0.05, m
+
+
+def test_shapes_in_the_shipped_models_speckle_are_found(batch):
+    frames = _pixels(batch)
+    m = ShapesOracle(CFG).evaluate(_uint8(frames + _noise(frames.shape, 0.35, seed=7)), batch["caption"]).metrics
+    assert m["caption_adherence"] >= 0.95 and m["background_residual"] > 0.1
+
+
+def test_fidelity_of_a_window_is_that_of_its_frames():
+    ds = ShapesDataset(ShapesConfig(num_frames=16, min_shapes=2), seed=8)
+    frames = ds.render_sample(0)["frames"].astype(np.float32)
+    frames[8:] += np.random.default_rng(0).normal(size=frames[8:].shape) * 40  # noise in the second half only
+    frames = np.clip(frames, 0, 255).astype(np.uint8)
+    det = ShapesOracle(CFG).detect(frames)
+    assert det.window(0, 8).fidelity()["background_residual"] == 0
+    assert det.window(8, 16).fidelity() == pytest.approx(ShapesOracle(CFG).detect(frames[8:]).fidelity())

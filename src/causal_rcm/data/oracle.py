@@ -39,6 +39,28 @@ Metrics, each in ``[0, 1]`` (1 = perfect) unless a unit is named, per video then
   the scene; with a caption it starts from the agent detected in frame 0 and is blocked by
   the other shapes as detected (the world's agent rule).
 
+Fidelity, from the renderer's own conventions (a shape is one flat palette colour with a
+one-pixel edge on an exactly black background), lower is better for the first three:
+
+* ``background_residual`` and ``background_residual_p90``: mean and 90th percentile brightness
+  (brightest channel, 0-1) of the pixels off the shapes. Off-shape means farther than one pixel
+  (8-neighbourhood) from every component the detector counts as a shape (any colour, at least
+  ``min_area`` px, duplicates included), so a blurred edge belongs to ``edge_sharpness`` and
+  speckle, faint ghosts and blobs too small to be a shape belong here. The mask comes from the
+  detection, not from a ``Scene`` target: a generated video is free to place its shapes
+  anywhere the caption allows, so only what is in the video can say where its shapes are. A
+  render scores exactly 0.
+* ``colour_error``: mean RGB distance (channels on a 0-1 scale) of the pixels inside each
+  detected shape to its palette colour. "Inside" is the shape's component with its holes
+  filled, eroded by one pixel: holes count, edges do not. 0 for a render.
+* ``edge_sharpness`` (higher is better): mean step, across each detected shape's outline (holes
+  filled), from a pixel of the shape to its outside 4-neighbour (not on another shape),
+  measured along the shape's palette colour (``<p, c> / <c, c>``: 1 = the palette colour, 0 =
+  black). A render steps from the colour to black in one pixel: 1; blur, faint shapes, halos
+  and speckle at the edge lower it.
+
+Colour error and sharpness are undefined (NaN) for a video in which no shape is detected.
+
 ``ShapesOracle.drift`` computes caption adherence and temporal consistency over windows of
 a long video and reports the drop from the first to the last window.
 """
@@ -78,7 +100,8 @@ def as_frames(videos: Any) -> np.ndarray:
     """Videos as float32 ``[B, F, H, W, 3]`` on the 0-255 scale.
 
     Accepts uint8 ``[F, H, W, 3]`` / ``[B, F, H, W, 3]`` (pixels) or float ``[3, F, H, W]`` /
-    ``[B, 3, F, H, W]`` in ``[-1, 1]`` (model side), as numpy arrays or torch tensors.
+    ``[B, 3, F, H, W]`` in ``[-1, 1]`` (model side), as numpy arrays or torch tensors. Floats are
+    rounded to whole levels as ``video.to_uint8`` does: the oracle scores the pixels a viewer is shown.
     """
     if isinstance(videos, torch.Tensor):
         videos = videos.detach().cpu()
@@ -96,7 +119,7 @@ def as_frames(videos: Any) -> np.ndarray:
         x = x[None]
     if x.ndim != 5 or x.shape[1] != 3:
         raise UserError(f"float videos must be [3, F, H, W] or [B, 3, F, H, W], got shape {list(x.shape)}")
-    return ((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).transpose(0, 2, 3, 4, 1).astype(np.float32)
+    return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).transpose(0, 2, 3, 4, 1).astype(np.float32)
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
@@ -128,7 +151,9 @@ class Detection:
     ``present`` bool ``[K, F]``; ``centroid`` float ``[K, F, 2]`` (x, y) px, NaN when absent;
     ``area`` int ``[K, F]``; ``bbox`` int ``[K, F, 4]`` (x0, y0, x1, y1), end-exclusive;
     ``kind`` int ``[K, F]`` index into ``KINDS`` or -1; ``extra`` int ``[K, F]`` further
-    components of at least ``min_area`` px (duplicates).
+    components of at least ``min_area`` px (duplicates). Pixel fidelity (module docstring):
+    ``residual`` float ``[F, H, W]`` brightness off the shapes, NaN on and next to them;
+    ``colour_error`` and ``edge`` float ``[K, F]``, NaN where the colour is absent.
     """
 
     present: np.ndarray
@@ -138,6 +163,9 @@ class Detection:
     kind: np.ndarray
     extra: np.ndarray
     frame_size: int
+    residual: np.ndarray
+    colour_error: np.ndarray
+    edge: np.ndarray
 
     @property
     def num_frames(self) -> int:
@@ -148,8 +176,18 @@ class Detection:
         s = slice(start, stop)
         return Detection(
             self.present[:, s], self.centroid[:, s], self.area[:, s], self.bbox[:, s], self.kind[:, s],
-            self.extra[:, s], self.frame_size,
+            self.extra[:, s], self.frame_size, self.residual[s], self.colour_error[:, s], self.edge[:, s],
         )
+
+    def fidelity(self) -> dict[str, float]:
+        """The pixel-fidelity metrics of these frames (module docstring); NaN where undefined."""
+        off = self.residual[~np.isnan(self.residual)]
+        return {
+            "background_residual": float(off.mean()) if off.size else float("nan"),
+            "background_residual_p90": float(np.percentile(off, 90)) if off.size else float("nan"),
+            "colour_error": _nanmean(self.colour_error),
+            "edge_sharpness": _nanmean(self.edge),
+        }
 
 
 @dataclass
@@ -188,6 +226,26 @@ class DriftReport:
     quality: np.ndarray
     drift: float
     adherence: list[dict[str, float]] = field(default_factory=list)  # each window's colour / shape / caption adherence
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean of the entries that are not NaN; NaN (and no warning) when there are none."""
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``out[..., y, x] = x[..., y + dy, x + dx]`` over the last two axes, 0 (False) beyond the frame."""
+    H, W = x.shape[-2:]
+    out = np.zeros_like(x)
+    out[..., max(0, -dy) : H - max(0, dy), max(0, -dx) : W - max(0, dx)] = x[
+        ..., max(0, dy) : H - max(0, -dy), max(0, dx) : W - max(0, -dx)
+    ]
+    return out
+
+
+_NEIGHBOURS_4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
+_NEIGHBOURS_8 = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -267,7 +325,44 @@ class ShapesOracle:
             ious = [(crop & shape_mask(n, y1 - y0, x1 - x0)).sum() / (crop | shape_mask(n, y1 - y0, x1 - x0)).sum() for n in KINDS]
             kind[k, f] = int(np.argmax(ious))
         centroid = np.where(present[..., None], np.stack([cx, cy], -1), np.nan)
-        return Detection(present, centroid, area, bbox, kind, extra.reshape(K, F), W)
+        residual, colour_error, edge = self._pixels(frames, lab, areas, member, present)
+        return Detection(present, centroid, area, bbox, kind, extra.reshape(K, F), W, residual, colour_error, edge)
+
+    def _pixels(
+        self, frames: np.ndarray, lab: np.ndarray, areas: np.ndarray, member: np.ndarray, present: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Background residual ``[F, H, W]``, colour error and edge sharpness ``[K, F]`` (module docstring).
+
+        ``frames`` ``[F, H, W, 3]`` (0-255), ``lab`` ``[K, F, H, W]`` component labels and ``areas``
+        their sizes by label, ``member`` ``[K, F, H, W]`` the shape of each colour, ``present`` ``[K, F]``.
+        """
+        on_shape = (areas[lab] >= self.min_area).any(0)  # (F, H, W): every shape-sized component, duplicates too
+        near = on_shape | np.logical_or.reduce([_shifted(on_shape, dy, dx) for dy, dx in _NEIGHBOURS_8])
+        residual = np.where(near, np.nan, frames.max(-1) / 255.0).astype(np.float32)  # (F, H, W)
+
+        # A shape with its holes filled (pixels the noise pushed off its colour), so that a hole is
+        # neither an edge nor left out of the colour error: what is not reachable from the frame's border.
+        outside = _components(~member[present])  # (P, H, W), the present shapes only
+        border = np.concatenate([outside[..., 0, :], outside[..., -1, :], outside[..., :, 0], outside[..., :, -1]], -1)
+        filled = member.copy()
+        filled[present] |= ~np.isin(outside, border[border > 0])
+
+        colours = _PALETTE_RGB[1:]  # (K, 3)
+        core = filled & np.logical_and.reduce([_shifted(filled, dy, dx) for dy, dx in _NEIGHBOURS_4])
+        core |= filled & ~core.any((2, 3), keepdims=True)  # a shape too thin to erode keeps its pixels
+        distance = np.linalg.norm(frames[None] - colours[:, None, None, None], axis=-1) / 255.0  # (K, F, H, W)
+        count = core.sum((2, 3))
+        level = np.moveaxis(frames @ colours.T / (colours**2).sum(-1), -1, 0)  # (K, F, H, W): 1 = the colour, 0 = black
+        steps = np.zeros(present.shape, dtype=np.float64)
+        pairs = np.zeros(present.shape, dtype=np.int64)
+        for dy, dx in _NEIGHBOURS_4:
+            ok = filled & _shifted(~filled & ~on_shape[None], dy, dx)  # a shape pixel whose neighbour is off every shape
+            steps += np.where(ok, level - _shifted(level, dy, dx), 0.0).sum((2, 3))
+            pairs += ok.sum((2, 3))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            colour_error = np.where(present, np.where(core, distance, 0.0).sum((2, 3)) / count, np.nan)
+            edge = np.where(present & (pairs > 0), steps / pairs, np.nan)
+        return residual, colour_error, edge
 
     # ---------------------------------------------------------------- metrics
 
@@ -386,6 +481,7 @@ class ShapesOracle:
         )
         agents = {o.colour for o in objects if o.agent}
         metrics.update(self._consistency(det, agents))
+        metrics.update(det.fidelity())
         error = None
         if actions is not None:
             error = self._action_error(det, scene, actions)
