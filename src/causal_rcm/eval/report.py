@@ -22,6 +22,7 @@ __all__ = ["REPORT_FILES", "write_report"]
 
 REPORT_FILES = ("report.md", "report.json", "plots", "samples")
 METRICS = ("colour_adherence", "shape_adherence", "caption_adherence", "direction_accuracy", "temporal_consistency")
+FIDELITY_METRICS = ("background_residual", "background_residual_p90", "colour_error", "edge_sharpness")
 LONG_METRICS = (
     "long_first_caption_adherence", "long_last_caption_adherence",
     "long_first_temporal_consistency", "long_last_temporal_consistency",
@@ -117,6 +118,10 @@ def _plots(out: Path, stages: list[dict], drift_factor: int, stream_seconds: flo
     scored = [r for r in stages if r.get("metrics")]
     has_long = [r for r in scored if "long_first_caption_adherence" in r["metrics"]]
     panels = [("Oracle metrics (training length)", METRICS, scored)]
+    fidelity = [r for r in scored if "background_residual" in r["metrics"]]
+    if fidelity:
+        panels.append(("Pixel fidelity (training length): residual and colour error 0 = perfect, sharpness 1 = perfect",
+                       FIDELITY_METRICS, fidelity))
     if has_long:
         panels.append((f"Rollouts {drift_factor}x the training length: first vs last window", LONG_METRICS, has_long))
     streamed = [row for r in scored for row in (r, {**(r.get("shipped") or {}), "name": f"{r['name']} (shipped)",
@@ -135,7 +140,8 @@ def _plots(out: Path, stages: list[dict], drift_factor: int, stream_seconds: flo
             ax.bar(np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width, values, width, label=r["label"],
                    color=colours[r["name"]])
         ax.set_xticks(np.arange(len(keys)), [k.replace("long_", "").replace("stream_", "").replace("_", " ") for k in keys], fontsize=8)
-        ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel="score (1 = perfect)", title=title)
+        ylabel = "value" if keys is FIDELITY_METRICS else "score (1 = perfect)"
+        ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel=ylabel, title=title)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, ncol=min(len(rows), 6), loc="upper center")
     fig.tight_layout()
@@ -187,10 +193,15 @@ def _markdown(report: dict) -> str:
               f"also on rollouts {report['budget']['drift_factor']}x their training length (first and last training-length window, "
               "and the oracle's drift = drop in quality between them). Students also stream each prompt for "
               f"{report['budget'].get('stream_seconds', 0):g} s of video, scored clip by clip (caption adherence of the first "
-              "clip and of the second half: what a viewer of a long stream sees). NFE: network evaluations per video (a causal model's each "
-              "covers one chunk); seconds per video of sampling on this device.", ""]
+              "clip and of the second half: what a viewer of a long stream sees). Pixel fidelity, measured against the "
+              "renderer's flat colours on black: background residual = brightness (brightest channel, 0-1) of the pixels "
+              "off the detected shapes, mean / 90th percentile (0 = black, as rendered); colour error = RGB distance "
+              "(0-1 scale) of the pixels inside the shapes to their palette colour (0 = exact); sharpness = the step "
+              "across a shape's edge (1 = a one-pixel step, as rendered). NFE: network evaluations per video (a causal "
+              "model's each covers one chunk); seconds per video of sampling on this device.", ""]
     header = ["stage", "source", "sampler", "caption", "1-step caption", "colour", "shape", "direction", "temporal",
-              "long caption first → last", "drift", "stream caption first → 2nd half", "NFE / video", "s / video", "training"]
+              "background mean / p90", "colour error", "sharpness", "long caption first → last", "drift",
+              "stream caption first → 2nd half", "NFE / video", "s / video", "training"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for r in stages:
@@ -214,7 +225,8 @@ def _markdown(report: dict) -> str:
             r["name"], r["source"], sampler_text, _fmt(m.get("caption_adherence")),
             _fmt((r.get("one_step") or {}).get("caption_adherence")) if r.get("one_step") else "—",
             *(_fmt(m.get(k)) for k in ("colour_adherence", "shape_adherence", "direction_accuracy", "temporal_consistency")),
-            long, _fmt(m.get("long_drift")), stream,
+            f"{_fmt(m.get('background_residual'))} / {_fmt(m.get('background_residual_p90'))}",
+            _fmt(m.get("colour_error")), _fmt(m.get("edge_sharpness")), long, _fmt(m.get("long_drift")), stream,
             f"{cost['nfe_per_video']:.0f}" if cost else "—", f"{cost['seconds_per_video']:.2f}" if cost else "—",
             _training_text(r["training"]) if r.get("training") else "—",
         ]) + " |")
