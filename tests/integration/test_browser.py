@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ..checkpoints import make_checkpoint, make_world_checkpoint
-from .conftest import serve_process
+from ..serve.conftest import serve_process
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM_ARGS = [
