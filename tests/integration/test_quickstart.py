@@ -100,6 +100,10 @@ def test_report_has_every_stage_with_metrics_in_range(fast_run):
         for key in ("colour_adherence", "shape_adherence", "caption_adherence", "direction_accuracy", "temporal_consistency"):
             assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, (name, key, metrics[key])
     assert stages["ground-truth"]["metrics"]["caption_adherence"] > 0.9
+    truth = stages["ground-truth"]["metrics"]  # the renders' pixel fidelity is perfect, a model's is measured
+    assert (truth["background_residual"], truth["colour_error"], truth["edge_sharpness"]) == (0.0, 0.0, 1.0)
+    assert 0.0 <= stages["teacher"]["metrics"]["background_residual"] <= 1.0
+    assert "background mean / p90" in (out / "report.md").read_text()
     assert stages["ground-truth"]["metrics"]["long_last_caption_adherence"] > 0.9
     assert stages["untrained"]["metrics"]["caption_adherence"] < 0.1
     for name in ("teacher", "causal-teacher"):
