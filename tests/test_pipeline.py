@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from causal_rcm import StreamingPipeline
-from causal_rcm.diffusion import causal_sample, euler_sample
+from causal_rcm.diffusion import causal_sample, euler_sample, head_complement
 from causal_rcm.errors import UserError
 from causal_rcm.kernels import masks
 from causal_rcm.models.adapters import save_model
@@ -47,6 +47,7 @@ def test_stream_equals_causal_sampler_beyond_the_window(tmp_path):
         latents = causal_sample(
             pipe.model, chunk_noise(pipe, 7, [2] * 6), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=3,
             shift=3.0, solver="euler", guidance=2.0, neg_context=pipe.encode_prompt(""), sink_frames=1, window_frames=4,
+            complement=head_complement(pipe.model),
         )
     close_uint8(got, pipe.decode(latents))
     assert got.std() > 10  # a random model paints noise, not a flat frame
@@ -61,7 +62,7 @@ def test_a_wider_window_than_the_checkpoints_equals_the_sampler_with_it(tmp_path
     with torch.no_grad():
         wide, own = (pipe.decode(causal_sample(
             pipe.model, chunk_noise(pipe, 3, [2] * 6), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=2,
-            shift=3.0, solver="euler", guidance=1.0, window_frames=w,
+            shift=3.0, solver="euler", guidance=1.0, window_frames=w, complement=head_complement(pipe.model),
         )) for w in (6, 2))
     close_uint8(got, wide)
     assert np.abs(got.astype(int) - own.astype(int)).max() > 1  # the window matters past the checkpoint's
@@ -87,6 +88,7 @@ def test_packed_codec_streams_its_frames_in_order_and_cuts_the_last(tmp_path, mo
         latents = causal_sample(
             pipe.model, chunk_noise(pipe, 5, [fc] * (4 // fc)), pipe.encode_prompt(PROMPT_A), frames_per_chunk=fc,
             steps=2, shift=3.0, solver="euler", guidance=1.0, sink_frames=1, window_frames=2,
+            complement=head_complement(pipe.model),
         )
     close_uint8(frames_of(stream), pipe.decode(latents)[:7])
     assert pipe.generate(PROMPT_A).shape == (16, 32, 32, 3)  # the training length: 8 latent frames
@@ -148,11 +150,14 @@ def test_prompt_switch_rebuilds_the_cache_under_the_new_prompt(tmp_path):
 
     noise = chunk_noise(pipe, 5, [2] * 4)
     with torch.no_grad():
-        history = causal_sample(pipe.model, noise[:, :, :6], pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=1)
+        complement = head_complement(pipe.model)
+        history = causal_sample(pipe.model, noise[:, :, :6], pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=1,
+                                complement=complement)
         x = torch.cat([history, noise[:, :, 6:]], dim=2)  # (1, C, 8, h, w): clean history | new chunk at s = 1
         t = torch.tensor([[0.0] * 6 + [1000.0] * 2])
-        v = pipe.model(x, t, pipe.encode_prompt(PROMPT_B), mask=masks.block_causal(4, 2, 16))
-        x0 = noise[:, :, 6:] - v[:, :, 6:]  # x0 = x_s - s v at s = 1
+        v = pipe.model(x, t, pipe.encode_prompt(PROMPT_B), mask=masks.block_causal(4, 2, 16))[:, :, 6:]
+        x0 = noise[:, :, 6:] - v  # x0 = x_s - s v at s = 1
+        x0 = x0 - complement(x0 + v)  # completed where the head cannot reach (diffusion.samplers)
     close_uint8(np.stack(frames[6:]), pipe.decode(x0))
 
 
@@ -191,7 +196,7 @@ def test_bidirectional_checkpoint_generates_its_training_length(tmp_path):
     noise = torch.randn((1, *pipe.latent_shape(8)), generator=g)
     with torch.no_grad():
         ref = euler_sample(pipe.model, noise, pipe.encode_prompt(PROMPT_A), steps=4, shift=3.0, guidance=3.0,
-                           neg_context=pipe.encode_prompt(""))
+                           neg_context=pipe.encode_prompt(""), complement=head_complement(pipe.model))
     close_uint8(video, pipe.decode(ref))
     with pytest.raises(UserError, match="cannot stream"):
         pipe.stream(PROMPT_A)

@@ -41,7 +41,15 @@ from causal_rcm.data.components import make_codec, make_text_encoder
 from causal_rcm.data.text import TextEncoder
 from causal_rcm.data.video import from_uint8, to_uint8
 from causal_rcm.diffusion.guidance import is_unguided
-from causal_rcm.diffusion.samplers import check_window, make_kv_caches, refresh_kv_caches, sample, sample_chunk, time_grid
+from causal_rcm.diffusion.samplers import (
+    check_window,
+    head_complement,
+    make_kv_caches,
+    refresh_kv_caches,
+    sample,
+    sample_chunk,
+    time_grid,
+)
 from causal_rcm.errors import UserError
 from causal_rcm.models.adapters import load_model
 from causal_rcm.spec import PipelineSpec
@@ -106,6 +114,7 @@ class Stream:
         self._guidance = guidance
         self._grid = time_grid(steps, cfg.sampler.shift) if times is None else time_grid([1.0, *times, 0.0])
         self._solver = cfg.sampler.solver
+        self._complement = head_complement(pipe.model, cfg.sampler.complete_x0)
         self._generator = torch.Generator(pipe.device).manual_seed(seed)
         self._sink = cfg.stream.sink_frames
         self._window = cfg.stream.window_frames if window_frames is None else window_frames
@@ -219,7 +228,7 @@ class Stream:
         noise = torch.randn((1, *pipe.latent_shape(fc)), generator=self._generator, device=pipe.device)
         x0 = sample_chunk(
             pipe.model, noise, self._context, self._caches, steps=self._grid, solver=self._solver,
-            guidance=self._guidance, neg_context=self._neg, generator=self._generator, **kwargs,
+            guidance=self._guidance, neg_context=self._neg, generator=self._generator, complement=self._complement, **kwargs,
         )  # (1, C, fc, h, w)
         self._remember(x0, actions)
         self._latent += fc

@@ -47,12 +47,17 @@ WAN_DEFAULTS = {"resolution": 480, "width": 832, "num_frames": 21, "fps": 16.0, 
 
 @dataclass(frozen=True)
 class SamplerDefaults:
-    """The sampler a checkpoint is used with unless told otherwise."""
+    """The sampler a checkpoint is used with unless told otherwise.
+
+    ``complete_x0`` (``SamplerSpec.complete_x0``) is on unless a checkpoint says otherwise: checkpoints written
+    before it existed sample without the noise their head cannot remove (``docs/results/fidelity_2026-12-07.md``).
+    """
 
     solver: str = "euler"
     steps: int = ranged(50, 1, MAX_STEPS)
     shift: float = ranged(3.0, 0, 1000, above=True)
     guidance: float = ranged(3.0, 0, 100)
+    complete_x0: bool = True
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,8 @@ class PipelineSpec:
         """The sampler this checkpoint is used with (``steps`` / ``window_frames`` None: its defaults)."""
         return SamplerSpec(
             causal=self.causal, steps=self.sampler.steps if steps is None else steps, solver=self.sampler.solver,
-            shift=self.sampler.shift, guidance=self.sampler.guidance, frames_per_chunk=self.frames_per_chunk,
+            shift=self.sampler.shift, guidance=self.sampler.guidance, complete_x0=self.sampler.complete_x0,
+            frames_per_chunk=self.frames_per_chunk,
             sink_frames=self.stream.sink_frames, window_frames=self.stream.window_frames if window_frames is None else window_frames,
         )
 

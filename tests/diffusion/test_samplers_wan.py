@@ -1,10 +1,14 @@
 """The samplers on the real tiny CausalWanModel (KV cache, RoPE positions, CFG)."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from causal_rcm.diffusion import causal_sample, euler_sample, flow_time_grid, make_kv_caches, sample_chunk
+from causal_rcm.diffusion import SamplerSpec, causal_sample, euler_sample, flow_time_grid, make_kv_caches, sample, sample_chunk
 from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
+
+from ..conftest import random_model, small_config
 
 TOKENS_PER_FRAME = 4  # 4 x 4 latents, patch 2 x 2
 
@@ -68,3 +72,49 @@ def test_rolling_window_stream_is_bounded(tiny, inputs):
     full = causal_sample(tiny, noise, ctx, frames_per_chunk=2, steps=2, window_frames=None)
     roomy = causal_sample(tiny, noise, ctx, frames_per_chunk=2, steps=2, window_frames=6)
     torch.testing.assert_close(roomy, full)
+
+
+# ---------------------------------------------------------------- a head narrower than a token
+@pytest.fixture(scope="module")
+def narrow():
+    """A random model whose head maps 32 features to 12 x 2 x 2 = 48 values per token: 16 directions out of reach."""
+    return random_model(small_config(in_dim=12, out_dim=12), seed=1)
+
+
+def _draws(seed: int, n: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 12, 4, 4, 4, generator=g) for _ in range(n)]  # (B, C, F, H, W)
+
+
+@torch.no_grad()
+def test_euler_keeps_the_noise_the_head_cannot_reach(narrow):
+    """The shapes models' speckle: where no output can go, x0 = x - s v is x's noise less a constant, so Euler ends
+    where it started there (less the head's bias), whatever the steps and the shift."""
+    complement, ctx = narrow.head_complement(), torch.randn(1, 8, 24)
+    noise = _draws(0, 1)[0]
+    bias = complement(narrow(noise, torch.full((1, 4), 500.0), ctx))  # the same for every input
+    for steps, shift in ((2, 1.0), (6, 8.0)):
+        out = euler_sample(narrow, noise, ctx, steps=steps, shift=shift)
+        torch.testing.assert_close(complement(out), complement(noise) - bias, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("solver", ["euler", "consistency"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_completed_samples_hold_the_networks_mean_where_its_head_cannot_reach(narrow, solver, causal):
+    """With ``complete_x0`` the component out of reach is the network's own estimate (-bias), not the noise; the
+    spec's switch turns it off; one step changes nothing else (causal: in the first chunk; the later ones attend to
+    the completed chunks before them)."""
+    complement, ctx = narrow.head_complement(), torch.randn(1, 8, 24)
+    bias = complement(narrow(_draws(9, 1)[0], torch.full((1, 4), 500.0), ctx))
+    spec = SamplerSpec(causal=causal, steps=3, solver=solver, shift=3.0, guidance=1.0, frames_per_chunk=2)
+    for noise in _draws(1):
+        done = sample(narrow, noise, ctx, spec, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(complement(done), -bias, atol=1e-4, rtol=0)
+        plain = sample(narrow, noise, ctx, dataclasses.replace(spec, complete_x0=False), generator=torch.Generator().manual_seed(0))
+        assert (complement(plain) + bias).abs().mean() > 0.3  # the noise is still there
+    one = dataclasses.replace(spec, steps=1)
+    noise = _draws(2, 1)[0]
+    plain = sample(narrow, noise, ctx, dataclasses.replace(one, complete_x0=False))
+    first = slice(0, 2 if causal else 4)
+    torch.testing.assert_close(sample(narrow, noise, ctx, one)[:, :, first], (plain - complement(noise))[:, :, first], atol=1e-4, rtol=0)

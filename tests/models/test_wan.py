@@ -340,3 +340,27 @@ def test_compiled_blocks_stream_like_eager_in_bf16_gpu():
     for a, b in zip(got, expected):
         assert ((a.float() - b.float()).norm() / b.float().norm()).item() < 2e-2
     torch._dynamo.reset()
+
+
+def test_head_complement_is_what_no_output_can_change():
+    """A head of more values per token than features (here 12 x 2 x 2 = 48 > dim 32) leaves a subspace out of reach:
+    every output has the same component there (its bias's); a full-rank head has none."""
+    assert random_model(small_config()).head_complement() is None  # 4 x 2 x 2 = 16 values from dim 32
+    model = random_model(small_config(in_dim=12, out_dim=12))
+    complement = model.head_complement()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 3, 4, 6, generator=g)  # (B, C, F, H, W): 2 x 3 tokens a frame
+    ctx = torch.randn(2, 8, 24, generator=g)
+    outputs = [model(torch.randn(x.shape, generator=g), torch.rand(2, 3, generator=g) * 1000, ctx) for _ in range(2)]
+    with torch.no_grad():
+        reach = [complement(v) for v in outputs]
+        torch.testing.assert_close(reach[0], reach[1], atol=1e-5, rtol=0)
+        c = complement(x)
+        torch.testing.assert_close(complement(c), c, atol=1e-5, rtol=0)  # a projection ...
+        assert abs(float((c * (x - c)).sum())) < 1e-3  # ... an orthogonal one
+        assert 0.2 < float(c.square().sum() / x.square().sum()) < 0.5  # onto 16 of every token's 48 values
+        # token by token: the complement of one token does not depend on the others
+        y = x.clone()
+        y[..., :2, :2] += 1.0  # move the first token of every frame
+        torch.testing.assert_close(complement(y)[..., 2:], c[..., 2:])
+        torch.testing.assert_close(complement(y)[..., 2:, :2], c[..., 2:, :2])

@@ -19,6 +19,17 @@ Three update rules, selected by ``solver``:
 
 All land on ``x0`` at the last step (s_next = 0), so one step of euler and consistency is the same.
 
+``complement`` (optional, every sampler): the projection of latents onto the directions the
+network's output cannot change, ``model.head_complement()``. A head that maps ``dim`` features
+to more than ``dim`` values per token leaves a subspace of each token's values out of reach;
+there ``x0 = x - s v`` is ``x``'s own component (its noise) less a constant, so the Euler
+solvers carry the initial noise in it to the end and the consistency solver a mix of its draws
+(the shapes models' speckle, ``docs/results/fidelity_2026-12-07.md``). With ``complement`` ``C``
+each x0 estimate is completed there with the network's own estimate of the data's mean, which
+is ``-C(v)`` (its bias; what the flow-matching loss makes of a direction it cannot predict):
+``x0 <- x0 - C(x0 + v)``, i.e. the velocity ``v + C(x + (1 - s) v) / s``. Outside those
+directions nothing changes, so a network with a full-rank head samples as before.
+
 Fresh noise is drawn on the data's device and dtype from ``generator`` (which must live on that
 device). The state keeps the noise's dtype: keep it float32 and run a bf16 network under
 ``torch.autocast`` (the model does not cast its inputs).
@@ -57,6 +68,7 @@ __all__ = [
     "SOLVERS",
     "SamplerSpec",
     "check_window",
+    "head_complement",
     "sample",
     "time_grid",
     "euler_sample",
@@ -71,6 +83,7 @@ __all__ = [
 SOLVERS = ("euler", "consistency", "meanflow")
 Steps = int | Sequence[float] | torch.Tensor
 Callback = Callable[[dict[str, Any]], None]
+Complement = Callable[[torch.Tensor], torch.Tensor]
 
 
 def time_grid(steps: Steps, shift: float = 1.0) -> torch.Tensor:
@@ -125,13 +138,17 @@ def _velocity_fn(
     neg_context: torch.Tensor | None,
     kv_caches: Sequence[Any] | None,
     model_kwargs: dict[str, Any],
+    complement: Complement | None = None,
 ) -> Callable[..., torch.Tensor]:
     def velocity(x: torch.Tensor, s: float, r: float | None = None) -> torch.Tensor:
         kwargs = model_kwargs if r is None else {**model_kwargs, "interval": _net_time(s - r, x)}
-        return guided_velocity(
+        v = guided_velocity(
             model, x, _net_time(s, x), context,
             guidance=guidance, neg_context=neg_context, kv_caches=kv_caches, **kwargs,
         )
+        if complement is None:
+            return v
+        return v + complement(x + (1 - s) * v) / s  # x0 completed outside the head's reach (module docstring)
 
     return velocity
 
@@ -150,6 +167,7 @@ def euler_sample(
     callback: Callback | None = None,
     prefix: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    complement: Complement | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Euler solver of the flow-matching ODE dx/ds = v from s = 1 to 0 (Lipman et al. 2023; Wan's flow Euler).
@@ -159,12 +177,14 @@ def euler_sample(
         mask: a :class:`~causal_rcm.kernels.masks.BlockSparseMask` for every call, None = full attention.
         prefix: (B, C, P, H, W) known clean frames before the new ones, kept by replacement (module docstring);
             ``generator`` draws their noise. The network then sees P + F frames (``actions`` (B, P + F)).
+        complement: ``model.head_complement()`` to complete each x0 estimate (module docstring).
         model_kwargs: passed to every call (e.g. ``actions``).
     Returns:
         (B, C, F, H, W) sample.
     """
     return _bidirectional(model, noise, context, "euler", steps=steps, shift=shift, guidance=guidance, neg_context=neg_context,
-                          mask=mask, generator=generator, callback=callback, prefix=prefix, model_kwargs=model_kwargs)
+                          mask=mask, generator=generator, callback=callback, prefix=prefix, complement=complement,
+                          model_kwargs=model_kwargs)
 
 
 def consistency_sample(
@@ -180,6 +200,7 @@ def consistency_sample(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     prefix: torch.Tensor | None = None,
+    complement: Complement | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Multistep consistency sampling (Song et al. 2023, Alg. 1): predict x0, re-noise with fresh noise.
@@ -188,18 +209,18 @@ def consistency_sample(
     """
     return _bidirectional(model, noise, context, "consistency", steps=steps, shift=shift, guidance=guidance,
                           neg_context=neg_context, mask=mask, generator=generator, callback=callback, prefix=prefix,
-                          model_kwargs=model_kwargs)
+                          complement=complement, model_kwargs=model_kwargs)
 
 
 def _bidirectional(
     model: Callable[..., torch.Tensor], noise: torch.Tensor, context: torch.Tensor, solver: str, *, steps: Steps,
     shift: float, guidance: float, neg_context: torch.Tensor | None, mask: Any, generator: torch.Generator | None,
-    callback: Callback | None, prefix: torch.Tensor | None, model_kwargs: dict[str, Any],
+    callback: Callback | None, prefix: torch.Tensor | None, complement: Complement | None, model_kwargs: dict[str, Any],
 ) -> torch.Tensor:
     """:func:`euler_sample` and :func:`consistency_sample`: one window, with a known ``prefix`` put back at every step."""
     if mask is not None:
         model_kwargs["mask"] = mask
-    velocity = _velocity_fn(model, context, guidance, neg_context, None, model_kwargs)
+    velocity = _velocity_fn(model, context, guidance, neg_context, None, model_kwargs, complement)
     grid = time_grid(steps, shift)
     if prefix is None:
         return _integrate(velocity, noise, grid, solver=solver, generator=generator, callback=callback)
@@ -263,6 +284,7 @@ def sample_chunk(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     refresh: bool = True,
+    complement: Complement | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Denoise one chunk against the KV caches, then (``refresh``) commit it to them at t = 0 (Self Forcing).
@@ -273,11 +295,13 @@ def sample_chunk(
     Args:
         noise: (B, C, Fc, H, W), the new chunk at s = 1; context: (B, L, D).
         kv_caches: ``(cond_cache, uncond_cache)``; uncond_cache None when ``guidance == 1``.
+        complement: ``model.head_complement()`` to complete each x0 estimate (module docstring);
+            the completed chunk is the one committed to the caches.
         model_kwargs: passed to every call, the refresh included (e.g. ``actions`` (B, Fc)).
     Returns:
         (B, C, Fc, H, W) the clean chunk.
     """
-    velocity = _velocity_fn(model, context, guidance, neg_context, kv_caches, model_kwargs)
+    velocity = _velocity_fn(model, context, guidance, neg_context, kv_caches, model_kwargs, complement)
     x0 = _integrate(velocity, noise, time_grid(steps, shift), solver=solver, generator=generator, callback=callback)
     if refresh:
         refresh_kv_caches(model, x0, context, kv_caches, neg_context=neg_context, **model_kwargs)
@@ -307,6 +331,7 @@ def causal_sample_stream(
     callback: Callback | None = None,
     actions: torch.Tensor | None = None,
     prefix: torch.Tensor | None = None,
+    complement: Complement | None = None,
 ) -> Iterator[torch.Tensor]:
     """Autoregressive chunk-by-chunk generation with a KV cache, yielding each clean chunk (Self Forcing).
 
@@ -322,6 +347,7 @@ def causal_sample_stream(
             prefix, (B, P + F, ...): the prefix's first.
         prefix: (B, C, P, H, W) clean frames to continue (P a multiple of ``frames_per_chunk``), committed to the
             cache chunk by chunk before the first new chunk, as the model's own chunks are.
+        complement: ``model.head_complement()`` to complete each x0 estimate (module docstring).
     Yields:
         (B, C, Fc, H, W) clean chunks in order. The last chunk of tensor noise is not committed
         to the cache (nothing reads it), saving one forward pass.
@@ -352,7 +378,7 @@ def causal_sample_stream(
         yield sample_chunk(
             model, chunk, context, kv_caches,
             steps=grid, solver=solver, guidance=guidance, neg_context=neg_context, generator=generator,
-            callback=_tagged(callback, k), refresh=k + 1 != num_chunks, **model_kwargs,
+            callback=_tagged(callback, k), refresh=k + 1 != num_chunks, complement=complement, **model_kwargs,
         )
 
 
@@ -373,6 +399,7 @@ def causal_sample(
     callback: Callback | None = None,
     actions: torch.Tensor | None = None,
     prefix: torch.Tensor | None = None,
+    complement: Complement | None = None,
 ) -> torch.Tensor:
     """Autoregressive sampling with a KV cache (Self Forcing): :func:`causal_sample_stream`, concatenated.
 
@@ -383,7 +410,7 @@ def causal_sample(
     stream = causal_sample_stream(
         model, noise, context, frames_per_chunk=frames_per_chunk, steps=steps, shift=shift, solver=solver,
         guidance=guidance, neg_context=neg_context, sink_frames=sink_frames, window_frames=window_frames,
-        generator=generator, callback=callback, actions=actions, prefix=prefix,
+        generator=generator, callback=callback, actions=actions, prefix=prefix, complement=complement,
     )
     return torch.cat(list(stream), dim=2)
 
@@ -394,6 +421,8 @@ class SamplerSpec:
     """How to sample a model: bidirectional or causal, solver, steps, guidance and, causal, the KV-cache layout.
 
     ``window_frames``: latent frames a causal model attends, the current chunk included (None: unbounded).
+    ``complete_x0``: complete each x0 estimate where the network's head cannot reach, with the network's own
+    mean (module docstring), for a model that says where that is (``head_complement``).
     """
 
     causal: bool
@@ -404,6 +433,7 @@ class SamplerSpec:
     frames_per_chunk: int = 1
     sink_frames: int = 0
     window_frames: int | None = None
+    complete_x0: bool = True
 
     def calls_per_batch(self, num_frames: int) -> int:
         """Network calls to sample one batch of ``num_frames`` frames: steps x CFG branches, per chunk
@@ -413,6 +443,13 @@ class SamplerSpec:
             return self.steps * branches
         chunks = math.ceil(num_frames / self.frames_per_chunk)
         return (chunks * self.steps + chunks - 1) * branches
+
+
+def head_complement(model: Any, enabled: bool = True) -> Complement | None:
+    """``model.head_complement()`` when ``enabled`` and the model has one (a network that says where its output
+    cannot reach, as ``CausalWanModel`` does), else None: the ``complement`` argument of the samplers."""
+    get = getattr(model, "head_complement", None)
+    return get() if enabled and get is not None else None
 
 
 def check_window(window: int, frames_per_chunk: int, name: str, *, zero: str | None = None, most: int | None = None) -> None:
@@ -451,7 +488,7 @@ def sample(
     (B, P + F) and the F new frames are returned. The entry point of evaluation and of
     :meth:`~causal_rcm.pipeline.StreamingPipeline.generate`."""
     common = dict(steps=spec.steps, shift=spec.shift, guidance=spec.guidance, neg_context=neg_context, callback=callback,
-                  generator=generator, prefix=prefix)
+                  generator=generator, prefix=prefix, complement=head_complement(model, spec.complete_x0))
     if spec.causal:
         return causal_sample(
             model, noise, context, frames_per_chunk=spec.frames_per_chunk, solver=spec.solver,

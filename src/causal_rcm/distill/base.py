@@ -127,7 +127,8 @@ class DenoisingRecipe(Recipe):
         spec = self.sampler_spec()
         pipeline = PipelineSpec.of_source(
             self.source, causal=self.causal, recipe=self.config.recipe, num_actions=self.config.model.num_actions,
-            sampler=SamplerDefaults(solver=spec.solver, steps=spec.steps, shift=spec.shift, guidance=spec.guidance),
+            sampler=SamplerDefaults(solver=spec.solver, steps=spec.steps, shift=spec.shift, guidance=spec.guidance,
+                                    complete_x0=spec.complete_x0),
             stream=StreamDefaults(sink_frames=spec.sink_frames, window_frames=self.config.data.cache_window()),
         )
         save_checkpoint(self.config.model, student_state, path, "causal-rcm", pipeline=pipeline.to_dict())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -401,6 +402,37 @@ class CausalWanModel(nn.Module):
     def new_kv_cache(self, sink_frames: int = 0, window_frames: int | None = None) -> KVCache:
         """An empty cache for streaming (see ``kv_cache.py`` for the position design)."""
         return KVCache(self.config.num_layers, sink_frames, window_frames)
+
+    @torch.no_grad()
+    def head_complement(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The projection of latents onto what no output of this network can change; None if there is none.
+
+        The head maps each token's ``dim`` features linearly to its ``n = out_dim * ph * pw`` output
+        values, so when ``n > dim`` every output lies in ``bias + span(W)``, a ``dim``-dimensional
+        affine subspace of each token's values (``W`` the head's (n, dim) weight). The returned
+        function maps latents (B, out_dim, F, H, W) to their component orthogonal to ``span(W)``,
+        token by token, taken from the weights as they are now. A sampler needs it: along those
+        directions ``x0 = x_s - s v`` keeps the noise of ``x_s`` whatever the network does
+        (``diffusion.samplers``, ``complete_x0``).
+        """
+        cfg = self.config
+        _, ph, pw = cfg.patch_size
+        n = cfg.out_dim * ph * pw
+        if n <= cfg.dim:
+            return None
+        weight = self.head.head.weight.detach().double()  # (n, dim)
+        basis = torch.linalg.svd(weight, full_matrices=False).U.float()  # (n, dim): an orthonormal basis of span(W)
+
+        def complement(x: torch.Tensor) -> torch.Tensor:
+            B, C, F_, H, W = x.shape
+            q = basis.to(x.device, x.dtype)
+            tokens = x.reshape(B, C, F_, H // ph, ph, W // pw, pw).permute(0, 2, 3, 5, 4, 6, 1)  # (B, F, gh, gw, ph, pw, C)
+            tokens = tokens.reshape(B, F_, H // ph, W // pw, n)  # the head's feature order (p_h, p_w, c)
+            outside = tokens - (tokens @ q) @ q.T
+            outside = outside.view(B, F_, H // ph, W // pw, ph, pw, C)
+            return outside.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, C, F_, H, W)  # as forward's unpatchify
+
+        return complement
 
     @classmethod
     def from_preset(cls, name: str, *, attn_backend: str = "sdpa", **overrides) -> CausalWanModel:
