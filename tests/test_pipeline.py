@@ -254,7 +254,7 @@ def test_a_prefilled_stream_continues_given_frames_as_the_sampler_does(tmp_path)
         latents = causal_sample(
             pipe.model, chunk_noise(pipe, 5, [2] * 3), pipe.encode_prompt(""), frames_per_chunk=2, steps=2, shift=3.0,
             solver="euler", sink_frames=1, window_frames=4, prefix=pipe.encode(given),
-            actions=torch.tensor([[0, 2, 1, 1, 1, 2, 0, 1, 2, 0]]),
+            actions=torch.tensor([[0, 2, 1, 1, 1, 2, 0, 1, 2, 0]]), complement=head_complement(pipe.model),
         )
     close_uint8(np.stack([f.image for f in frames]), pipe.decode(latents))
     other = pipe.stream("", seed=5, num_frames=2)
