@@ -191,7 +191,7 @@ def test_other_options_in_the_same_folder_are_refused(fast_run, capsys):
         (["--out", "{file}"], "is a file"),
         (["--out", "{file}/run"], "is a file, not a folder"),
         (["--device", "tpu"], "unknown device 'tpu'"),
-        (["--minutes", "0"], "--minutes must be positive"),
+        (["--minutes", "0"], "--minutes': 0.0 is not in the range 0<x"),
         (["--from-scratch", "--teachers", "{tmp}"], "leave out --teachers"),
         (["--teachers", "{tmp}"], "holds neither teacher/model nor causal-teacher/model"),
     ],

@@ -56,3 +56,16 @@ def test_init_ablation_rejects_a_bad_override_or_jobs_before_training(teachers, 
     assert not list((tmp_path / "ablation").glob("*/log.txt"))  # no run was started
     bad_jobs = subprocess.run([*base, "--jobs", "0"], capture_output=True, text=True)
     assert bad_jobs.returncode != 0 and "'--jobs' / '-j': 0 is not in the range 1<=x<=64" in bad_jobs.stderr
+
+
+def test_shared_overrides_reach_the_recipes_that_have_their_section():
+    import pytest
+
+    from causal_rcm.errors import UserError
+    from causal_rcm.runs import overrides_for
+
+    shared = overrides_for(("sf-dmd", "tf-scm", "ode-init"), ["ode.steps=2", "dmd.critic_steps=1", "train.seed=3"])
+    assert shared == {"sf-dmd": ["dmd.critic_steps=1", "train.seed=3"], "tf-scm": ["train.seed=3"],
+                      "ode-init": ["ode.steps=2", "train.seed=3"]}
+    with pytest.raises(UserError, match="meanflow.ratio applies to none of sf-dmd, tf-scm"):
+        overrides_for(("sf-dmd", "tf-scm"), ["meanflow.ratio=0.5"])

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from causal_rcm.config import Config, apply_file, apply_overrides, validate
+from causal_rcm.config import SECTIONS, Config, apply_file, apply_overrides, validate
 from causal_rcm.distill import RECIPES
 from causal_rcm.errors import UserError
 from causal_rcm.runs.single import train_one
 from causal_rcm.runs.staged import CausalRCMRun, causal_rcm_config
 from causal_rcm.train.parallel import DistEnv
 
-__all__ = ["load_config", "recipe_config", "recipe_names", "train"]
+__all__ = ["load_config", "overrides_for", "recipe_config", "recipe_names", "train"]
 
 STAGED = {CausalRCMRun.name: (CausalRCMRun, causal_rcm_config)}
 
@@ -34,6 +34,21 @@ def recipe_config(name: str) -> Config:
     if name in STAGED:
         return STAGED[name][1]()
     raise UserError(f"unknown recipe {name!r}; choose from {', '.join(recipe_names())}")
+
+
+def overrides_for(recipes: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
+    """Share ``overrides`` among runs of several recipes: each recipe gets those of its own sections (an
+    ``ode.*`` key reaches ode-init, not tf-scm). UserError names an override that no recipe has a section for."""
+    own = {recipe: {name for name in SECTIONS if getattr(recipe_config(recipe), name) is not None} for recipe in recipes}
+    shared: dict[str, list[str]] = {recipe: [] for recipe in recipes}
+    for item in overrides:
+        section = item.partition("=")[0].strip().split(".")[0]
+        takers = [recipe for recipe in recipes if section not in SECTIONS or section in own[recipe]]
+        if not takers:
+            raise UserError(f"override {item.partition('=')[0].strip()} applies to none of {', '.join(recipes)}")
+        for recipe in takers:
+            shared[recipe].append(item)
+    return shared
 
 
 def load_config(recipe: str, config_file: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from causal_rcm.eval.score import evaluate_checkpoint
-from causal_rcm.runs import load_config, train
+from causal_rcm.runs import load_config, overrides_for, train
 from causal_rcm.errors import UserError
 
 METHODS = ("tf-dcm", "tf-scm", "tf-meanflow")
@@ -60,8 +60,9 @@ def run_cm_convergence(
         "objective.student_steps=1,2,4",
     ]
     curves: dict[str, dict] = {}
+    shared = overrides_for(tuple(methods), overrides)  # scm.* reaches tf-scm, meanflow.* tf-meanflow
     for method in methods:
-        config = load_config(method, None, [*common, *overrides, f"train.out_dir={out / method}"])
+        config = load_config(method, None, [*common, *shared[method], f"train.out_dir={out / method}"])
         summary = train(config, restart=restart)
         curves[method] = {
             "curve": read_curve(out / method / "metrics.jsonl"),

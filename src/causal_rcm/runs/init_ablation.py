@@ -24,7 +24,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from causal_rcm.runs import load_config, train
+from causal_rcm.runs import load_config, overrides_for, train
 from causal_rcm.errors import UserError
 
 INITS = ("tf-scm", "tf-meanflow", "tf-dcm", "ode-init")
@@ -72,22 +72,25 @@ def run_init_ablation(
         "objective.student_steps=1,2", "objective.sample_steps=2",
     ]
 
-    def overrides_of(name: str, steps: int, extra: list[str]) -> list[str]:
-        return [*common, *overrides, f"train.steps={steps}", f"train.out_dir={out / name}", *extra]
+    # an override of one recipe's section (ode.steps, dmd.critic_steps) reaches the runs of that recipe only
+    shared = overrides_for(("sf-dmd", *INITS), overrides)
+
+    def overrides_of(name: str, recipe: str, steps: int, extra: list[str]) -> list[str]:
+        return [*common, *shared[recipe], f"train.steps={steps}", f"train.out_dir={out / name}", *extra]
 
     # (key, recipe, steps, its overrides, the init run it starts from): inits first, so that with a first-in
     # first-out pool every run an arm waits for has started before the arm does
     runs: list[tuple[str, str, int, list[str], str | None]] = []
     for method in INITS:
         teacher_for = dmd_teacher if method == "ode-init" else teacher
-        runs.append((method, method, cm_steps, overrides_of(f"init-{method}", cm_steps, [f"train.teacher={teacher_for}"]), None))
+        runs.append((method, method, cm_steps, overrides_of(f"init-{method}", method, cm_steps, [f"train.teacher={teacher_for}"]), None))
     for arm in sorted(ARMS, key=lambda a: a in INITS):  # the arms that need no trained init first
         extra = [f"train.teacher={dmd_teacher}", *dmd_overrides]
         if arm in INITS:
             extra.append(f"train.init={out / f'init-{arm}' / 'model'}")
         elif arm == "causal-teacher":
             extra.append(f"train.init={teacher}")
-        runs.append((f"{arm} + sf-dmd", "sf-dmd", dmd_steps, overrides_of(f"dmd-{arm}", dmd_steps, extra),
+        runs.append((f"{arm} + sf-dmd", "sf-dmd", dmd_steps, overrides_of(f"dmd-{arm}", "sf-dmd", dmd_steps, extra),
                      arm if arm in INITS else None))
 
     # every run's config resolved before any trains: a bad override is reported at once, not by a worker process
