@@ -579,12 +579,8 @@ def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: i
 
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
 
-    def ready(url: str) -> None:  # a start that fails says only why
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
-        click.echo(f"serving {checkpoint} on {url} (Ctrl+C to stop)")
-
-    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime, on_ready=ready,
+    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime,
+        on_ready=_announce(host, f"serving {checkpoint}"),
         window_frames=window, allowed_hosts=allowed_hosts)
 
 
@@ -612,15 +608,22 @@ def play(checkpoint: Path, env_id: str | None, side_by_side: bool, host: str, po
     game = Play.of(PipelineSpec.read(checkpoint), str(checkpoint), env_id=env_id, side_by_side=side_by_side)
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
 
-    def ready(url: str) -> None:  # a start that fails says only why
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
-        click.echo(f"serving {checkpoint} in play mode on {url} (Ctrl+C to stop)")
-
     # Frames are paced at the game's rate, and a key acts on the frames made after it: a short queue keeps the
     # frames made ahead of the screen, hence a key's latency, to about one chunk.
-    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=True, on_ready=ready,
-        allowed_hosts=allowed_hosts, play=game, queue_frames=pipe.config.frames_per_chunk)
+    run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=True,
+        on_ready=_announce(host, f"serving {checkpoint} in play mode"), allowed_hosts=allowed_hosts, play=game, queue_frames=pipe.config.frames_per_chunk)
+
+
+def _announce(host: str, what: str) -> Callable[[str], None]:
+    """The server's on-ready callback: once it listens, say where (a start that fails says only why), with a warning
+    when ``host`` exposes it beyond this machine."""
+
+    def ready(url: str) -> None:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            click.echo(f"warning: binding to {host}: anyone who can reach this address can use the server", err=True)
+        click.echo(f"{what} on {url} (Ctrl+C to stop)")
+
+    return ready
 
 
 def _check_writable(path: Path) -> None:

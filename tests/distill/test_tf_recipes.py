@@ -135,7 +135,7 @@ def test_non_finite_samples_are_dropped_and_counted(teachers, tmp_path, monkeypa
         (["objective.jvp_backend=sdpa"], "tf-scm needs a JVP through attention, which objective.jvp_backend='sdpa' cannot do"),
         (["objective.jvp_backend=flex"], "cannot do"),
         (["objective.jvp_backend=triton", "train.device=cpu"], "jvp_backend=triton needs a CUDA device"),
-        (["train.teacher="], "tf-scm distils a causal teacher: set train.teacher=PATH"),
+        (["train.teacher="], "tf-scm needs train.teacher=PATH: the causal teacher"),
         (["@teacher"], "is a bidirectional model"),
         (["data.frames_per_chunk=1"], "the teacher was trained with 2 frames per chunk"),
         (["train.eval_stream_seconds=-5"], "train.eval_stream_seconds must be in [0, 3600], got -5.0"),

@@ -17,7 +17,6 @@ loaded: it costs seconds, and the shapes world never needs it.
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 
 from causal_rcm.errors import CheckpointError, UserError
 from causal_rcm.limits import ranged
-from causal_rcm.models.adapters import read_tensors
+from causal_rcm.models.adapters import read_component_config, read_tensors
 
 try:
     import ftfy
@@ -124,19 +123,8 @@ def _config_from_wan_state(state: dict[str, torch.Tensor], source: Path) -> dict
 def read_umt5_config(path: Path) -> dict:
     """The config of the UMT5 encoder at ``path`` (a transformers folder's config.json, or inferred from Wan's
     original .pth, read without loading its tensors); CheckpointError if there is none."""
-    path = Path(path)
-    if path.is_dir():
-        config = path / "config.json"
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a transformers text encoder folder: unreadable {config.name} ({exc})") from None
-        if data.get("model_type") != "umt5":
-            raise CheckpointError(f"{config} describes a {data.get('model_type')!r} model, not UMT5")
-        return data
-    if not path.exists():
-        raise CheckpointError(f"UMT5 text encoder not found: {path}")
-    return _config_from_wan_state(read_tensors(path, mmap=True), path)
+    return read_component_config(path, field="model_type", value="umt5", what="a UMT5 text encoder",
+                                 infer=_config_from_wan_state)
 
 
 def load_umt5(path: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Any:

@@ -35,7 +35,6 @@ full-resolution activations between the convolutions.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from causal_rcm.errors import CheckpointError, UserError
-from causal_rcm.models.adapters import read_tensors
+from causal_rcm.models.adapters import read_component_config, read_tensors
 
 __all__ = [
     "StreamingWanDecoder", "WanVAECodec", "WanVAESpec", "diffusers_vae_to_wan", "load_wan_vae", "read_vae_config",
@@ -151,19 +150,8 @@ def _config_from_wan_state(state: dict[str, torch.Tensor], source: Path) -> dict
 def read_vae_config(path: Path) -> dict:
     """The diffusers config of the Wan VAE at ``path`` (a ``vae/`` folder's config.json, or inferred from an original
     ``.pth``'s tensor shapes, read without loading them), without its weights; CheckpointError if there is none."""
-    path = Path(path)
-    if path.is_dir():
-        config = path / "config.json"
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a diffusers VAE folder: unreadable {config.name} ({exc})") from None
-        if data.get("_class_name") != "AutoencoderKLWan":
-            raise CheckpointError(f"{config} describes {data.get('_class_name')!r}, not a Wan VAE (AutoencoderKLWan)")
-        return data
-    if not path.exists():
-        raise CheckpointError(f"Wan VAE not found: {path}")
-    return _config_from_wan_state(read_tensors(path, mmap=True), path)
+    return read_component_config(path, field="_class_name", value="AutoencoderKLWan", what="a Wan VAE",
+                                 infer=_config_from_wan_state)
 
 
 def load_wan_vae(path: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Any:

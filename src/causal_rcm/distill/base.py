@@ -206,6 +206,14 @@ def is_causal_checkpoint(path: str) -> bool:
     return spec is not None and spec.causal
 
 
+def require_teacher(config: Config, what: str) -> None:
+    """UserError unless ``train.teacher`` names an existing checkpoint; ``what`` says which teacher the recipe needs."""
+    if not config.train.teacher:
+        raise UserError(f"{config.recipe} needs train.teacher=PATH: {what}")
+    if not Path(config.train.teacher).exists():
+        raise UserError(f"train.teacher not found: {config.train.teacher}")
+
+
 def check_causal_teacher(config: Config, setting: str, path: str, why: str, who: str = "the teacher") -> None:
     """The checkpoint ``path`` (of ``setting``, e.g. ``train.teacher``), if it exists, is causal with the run's frames
     per chunk (its teacher-forcing mask is the run's); ``why`` ends the error for a bidirectional one."""
@@ -243,11 +251,7 @@ class DistillRecipe(DenoisingRecipe):
 
     @classmethod
     def prepare(cls, config: Config) -> None:
-        if not config.train.teacher:
-            raise UserError(
-                f"{config.recipe} distils a causal teacher: set train.teacher=PATH "
-                "(the model folder written by `causal-rcm train causal-teacher`)"
-            )
+        require_teacher(config, "the causal teacher it distils (the model folder written by `causal-rcm train causal-teacher`)")
         check_causal_teacher(
             config, "train.teacher", config.train.teacher, "teacher-forcing distillation needs a causal teacher "
             "(`causal-rcm train causal-teacher`, initialised from the bidirectional one)",

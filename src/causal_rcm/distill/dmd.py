@@ -52,6 +52,7 @@ from causal_rcm.distill.base import (
     finite_rows,
     is_causal_checkpoint,
     masked_mean,
+    require_teacher,
     resolve_jvp_backend,
 )
 from causal_rcm.distill.tf_scm import TFSCMRecipe
@@ -89,34 +90,21 @@ class SFDMDRecipe(DistillRecipe):
 
     @classmethod
     def prepare(cls, config: Config) -> None:
-        if not config.train.teacher:
-            raise UserError(
-                f"{config.recipe} needs train.teacher=PATH: the teacher whose distribution is matched "
-                "(the bidirectional `causal-rcm train teacher` model; a causal teacher works too)"
-            )
-        if not Path(config.train.teacher).exists():
-            raise UserError(f"train.teacher not found: {config.train.teacher}")
+        require_teacher(config, "the teacher whose distribution is matched "
+                                "(the bidirectional `causal-rcm train teacher` model; a causal teacher works too)")
         if config.train.init:
             init = PipelineSpec.read_if_any(config.train.init)
             if init is not None and not init.causal:
                 raise UserError(f"train.init={config.train.init} is a bidirectional model; self forcing needs a causal student")
         else:  # "no init": the student starts from the teacher's weights
             config.model = load_checkpoint(config.train.teacher)[0]
-        obj, dmd = config.objective, config.dmd
+        dmd = config.dmd
         check_chunks(config)
-        if dmd.critic_steps < 1:
-            raise UserError(f"dmd.critic_steps must be >= 1, got {dmd.critic_steps}")
-        if not 0 <= dmd.min_s < dmd.max_s <= 1:
+        if dmd.min_s >= dmd.max_s:  # each in [0, 1] by its range
             raise UserError(f"need 0 <= dmd.min_s < dmd.max_s <= 1, got {dmd.min_s}, {dmd.max_s}")
-        if obj.sample_steps < 1:
-            raise UserError(f"objective.sample_steps must be >= 1, got {obj.sample_steps}")
-        if dmd.rollout_factor < 1:
-            raise UserError(f"dmd.rollout_factor must be >= 1 (1: rollouts of the training length), got {dmd.rollout_factor}")
         check_window(dmd.rollout_window, config.data.frames_per_chunk, "dmd.rollout_window", zero="the training length")
         if dmd.rollout_factor > 1 and config.data.has_actions():
             raise UserError("dmd.rollout_factor > 1 needs actions for the frames past the training video: not for action-conditioned data yet")
-        if dmd.scm_weight < 0:
-            raise UserError(f"dmd.scm_weight must be >= 0, got {dmd.scm_weight}")
         if dmd.scm_weight > 0:
             cls.check_scm_regulariser(config)
 

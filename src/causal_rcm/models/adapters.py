@@ -253,6 +253,21 @@ def _read_folder_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no weights in {folder}: expected {stem}.safetensors (or a shard index)")
 
 
+def read_component_config(path: Path, *, field: str, value: str, what: str, infer: Callable[[dict, Path], dict]) -> dict:
+    """The config of a release component (a VAE, a text encoder) at ``path``: a folder's ``config.json`` whose
+    ``field`` names ``value``, or, for a single original file, ``infer(its tensors, path)`` (memory-mapped, not
+    loaded); CheckpointError names a missing component, an unreadable config or one of another class."""
+    path = Path(path)
+    if path.is_dir():
+        data = _read_json(path / "config.json")
+        if data.get(field) != value:
+            raise CheckpointError(f"{path / 'config.json'} describes {data.get(field)!r}, not {what} ({field} {value!r})")
+        return data
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: {path}")
+    return infer(read_tensors(path, mmap=True), path)
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())

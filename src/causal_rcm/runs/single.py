@@ -6,7 +6,7 @@ import dataclasses
 
 import torch.distributed
 
-from causal_rcm.config import Config
+from causal_rcm.config import Config, validate
 from causal_rcm.data.shards import Manifest
 from causal_rcm.data.source import SOURCES, make_source
 from causal_rcm.distill import RECIPES
@@ -34,6 +34,7 @@ def train_one(config: Config, restart: bool = False, *, dist: DistEnv | None = N
     """
     if config.recipe not in RECIPES:
         raise UserError(f"recipe {config.recipe!r} is not a single recipe; choose from {', '.join(RECIPES)}")
+    validate(config)  # a config built in code gets the checks of a loaded one: every field's type and range
     if config.data.source not in SOURCES:
         raise UserError(f"data.source={config.data.source!r} is not a data source; choose from {', '.join(SOURCES)}")
     cls = RECIPES[config.recipe].recipe

@@ -46,8 +46,6 @@ class CausalRCMRun:
             raise UserError(f"stages.cm_method must be one of {', '.join(CM_METHODS)}, got {config.stages.cm_method!r}")
         if not config.train.teacher:
             raise UserError("causal-rcm needs train.teacher=PATH: the causal teacher (`causal-rcm train causal-teacher`)")
-        if config.stages.cm_steps < 1 or config.stages.dmd_steps < 1:
-            raise UserError("stages.cm_steps and stages.dmd_steps must be >= 1")
 
     @staticmethod
     def stage_configs(config: Config) -> list[Config]:
