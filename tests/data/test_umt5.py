@@ -92,5 +92,5 @@ def test_spec_reads_back_and_errors_name_the_problem(folder, tmp_path):
         make_text_encoder(UMT5Spec(path="nope"), tmp_path)
     with pytest.raises(CheckpointError, match="tokenizer folder not found"):
         make_text_encoder(UMT5Spec(tokenizer="nope"), path)
-    with pytest.raises(CheckpointError, match="not UMT5"):
+    with pytest.raises(CheckpointError, match="not a UMT5 text encoder"):
         read_umt5_config(path / "vae")  # an AutoencoderKLWan config

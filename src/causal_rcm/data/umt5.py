@@ -123,7 +123,7 @@ def _config_from_wan_state(state: dict[str, torch.Tensor], source: Path) -> dict
 def read_umt5_config(path: Path) -> dict:
     """The config of the UMT5 encoder at ``path`` (a transformers folder's config.json, or inferred from Wan's
     original .pth, read without loading its tensors); CheckpointError if there is none."""
-    return read_component_config(path, field="model_type", value="umt5", what="a UMT5 text encoder",
+    return read_component_config(path, field="model_type", value="umt5", what="UMT5 text encoder",
                                  infer=_config_from_wan_state)
 
 

@@ -150,7 +150,7 @@ def _config_from_wan_state(state: dict[str, torch.Tensor], source: Path) -> dict
 def read_vae_config(path: Path) -> dict:
     """The diffusers config of the Wan VAE at ``path`` (a ``vae/`` folder's config.json, or inferred from an original
     ``.pth``'s tensor shapes, read without loading them), without its weights; CheckpointError if there is none."""
-    return read_component_config(path, field="_class_name", value="AutoencoderKLWan", what="a Wan VAE",
+    return read_component_config(path, field="_class_name", value="AutoencoderKLWan", what="Wan VAE",
                                  infer=_config_from_wan_state)
 
 

@@ -261,7 +261,7 @@ def read_component_config(path: Path, *, field: str, value: str, what: str, infe
     if path.is_dir():
         data = _read_json(path / "config.json")
         if data.get(field) != value:
-            raise CheckpointError(f"{path / 'config.json'} describes {data.get(field)!r}, not {what} ({field} {value!r})")
+            raise CheckpointError(f"{path / 'config.json'} describes {data.get(field)!r}, not a {what} ({field} {value!r})")
         return data
     if not path.exists():
         raise CheckpointError(f"{what} not found: {path}")
