@@ -52,12 +52,15 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 class DataConfig:
     """Where training videos come from and their frame structure."""
 
-    source: str = ranged("shapes", choices=tuple(SOURCES))  # where training videos come from: shapes (the embedded world) | atari (recorded episodes)
-    shards: str = ""  # data.source=atari: a folder written by `causal-rcm collect` (manifest.json + tar shards)
+    # where training videos come from: shapes (the embedded world) | atari (recorded episodes) | latents (stored by
+    # `causal-rcm synth` or `causal-rcm data prepare`)
+    source: str = ranged("shapes", choices=tuple(SOURCES))
+    shards: str = ""  # data.source=atari | latents: the folder of shards (written by `collect`, `synth` or `data prepare`)
     # data.source=atari: condition on the recorded actions; false trains the same model without them, the
     # baseline `causal-rcm eval world --no-action-model` compares a world model with
     actions: bool = True
-    resolution: int = ranged(32, 16, 4096)  # pixels (square; the shapes world draws at 16 px and more)
+    resolution: int = ranged(32, 16, 4096)  # frame height in pixels (the shapes world draws square frames of 16 px and more)
+    width: int = ranged(0, 0, 4096)  # frame width in pixels (0: square); data.source=latents: the shards' (Wan: 832 x 480)
     num_frames: int = ranged(8, 1, 1024)  # latent frames per training video
     frames_per_chunk: int = ranged(1, 1, 1024)  # causal structure: 1 = frame-wise
     max_shapes: int = ranged(3, 1, 64)

@@ -68,10 +68,10 @@ class DenoisingRecipe(Recipe):
                 )
             return CausalWanModel(cfg.model, attn_backend=cfg.attn_backend)
         model = load_model(path, attn_backend=cfg.attn_backend, dtype=torch.float32)
-        if model.config.in_dim != channels or model.config.text_dim != self.source.text.dim:
+        if model.config.in_dim != channels or model.config.text_dim != self.source.text_dim:
             raise UserError(
                 f"{path} takes {model.config.in_dim}-channel latents and {model.config.text_dim}-dim text, "
-                f"but this world gives {channels} and {self.source.text.dim}"
+                f"but this world gives {channels} and {self.source.text_dim}"
             )
         return model
 
