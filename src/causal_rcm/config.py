@@ -111,7 +111,10 @@ class OptimConfig:
 class TrainConfig:
     steps: int = ranged(1000, 0)  # 0: export the starting model (an untrained baseline, or train.init's weights)
     max_seconds: float = ranged(0.0, 0)  # time guard: stop (checkpoint, evaluate, export) once training took this long; 0 = none
-    batch_size: int = ranged(32, 1, 65536)  # global batch (split across processes)
+    batch_size: int = ranged(32, 1, 65536)  # global batch (split across processes and accumulated micro-batches)
+    # micro-batches per optimiser step: each process computes batch_size / (processes * grad_accum) samples at a
+    # time, and their gradients add up to the global batch's (memory for time; the same step as grad_accum=1)
+    grad_accum: int = ranged(1, 1, 65536)
     # Data echoing (Choi et al. 2019): each batch serves this many consecutive steps, each with its
     # own noise and times, for when rendering data costs more than a step (small models on a GPU).
     data_echo: int = ranged(1, 1)

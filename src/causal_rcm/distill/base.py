@@ -272,6 +272,9 @@ class DistillRecipe(DenoisingRecipe):
         source = self.model_at(self.config.train.init) if self.config.train.init else self.teacher
         self.student = self.student_from(source).to(device).train()
 
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
+
     def student_from(self, source: CausalWanModel) -> CausalWanModel:
         """The student architecture (``config.model``) with ``source``'s weights; parts it lacks keep their init."""
         student = CausalWanModel(self.config.model, attn_backend=self.config.attn_backend)
