@@ -23,7 +23,7 @@
 # In all ~1550 s of a device session's 1800 (a machine's start took ~180 s on 2026-12-03): collect at once after
 # each call. SF-DMD (600 steps, 4x rollouts) takes ~150 s there (shapes_attempt10.md).
 # A collect call returns (packing as stages finish), under $OUT, one tar per finished stage folder not returned before (without
-# checkpoint.pt and tb/), as many as fit in the tool's 8 files and 64 MiB, and the logs in logs.tar. The start
+# checkpoint/ and tb/), as many as fit in the tool's 8 files and 64 MiB, and the logs in logs.tar. The start
 # call needs the diffusers wheel in .whl/ (carry it; see device_session.sh).
 set -euo pipefail
 stage=${1:?usage: device_round.sh start|collect|chain}
@@ -90,7 +90,7 @@ pack() {  # one tar under $OUT per finished stage folder not returned before, as
         name=$(basename "$(dirname "$dir")")-$(basename "$dir")
         [ -f "$dir/.sent" ] && continue
         [ "$room" -gt 0 ] || break
-        tar -C "$(dirname "$dir")" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb --exclude .sent "$(basename "$dir")"
+        tar -C "$(dirname "$dir")" -cf "$out/$name.tar" --exclude checkpoint --exclude tb --exclude .sent "$(basename "$dir")"
         size=$(stat -c %s "$out/$name.tar")
         if [ "$size" -gt "$bytes" ]; then rm "$out/$name.tar"; continue; fi  # a smaller one may still fit
         touch "$dir/.sent"
@@ -98,7 +98,7 @@ pack() {  # one tar under $OUT per finished stage folder not returned before, as
     done
     local ab=runs/gpu-ablation
     if [ -f "$ab/DONE" ] && [ ! -f "$ab/.sent" ] && [ "$room" -gt 0 ]; then
-        tar -cf "$out/ablation.tar" --exclude checkpoint.pt --exclude tb --exclude model --exclude samples "$ab" && touch "$ab/.sent"
+        tar -cf "$out/ablation.tar" --exclude checkpoint --exclude tb --exclude model --exclude samples "$ab" && touch "$ab/.sent"
         room=$((room - 1))
     fi
     tar -cf "$out/logs.tar" runs/gpu-ablation/log.txt runs/gpu-ablation/init-ablation/*/log.txt "$root"/*/log.txt "$root"/*/command.txt \

@@ -18,7 +18,7 @@
 #       (carry .data/: breakout.tgz, the shards of `causal-rcm collect` packed by `tar czf .data/breakout.tgz -C DIR .`,
 #       and for the students teacher.tar and causal-teacher.tar as the teachers' call returned them)
 # Results go under $OUT (the device tool brings that folder back, at most 8 files): each trained
-# stage comes back as one tar of its output folder without checkpoint.pt and tb/. The device image
+# stage comes back as one tar of its output folder without checkpoint/ and tb/. The device image
 # lacks diffusers: put its wheel (and importlib_metadata's) in .whl/ (pip download --no-deps) and carry it.
 set -euo pipefail
 stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|teachers+cm|ablation|atari|atari-teachers|atari-students}
@@ -59,7 +59,7 @@ train() {  # train SCRIPT LOG STAGE... [-- SCRIPT_ARGS...]: run a training scrip
     bash "$script" "$runs" "$@" > "$out/$log" 2>&1 || status=$?
     for name in "${names[@]}"; do
         if [ -d "$runs/$name" ]; then
-            tar -C "$runs" -cf "$out/$name.tar" --exclude checkpoint.pt --exclude tb "$name"
+            tar -C "$runs" -cf "$out/$name.tar" --exclude checkpoint --exclude tb "$name"
         fi
     done
     grep -E "trained|caption_adherence|direction_accuracy|long_" "$out/$log" || true
@@ -73,7 +73,7 @@ cm_convergence() {  # experiment cm-convergence from $teachers at a GPU budget (
         --steps "${CM_STEPS:-600}" --eval-every "${CM_EVAL_EVERY:-100}" -o "$runs/cm-convergence" $cm_settings data.workers=3 \
         > "$out/cm_convergence.txt" 2>&1 || true
     # without the weights: three fp32 models made the tar too large to come back (2026-12-02)
-    tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model cm-convergence
+    tar -C "$runs" -cf "$out/cm-convergence.tar" --exclude checkpoint --exclude tb --exclude samples --exclude model cm-convergence
 }
 
 case "$stage" in
@@ -99,7 +99,7 @@ case "$stage" in
     ablation)  # SF-DMD from every initialisation, same budget (device_round.sh's settings, 6 runs at a time); its
         # folder comes back even when the guard stops it
         timeout "${ABLATION_SECONDS:-540}" bash scripts/device_round.sh ablation || true
-        tar -cf "$out/init-ablation.tar" --exclude checkpoint.pt --exclude tb --exclude samples --exclude model runs/gpu-ablation
+        tar -cf "$out/init-ablation.tar" --exclude checkpoint --exclude tb --exclude samples --exclude model runs/gpu-ablation
         tail -20 runs/gpu-ablation/log.txt ;;
     students+cm)
         cm_convergence &

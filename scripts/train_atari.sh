@@ -6,7 +6,7 @@
 # Settings live in configs/atari/GAME/{teacher,causal-teacher,tf-scm,sf-dmd}.json (each stops at its step count or
 # its time guard, train.max_seconds); STAGES picks stages (default all four, in order), EXTRA adds overrides to each
 # (e.g. a quick check). Each stage folder records its exact command in command.txt. To ship a chain, copy each
-# stage folder without checkpoint.pt and tb/ to checkpoints/atari/GAME/.
+# stage folder without checkpoint/ and tb/ to checkpoints/atari/GAME/.
 set -euo pipefail
 out=${1:?usage: train_atari.sh OUT_DIR SHARDS [GAME]}
 shards=${2:?usage: train_atari.sh OUT_DIR SHARDS [GAME]}

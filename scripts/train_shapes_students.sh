@@ -5,7 +5,7 @@
 # Their settings live in configs/shapes/{tf-scm,sf-dmd}.json (each stops at its step count or its time guard,
 # train.max_seconds); SCM_SECONDS / DMD_SECONDS override the guards, EXTRA adds overrides to both stages and
 # SCM_EXTRA / DMD_EXTRA to one. Each stage folder records its exact command in command.txt. To ship them, copy
-# OUT_DIR/tf-scm and OUT_DIR/sf-dmd without checkpoint.pt and tb/ to checkpoints/shapes/.
+# OUT_DIR/tf-scm and OUT_DIR/sf-dmd without checkpoint/ and tb/ to checkpoints/shapes/.
 set -euo pipefail
 out=${1:?usage: train_shapes_students.sh OUT_DIR [TEACHERS_DIR]}
 teachers=${2:-checkpoints/shapes}

@@ -4,7 +4,7 @@
 # (each stops at its step count or its time guard, train.max_seconds); TEACHER_SECONDS / CAUSAL_SECONDS override the
 # guards, EXTRA adds overrides to both (e.g. for a quick check), STAGES=teacher trains the teacher alone and
 # TEACHER_INIT names another teacher to start the causal one from. Each stage folder records its exact command in
-# command.txt. To ship them, copy OUT_DIR/teacher and OUT_DIR/causal-teacher without checkpoint.pt and tb/ to
+# command.txt. To ship them, copy OUT_DIR/teacher and OUT_DIR/causal-teacher without checkpoint/ and tb/ to
 # checkpoints/shapes/.
 set -euo pipefail
 out=${1:?usage: train_shapes_teachers.sh OUT_DIR}

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .conftest import random_model, small_config
-from causal_rcm.models.adapters import save_model
+from causal_rcm.models.adapters import current_path, save_model
 
 
 def pipeline_section(*, causal: bool = True, num_actions: int = 0, frames_per_chunk: int = 2, num_frames: int = 8,
@@ -59,3 +59,19 @@ def make_world_checkpoint(path: Path, *, seed: int = 0, action_scale: float = 10
             model.action_embedding.weight.mul_(action_scale)
     section = {**pipeline_section(num_actions=num_actions, **pipeline), "source": "atari", "env": BREAKOUT, "fps": 15.0}
     return save_model(model, path, pipeline=section)
+
+
+def read_training_checkpoint(out_dir: Path) -> dict:
+    """A trainer's sharded checkpoint (``out_dir/checkpoint``) as one dict: the entries of its ``meta.pt`` and its
+    tensors gathered whole (``models``, ``optimizers``, ``ema``), as one process would see them."""
+    import tempfile
+    import warnings
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = current_path(Path(out_dir) / "checkpoint")  # or, while a save swaps it in, the previous one
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is ... uninitialized": one process, as intended
+        dcp_to_torch_save(folder, Path(tmp) / "whole.pt")
+        tensors = torch.load(Path(tmp) / "whole.pt", weights_only=False)
+    return {**torch.load(folder / "meta.pt", weights_only=False), **tensors}

@@ -179,6 +179,132 @@ def collect(env_id: str, policy: str, episodes: int, out: Path, size: int, episo
                f"and {len([s for s in shards if s.split == 'heldout'])} held-out shards, {sum(s.frames for s in shards)} frames")
 
 
+def frame_options(command: Callable) -> Callable:
+    """``--resolution``, ``--width`` and ``--num-frames``: another frame structure than the checkpoint's."""
+    for option in reversed([
+        click.option("--resolution", type=click.IntRange(16, 4096), default=None, help="Frame height (default: the checkpoint's; a Wan release: 480)."),
+        click.option("--width", type=click.IntRange(16, 4096), default=None, help="Frame width (default: the checkpoint's; a Wan release: 832)."),
+        click.option("--num-frames", type=click.IntRange(1, 1024), default=None,
+                     help="Latent frames per video (default: the checkpoint's; a Wan release: 21, 81 frames)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def shard_options(command: Callable) -> Callable:
+    """Options every job writing latent shards takes."""
+    for option in reversed([
+        click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the shards and manifest.json."),
+        click.option("--per-shard", type=POSITIVE, default=64, show_default=True, help="Videos in one tar shard."),
+        click.option("--batch-size", type=POSITIVE, default=8, show_default=True, help="Videos processed together."),
+        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+                     help="How latents and contexts are stored."),
+        device_option("auto"),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _report_shards(out: Path, manifest, made: int, seconds: float) -> None:
+    if int(os.environ.get("RANK", "0")):
+        return
+    samples = sum(len(r.samples) for r in manifest.shards)
+    rate = f" ({made / seconds:.2f} videos/s)" if made and seconds > 0 else ""
+    click.echo(f"{out}: {samples} samples in {len(manifest.shards)} shards; this run made {made} items in {seconds:.0f} s{rate}")
+    if manifest.skipped:
+        click.echo(f"skipped {len(manifest.skipped)} (not fatal):")
+        for item in manifest.skipped:
+            click.echo(f"  {item.name}: {item.reason}")
+
+
+@cli.command()
+@click.option("--teacher", "-t", required=True, type=click.Path(path_type=Path),
+              help="A bidirectional teacher: a checkpoint folder of ours or a Wan2.1 release folder.")
+@click.option("--prompts", "-p", required=True, type=click.Path(path_type=Path), help="A text file, one prompt a line.")
+@click.option("--steps", type=STEPS, default=None, help="Teacher sampler steps (default: the teacher's, 50 for Wan).")
+@click.option("--guidance", type=Number(0, 100), default=None, help="CFG scale (default: the teacher's, 5 for Wan).")
+@click.option("--ode-pairs", type=click.IntRange(0, MAX_STEPS), default=0, show_default=True,
+              help="Also store each video's ODE states at the K times of a K-step student (for ode-init); 0: none.")
+@click.option("--videos-per-prompt", type=POSITIVE, default=1, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Video i's noise depends only on (seed, i).")
+@frame_options
+@shard_options
+def synth(teacher: Path, prompts: Path, steps: int | None, guidance: float | None, ode_pairs: int, videos_per_prompt: int,
+          seed: int, resolution: int | None, width: int | None, num_frames: int | None, out: Path, per_shard: int,
+          batch_size: int, dtype: str, device: str, no_progress: bool) -> None:
+    """Sample a teacher's videos for every prompt into latent shards (latents + text context, + ODE pairs).
+
+    The teacher's own sampler (Euler, CFG against the empty prompt). Resumable: rerun the same command and
+    finished shards are kept. Under torchrun each process makes every N-th shard. Train on the shards with
+    `causal-rcm train RECIPE data.source=latents data.shards=OUT`.
+    """
+    import time
+
+    from causal_rcm.runs.latents import Frames, SynthArgs
+    from causal_rcm.runs.latents import synth as run
+
+    _check_writable(out)
+    args = SynthArgs(teacher=str(teacher), prompts=str(prompts), steps=steps, guidance=guidance, ode_pairs=ode_pairs,
+                     videos_per_prompt=videos_per_prompt, per_shard=per_shard, batch_size=batch_size, seed=seed, dtype=dtype,
+                     frames=Frames(resolution, width, num_frames))
+    started = time.perf_counter()
+    manifest, made = run(out, args, device=device, progress=not no_progress, say=lambda line: click.echo(line, err=True))
+    _report_shards(out, manifest, made, time.perf_counter() - started)
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Make training data: prompts files and latent shards of your own videos."""
+
+
+@data_group.command("prompts")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A shapes-world text-to-video checkpoint.")
+@click.option("-n", "count", type=click.IntRange(1, 10_000_000), required=True, help="Prompts to write.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The shapes world's stream of scenes (data.seed).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Text file, one prompt a line.")
+def data_prompts(checkpoint: Path, count: int, seed: int, out: Path) -> None:
+    """Write the captions of the first N scenes of a checkpoint's shapes world: a prompts file for `synth`."""
+    from causal_rcm.runs.latents import shapes_prompts
+
+    _check_writable(out)
+    prompts = shapes_prompts(str(checkpoint), count, seed)
+    try:
+        out.write_text("".join(p + "\n" for p in prompts))
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    click.echo(f"{out}: {len(prompts)} prompts ({len(set(prompts))} distinct)")
+
+
+@data_group.command("prepare")
+@click.argument("videos", metavar="VIDEOS_DIR", type=click.Path(path_type=Path))
+@click.option("--captions", required=True, type=click.Path(path_type=Path),
+              help='JSON lines {"file": "NAME", "caption": "TEXT"}, NAME relative to VIDEOS_DIR.')
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path),
+              help="The model the shards are for (ours or a Wan2.1 release): its codec, text encoder, frame size, fps, length.")
+@frame_options
+@shard_options
+def data_prepare(videos: Path, captions: Path, checkpoint: Path, resolution: int | None, width: int | None,
+                 num_frames: int | None, out: Path, per_shard: int, batch_size: int, dtype: str, device: str,
+                 no_progress: bool) -> None:
+    """Encode a folder of videos (any length and frame rate) into latent shards for `data.source=latents`.
+
+    Each video's first clip of the model's length is resampled to its fps, centre-cropped and resized to its
+    frame size; its caption is encoded with its text encoder. Unreadable videos, videos shorter than the clip and
+    videos without a caption are skipped and listed at the end. Resumable and sharded under torchrun as `synth`.
+    """
+    import time
+
+    from causal_rcm.runs.latents import Frames, PrepareArgs, prepare
+
+    _check_writable(out)
+    args = PrepareArgs(videos=str(videos), captions=str(captions), checkpoint=str(checkpoint), per_shard=per_shard,
+                       batch_size=batch_size, dtype=dtype, frames=Frames(resolution, width, num_frames))
+    started = time.perf_counter()
+    manifest, made = prepare(out, args, device=device, progress=not no_progress, say=lambda line: click.echo(line, err=True))
+    _report_shards(out, manifest, made, time.perf_counter() - started)
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")

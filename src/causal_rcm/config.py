@@ -52,12 +52,15 @@ EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 class DataConfig:
     """Where training videos come from and their frame structure."""
 
-    source: str = ranged("shapes", choices=tuple(SOURCES))  # where training videos come from: shapes (the embedded world) | atari (recorded episodes)
-    shards: str = ""  # data.source=atari: a folder written by `causal-rcm collect` (manifest.json + tar shards)
+    # where training videos come from: shapes (the embedded world) | atari (recorded episodes) | latents (stored by
+    # `causal-rcm synth` or `causal-rcm data prepare`)
+    source: str = ranged("shapes", choices=tuple(SOURCES))
+    shards: str = ""  # data.source=atari | latents: the folder of shards (written by `collect`, `synth` or `data prepare`)
     # data.source=atari: condition on the recorded actions; false trains the same model without them, the
     # baseline `causal-rcm eval world --no-action-model` compares a world model with
     actions: bool = True
-    resolution: int = ranged(32, 16, 4096)  # pixels (square; the shapes world draws at 16 px and more)
+    resolution: int = ranged(32, 16, 4096)  # frame height in pixels (the shapes world draws square frames of 16 px and more)
+    width: int = ranged(0, 0, 4096)  # frame width in pixels (0: square); data.source=latents: the shards' (Wan: 832 x 480)
     num_frames: int = ranged(8, 1, 1024)  # latent frames per training video
     frames_per_chunk: int = ranged(1, 1, 1024)  # causal structure: 1 = frame-wise
     max_shapes: int = ranged(3, 1, 64)
@@ -108,7 +111,10 @@ class OptimConfig:
 class TrainConfig:
     steps: int = ranged(1000, 0)  # 0: export the starting model (an untrained baseline, or train.init's weights)
     max_seconds: float = ranged(0.0, 0)  # time guard: stop (checkpoint, evaluate, export) once training took this long; 0 = none
-    batch_size: int = ranged(32, 1, 65536)  # global batch (split across processes)
+    batch_size: int = ranged(32, 1, 65536)  # global batch (split across processes and accumulated micro-batches)
+    # micro-batches per optimiser step: each process computes batch_size / (processes * grad_accum) samples at a
+    # time, and their gradients add up to the global batch's (memory for time; the same step as grad_accum=1)
+    grad_accum: int = ranged(1, 1, 65536)
     # Data echoing (Choi et al. 2019): each batch serves this many consecutive steps, each with its
     # own noise and times, for when rendering data costs more than a step (small models on a GPU).
     data_echo: int = ranged(1, 1)

@@ -216,8 +216,10 @@ class PipelineSpec:
     ) -> PipelineSpec:
         """The spec of a model trained on ``source`` (its frame structure, codec, text encoder and environment)."""
         data = source.data
+        height, width = source.frame_size
         return cls(
-            resolution=data.resolution, num_frames=data.num_frames, frames_per_chunk=data.frames_per_chunk, causal=causal,
+            resolution=height, width=None if width == height else width, num_frames=data.num_frames,
+            frames_per_chunk=data.frames_per_chunk, causal=causal,
             codec=source.codec_spec, text=source.text_spec, sampler=sampler, stream=stream,
             fps=source.fps, num_actions=num_actions, source=source.name, recipe=recipe, env=source.env,
         )

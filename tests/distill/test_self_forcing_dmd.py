@@ -279,9 +279,9 @@ def test_the_full_recipe_runs_both_stages_and_resumes(teachers, tmp_path):
     assert (out / "model" / "model.safetensors").exists()
     stage2 = json.loads((out / "stage2-sf-dmd" / "config.json").read_text())
     assert stage2["train"]["init"].endswith("stage1-tf-scm/model") and stage2["train"]["teacher"] == str(teachers["teacher"])
-    before = (out / "stage1-tf-scm" / "checkpoint.pt").stat().st_mtime
+    before = (out / "stage1-tf-scm" / "checkpoint").stat().st_mtime
     main(argv)  # resumes: both stages are complete, nothing is retrained
-    assert (out / "stage1-tf-scm" / "checkpoint.pt").stat().st_mtime == before
+    assert (out / "stage1-tf-scm" / "checkpoint").stat().st_mtime == before
 
 
 def test_the_full_recipe_gives_its_sf_dmd_stage_the_causal_teacher_for_the_scm_regulariser(tmp_path):

@@ -150,7 +150,7 @@ def test_config_errors_fail_at_start_with_one_line(extra, message, teachers, tmp
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (out / "checkpoint.pt").exists()
+    assert not (out / "checkpoint").exists()
 
 
 def test_eval_scores_a_causal_checkpoint_with_drift_from_the_cli(teachers, tmp_path):

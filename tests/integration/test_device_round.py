@@ -18,7 +18,8 @@ def test_collect_packs_what_fits_and_leaves_the_rest_for_the_next_call(tmp_path)
         folder = root / run
         folder.mkdir(parents=True)
         (folder / "train_report.json").write_text("{}")
-        (folder / "checkpoint.pt").write_bytes(b"0" * 1000)  # never packed
+        (folder / "checkpoint").mkdir()  # never packed
+        (folder / "checkpoint" / "__0_0.distcp").write_bytes(b"0" * 1000)
         (folder / "weights").write_bytes(os.urandom(15 << 20))  # 15 MiB each: four do not fit in 60 MiB with the rest
         (folder.parent / "log.txt").write_text("trained 1 steps\n")
     (root / "teachers").mkdir()
@@ -37,4 +38,4 @@ def test_collect_packs_what_fits_and_leaves_the_rest_for_the_next_call(tmp_path)
     second = collect(tmp_path / "out2")
     assert second == {"d-teacher.tar", "logs.tar"}  # only what the first call left; never the teachers' links
     tar = subprocess.run(["tar", "-tf", str(tmp_path / "out1" / "a-teacher.tar")], capture_output=True, text=True).stdout
-    assert "teacher/weights" in tar and "checkpoint.pt" not in tar
+    assert "teacher/weights" in tar and "checkpoint" not in tar

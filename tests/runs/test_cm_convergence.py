@@ -36,9 +36,9 @@ def test_cm_convergence_writes_curves_table_and_plot(tmp_path, capsys):
     assert "| tf-scm |" in (out / "cm_convergence.md").read_text()
     assert "cm_convergence.json" in capsys.readouterr().out
     # a second call resumes: every run is complete, nothing is retrained
-    before = (out / "tf-scm" / "checkpoint.pt").stat().st_mtime
+    before = (out / "tf-scm" / "checkpoint").stat().st_mtime
     main(argv)
-    assert (out / "tf-scm" / "checkpoint.pt").stat().st_mtime == before
+    assert (out / "tf-scm" / "checkpoint").stat().st_mtime == before
 
 
 def test_threshold_table_and_ratios():

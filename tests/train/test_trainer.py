@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from causal_rcm.runs import load_config
 from causal_rcm.errors import UserError
 from causal_rcm.models.adapters import load_model
+from tests.checkpoints import read_training_checkpoint
 
 FAST = [
     "model.dim=32", "model.num_heads=2", "model.num_layers=2", "model.ffn_dim=64",
@@ -47,12 +48,12 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, ech
     broken = tmp_path / "broken"
     proc = subprocess.Popen(_cli(*args, f"train.out_dir={broken}"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (broken / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    while not (broken / "checkpoint").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = torch.load(broken / "checkpoint.pt", weights_only=False)["step"]
+    step = read_training_checkpoint(broken)["step"]
     assert 4 <= step < 16
     resumed = subprocess.run(_cli(*args, f"train.out_dir={broken}"), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -67,7 +68,7 @@ def test_data_echo_draws_one_batch_per_echo_cycle(tmp_path):
     out = tmp_path / "run"
     args = ["train", "teacher", *FAST, "train.steps=6", "train.ckpt_every=100", "train.eval_videos=0", "train.data_echo=2"]
     subprocess.run(_cli(*args, f"train.out_dir={out}"), check=True, env=_env(), capture_output=True)
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = read_training_checkpoint(out)
     assert state["data"]["samples_seen"] == 3 * 4  # batches drawn at steps 0, 2, 4 (batch size 4)
     losses = _losses(out)
     assert len(losses) == 6 and len(set(losses)) == 6  # fresh noise and times on every echo
@@ -108,7 +109,7 @@ def test_non_finite_losses_are_skipped_and_stop_the_run(tmp_path, monkeypatch):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("nonfinite/student", 0) for r in records] == [0, 0, 1, 1, 1]
     # the parameters never saw a NaN
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False) if (tmp_path / "checkpoint.pt").exists() else None
+    state = read_training_checkpoint(tmp_path) if (tmp_path / "checkpoint").exists() else None
     assert state is None or all(torch.isfinite(v).all() for v in state["models"]["student"].values())
 
 
@@ -162,7 +163,7 @@ def test_time_guard_stops_checkpoints_and_exports(tmp_path):
                                                    "train.eval_videos=0", f"train.out_dir={tmp_path}"])
     summary = train_pkg.train(config)
     assert summary["time_guard"] is True and summary["steps"] == 1 and summary["eval"] == {}
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 1  # saved although not a ckpt_every step
+    assert read_training_checkpoint(tmp_path)["step"] == 1  # saved although not a ckpt_every step
     assert (tmp_path / "model" / "model.safetensors").is_file() and len(_losses(tmp_path)) == 1
     again = train_pkg.train(load_config("teacher", None, FAST + ["train.steps=50", "train.max_seconds=1e-6", "train.ckpt_every=100",
                                                                   "train.eval_videos=0", f"train.out_dir={tmp_path}"]))

@@ -33,7 +33,7 @@ from causal_rcm.data.wan_vae import WanVAECodec, WanVAESpec, read_vae_config
 from causal_rcm.errors import UserError
 from causal_rcm.limits import show
 
-__all__ = ["CODECS", "TEXT_ENCODERS", "CodecSpec", "TextSpec", "codec_spec", "component_path", "latent_channels",
+__all__ = ["CODECS", "TEXT_ENCODERS", "CodecSpec", "TextSpec", "absolute", "codec_spec", "component_path", "latent_channels",
            "make_codec", "make_text_encoder", "relocated", "spec_dict", "text_dim", "text_spec"]
 
 CodecSpec = PixelCodecSpec | WanVAESpec
@@ -88,6 +88,14 @@ def relocated(spec: Any, src: str | Path | None, dst: str | Path) -> Any:
                 changes[f.name] = str(where.relative_to(Path(dst).resolve()))
             except ValueError:
                 changes[f.name] = str(where)
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def absolute(spec: Any, root: str | Path | None) -> Any:
+    """``spec`` (of a checkpoint at ``root``) with its component paths absolute: for a record kept elsewhere (the
+    header of data shards made with the checkpoint's codec and text encoder)."""
+    changes = {f.name: str(component_path(root, getattr(spec, f.name)).resolve())
+               for f in dataclasses.fields(spec) if f.metadata.get("component_path")}
     return dataclasses.replace(spec, **changes) if changes else spec
 
 

@@ -39,7 +39,8 @@ try:
 except ImportError:  # the optional `atari` extra: only writing shards needs it
     webdataset = None
 
-__all__ = ["MANIFEST", "EnvInfo", "Episode", "Manifest", "ShardEntry", "ShardReader", "sha256", "write_shard"]
+__all__ = ["MANIFEST", "EnvInfo", "Episode", "Manifest", "MappedTar", "ShardEntry", "ShardReader", "is_whole", "npy", "sha256",
+           "write_shard", "write_tar"]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -164,91 +165,77 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _npy(array: np.ndarray) -> bytes:
+def write_tar(path: Path, samples: list[dict[str, bytes]]) -> tuple[int, str]:
+    """Write ``samples`` (each a ``__key__`` and its members' bytes) as one webdataset tar at ``path``, whole or not
+    at all; its size and SHA-256. Members carry a fixed mtime, so the same samples give the same bytes (a resumed
+    job equals an uninterrupted one)."""
+    if webdataset is None:
+        raise UserError("writing shards needs webdataset: pip install webdataset")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            sink = webdataset.TarWriter(f, encoder=False, mtime=0.0)
+            for sample in samples:
+                sink.write(sample)
+            sink.close()
+
+    write_whole(path, write)
+    return path.stat().st_size, sha256(path)
+
+
+def npy(array: np.ndarray) -> bytes:
+    """The ``.npy`` bytes of ``array`` (C order, no pickles): what :meth:`MappedTar.array` maps back."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
+def is_whole(path: Path, size: int, digest: str) -> bool:
+    """Whether ``path`` is the file a record says was written: its size, then its SHA-256."""
+    return path.is_file() and path.stat().st_size == size and sha256(path) == digest
+
+
 def write_shard(path: Path, episodes: list[tuple[int, Episode]], split: str, emulator_seed: int) -> ShardEntry:
-    """Write ``(index, episode)`` pairs as one webdataset tar at ``path``, whole or not at all; its manifest entry.
-
-    Members carry a fixed mtime, so the same episodes give the same bytes (a resumed collection equals an
-    uninterrupted one)."""
-    if webdataset is None:
-        raise UserError("writing shards needs webdataset: pip install 'causal-rcm[atari]'")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            sink = webdataset.TarWriter(f, encoder=False, mtime=0.0)
-            for index, ep in episodes:
-                sink.write({
-                    "__key__": f"ep{index:06d}", "frames.npy": _npy(ep.frames), "actions.npy": _npy(ep.actions.astype(np.int64)),
-                    "rewards.npy": _npy(ep.rewards.astype(np.float32)), "meta.json": json.dumps(ep.meta, sort_keys=True).encode(),
-                })
-            sink.close()
-
-    write_whole(path, write)
+    """Write ``(index, episode)`` pairs as one webdataset tar at ``path``, whole or not at all; its manifest entry."""
+    size, digest = write_tar(path, [{
+        "__key__": f"ep{index:06d}", "frames.npy": npy(ep.frames), "actions.npy": npy(ep.actions.astype(np.int64)),
+        "rewards.npy": npy(ep.rewards.astype(np.float32)), "meta.json": json.dumps(ep.meta, sort_keys=True).encode(),
+    } for index, ep in episodes])
     return ShardEntry(
         file=path.name, split=split, episodes=tuple(i for i, _ in episodes), emulator_seed=emulator_seed,
-        frames=sum(len(ep.frames) for _, ep in episodes), bytes=path.stat().st_size, sha256=sha256(path),
+        frames=sum(len(ep.frames) for _, ep in episodes), bytes=size, sha256=digest,
     )
 
 
-class ShardReader:
-    """The episodes of one whole shard, checked against its manifest entry; frames mapped from the file, not loaded.
+class MappedTar:
+    """The members of a whole tar shard, mapped from disk (``numpy.memmap``), never loaded whole.
 
-    ``episodes[i]`` is an :class:`Episode` whose ``frames`` is a read-only ``numpy.memmap`` view; a window
-    ``frames[s : s + F]`` reads only its own bytes.
-    """
+    Checked first against the size and SHA-256 its record gives; ``rerun`` ends the error for a missing or changed
+    file (the command that rewrites it). ``members[key][ext]`` is the ``tarfile.TarInfo`` of member ``key.ext``;
+    :meth:`array` views an ``.npy`` member without a copy, :meth:`bytes` any member."""
 
-    def __init__(self, folder: Path, entry: ShardEntry, manifest: Manifest) -> None:
-        path = folder / entry.file
+    def __init__(self, path: Path, size: int, digest: str, rerun: str) -> None:
         self.path = path
         if not path.is_file():
-            raise UserError(f"shard {path} is listed in the manifest but missing: run the same `causal-rcm collect` again")
-        if path.stat().st_size != entry.bytes or sha256(path) != entry.sha256:
+            raise UserError(f"shard {path} is listed in the manifest but missing: {rerun}")
+        if not is_whole(path, size, digest):
             raise UserError(f"shard {path} is truncated or changed since it was written (size or SHA-256 differ from "
-                            f"the manifest): run the same `causal-rcm collect` again to rewrite it")
-        self._map = np.memmap(path, dtype=np.uint8, mode="r") if entry.bytes else np.zeros(0, np.uint8)
-        self.episodes = self._read(manifest)
-        if [ep.meta.get("episode") for ep in self.episodes] != list(entry.episodes):
-            raise UserError(f"shard {path} does not hold the episodes its manifest entry lists")
+                            f"the manifest): {rerun} to rewrite it")
+        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        self.members: dict[str, dict[str, tarfile.TarInfo]] = {}
+        with tarfile.open(path, "r:") as tar:  # tarfile.TarError, EOFError: the caller names the shard
+            for info in tar:
+                key, _, ext = info.name.partition(".")
+                self.members.setdefault(key, {})[ext] = info
 
-    def _read(self, manifest: Manifest) -> list[Episode]:
-        members: dict[str, dict[str, tarfile.TarInfo]] = {}
-        try:
-            with tarfile.open(self.path, "r:") as tar:
-                for info in tar:
-                    key, _, ext = info.name.partition(".")
-                    members.setdefault(key, {})[ext] = info
-            episodes = [self._episode(key, parts, manifest) for key, parts in members.items()]
-        except (tarfile.TarError, ValueError, KeyError, EOFError) as exc:
-            raise UserError(f"shard {self.path} is not a readable episode shard ({exc})") from None
-        if not episodes:
-            raise UserError(f"shard {self.path} holds no episodes")
-        return episodes
-
-    def _episode(self, key: str, parts: dict[str, tarfile.TarInfo], manifest: Manifest) -> Episode:
-        frames = self._array(parts["frames.npy"])
-        actions = np.array(self._array(parts["actions.npy"]))
-        rewards = np.array(self._array(parts["rewards.npy"]))
-        meta = json.loads(self._bytes(parts["meta.json"]).tobytes())
-        S = manifest.frame_size
-        if frames.dtype != np.uint8 or frames.shape[1:] != (S, S, 3) or actions.shape != frames.shape[:1] or rewards.shape != actions.shape:
-            raise ValueError(f"{key}: frames {frames.dtype} {list(frames.shape)}, {len(actions)} actions, {len(rewards)} rewards")
-        if len(actions) and not 0 <= actions.min() <= actions.max() < manifest.env.num_actions:
-            raise ValueError(f"{key}: actions outside 0..{manifest.env.num_actions - 1}")
-        return Episode(frames, actions, rewards, meta)
-
-    def _bytes(self, info: tarfile.TarInfo) -> np.ndarray:
+    def bytes(self, info: tarfile.TarInfo) -> np.ndarray:
         if info.offset_data + info.size > len(self._map):
             raise ValueError(f"{info.name} runs past the end of the file")
         return self._map[info.offset_data : info.offset_data + info.size]
 
-    def _array(self, info: tarfile.TarInfo) -> np.ndarray:
-        """The ``.npy`` member ``info`` as a view of the mapped file (no copy)."""
-        raw = self._bytes(info)
+    def array(self, info: tarfile.TarInfo) -> np.ndarray:
+        """The ``.npy`` member ``info`` as a read-only view of the mapped file (no copy)."""
+        raw = self.bytes(info)
         header = io.BytesIO(raw[:1024].tobytes())
         version = np.lib.format.read_magic(header)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -260,3 +247,37 @@ class ShardReader:
         if len(body) != count:
             raise ValueError(f"{info.name}: {len(body)} bytes for an array of {count}")
         return body.view(dtype).reshape(shape)
+
+
+class ShardReader:
+    """The episodes of one whole shard, checked against its manifest entry; frames mapped from the file, not loaded.
+
+    ``episodes[i]`` is an :class:`Episode` whose ``frames`` is a read-only ``numpy.memmap`` view; a window
+    ``frames[s : s + F]`` reads only its own bytes.
+    """
+
+    def __init__(self, folder: Path, entry: ShardEntry, manifest: Manifest) -> None:
+        self.path = folder / entry.file
+        try:
+            self._tar = MappedTar(self.path, entry.bytes, entry.sha256, "run the same `causal-rcm collect` again")
+            episodes = [self._episode(key, parts, manifest) for key, parts in self._tar.members.items()]
+        except (tarfile.TarError, ValueError, KeyError, EOFError) as exc:
+            raise UserError(f"shard {self.path} is not a readable episode shard ({exc})") from None
+        if not episodes:
+            raise UserError(f"shard {self.path} holds no episodes")
+        self.episodes = episodes
+        if [ep.meta.get("episode") for ep in self.episodes] != list(entry.episodes):
+            raise UserError(f"shard {self.path} does not hold the episodes its manifest entry lists")
+
+    def _episode(self, key: str, parts: dict[str, tarfile.TarInfo], manifest: Manifest) -> Episode:
+        tar = self._tar
+        frames = tar.array(parts["frames.npy"])
+        actions = np.array(tar.array(parts["actions.npy"]))
+        rewards = np.array(tar.array(parts["rewards.npy"]))
+        meta = json.loads(tar.bytes(parts["meta.json"]).tobytes())
+        S = manifest.frame_size
+        if frames.dtype != np.uint8 or frames.shape[1:] != (S, S, 3) or actions.shape != frames.shape[:1] or rewards.shape != actions.shape:
+            raise ValueError(f"{key}: frames {frames.dtype} {list(frames.shape)}, {len(actions)} actions, {len(rewards)} rewards")
+        if len(actions) and not 0 <= actions.min() <= actions.max() < manifest.env.num_actions:
+            raise ValueError(f"{key}: actions outside 0..{manifest.env.num_actions - 1}")
+        return Episode(frames, actions, rewards, meta)

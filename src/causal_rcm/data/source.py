@@ -1,13 +1,16 @@
 """Training data sources: videos -> latents + text context, for one process.
 
 ``ShapesSource`` renders the embedded shapes world; ``AtariSource`` reads episodes recorded from the Atari
-emulator (``causal-rcm collect``, :mod:`causal_rcm.data.shards`). Both build what a recipe needs (codec, toy
-text encoder, frame structure) from a :class:`~causal_rcm.config.DataConfig`; ``next_batch`` yields this
-process's slice of the global batch on the training device, and its position is part of the checkpoint.
+emulator (``causal-rcm collect``, :mod:`causal_rcm.data.shards`); ``LatentSource`` reads latents and text
+context stored by ``causal-rcm synth`` or ``causal-rcm data prepare`` (:mod:`causal_rcm.data.latents`). Each
+builds what a recipe needs (codec, text encoder, frame structure) from a :class:`~causal_rcm.config.DataConfig`
+(and, for stored latents, the shards' header); ``next_batch`` yields this process's slice of the global batch on
+the training device, and its position is part of the checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -18,12 +21,14 @@ import numpy as np
 import torch
 
 from causal_rcm.errors import UserError
-from causal_rcm.data.codec import PixelCodecSpec
-from causal_rcm.data.components import make_codec, make_text_encoder
+from causal_rcm.data.codec import PixelCodecSpec, VideoCodec
+from causal_rcm.data.components import CodecSpec, TextSpec, codec_spec, make_codec, make_text_encoder, text_spec
+from causal_rcm.data.components import text_dim as component_text_dim
+from causal_rcm.data.latents import LatentShards
 from causal_rcm.data.oracle import ShapesOracle
 from causal_rcm.data.shapes import ShapesConfig, ShapesDataset
 from causal_rcm.data.shards import Episode, EnvInfo, Manifest, ShardReader
-from causal_rcm.data.text import ToyTextSpec
+from causal_rcm.data.text import TextEncoder, ToyTextSpec
 from causal_rcm.data.video import from_uint8
 
 # Evaluation prompts come from a stream the training stream never reaches.
@@ -41,32 +46,48 @@ def _render(task: tuple[ShapesDataset, list[int]]) -> list[dict[str, Any]]:
 
 
 class VideoSource:
-    """What every source gives a recipe: the codec, the toy text encoder and the frame structure, on one device.
+    """What every source gives a recipe: the codec, the text encoder and the frame structure, on one device.
 
     ``codec_spec`` and ``text_spec`` are what a checkpoint trained on the source records (``PipelineSpec.of_source``),
-    ``codec`` and ``text`` the components they build (``data.components``). ``name`` is the source's ``data.source``;
-    ``fps`` the frame rate its videos play at; ``env`` the environment of recorded episodes (None for a rendered
-    world); ``oracle`` the analytic scorer where the world has one (None: evaluation compares pixels)."""
+    ``codec`` and ``text`` the components they build (``data.components``), on first use: a source of stored
+    latents and contexts needs them only to evaluate. ``name`` is the source's ``data.source`` as checkpoints record
+    it; ``fps`` the frame rate its videos play at; ``frame_size`` (height, width) of a frame; ``env`` the
+    environment of recorded episodes (None for a rendered world); ``oracle`` the analytic scorer where the world has
+    one (None: evaluation compares pixels)."""
 
     name = ""
     fps: float
     env: EnvInfo | None = None
     oracle: ShapesOracle | None = None
 
-    def __init__(self, data, text_dim: int, *, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
+    def __init__(self, data, codec_spec: CodecSpec, text_spec: TextSpec, *, local_batch: int = 1,
+                 device: torch.device | str = "cpu", frame_size: tuple[int, int] | None = None) -> None:
         self.data = data
         self.device = torch.device(device)
         self.local_batch = local_batch
-        self.codec_spec = PixelCodecSpec(factor=data.codec_factor, frames=data.codec_frames, shift=data.codec_shift, scale=data.codec_scale)
-        self.text_spec = ToyTextSpec(dim=text_dim, text_len=data.text_len, seed=data.text_seed)
-        self.codec = make_codec(self.codec_spec)
-        self.text = make_text_encoder(self.text_spec, device=self.device)
+        self.codec_spec, self.text_spec = codec_spec, text_spec
+        self.frame_size = frame_size or (data.resolution, data.resolution)
+        self.text_dim = component_text_dim(text_spec)
+        self._codec: VideoCodec | None = None
+        self._text: TextEncoder | None = None
         self._empty: torch.Tensor | None = None
+
+    @property
+    def codec(self) -> VideoCodec:
+        if self._codec is None:
+            self._codec = make_codec(self.codec_spec)
+        return self._codec
+
+    @property
+    def text(self) -> TextEncoder:
+        if self._text is None:
+            self._text = make_text_encoder(self.text_spec, device=self.device)
+        return self._text
 
     def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
         """(C, F, h, w) of the latents of one video of ``num_frames`` latent frames (default ``data.num_frames``)."""
         frames = self.data.num_frames if num_frames is None else num_frames
-        return self.codec.latent_shape(self.codec.video_frames(frames), self.data.resolution, self.data.resolution)
+        return self.codec.latent_shape(self.codec.video_frames(frames), *self.frame_size)
 
     def tokens_per_frame(self, patch: tuple[int, int, int]) -> int:
         _, _, h, w = self.latent_shape()
@@ -87,6 +108,15 @@ class VideoSource:
         """Release workers and files (nothing to release by default)."""
 
 
+def world_specs(data, text_dim: int) -> tuple[PixelCodecSpec, ToyTextSpec]:
+    """The pixel codec and toy text encoder of a rendered or recorded world's ``data`` settings."""
+    if data.width and data.width != data.resolution:
+        raise UserError(f"data.width={data.width}: the {data.source} world's frames are square (data.resolution); "
+                        "leave data.width at 0")
+    codec = PixelCodecSpec(factor=data.codec_factor, frames=data.codec_frames, shift=data.codec_shift, scale=data.codec_scale)
+    return codec, ToyTextSpec(dim=text_dim, text_len=data.text_len, seed=data.text_seed)
+
+
 class ShapesSource(VideoSource):
     """Dataset, codec, text encoder and oracle of the shapes world, for one process."""
 
@@ -96,7 +126,7 @@ class ShapesSource(VideoSource):
     def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1, device: torch.device | str = "cpu") -> None:
         if data.agent and data.codec_frames != 1:
             raise UserError("data.agent takes one action per latent frame: it needs data.codec_frames=1")
-        super().__init__(data, text_dim, local_batch=local_batch, device=device)
+        super().__init__(data, *world_specs(data, text_dim), local_batch=local_batch, device=device)
         self.shapes = self._shapes_config(data.num_frames)
         self.dataset = ShapesDataset(self.shapes, seed=data.seed, rank=rank, world_size=world_size)
         self.oracle = ShapesOracle(self.shapes)
@@ -219,7 +249,7 @@ class AtariSource(VideoSource):
             raise UserError("data.source=atari reads recorded episodes: set data.shards=PATH (a folder written by `causal-rcm collect`)")
         if data.codec_frames != 1:
             raise UserError("Atari data has one action per frame: it needs data.codec_frames=1")
-        super().__init__(data, text_dim, local_batch=local_batch, device=device)
+        super().__init__(data, *world_specs(data, text_dim), local_batch=local_batch, device=device)
         folder = Path(data.shards)
         self.manifest = Manifest.read(folder)
         self.env, self.fps = self.manifest.env, self.manifest.env.fps
@@ -286,7 +316,109 @@ class AtariSource(VideoSource):
         return {**out, "actions": torch.from_numpy(actions)} if self.data.actions else out
 
 
-SOURCES: dict[str, type[VideoSource]] = {"shapes": ShapesSource, "atari": AtariSource}
+class LatentSource(VideoSource):
+    """Latents and text context stored in ``data.shards`` by ``causal-rcm synth`` (a teacher's samples, optionally
+    with ODE pairs) or ``causal-rcm data prepare`` (videos of your own), :mod:`causal_rcm.data.latents`.
+
+    The codec, text encoder, frame size and frame rate are the shards' (their ``job.json``); ``data.resolution`` and
+    ``data.width`` must say the same, and ``data.num_frames`` may take the first frames of each stored video. Global
+    sample ``i`` is stored sample ``perm_e[i mod N]`` of a permutation drawn from ``(data.seed, e)`` for epoch
+    ``e = i // N``; rank ``r`` of ``W`` reads samples ``r, r + W, ...``, so the stream resumes exactly from the number
+    of samples consumed, on any number of ranks that divides it. Batches hold ``latents``, ``context`` (padded back to
+    the text encoder's length), ``caption`` and, from ``synth --ode-pairs``, ``ode_states`` (B, K, C, F, h, w) at the
+    flow times ``ode_times`` (K,). The empty prompt's context is stored too, so training never loads the text
+    encoder (evaluation does, for its prompts).
+
+    Shards of the shapes world (a shapes-world teacher's samples) are evaluated as the shapes world is, with its
+    oracle on prompts of its held-out stream, and checkpoints trained on them record ``source: shapes``; other
+    shards are evaluated on their first stored videos, by pixels (a sample of the same prompt from other noise: a
+    coarse check, not a score)."""
+
+    name = "latents"
+
+    def __init__(self, data, text_dim: int, *, rank: int = 0, world_size: int = 1, local_batch: int = 1,
+                 device: torch.device | str = "cpu") -> None:
+        if not data.shards:
+            raise UserError("data.source=latents reads latent shards: set data.shards=PATH (a folder written by "
+                            "`causal-rcm synth` or `causal-rcm data prepare`)")
+        self.store = LatentShards(data.shards)
+        h = self.store.header
+        size = (h.resolution, h.width)
+        if (data.resolution, data.width or data.resolution) != size or data.num_frames > h.num_frames:
+            raise UserError(f"{data.shards} holds {h.width}x{h.resolution} videos of {h.num_frames} latent frames: set "
+                            f"data.resolution={h.resolution}" + (f" data.width={h.width}" if h.width != h.resolution else "")
+                            + f" (data.num_frames may be at most {h.num_frames}: the first frames of each video)")
+        super().__init__(data, codec_spec(h.codec), text_spec(h.text), local_batch=local_batch, device=device, frame_size=size)
+        self.fps = h.fps
+        self.seed, self.rank, self.world_size = data.seed, rank, world_size
+        self.position = 0  # samples consumed by this rank
+        self._perm: tuple[int, np.ndarray | None] = (-1, None)  # the epoch whose order is drawn
+        self.world: ShapesSource | None = None
+        if h.world == "shapes" and h.world_data is not None:
+            world = dataclasses.replace(data, source="shapes", shards="", workers=0, width=0, **h.world_data)
+            self.world = ShapesSource(world, h.text_dim, device=device)
+            self.name, self.oracle, self.shapes = "shapes", self.world.oracle, self.world.shapes
+        self.ode_times = torch.tensor(h.ode_times, dtype=torch.float32)
+        self._negative = torch.from_numpy(self.store.negative).float().to(self.device)[None]  # (1, L, D)
+
+    def latent_shape(self, num_frames: int | None = None) -> tuple[int, int, int, int]:
+        C, _, h, w = self.store.header.latent_shape
+        return C, self.data.num_frames if num_frames is None else num_frames, h, w
+
+    def empty_context(self, batch: int) -> torch.Tensor:
+        return self._negative.expand(batch, -1, -1)
+
+    def _order(self, i: int) -> int:
+        """The stored sample that global sample ``i`` reads."""
+        epoch, k = divmod(i, len(self.store))
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(len(self.store)))
+        return int(self._perm[1][k])
+
+    def next_batch(self) -> dict[str, Any]:
+        F = self.data.num_frames
+        items = [self.store.item(self._order(self.rank + self.world_size * (self.position + i))) for i in range(self.local_batch)]
+        self.position += self.local_batch
+        tensor = lambda key: torch.from_numpy(np.stack([it[key] for it in items])).to(self.device).float()  # noqa: E731
+        batch = {"latents": tensor("latents")[:, :, :F], "context": tensor("context"), "caption": [it["meta"]["caption"] for it in items]}
+        if items[0]["ode"] is not None:
+            batch["ode_states"] = tensor("ode")[:, :, :, :F]  # (B, K, C, F, h, w)
+            batch["ode_times"] = self.ode_times.to(self.device)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "samples_seen": self.position * self.world_size, "shards": self.store.identity}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("shards") != self.store.identity or int(state["seed"]) != self.seed:
+            raise UserError("the checkpoint was trained on other shards or another data.seed: resume with the same data")
+        seen = int(state["samples_seen"])
+        if seen % self.world_size:
+            raise UserError(f"cannot resume a data stream at {seen} samples on {self.world_size} ranks: use a world size that divides it")
+        self.position = seen // self.world_size
+
+    def eval_set(self, n: int, num_frames: int | None = None) -> dict[str, Any]:
+        """The shapes world's held-out set (shapes shards), else the first ``n`` stored videos, decoded, with their
+        captions; ``num_frames`` past the stored length only for the shapes world."""
+        if self.world is not None:
+            return self.world.eval_set(n, num_frames)
+        frames = self.data.num_frames if num_frames is None else num_frames
+        if frames > self.store.header.num_frames or n > len(self.store):
+            raise UserError(f"{self.data.shards} evaluates on its first stored videos: it has {len(self.store)} of "
+                            f"{self.store.header.num_frames} latent frames, not {n} of {frames}; lower train.eval_videos "
+                            "or train.eval_drift (or set train.eval_videos=0)")
+        items = [self.store.item(i) for i in range(n)]
+        latents = torch.from_numpy(np.stack([it["latents"] for it in items])).float()[:, :, :frames]
+        with torch.no_grad():
+            video = self.codec.decode(latents).clamp(-1, 1)
+        return {"video": video, "caption": [it["meta"]["caption"] for it in items], "scene": [None] * n}
+
+    def close(self) -> None:
+        if self.world is not None:
+            self.world.close()
+
+
+SOURCES: dict[str, type[VideoSource]] = {"shapes": ShapesSource, "atari": AtariSource, "latents": LatentSource}
 
 
 def make_source(data, text_dim: int, **kwargs: Any) -> VideoSource:

@@ -1,5 +1,6 @@
 """Video conversions and files: float ``[3, F, H, W]`` in ``[-1, 1]`` <-> uint8 ``[F, H, W, 3]``,
-mp4 (PyAV, H.264) and GIF (Pillow) writers, nearest-neighbour upscaling and side-by-side grids.
+mp4 (PyAV, H.264) and GIF (Pillow) writers, a clip reader for any video PyAV decodes (resampled in time,
+centre-cropped and resized), nearest-neighbour upscaling and side-by-side grids.
 
 The writers import their library on first use and raise ``UserError`` with the install
 command if it is missing, so the rest of the package does not depend on them.
@@ -17,7 +18,9 @@ import torch
 
 from causal_rcm.errors import UserError
 
-__all__ = ["to_uint8", "from_uint8", "upscale", "grid", "write_gif", "write_mp4"]
+__all__ = ["VIDEO_SUFFIXES", "VideoTooShort", "to_uint8", "from_uint8", "upscale", "grid", "read_clip", "write_gif", "write_mp4"]
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -119,3 +122,65 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, scale: int
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+class VideoTooShort(ValueError):
+    """A video that ends before the clip asked of it."""
+
+
+def fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 ``[h, w, 3]`` -> ``[height, width, 3]``: the largest centred crop of the target's aspect ratio, resized
+    (Pillow's bicubic filter, which averages over the source pixels it shrinks)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if h * width > w * height:  # taller than the target: crop rows
+        crop = round(w * height / width)
+        top = (h - crop) // 2
+        image = image[top : top + crop]
+    else:
+        crop = round(h * width / height)
+        left = (w - crop) // 2
+        image = image[:, left : left + crop]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def read_clip(path: str | Path, *, fps: float, count: int, size: tuple[int, int]) -> np.ndarray:
+    """The first ``count`` frames of the video at ``path`` resampled to ``fps``, uint8 ``[count, H, W, 3]`` for
+    ``size = (H, W)``.
+
+    Frame ``k`` is the source frame on screen at time ``k / fps`` from the first frame (each source frame shows
+    from its timestamp until the next one), so any frame rate, constant or not, maps to ``fps``; frames are
+    centre-cropped and resized (:func:`fit_frame`) as they are chosen, and decoding stops once the clip is
+    complete. Raises :class:`VideoTooShort` for a video that ends first, ``ValueError`` / ``OSError`` (PyAV's
+    errors) for one that cannot be decoded."""
+    try:
+        import av
+    except ImportError:
+        raise UserError("reading videos needs PyAV: pip install av") from None
+    H, W = size
+    frames: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or fps)
+        start = shown = image = None
+        seen = 0
+        for frame in container.decode(stream):
+            t = float(frame.time) if frame.time is not None else seen / rate
+            start = t if start is None else start
+            t -= start
+            while shown is not None and len(frames) < count and len(frames) / fps < t:
+                frames.append(image)  # the previous frame is on screen at time len(frames) / fps
+            if len(frames) == count:
+                break
+            shown, seen = t, seen + 1
+            image = fit_frame(frame.to_ndarray(format="rgb24"), H, W)
+        end = None if shown is None else shown + 1 / rate  # the last frame stays one source frame long
+        while end is not None and len(frames) < count and len(frames) / fps < end:
+            frames.append(image)
+    if len(frames) < count:
+        length = 0.0 if end is None else end
+        raise VideoTooShort(f"too short: {length:.2f} s, and {count} frames at {fps:g} fps need more than {(count - 1) / fps:.2f} s")
+    return np.stack(frames)

@@ -68,10 +68,10 @@ class DenoisingRecipe(Recipe):
                 )
             return CausalWanModel(cfg.model, attn_backend=cfg.attn_backend)
         model = load_model(path, attn_backend=cfg.attn_backend, dtype=torch.float32)
-        if model.config.in_dim != channels or model.config.text_dim != self.source.text.dim:
+        if model.config.in_dim != channels or model.config.text_dim != self.source.text_dim:
             raise UserError(
                 f"{path} takes {model.config.in_dim}-channel latents and {model.config.text_dim}-dim text, "
-                f"but this world gives {channels} and {self.source.text.dim}"
+                f"but this world gives {channels} and {self.source.text_dim}"
             )
         return model
 
@@ -271,6 +271,9 @@ class DistillRecipe(DenoisingRecipe):
         self.teacher = self.model_at(self.config.train.teacher).to(device).eval().requires_grad_(False)
         source = self.model_at(self.config.train.init) if self.config.train.init else self.teacher
         self.student = self.student_from(source).to(device).train()
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
 
     def student_from(self, source: CausalWanModel) -> CausalWanModel:
         """The student architecture (``config.model``) with ``source``'s weights; parts it lacks keep their init."""

@@ -142,6 +142,9 @@ class SFDMDRecipe(DistillRecipe):
     def trainable(self):
         return {"student": self.student, "critic": self.critic}
 
+    def frozen(self):
+        return {"teacher": self.teacher, **({} if self.cm_teacher is None else {"cm_teacher": self.cm_teacher})}
+
     def optimizer_options(self, group: str) -> dict:
         return {"betas": (0.0, self.config.optim.beta2)}  # DMD2: Adam with beta1 = 0 for both
 

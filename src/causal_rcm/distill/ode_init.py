@@ -63,9 +63,12 @@ class ODEInitRecipe(DistillRecipe):
         self.teacher_causal = is_causal_checkpoint(self.config.train.teacher)
 
     def ode_pairs(self, batch: dict, rnd) -> tuple[torch.Tensor, torch.Tensor]:
-        """ODE states at the student's grid times (N, B, C, F, h, w) and the endpoint x0 (B, C, F, h, w)."""
+        """ODE states at the student's grid times (N, B, C, F, h, w) and the endpoint x0 (B, C, F, h, w): stored with
+        the batch (``causal-rcm synth --ode-pairs``), else integrated by the teacher now."""
         obj = self.config.objective
         student_grid = flow_time_grid(obj.sample_steps, obj.shift)
+        if "ode_states" in batch:
+            return self.stored_pairs(batch, student_grid[:-1]), batch["latents"]
         substeps = max(1, self.config.ode.steps // obj.sample_steps)
         grid = ode_grid(student_grid, substeps)
         noise = rnd.randn_like(batch["latents"])
@@ -84,6 +87,20 @@ class ODEInitRecipe(DistillRecipe):
                 **({} if batch.get("actions") is None else {"actions": batch["actions"]}),
             )
         return torch.stack(states), x0
+
+    def stored_pairs(self, batch: dict, times: torch.Tensor) -> torch.Tensor:
+        """The stored ODE states (B, K, C, F, h, w) at the student's times (N,) -> (N, B, C, F, h, w); UserError when
+        the shards hold none of some time."""
+        stored = batch["ode_times"].double().cpu()
+        index = [int(torch.argmin((stored - t).abs())) for t in times]
+        if any(abs(float(stored[i]) - float(t)) > 1e-5 for i, t in zip(index, times)):
+            obj = self.config.objective
+            raise UserError(
+                f"the shards' ODE pairs are at flow times {[round(float(t), 4) for t in stored]}, but the student samples "
+                f"at {[round(float(t), 4) for t in times]} (objective.sample_steps={obj.sample_steps}, objective.shift={obj.shift:g}): "
+                f"set objective.sample_steps={len(stored)} and the teacher's shift, or synthesise with --ode-pairs {obj.sample_steps}"
+            )
+        return batch["ode_states"][:, index].transpose(0, 1)
 
     def losses(self, batch, rnd, step):
         obj = self.config.objective

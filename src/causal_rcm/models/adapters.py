@@ -158,6 +158,12 @@ def _recover(path: Path) -> Path:
     return path
 
 
+def current_path(path: Path) -> Path:
+    """Where the checkpoint written whole at ``path`` (:func:`write_whole`) is now: ``path``, or while a save swaps
+    a folder in, the previous one set aside."""
+    return _recover(Path(path))
+
+
 def _remove_dead_temporaries(folder: Path) -> None:
     """Remove what saves into ``folder`` by dead processes left, renaming back an aside still needed."""
     for entry in folder.iterdir():

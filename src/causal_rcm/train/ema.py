@@ -26,15 +26,3 @@ class EMA:
             full = value.full_tensor() if hasattr(value, "full_tensor") else value
             out[name] = full.detach().cpu()
         return out
-
-    @torch.no_grad()
-    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, value in self.shadow.items():
-            src = state[name].to(torch.float32)
-            if hasattr(value, "device_mesh"):  # DTensor: keep this rank's shard
-                from torch.distributed.tensor import distribute_tensor
-
-                src = distribute_tensor(src.to(value.device), value.device_mesh, value.placements)
-                value.copy_(src)
-            else:
-                value.copy_(src.to(value.device))

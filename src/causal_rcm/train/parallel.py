@@ -48,6 +48,12 @@ def init_dist(device_name: str) -> DistEnv:
     return DistEnv(rank, size, device)
 
 
+def barrier(world: DistEnv) -> None:
+    """Wait for every process (nothing to wait for without torchrun)."""
+    if world.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown(world: DistEnv) -> None:
     """Leave the process group once every process is done (the main one may still be exporting)."""
     if world.distributed and dist.is_initialized():

@@ -1,16 +1,18 @@
 """The recipe-agnostic training loop.
 
 A :class:`Recipe` owns its models and losses; the trainer owns everything around them:
-devices and processes (FSDP2 under torchrun), optimisers (AdamW, warm-up, clipping), the EMA
-of the student, bf16 autocast on CUDA, non-finite detection, progress bar, jsonl and
-TensorBoard logs, periodic evaluation, a time guard, atomic checkpoints and exact resume (models, EMA,
-optimisers, RNG, data position, step).
+devices and processes (FSDP2 under torchrun, for the trained models and the frozen ones), optimisers
+(AdamW, warm-up, clipping), gradient accumulation, the EMA of the student, bf16 autocast on CUDA,
+non-finite detection, progress bar, jsonl and TensorBoard logs, periodic evaluation, a time guard,
+sharded checkpoints (DCP) and exact resume (models, EMA, optimisers, RNG, data position, step) on any
+number of processes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,13 +23,14 @@ from torch import nn
 
 from causal_rcm.config import Config, config_to_dict, save_config
 from causal_rcm.errors import TrainingStopped, UserError
-from causal_rcm.train.checkpoint import atomic_torch_save, rng_state, set_rng_state
+from causal_rcm.train.checkpoint import load_sharded, read_meta, rng_state, save_sharded, set_rng_state
 from causal_rcm.train.ema import EMA
 from causal_rcm.models.adapters import save_checkpoint
 from causal_rcm.models.wan import CausalWanModel
 from causal_rcm.train.parallel import DistEnv, StepRandom, all_reduce_mean, apply_fsdp, global_max, init_dist
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint"  # a folder: DCP shards and meta.pt (train.checkpoint)
+LEGACY_CHECKPOINT = "checkpoint.pt"  # one file, written before checkpoints were sharded
 
 
 class DataSource(Protocol):
@@ -65,6 +68,10 @@ class Recipe:
     def trainable(self) -> dict[str, nn.Module]:
         raise NotImplementedError
 
+    def frozen(self) -> dict[str, nn.Module]:
+        """The frozen models (teachers) the trainer shards like the trained ones under FSDP2."""
+        return {}
+
     def optimizer_options(self, group: str) -> dict:
         """Per-group overrides of AdamW settings (e.g. DMD's beta1 = 0)."""
         return {}
@@ -96,15 +103,16 @@ class Trainer:
         self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.dist.device.type == "cuda" else "fp32")
         if self.precision not in ("bf16", "fp32"):
             raise UserError(f"train.precision must be auto, bf16 or fp32, got {cfg.precision!r}")
-        if cfg.batch_size % self.dist.size:
-            raise UserError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.dist.size} processes")
-        self.local_batch = cfg.batch_size // self.dist.size
+        if cfg.batch_size % (self.dist.size * cfg.grad_accum):
+            raise UserError(f"train.batch_size={cfg.batch_size} is not divisible by the {self.dist.size} processes times "
+                            f"train.grad_accum={cfg.grad_accum}")
+        self.local_batch = cfg.batch_size // (self.dist.size * cfg.grad_accum)  # one micro-batch of one process
         self.step = 0
         self.bad_steps = 0
         self.history: list[dict] = []
         self._elapsed_before = 0.0
         self._start = time.perf_counter()
-        self._batch: dict | None = None  # the batch in use (data echo serves it train.data_echo steps)
+        self._batch: list[dict] | None = None  # the micro-batches in use (data echo serves them train.data_echo steps)
         self._batch_data_state: dict | None = None  # the data position it was drawn from
         self._budget_used = 0.0  # fraction of the run's budget (steps or time guard) used, see _update_budget
 
@@ -120,6 +128,8 @@ class Trainer:
                 for block in getattr(module, "blocks", []):
                     block.compile()
             self.groups[name] = apply_fsdp(module, self.dist, mixed_precision=self.precision == "bf16")
+        for module in self.recipe.frozen().values():  # sharded in place: the recipe keeps calling it
+            apply_fsdp(module, self.dist, mixed_precision=self.precision == "bf16")
         optim = self.config.optim
         self.optimizers = {}
         for name, module in self.groups.items():
@@ -135,25 +145,26 @@ class Trainer:
         return nullcontext()
 
     # ----------------------------------------------------------- checkpoint
-    def _state(self) -> dict:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+    def _tensors(self) -> dict:
+        """What the checkpoint holds as DCP tensors: models, optimisers and EMA, sharded as they are trained."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {
+            "models": {n: get_model_state_dict(m) for n, m in self.groups.items()},
+            "optimizers": {n: get_optimizer_state_dict(self.groups[n], o) for n, o in self.optimizers.items()},
+            "ema": self.ema.shadow,
+        }
+
+    def _meta(self) -> dict:
         return {
             "step": self.step,
             "bad_steps": self.bad_steps,
             "config": config_to_dict(self.config),
-            "models": {n: get_model_state_dict(m, options=options) for n, m in self.groups.items()},
-            "optimizers": {n: get_optimizer_state_dict(self.groups[n], o, options=options) for n, o in self.optimizers.items()},
-            "ema": self.ema.full_state_dict(),
             "data": self._data_state(),
             "rng": rng_state(),
             "history": self.history,
             "train_seconds": self.elapsed(),
+            "processes": self.dist.size,
         }
 
     def _data_state(self) -> dict:
@@ -162,47 +173,42 @@ class Trainer:
             return self._batch_data_state
         return self.data.state_dict()
 
-    def _next_batch(self) -> dict:
-        """A new batch every ``train.data_echo`` steps (and after a resume), else the batch in use."""
+    def _next_batch(self) -> list[dict]:
+        """``train.grad_accum`` new micro-batches every ``train.data_echo`` steps (and after a resume), else those in use."""
         if self._batch is None or self.step % self.config.train.data_echo == 0:
             self._batch_data_state = self.data.state_dict()
-            self._batch = self.data.next_batch()
+            self._batch = [self.data.next_batch() for _ in range(self.config.train.grad_accum)]
         return self._batch
 
     def save_checkpoint(self) -> None:
-        state = self._state()  # collective under FSDP: every process takes part
-        if self.dist.is_main:
-            atomic_torch_save(state, self.out_dir / CHECKPOINT)
+        """Every process writes its shards (a collective), the main one the rest (:mod:`causal_rcm.train.checkpoint`)."""
+        save_sharded(self.out_dir / CHECKPOINT, self._tensors(), self._meta(), self.dist)
 
     def _resume(self) -> bool:
         path = self.out_dir / CHECKPOINT
-        if not path.exists():
+        meta = read_meta(path)
+        if meta is None:
+            if (self.out_dir / LEGACY_CHECKPOINT).exists():
+                raise UserError(f"{self.out_dir / LEGACY_CHECKPOINT} was written by an older version (one file, not sharded): "
+                                "resume it with that version, or start over with --restart")
             return False
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise UserError(f"cannot resume from {path}: {exc}; delete it or use another train.out_dir") from None
-        saved, current = dict(state["config"]), config_to_dict(self.config)
-        for cfg in (saved, current):  # a longer run or a new log cadence may resume
-            for key in ("steps", "max_seconds", "log_every", "ckpt_every", "eval_every", "progress"):
+        saved, current = dict(meta["config"]), config_to_dict(self.config)
+        for cfg in (saved, current):  # a longer run, a new log cadence or another accumulation may resume
+            for key in ("steps", "max_seconds", "log_every", "ckpt_every", "eval_every", "progress", "grad_accum"):
                 cfg["train"].pop(key, None)
         if saved != current:
             raise UserError(f"{self.out_dir} holds a run with a different config; use another train.out_dir or --restart")
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        tensors = self._tensors()
+        load_sharded(path, tensors, self.dist)
         for name, module in self.groups.items():
-            set_model_state_dict(module, state["models"][name], options=options)
-            set_optimizer_state_dict(module, self.optimizers[name], state["optimizers"][name], options=options)
-        self.ema.load_full_state_dict(state["ema"])
-        self.data.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        self.step, self.bad_steps, self.history = state["step"], state["bad_steps"], state["history"]
-        self._elapsed_before = state.get("train_seconds", 0.0)
+            set_model_state_dict(module, tensors["models"][name])
+            set_optimizer_state_dict(module, self.optimizers[name], tensors["optimizers"][name])
+        self.data.load_state_dict(meta["data"])
+        set_rng_state(meta["rng"])
+        self.step, self.bad_steps, self.history = meta["step"], meta["bad_steps"], meta["history"]
+        self._elapsed_before = meta.get("train_seconds", 0.0)
         if self.dist.is_main:  # drop log lines written after the checkpoint: they will be redone
             log = self.out_dir / "metrics.jsonl"
             if log.exists():
@@ -240,28 +246,50 @@ class Trainer:
             lr *= optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * self._budget_used))
         return lr
 
-    def _train_step(self, batch: dict) -> dict[str, float]:
-        rnd = StepRandom(self.config.train.seed, self.step, self.dist)
+    def _train_step(self, micro_batches: list[dict]) -> dict[str, float]:
+        """One optimiser step per group over ``train.grad_accum`` micro-batches: each loss is back-propagated scaled by
+        1 / A (gradients of the mean over the global batch), FSDP2 reduces gradients at the last micro-batch only."""
+        A = len(micro_batches)
         lr = self._lr()
-        with self._autocast():
-            losses = self.recipe.losses(batch, rnd, self.step)
         logged: dict[str, float] = {"lr": lr}
-        for group, (loss, metrics) in losses.items():
-            module, optimizer = self.groups[group], self.optimizers[group]
-            params = [p for p in module.parameters() if p.requires_grad]
+        for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-            if loss is None:  # the recipe rejected this update (e.g. a diverged critic); its metrics say why
-                logged[f"skipped/{group}"] = 1.0
-                logged.update({f"{group}/{k}": float(v) for k, v in metrics.items()})
+        losses: dict[str, list[torch.Tensor]] = {}
+        metrics: dict[str, list[float]] = {}
+        dropped: dict[str, str] = {}  # group -> "skipped" (rejected by the recipe) or "nonfinite"
+        for m, batch in enumerate(micro_batches):
+            # Micro-batch m of step k draws as step k A + m: with A = 1 the noise of every earlier run.
+            rnd = StepRandom(self.config.train.seed, self.step * A + m, self.dist)
+            with self._autocast():
+                step_losses = self.recipe.losses(batch, rnd, self.step)
+            for group, (loss, group_metrics) in step_losses.items():
+                for k, v in group_metrics.items():
+                    metrics.setdefault(f"{group}/{k}", []).append(float(v))
+                if group in dropped:
+                    continue
+                if loss is None:  # the recipe rejected this update (e.g. a diverged critic); its metrics say why
+                    dropped[group] = "skipped"
+                    continue
+                finite = torch.isfinite(loss.detach()).float()
+                if all_reduce_mean(finite, self.dist).item() < 1.0:
+                    dropped[group] = "nonfinite"
+                    continue
+                module = self.groups[group]
+                if hasattr(module, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter once, after the last
+                    module.set_requires_gradient_sync(m == A - 1)
+                # A plain backward: under FSDP2 the graph holds all-gathered copies of the sharded
+                # parameters, so `inputs=params` would miss them. No recipe's loss reaches another
+                # group's parameters (their models run without gradient there).
+                (loss / A).backward()
+                losses.setdefault(group, []).append(loss.detach().float())
+        logged.update({k: sum(v) / len(v) for k, v in metrics.items()})
+        for group in dict.fromkeys([*losses, *dropped]):
+            module, optimizer = self.groups[group], self.optimizers[group]
+            if group in dropped:
+                optimizer.zero_grad(set_to_none=True)
+                logged[f"{dropped[group]}/{group}"] = 1.0
                 continue
-            finite = torch.isfinite(loss.detach()).float()
-            if all_reduce_mean(finite, self.dist).item() < 1.0:
-                logged[f"nonfinite/{group}"] = 1.0
-                continue
-            # A plain backward: under FSDP2 the graph holds all-gathered copies of the sharded
-            # parameters, so `inputs=params` would miss them. Other groups' stray gradients are
-            # cleared by their own zero_grad before their update.
-            loss.backward()
+            params = [p for p in module.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             if not torch.isfinite(grad_norm):
@@ -273,9 +301,8 @@ class Trainer:
             optimizer.step()
             if group == self.student_group:
                 self.ema.update(module, self.step)
-            logged[f"loss/{group}"] = all_reduce_mean(loss.detach().float(), self.dist).item()
+            logged[f"loss/{group}"] = all_reduce_mean(torch.stack(losses[group]).mean(), self.dist).item()
             logged[f"grad_norm/{group}"] = float(grad_norm)
-            logged.update({f"{group}/{k}": float(v) for k, v in metrics.items()})
         return logged
 
     def evaluate(self) -> dict[str, float]:
@@ -296,12 +323,13 @@ class Trainer:
         return model.to(self.dist.device).eval()
 
     def fit(self, restart: bool = False) -> dict:
-        """Train to ``train.steps``; resumes from ``out_dir/checkpoint.pt`` unless ``restart``."""
+        """Train to ``train.steps``; resumes from ``out_dir/checkpoint`` unless ``restart``."""
         cfg = self.config.train
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if restart:
-                (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
+                shutil.rmtree(self.out_dir / CHECKPOINT, ignore_errors=True)
+                (self.out_dir / LEGACY_CHECKPOINT).unlink(missing_ok=True)
                 (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
             save_config(self.config, self.out_dir / "config.json")
         if self.dist.distributed:
