@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import numpy as np
-import torch
 
 from causal_rcm.data.oracle import as_frames
 from causal_rcm.data.source import ShapesSource
