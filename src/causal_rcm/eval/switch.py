@@ -24,6 +24,7 @@ clean chunks it covers). Scored by the shapes world's oracle, per switch at fram
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from causal_rcm.data.oracle import as_frames
