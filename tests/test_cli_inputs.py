@@ -284,6 +284,14 @@ BAD = [
     (["eval", "-c", "{causal}", "--drift", "-1"], "'--drift': -1 is not in the range 0<=x<=32"),
     (["eval", "-c", "{bidirectional}", "-n", "1", "--steps", "1", "--drift", "2"], "--drift needs a causal checkpoint"),
     (["eval", "-c", "{causal}", "--stream-seconds", "nan"], "'--stream-seconds': nan is not a finite number"),
+    (["eval", "-c", "{causal}", "-n", "1", "--steps", "1", "--switch", "0.5s"], "at least one training length (1 s)"),
+    (["eval", "-c", "{causal}", "-n", "1", "--steps", "1", "--switch", "1s", "--switch", "1.5s"], "at least one training length"),
+    (["eval", "-c", "{causal}", "--switch", "soon"], "--switch time 'soon' is not like '4s'"),
+    (["eval", "-c", "{bidirectional}", "-n", "1", "--steps", "1", "--sink", "1"], "--sink and --recache-every need a causal"),
+    (["eval", "-c", "{bidirectional}", "-n", "1", "--steps", "1", "--switch", "2s"], "--switch needs a causal checkpoint"),
+    (["experiment", "stream-ablation", "-c", "{causal}", "--trained", "nolabel"], "--trained takes LABEL=CKPT"),
+    (["experiment", "stream-ablation", "-c", "{causal}", "--windows", "8,x"], "--windows: non-negative integers"),
+    (["experiment", "stream-ablation", "-c", "{bidirectional}"], "needs a causal one"),
     (["serve", "-c", "{causal}", "--port", "70000"], "'--port': 70000 is not in the range 0<=x<=65535"),
     (["eval", "world", "-c", "{causal}", "--shards", "{folder}", "--horizon", "0"], "'--horizon': 0 is not in the range x>=1"),
     (["eval", "world", "-c", "{causal}@1,0", "--shards", "{folder}"], "steps are integers in 1..1000 separated by commas"),
@@ -420,7 +428,10 @@ def test_config_files_are_read_or_refused_in_one_line(world, drawn):
 
 
 # ------------------------------------------------------------------ command options, walked from click
-COST_CAPS = {"seconds": 2.0, "stream_seconds": 2.0, "steps": 2, "videos": 2, "drift": 2, "window": 8, "scale": 2}
+COST_CAPS = {"seconds": 2.0, "stream_seconds": 2.0, "steps": 2, "videos": 2, "drift": 2, "window": 8, "scale": 2, "sink": 4,
+             "recache_every": 4}
+# eval --switch on the test checkpoint (8-frame clips at 8 fps): a switch needs a second of its own on either side
+EVAL_SWITCHES = st.sampled_from([("1s", False), ("1.5", False), ("0.5s", True), ("nan", True), ("x", True), ("-1s", True), ("", True)])
 DEVICES = mostly(st.sampled_from([("cpu", False), ("auto", False)]), st.sampled_from(
     [("tpu", True), ("cuda:7", True), ("meta", True), ("", True), ("cpu:x", True), ("cuda", not torch.cuda.is_available())]))
 PROMPTS = (st.lists(st.sampled_from([w for w in VOCABULARY if w.isalpha()]), min_size=0, max_size=8).map(" ".join)
@@ -452,6 +463,8 @@ def option_values(param: click.Parameter, world: dict[str, Path], command: str) 
         return DEVICES
     if name == "prompt":
         return PROMPTS.map(lambda p: (p, False))
+    if name == "switches":
+        return EVAL_SWITCHES
     if isinstance(kind, (click.IntRange, Number)):
         allowed = Range(kind.min, kind.max, kind.min_open)
         numeric = numbers(int if isinstance(kind, click.IntRange) else float, allowed, cap)

@@ -270,3 +270,20 @@ def test_a_prefilled_stream_continues_given_frames_as_the_sampler_does(tmp_path)
         pipe.stream("", num_frames=2).prefill(given, [0, 3, 0, 0])
     with pytest.raises(UserError, match="before its first frame"):
         stream.prefill(given)
+
+
+def test_switches_and_re_caching_in_the_sampler_make_the_streams_frames(tmp_path):
+    """One prompt switch and a re-cache every 2 chunks, with CFG (both caches), a sink and a window the stream
+    outgrows: the stream's frames are causal_sample's with the same switch and re-caching (what evaluation uses).
+    That re-caching changes frames is tested in tests/diffusion (this 2-layer model's rebuilt cache equals its old one)."""
+    pipe = load(tmp_path, solver="euler", steps=2, guidance=2.0, sink_frames=1, window_frames=4)
+    got = pipe.generate(PROMPT_A, seed=4, num_frames=16, switches=[(6, PROMPT_B)], recache_every=2)
+    with torch.no_grad():
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 4, [2] * 8), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=2,
+            shift=3.0, solver="euler", guidance=2.0, neg_context=pipe.encode_prompt(""), sink_frames=1, window_frames=4,
+            complement=head_complement(pipe.model), switches={3: pipe.encode_prompt(PROMPT_B)}, recache_every=2,
+        )
+    close_uint8(got, pipe.decode(latents))
+    with pytest.raises(UserError, match="recache_every must be a non-negative integer"):
+        pipe.stream(PROMPT_A, recache_every=-1)

@@ -374,19 +374,35 @@ def eval_group() -> None:
               help="Causal models: KV-cache window in latent frames, the chunk included (default: the checkpoint's).")
 @click.option("--stream-seconds", type=Number(0, MAX_STREAM_SECONDS), default=0.0,
               help="Causal models: also stream each prompt for about this much video, scored clip by clip (stream_* metrics).")
+@click.option("--sink", type=click.IntRange(0, 1024), default=None,
+              help="Causal models: attention-sink frames of the KV cache, latent frames (default: the checkpoint's).")
+@click.option("--recache-every", type=click.IntRange(0, 65536), default=None,
+              help="Causal models: rebuild the KV cache from its clean frames every this many chunks (0: never; default: the checkpoint's).")
+@click.option("--switch", "switches", multiple=True, metavar="TIME",
+              help="Causal models: also stream each prompt with prompt switches at these times ('4s', repeatable) and "
+                   "score each switch (switch_* metrics).")
+@click.option("--switch-to", type=click.Choice(["direction", "scene"]), default="direction", show_default=True,
+              help="The caption after a switch: the same shapes with every direction reversed, or the next held-out prompt.")
 def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int,
-          window: int | None, stream_seconds: float) -> None:
+          window: int | None, stream_seconds: float, sink: int | None, recache_every: int | None,
+          switches: tuple[str, ...], switch_to: str) -> None:
     """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
     import json
 
     from causal_rcm.eval.score import evaluate_checkpoint
+    from causal_rcm.eval.switch import evaluate_switches
 
     if json_out is not None:
         if json_out.is_dir():
             raise UserError(f"--json {json_out} is a folder; give a file name")
         _check_writable(json_out)
+    times = [_seconds(when, "--switch") for when in switches]
+    cache = dict(window_frames=window, sink_frames=sink, recache_every=recache_every)
     metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
-                                  window_frames=window, stream_seconds=stream_seconds)
+                                  stream_seconds=stream_seconds, **cache)
+    if times:
+        metrics.update(evaluate_switches(checkpoint, times=times, kind=switch_to, steps=steps, n=videos, device=device,
+                                         seed=seed, **cache))
     _print_metrics(metrics)
     if json_out is not None:
         try:
@@ -560,6 +576,60 @@ def init_ablation(overrides, teacher, dmd_teacher, out, cm_steps, dmd_steps, dmd
     click.echo(f"wrote {out / 'init_ablation.json'} and {out / 'init_ablation.png'} in {result['seconds']:.0f} s")
 
 
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = (-1,)
+    if any(v < 0 for v in values):
+        raise UserError(f"{option}: non-negative integers separated by commas (e.g. 8,16), got {shorten(text)}")
+    return values
+
+
+@experiment.command("stream-ablation")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path), help="A causal shapes-world checkpoint.")
+@click.option("--windows", default="", metavar="W[,W...]", help="KV-cache windows to try, latent frames with the chunk.")
+@click.option("--sinks", default="", metavar="S[,S...]", help="Attention-sink frames to try (0, 1, a chunk).")
+@click.option("--recache", default="", metavar="K[,K...]", help="Re-cache policies to try: rebuild the cache every K chunks (0: never).")
+@click.option("--trained", multiple=True, metavar="LABEL=CKPT",
+              help="Another checkpoint as a row at its own defaults, e.g. a student trained with another rollout length (repeatable).")
+@click.option("--seconds", type=Number(0, MAX_STREAM_SECONDS, min_open=True), default=60.0, show_default=True,
+              help="Video per stream.")
+@click.option("--videos", "-n", type=click.IntRange(1, MAX_EVAL_VIDEOS), default=16, show_default=True, help="Held-out prompts.")
+@click.option("--steps", type=STEPS, default=None, help="Sampler steps (default: each checkpoint's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("runs/stream-ablation"), show_default=True)
+@device_option("auto")
+def stream_ablation(checkpoint, windows, sinks, recache, trained, seconds, videos, steps, seed, out, device) -> None:
+    """What holds a minute-long stream: window, sink frames and re-caching, each alone, plus trained checkpoints.
+
+    One table (stream_ablation.md, .json); rows already measured with the same settings are kept on a rerun.
+    """
+    import shlex
+
+    from causal_rcm.runs.stream_ablation import run_stream_ablation
+
+    _check_writable(out)
+    rows = {}
+    for item in trained:
+        label, sep, path = item.partition("=")
+        if not sep or not label.strip() or not path.strip():
+            raise UserError(f"--trained takes LABEL=CKPT, got {shorten(item)}")
+        rows[label.strip()] = Path(path.strip())
+    args = ["-c", str(checkpoint), "--seconds", f"{seconds:g}", "-n", str(videos), "--seed", str(seed), "-o", str(out)]
+    for option, value in (("--windows", windows), ("--sinks", sinks), ("--recache", recache), ("--steps", steps)):
+        args += [] if not value else [option, str(value)]
+    args += [a for item in trained for a in ("--trained", item)]
+    result = run_stream_ablation(
+        checkpoint, out, windows=_ints(windows, "--windows"), sinks=_ints(sinks, "--sinks"), recaches=_ints(recache, "--recache"),
+        trained=rows, seconds=seconds, videos=videos, steps=steps, seed=seed, device=device,
+        command="causal-rcm experiment stream-ablation " + " ".join(shlex.quote(a) for a in args),
+        say=lambda line: click.echo(line, err=True),
+    )
+    click.echo((out / "stream_ablation.md").read_text())
+    click.echo(f"wrote {out / 'stream_ablation.json'} and {out / 'stream_ablation.md'} ({len(result['rows'])} rows)")
+
+
 @cli.command()
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
@@ -665,6 +735,18 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     F, H, W, _ = frames.shape
     click.echo(f"{out}: {F} frames ({F / fps:g} s at {fps:g} fps), {W * scale}x{H * scale} px; "
                f"generated in {elapsed:.1f} s ({F / elapsed:.1f} frames/s)")
+
+
+def _seconds(when: str, option: str) -> float:
+    """'4s' / '2.5s' / '4' -> seconds of video (UserError otherwise)."""
+    text = when.strip().lower().removesuffix("s")
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{option} time {shorten(when)} is not like '4s' (seconds)") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_STREAM_SECONDS:
+        raise UserError(f"{option} time {shorten(when)} must be in (0, {MAX_STREAM_SECONDS}] seconds")
+    return value
 
 
 def _frame_at(when: str, fps: float, num_frames: int) -> int:

@@ -73,8 +73,8 @@ class DataConfig:
     codec_scale: float = ranged(1.92, 0, 1e6, above=True)
     # Latent frames a causal model's KV cache attends, the current chunk included, in the exported checkpoint's
     # streams and in evaluation rollouts (0: num_frames, the training length). Self-forcing rollouts take
-    # dmd.rollout_window: SF-DMD trained at 4 streams minutes far better at 8, but trained at 8 it held them
-    # worse (docs/results/stream_window_2026-12-03.md).
+    # dmd.rollout_window (which an SF-DMD checkpoint's streams keep when this is 0): SF-DMD trained at 4 streams
+    # minutes far better at 8, but trained at 8 it held them worse (docs/results/stream_window_2026-12-03.md).
     stream_window: int = ranged(0, 0, 65536)
     text_len: int = ranged(24, 1, 4096)  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = ranged(0, 0, MAX_SEED)  # the toy text encoder is rebuilt from this seed
@@ -190,13 +190,18 @@ class DmdConfig:
     min_s: float = ranged(0.02, 0, 1)  # DMD noise levels drawn uniformly in [min_s, max_s], then shifted
     max_s: float = ranged(0.98, 0, 1)
     critic_max_loss: float = ranged(50.0, 0, above=True)  # a critic loss above this (or non-finite) counts as diverged: not trained on
-    # Self-forcing rollouts longer than the training video: up to this many times data.num_frames, with the KV-cache
-    # window of rollout_window; DMD scores a random data.num_frames window (the teacher's length) from it, so
-    # training meets the rolling cache that long streams run on (1: the training video itself)
+    # N: self-forcing rollouts up to N times data.num_frames through the KV cache of rollout_window and sink_frames;
+    # DMD scores a random data.num_frames window (the teacher's length) of it, so training meets the rolling cache
+    # that long streams run on (1: the training video itself). Memory does not grow with N: only the scored window
+    # keeps a graph (Self-Forcing++ trains at 20x and more).
     rollout_factor: int = ranged(1, 1, 64)
     # The KV-cache window of self-forcing rollouts in latent frames, the current chunk included (0: data.num_frames,
-    # the training length), apart from data.stream_window: train at one window, ship streams at another.
+    # the training length); the exported checkpoint's stream window too, unless data.stream_window says otherwise
+    # (train at one window, ship streams at another).
     rollout_window: int = ranged(0, 0, 65536)
+    # Attention-sink frames of the rollouts: the first latent frames of a rollout stay in the KV cache for ever
+    # (StreamingLLM, Xiao et al. 2023; LongLive); the exported checkpoint's streams keep as many.
+    sink_frames: int = ranged(0, 0, 1024)
     # rCM's regulariser: add this times the TF-sCM loss on data batches (train.cm_teacher's tangents, the scm
     # section's time proposal) to the generator's DMD loss (0: pure DMD)
     scm_weight: float = ranged(0.0, 0)

@@ -15,17 +15,18 @@ from its :class:`~causal_rcm.spec.PipelineSpec`, and seen here only through thei
 
 Prompt switching. The KV cache holds the history *as seen under the prompt it was made
 with*. On a switch the conditional cache is rebuilt: the clean latents the cache covers (the
-sink chunks and the chunks of the rolling window, kept as a bounded history) are re-run at
-t = 0 with the new prompt, chunk by chunk as they were first committed, exactly the Self
-Forcing cache refresh (Huang et al. 2025) applied to the old frames. The next chunk then
-attends to the same frames under the new prompt, so the scene continues without a cut. The
-unconditional cache of CFG depends only on the empty prompt and is kept.
+sink chunks and the chunks of the rolling window, kept as a bounded history,
+``diffusion.samplers.ChunkHistory``) are re-run at t = 0 with the new prompt, chunk by chunk as
+they were first committed, exactly the Self Forcing cache refresh (Huang et al. 2025) applied to
+the old frames. The next chunk then attends to the same frames under the new prompt, so the scene
+continues without a cut. The unconditional cache of CFG depends only on the empty prompt and is
+kept. A checkpoint's ``recache_every`` K (stream defaults) rebuilds both caches the same way every
+K chunks, as ``diffusion.samplers.causal_sample_stream`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from collections import deque
@@ -42,9 +43,11 @@ from causal_rcm.data.text import TextEncoder
 from causal_rcm.data.video import from_uint8, to_uint8
 from causal_rcm.diffusion.guidance import is_unguided
 from causal_rcm.diffusion.samplers import (
+    ChunkHistory,
     check_window,
     head_complement,
     make_kv_caches,
+    rebuild_kv_cache,
     refresh_kv_caches,
     sample,
     sample_chunk,
@@ -102,6 +105,7 @@ class Stream:
         actions: Actions,
         times: Sequence[float] | None = None,
         window_frames: int | None = None,
+        recache_every: int | None = None,
     ) -> None:
         self._pipe = pipe
         cfg = pipe.config
@@ -118,10 +122,9 @@ class Stream:
         self._generator = torch.Generator(pipe.device).manual_seed(seed)
         self._sink = cfg.stream.sink_frames
         self._window = cfg.stream.window_frames if window_frames is None else window_frames
+        self._recache = cfg.stream.recache_every if recache_every is None else recache_every
         self._caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=self._sink, window_frames=self._window)
-        # Clean chunks the cache covers: those holding sink frames (kept for ever) and the window's.
-        self._sink_chunks: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
-        self._recent: deque = deque(maxlen=None if self._window is None else math.ceil(self._window / frames_per_chunk))
+        self._history = ChunkHistory(self._sink, self._window)  # the clean chunks the cache covers
         self._actions = _action_source(actions, pipe.config.num_actions)
         self._pending: tuple[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
@@ -176,9 +179,9 @@ class Stream:
         latents = pipe.encode(frames)  # (1, C, P, h, w)
         for k, x0 in enumerate(latents.split(fc, dim=2)):
             chunk_actions = None if acts is None else acts[:, k * fc : (k + 1) * fc]
-            refresh_kv_caches(pipe.model, x0, self._context, self._caches, neg_context=self._neg,
-                              **({} if chunk_actions is None else {"actions": chunk_actions}))
-            self._remember(x0, chunk_actions)
+            kwargs = {} if chunk_actions is None else {"actions": chunk_actions}
+            refresh_kv_caches(pipe.model, x0, self._context, self._caches, neg_context=self._neg, **kwargs)
+            self._history.add(x0, **kwargs)
             self._frame += fc
             self._latent += fc
             self._chunk += 1
@@ -198,8 +201,7 @@ class Stream:
     def state_nbytes(self) -> dict[str, int]:
         """Bytes held by the stream: ``kv_cache`` (all branches) and ``history`` (clean latents kept for switches)."""
         kv = sum(c.nbytes() for c in self._caches if c is not None)
-        chunks = [x for _, x, _ in self._sink_chunks] + [x for _, x, _ in self._recent]
-        return {"kv_cache": kv, "history": sum(x.numel() * x.element_size() for x in chunks)}
+        return {"kv_cache": kv, "history": self._history.nbytes()}
 
     # ---------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[StreamFrame]:
@@ -223,6 +225,9 @@ class Stream:
             pending, self._pending = self._pending, None
         if pending is not None:
             self._apply_prompt(*pending)
+        if self._recache and self._chunk and self._chunk % self._recache == 0:
+            self._caches = tuple(None if c is None else rebuild_kv_cache(pipe.model, self._history, ctx)
+                                 for c, ctx in zip(self._caches, (self._context, self._neg)))
         actions = self._next_actions(fc)
         kwargs = {} if actions is None else {"actions": actions}
         noise = torch.randn((1, *pipe.latent_shape(fc)), generator=self._generator, device=pipe.device)
@@ -230,7 +235,7 @@ class Stream:
             pipe.model, noise, self._context, self._caches, steps=self._grid, solver=self._solver,
             guidance=self._guidance, neg_context=self._neg, generator=self._generator, complement=self._complement, **kwargs,
         )  # (1, C, fc, h, w)
-        self._remember(x0, actions)
+        self._history.add(x0, **kwargs)
         self._latent += fc
         frames = pipe.decode(x0, self._decoder)  # (frames, H, W, 3)
         if self.num_frames is not None:
@@ -248,23 +253,9 @@ class Stream:
         acts = [self._actions(self._frame + i) for i in range(frames)]
         return torch.tensor([acts], dtype=torch.long, device=self._pipe.device)  # (1, frames)
 
-    def _remember(self, x0: torch.Tensor, actions: torch.Tensor | None) -> None:
-        """Keep the committed chunk while the cache still covers it (sink chunks always)."""
-        item = (self._chunk, x0, actions)
-        if self._latent < self._sink:  # latent frames committed before this chunk
-            self._sink_chunks.append(item)
-        self._recent.append(item)
-
     def _apply_prompt(self, prompt: str, context: torch.Tensor) -> None:
         """Rebuild the conditional cache from the kept clean chunks under the new prompt (module docstring)."""
-        model = self._pipe.model
-        cache = model.new_kv_cache(sink_frames=self._sink, window_frames=self._window)
-        first_recent = self._recent[0][0] if self._recent else 0
-        history = [c for c in self._sink_chunks if c[0] < first_recent] + list(self._recent)
-        for _, x0, actions in history:
-            kwargs = {} if actions is None else {"actions": actions}
-            refresh_kv_caches(model, x0, context, (cache, None), **kwargs)
-        self._caches = (cache, self._caches[1])
+        self._caches = (rebuild_kv_cache(self._pipe.model, self._history, context), self._caches[1])
         self._context, self.prompt = context, prompt
 
 
@@ -433,6 +424,7 @@ class StreamingPipeline:
         actions: Actions = None,
         times: Sequence[float] | None = None,
         window_frames: int | None = None,
+        recache_every: int | None = None,
     ) -> Stream:
         """Start a causal stream of decoded frames.
 
@@ -451,6 +443,8 @@ class StreamingPipeline:
             window_frames: latent frames the stream attends, the current chunk included (default: the
                 checkpoint's, its training length); more context can hold a long stream steadier
                 (``docs/results/stream_window_2026-12-03.md``). Memory grows with it.
+            recache_every: rebuild the KV caches from the kept clean chunks every this many chunks (0: never;
+                default: the checkpoint's), see the module docstring.
         Returns:
             a :class:`Stream`, iterating :class:`StreamFrame` with ``image`` uint8 (H, W, 3).
         """
@@ -466,9 +460,11 @@ class StreamingPipeline:
         self.check_window(window_frames, fc)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+        if recache_every is not None and (isinstance(recache_every, bool) or not isinstance(recache_every, int) or recache_every < 0):
+            raise UserError(f"recache_every must be a non-negative integer (0: never), got {recache_every!r}")
         return Stream(
             self, prompt, steps=self._steps(steps), frames_per_chunk=fc, seed=seed, guidance=self._guidance(guidance),
-            num_frames=num_frames, actions=actions, times=times, window_frames=window_frames,
+            num_frames=num_frames, actions=actions, times=times, window_frames=window_frames, recache_every=recache_every,
         )
 
     def generate(
@@ -484,13 +480,14 @@ class StreamingPipeline:
         actions: Actions = None,
         times: Sequence[float] | None = None,
         window_frames: int | None = None,
+        recache_every: int | None = None,
     ) -> np.ndarray:
         """A whole video, uint8 (F, H, W, 3).
 
         Bidirectional checkpoints: Euler ODE (or the checkpoint's consistency sampler) with CFG over
         exactly the training length. Causal checkpoints: a stream of ``num_frames`` frames (default
         the training length); ``switches`` = ``[(frame, prompt), ...]`` changes the prompt from the
-        first chunk that starts at or after ``frame``; ``window_frames`` as in :meth:`stream`.
+        first chunk that starts at or after ``frame``; ``window_frames`` and ``recache_every`` as in :meth:`stream`.
         """
         cfg = self.config
         for _, p in switches:
@@ -499,7 +496,7 @@ class StreamingPipeline:
             stream = self.stream(
                 prompt, steps=steps, mode=mode, seed=seed, guidance=guidance,
                 num_frames=self.video_frames if num_frames is None else num_frames, actions=actions, times=times,
-                window_frames=window_frames,
+                window_frames=window_frames, recache_every=recache_every,
             )
             schedule = sorted(switches, key=lambda s: s[0])
             frames = []
@@ -510,8 +507,8 @@ class StreamingPipeline:
             return np.stack(frames)
         if switches:
             raise UserError("prompt switching needs a causal checkpoint; this one is bidirectional")
-        if window_frames is not None:
-            raise UserError("a stream window needs a causal checkpoint; this one is bidirectional")
+        if window_frames is not None or recache_every:
+            raise UserError("a stream window and re-caching need a causal checkpoint; this one is bidirectional")
         if num_frames is not None and num_frames != self.video_frames:
             raise UserError(
                 f"this bidirectional checkpoint generates exactly its training length, {self.video_frames} frames "

@@ -62,10 +62,12 @@ class SamplerDefaults:
 
 @dataclass(frozen=True)
 class StreamDefaults:
-    """A causal model's KV cache in streams: ``sink_frames`` kept for ever, ``window_frames`` attended (None: all)."""
+    """A causal model's KV cache in streams: ``sink_frames`` kept for ever, ``window_frames`` attended (None: all),
+    rebuilt from its kept clean chunks every ``recache_every`` chunks (0: never; ``diffusion.samplers``)."""
 
     sink_frames: int = ranged(0, 0, 65536)
     window_frames: int | None = ranged(None, 1, 65536)
+    recache_every: int = ranged(0, 0, 65536)
 
 
 @dataclass(frozen=True)
@@ -247,8 +249,9 @@ class PipelineSpec:
         return SamplerSpec(
             causal=self.causal, steps=self.sampler.steps if steps is None else steps, solver=self.sampler.solver,
             shift=self.sampler.shift, guidance=self.sampler.guidance, complete_x0=self.sampler.complete_x0,
-            frames_per_chunk=self.frames_per_chunk,
-            sink_frames=self.stream.sink_frames, window_frames=self.stream.window_frames if window_frames is None else window_frames,
+            frames_per_chunk=self.frames_per_chunk, sink_frames=self.stream.sink_frames,
+            window_frames=self.stream.window_frames if window_frames is None else window_frames,
+            recache_every=self.stream.recache_every,
         )
 
 

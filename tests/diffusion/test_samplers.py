@@ -10,10 +10,12 @@ from causal_rcm.diffusion import (
     euler_sample,
     flow_time_grid,
     make_kv_caches,
+    sample,
     sample_chunk,
     time_grid,
 )
 from causal_rcm.kernels.masks import block_causal
+from tests.conftest import random_model, small_config
 
 
 # ------------------------------------------------------------------ analytic cases
@@ -280,3 +282,35 @@ def test_a_bidirectional_prefix_is_put_back_at_each_noise_level(mocks, solver):
         s = float(call["t"][0, 0]) / 1000
         assert call["x"].shape[2] == 6
         torch.testing.assert_close(call["x"][:, :, :2], (1 - s) * x0[:, :, :2] + s * eps)  # one noise path
+
+
+def test_re_caching_without_eviction_changes_nothing_and_with_it_counts_its_calls():
+    """A rebuilt cache re-runs the kept chunks as they were first committed: with nothing evicted (no window) it
+    is the cache it replaces, so the samples are the same; past a window it is not, and calls_per_batch counts
+    the re-runs. (Three layers: a cache entry of layer l depends on l - 1 chunks of history, so with two layers and
+    this window a rebuilt cache would equal the old one.)"""
+    from causal_rcm.diffusion.samplers import ChunkHistory, SamplerSpec
+
+    model = random_model(small_config(num_layers=3), backend="math")
+    g = torch.Generator().manual_seed(0)
+    noise, context = torch.randn(2, 4, 12, 4, 6, generator=g), torch.randn(2, 8, 24, generator=g)
+    with torch.no_grad():
+        def run(window, recache):
+            return causal_sample(model, noise, context, frames_per_chunk=2, steps=2, solver="euler", window_frames=window,
+                                 sink_frames=0 if window is None else 2, recache_every=recache)
+
+        torch.testing.assert_close(run(None, 1), run(None, 0), rtol=1e-4, atol=1e-5)
+        assert (run(4, 1) - run(4, 0)).abs().max() > 1e-3
+    for recache, window, sink in ((0, 4, 2), (1, 4, 2), (2, 4, 0), (3, None, 0)):
+        spec = SamplerSpec(causal=True, steps=2, guidance=1.0, frames_per_chunk=2, sink_frames=sink, window_frames=window,
+                           recache_every=recache)
+        calls = []
+        hook = model.register_forward_hook(lambda *a: calls.append(1))
+        with torch.no_grad():
+            sample(model, noise, context, spec)
+        hook.remove()
+        assert len(calls) == spec.calls_per_batch(12)
+    history = ChunkHistory(sink_frames=1, window_frames=4)
+    for k in range(5):
+        history.add(torch.full((1, 1, 2, 1, 1), float(k)))
+    assert [int(x0[0, 0, 0]) for x0, _ in history.chunks()] == [0, 3, 4]  # the sink's chunk, then the window's

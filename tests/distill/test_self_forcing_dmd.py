@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,15 +63,81 @@ def test_gradient_reaches_only_each_chunks_exit_step_and_no_refresh(exit_step, s
     assert grads and any(g.abs().max() > 0 for g in grads.values())
 
 
-def test_chunks_before_grad_from_chunk_run_without_gradient():
+def test_chunks_before_the_scored_window_run_without_gradient_and_are_not_kept():
     model = Recorder(random_model(small_config(), backend="math"))
     noise, context = _inputs(F=6)
-    video = self_forcing_rollout(model, noise, context, grid=flow_time_grid(2, 3.0), exit_step=1, frames_per_chunk=2, grad_from_chunk=2)
+    video = self_forcing_rollout(model, noise, context, grid=flow_time_grid(2, 3.0), exit_step=1, frames_per_chunk=2, score_from_chunk=2)
     denoise = [c["grad"] for c in model.calls if not c["refresh"]]
     assert denoise == [False, False, False, False, False, True]  # 3 chunks x 2 steps: only the last chunk's exit step
-    assert video.requires_grad
-    video.square().sum().backward()  # the ungraded chunks contribute nothing, and nothing fails
+    assert video.shape[2] == 2 and video.requires_grad  # the scored chunk alone
+    video.square().sum().backward()
     assert all(c["grad"] is False for c in model.calls if c["refresh"])
+    with pytest.raises(ValueError, match="score_from_chunk must be in"):
+        self_forcing_rollout(model, noise, context, grid=flow_time_grid(2, 3.0), exit_step=1, frames_per_chunk=2, score_from_chunk=3)
+
+
+def _saved_for_backward(fn) -> tuple[int, int]:
+    """(tensors, bytes) autograd saves for backward while ``fn`` runs."""
+    count = total = 0
+
+    def pack(t):
+        nonlocal count, total
+        count, total = count + 1, total + t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return count, total
+
+
+def test_long_rollout_memory_does_not_grow_with_its_length():
+    """N = 2 against N = 8 times the training length (4 frames), with the stream's sink and window: autograd saves
+    the same tensors, those of the scored window; grading the whole rollout would save about N times as much."""
+    model = random_model(small_config(), backend="math")
+    F, context = 4, _inputs()[1]
+
+    def rollout(N: int, scored: bool = True):
+        noise = torch.randn(2, 4, N * F, 4, 6, generator=torch.Generator().manual_seed(N))
+        video = self_forcing_rollout(
+            model, noise, context, grid=flow_time_grid(2, 3.0), exit_step=1, frames_per_chunk=2, window_frames=4,
+            sink_frames=2, score_from_chunk=(N * F - F) // 2 if scored else 0, complement=model.head_complement(),
+        )
+        assert video.shape[2] == (F if scored else N * F) and video.requires_grad
+
+    short, long = _saved_for_backward(lambda: rollout(2)), _saved_for_backward(lambda: rollout(8))
+    assert short[1] > 0 and long == short
+    whole = _saved_for_backward(lambda: rollout(8, scored=False))
+    assert whole[1] > 6 * short[1]
+
+
+def test_a_long_rollout_with_a_sink_makes_the_frames_of_the_pipelines_stream(tmp_path):
+    """The rollout at its last exit step, with the checkpoint's sink and window and the stream's noise, is the stream:
+    training sees what a stream of the exported checkpoint shows, far past the window (16 frames, window 4)."""
+    from causal_rcm import StreamingPipeline
+    from tests.checkpoints import make_checkpoint
+
+    pipe = StreamingPipeline.from_pretrained(make_checkpoint(tmp_path / "ckpt", solver="consistency", steps=2, sink_frames=2, window_frames=4))
+    prompt = "a red circle moves left"
+    frames = np.stack([f.image for f in pipe.stream(prompt, seed=3, num_frames=16)])
+    g = torch.Generator().manual_seed(3)  # the stream draws each chunk's noise, then its fresh noise between steps
+    drawn = [torch.randn((1, *pipe.latent_shape(2)), generator=g) for _ in range(2 * 8)]
+    fresh = iter(drawn[1::2])
+    with torch.no_grad():
+        rolled = self_forcing_rollout(
+            pipe.model, torch.cat(drawn[0::2], dim=2), pipe.encode_prompt(prompt), grid=flow_time_grid(2, 3.0), exit_step=1,
+            frames_per_chunk=2, window_frames=4, sink_frames=2, draw_noise=lambda shape: next(fresh),
+            complement=pipe.model.head_complement(),
+        )
+        got = pipe.decode(rolled)
+        fresh = iter(drawn[1::2])
+        no_sink = pipe.decode(self_forcing_rollout(
+            pipe.model, torch.cat(drawn[0::2], dim=2), pipe.encode_prompt(prompt), grid=flow_time_grid(2, 3.0), exit_step=1,
+            frames_per_chunk=2, window_frames=4, sink_frames=0, draw_noise=lambda shape: next(fresh),
+            complement=pipe.model.head_complement(),
+        ))
+    assert got.shape == frames.shape and np.abs(got.astype(int) - frames.astype(int)).max() <= 1
+    assert np.abs(no_sink[:4].astype(int) - frames[:4].astype(int)).max() <= 1  # the sink matters once the window is full
+    assert np.abs(no_sink.astype(int) - frames.astype(int)).max() > 1
 
 
 def test_rollout_memory_does_not_grow_with_sampler_steps():
@@ -150,9 +217,9 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     lengths = []
     real = dmd.self_forcing_rollout
 
-    def spy(model, noise, *args, grad_from_chunk=0, **kwargs):
-        lengths.append((noise.shape[2], grad_from_chunk))
-        return real(model, noise, *args, grad_from_chunk=grad_from_chunk, **kwargs)
+    def spy(model, noise, *args, score_from_chunk=0, **kwargs):
+        lengths.append((noise.shape[2], score_from_chunk))
+        return real(model, noise, *args, score_from_chunk=score_from_chunk, **kwargs)
 
     monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
     out = tmp_path / "long"
@@ -166,26 +233,31 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     assert len(records) == 6 and all("loss/student" in r and "loss/critic" in r for r in records)
 
 
-@pytest.mark.parametrize("overrides, rollout_window", [(["data.stream_window=6"], 4), (["data.stream_window=6", "dmd.rollout_window=8"], 8)])
-def test_the_stream_window_reaches_the_checkpoint_and_the_rollout_window_the_rollouts(teachers, tmp_path, monkeypatch, overrides, rollout_window):
-    """data.stream_window: the exported checkpoint's streams; dmd.rollout_window (default: the training
-    length, 4 frames here): self-forcing rollouts."""
+@pytest.mark.parametrize("overrides, rollout, stream", [
+    (["data.stream_window=6"], (4, 0), (6, 0)),
+    (["data.stream_window=6", "dmd.rollout_window=8"], (8, 0), (6, 0)),
+    (["dmd.rollout_window=6", "dmd.sink_frames=2"], (6, 2), (6, 2)),
+])
+def test_the_rollouts_cache_reaches_the_checkpoints_streams(teachers, tmp_path, monkeypatch, overrides, rollout, stream):
+    """dmd.rollout_window (default: the training length, 4 frames here) and dmd.sink_frames: the rollouts' KV cache,
+    which the exported checkpoint's streams keep; data.stream_window, when set, is the streams' window instead."""
     import causal_rcm.distill.dmd as dmd
 
-    windows = []
+    caches = []
     real = dmd.self_forcing_rollout
 
-    def spy(*args, window_frames=None, **kwargs):
-        windows.append(window_frames)
-        return real(*args, window_frames=window_frames, **kwargs)
+    def spy(*args, window_frames=None, sink_frames=0, **kwargs):
+        caches.append((window_frames, sink_frames))
+        return real(*args, window_frames=window_frames, sink_frames=sink_frames, **kwargs)
 
     monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
     out = tmp_path / "wide"
     config = load_config("sf-dmd", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
                                                  "dmd.critic_steps=1", "dmd.rollout_factor=2", *overrides])
     train(config, restart=True)
-    assert windows and set(windows) == {rollout_window}
-    assert json.loads((out / "model" / "config.json").read_text())["pipeline"]["stream"]["window_frames"] == 6
+    assert caches and set(caches) == {rollout}
+    section = json.loads((out / "model" / "config.json").read_text())["pipeline"]["stream"]
+    assert (section["window_frames"], section["sink_frames"]) == stream
 
 
 @pytest.mark.parametrize("key", ["data.stream_window", "dmd.rollout_window"])

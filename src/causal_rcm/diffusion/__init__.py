@@ -20,6 +20,7 @@ from causal_rcm.diffusion.conversions import (
 from causal_rcm.diffusion.guidance import cfg, guided_velocity, is_unguided
 from causal_rcm.diffusion.samplers import (
     SOLVERS,
+    ChunkHistory,
     SamplerSpec,
     check_window,
     head_complement,
@@ -29,6 +30,7 @@ from causal_rcm.diffusion.samplers import (
     consistency_sample,
     euler_sample,
     make_kv_caches,
+    rebuild_kv_cache,
     refresh_kv_caches,
     sample_chunk,
     time_grid,
@@ -47,6 +49,7 @@ from causal_rcm.diffusion.schedules import (
 __all__ = [
     "WAN_NET_TIME_SCALE",
     "SOLVERS",
+    "ChunkHistory",
     "SamplerSpec",
     "check_window",
     "head_complement",
@@ -80,6 +83,7 @@ __all__ = [
     "euler_sample",
     "consistency_sample",
     "make_kv_caches",
+    "rebuild_kv_cache",
     "refresh_kv_caches",
     "sample_chunk",
     "causal_sample_stream",

@@ -44,6 +44,13 @@ before it, then committed to the cache by re-running the clean chunk at t = 0 wi
 ``update_cache=True``. With guidance, the conditional and unconditional branches keep
 separate caches (each history computed with its own prompt).
 
+The caches can be rebuilt from the clean chunks they cover (:class:`ChunkHistory`, bounded by the sink and the
+window): on a prompt switch (``switches``) the conditional cache is re-run under the new prompt (Self Forcing's
+refresh applied to the old frames, so the scene carries over), and with ``recache_every = K`` every cache is
+rebuilt every K chunks, so that each entry is computed from the frames the cache still holds instead of from
+frames evicted since (LongLive's KV re-cache, Yang et al. 2025, applied periodically). A stream
+(:class:`~causal_rcm.pipeline.Stream`) does the same one chunk at a time.
+
 Continuing given frames (``prefix``, e.g. a world model's real context frames): a causal model commits
 them to its caches, a chunk at a time, exactly as it commits its own clean chunks, then samples the new
 ones; a bidirectional model samples the window ``[prefix | new]`` with the known frames put back at every
@@ -54,8 +61,9 @@ Sec. 5 and App. I.2), and returns the new frames.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -75,6 +83,8 @@ __all__ = [
     "consistency_sample",
     "make_kv_caches",
     "refresh_kv_caches",
+    "ChunkHistory",
+    "rebuild_kv_cache",
     "sample_chunk",
     "causal_sample_stream",
     "causal_sample",
@@ -270,6 +280,49 @@ def refresh_kv_caches(
             model(x0, t0, ctx, kv_cache=cache, update_cache=True, **model_kwargs)
 
 
+class ChunkHistory:
+    """The clean chunks a KV cache covers, kept to rebuild it: the chunks holding sink frames, for ever, and the
+    fewest last chunks that hold ``window_frames`` frames (all of them when the window is None). Bounded by the
+    sink and the window, like the cache."""
+
+    def __init__(self, sink_frames: int = 0, window_frames: int | None = None) -> None:
+        self.sink_frames, self.window_frames = sink_frames, window_frames
+        self._sinks: list[tuple[int, torch.Tensor, dict]] = []
+        self._recent: deque[tuple[int, torch.Tensor, dict]] = deque()
+        self._frames = 0  # latent frames committed so far
+
+    def add(self, x0: torch.Tensor, **model_kwargs: Any) -> None:
+        """Keep a committed clean chunk (B, C, Fc, H, W) with the keyword arguments it was committed with."""
+        item = (self._frames, x0, model_kwargs)
+        if self._frames < self.sink_frames:
+            self._sinks.append(item)
+        self._recent.append(item)
+        self._frames += x0.shape[2]
+        if self.window_frames is not None:
+            while len(self._recent) > 1 and self._frames - self._recent[1][0] >= self.window_frames:
+                self._recent.popleft()
+
+    def chunks(self) -> list[tuple[torch.Tensor, dict]]:
+        """``(x0, model_kwargs)`` of the kept chunks in stream order."""
+        first = self._recent[0][0] if self._recent else self._frames
+        return [(x0, kw) for _, x0, kw in [c for c in self._sinks if c[0] < first] + list(self._recent)]
+
+    def __len__(self) -> int:
+        return len(self.chunks())
+
+    def nbytes(self) -> int:
+        return sum(x0.numel() * x0.element_size() for x0, _ in self.chunks())
+
+
+def rebuild_kv_cache(model: Any, history: ChunkHistory, context: torch.Tensor) -> Any:
+    """A new KV cache (the history's sink and window) with the kept chunks committed under ``context``, chunk by
+    chunk as they were first committed (Self Forcing's refresh, Huang et al. 2025, re-run on the old frames)."""
+    cache = model.new_kv_cache(sink_frames=history.sink_frames, window_frames=history.window_frames)
+    for x0, kwargs in history.chunks():
+        refresh_kv_caches(model, x0, context, (cache,), **kwargs)
+    return cache
+
+
 def sample_chunk(
     model: Callable[..., torch.Tensor],
     noise: torch.Tensor,
@@ -332,6 +385,8 @@ def causal_sample_stream(
     actions: torch.Tensor | None = None,
     prefix: torch.Tensor | None = None,
     complement: Complement | None = None,
+    switches: Mapping[int, torch.Tensor] | None = None,
+    recache_every: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Autoregressive chunk-by-chunk generation with a KV cache, yielding each clean chunk (Self Forcing).
 
@@ -348,6 +403,9 @@ def causal_sample_stream(
         prefix: (B, C, P, H, W) clean frames to continue (P a multiple of ``frames_per_chunk``), committed to the
             cache chunk by chunk before the first new chunk, as the model's own chunks are.
         complement: ``model.head_complement()`` to complete each x0 estimate (module docstring).
+        switches: ``{chunk: context}``: from that chunk (counted after the prefix) on, the prompt is ``context``
+            (B, L, D) and the conditional cache is rebuilt under it (module docstring).
+        recache_every: K > 0 rebuilds every cache from its kept chunks before every K-th chunk (0: never).
     Yields:
         (B, C, Fc, H, W) clean chunks in order. The last chunk of tensor noise is not committed
         to the cache (nothing reads it), saving one forward pass.
@@ -363,23 +421,43 @@ def causal_sample_stream(
         if actions is not None:
             raise ValueError("actions need tensor noise; for a live stream call sample_chunk per chunk")
         chunks, num_chunks = noise, None
+    if recache_every < 0:
+        raise ValueError(f"recache_every must be >= 0, got {recache_every}")
+    switches = dict(switches or {})
+    history = ChunkHistory(sink_frames, window_frames) if switches or recache_every else None
     action_chunks = None if actions is None else actions.split(frames_per_chunk, dim=1)
+    done = 0  # chunks committed before the first new one (the prefix's): the cache's age, which re-caching counts
     if prefix is not None:
         if prefix.shape[2] % frames_per_chunk:
             raise ValueError(f"a prefix of {prefix.shape[2]} frames is not whole chunks of {frames_per_chunk}")
         for k, chunk in enumerate(prefix.split(frames_per_chunk, dim=2)):
             model_kwargs = {} if action_chunks is None else {"actions": action_chunks[k]}
             refresh_kv_caches(model, chunk, context, kv_caches, neg_context=neg_context, **model_kwargs)
-        action_chunks = None if action_chunks is None else action_chunks[prefix.shape[2] // frames_per_chunk :]
+            if history is not None:
+                history.add(chunk, **model_kwargs)
+        done = prefix.shape[2] // frames_per_chunk
+        action_chunks = None if action_chunks is None else action_chunks[done:]
     for k, chunk in enumerate(chunks):
         if num_chunks is None and chunk.shape[2] != frames_per_chunk:
             raise ValueError(f"stream chunk {k} has {chunk.shape[2]} frames, expected {frames_per_chunk}")
         model_kwargs = {} if action_chunks is None else {"actions": action_chunks[k]}
-        yield sample_chunk(
+        if history is not None and len(history):
+            recache = recache_every > 0 and (done + k) % recache_every == 0
+            if k in switches:
+                context = switches[k]
+            if recache or k in switches:
+                kv_caches = (rebuild_kv_cache(model, history, context),
+                             rebuild_kv_cache(model, history, neg_context) if recache and kv_caches[1] is not None else kv_caches[1])
+        elif k in switches:
+            context = switches[k]
+        x0 = sample_chunk(
             model, chunk, context, kv_caches,
             steps=grid, solver=solver, guidance=guidance, neg_context=neg_context, generator=generator,
             callback=_tagged(callback, k), refresh=k + 1 != num_chunks, complement=complement, **model_kwargs,
         )
+        if history is not None:
+            history.add(x0, **model_kwargs)
+        yield x0
 
 
 def causal_sample(
@@ -400,6 +478,8 @@ def causal_sample(
     actions: torch.Tensor | None = None,
     prefix: torch.Tensor | None = None,
     complement: Complement | None = None,
+    switches: Mapping[int, torch.Tensor] | None = None,
+    recache_every: int = 0,
 ) -> torch.Tensor:
     """Autoregressive sampling with a KV cache (Self Forcing): :func:`causal_sample_stream`, concatenated.
 
@@ -411,6 +491,7 @@ def causal_sample(
         model, noise, context, frames_per_chunk=frames_per_chunk, steps=steps, shift=shift, solver=solver,
         guidance=guidance, neg_context=neg_context, sink_frames=sink_frames, window_frames=window_frames,
         generator=generator, callback=callback, actions=actions, prefix=prefix, complement=complement,
+        switches=switches, recache_every=recache_every,
     )
     return torch.cat(list(stream), dim=2)
 
@@ -421,8 +502,9 @@ class SamplerSpec:
     """How to sample a model: bidirectional or causal, solver, steps, guidance and, causal, the KV-cache layout.
 
     ``window_frames``: latent frames a causal model attends, the current chunk included (None: unbounded).
-    ``complete_x0``: complete each x0 estimate where the network's head cannot reach, with the network's own
-    mean (module docstring), for a model that says where that is (``head_complement``).
+    ``recache_every``: rebuild the KV caches from their kept chunks every this many chunks (0: never; module
+    docstring). ``complete_x0``: complete each x0 estimate where the network's head cannot reach, with the
+    network's own mean (module docstring), for a model that says where that is (``head_complement``).
     """
 
     causal: bool
@@ -433,16 +515,24 @@ class SamplerSpec:
     frames_per_chunk: int = 1
     sink_frames: int = 0
     window_frames: int | None = None
+    recache_every: int = 0
     complete_x0: bool = True
 
     def calls_per_batch(self, num_frames: int) -> int:
         """Network calls to sample one batch of ``num_frames`` frames: steps x CFG branches, per chunk
-        when causal, plus the cache commit of every chunk but the last (see ``causal_sample_stream``)."""
+        when causal, plus the cache commit of every chunk but the last and the re-runs of the kept chunks
+        at each re-cache (see ``causal_sample_stream``)."""
         branches = 1 if self.guidance == 1 else 2
         if not self.causal:
             return self.steps * branches
         chunks = math.ceil(num_frames / self.frames_per_chunk)
-        return (chunks * self.steps + chunks - 1) * branches
+        recached = 0
+        if self.recache_every:
+            history = ChunkHistory(self.sink_frames, self.window_frames)
+            for k in range(chunks):
+                recached += len(history) if k and k % self.recache_every == 0 else 0
+                history.add(torch.empty(0, 0, min(self.frames_per_chunk, num_frames - k * self.frames_per_chunk)))
+        return (chunks * self.steps + chunks - 1 + recached) * branches
 
 
 def head_complement(model: Any, enabled: bool = True) -> Complement | None:
@@ -480,20 +570,25 @@ def sample(
     actions: torch.Tensor | None = None,
     callback: Callback | None = None,
     prefix: torch.Tensor | None = None,
+    switches: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """A whole video as ``spec`` says: causal chunk by chunk with a KV cache, or bidirectional with its solver.
 
     ``noise`` (B, C, F, H, W), ``context`` (B, L, D), ``actions`` (B, F) for world models -> (B, C, F, H, W).
     With ``prefix`` (B, C, P, H, W), known clean frames the video continues (module docstring), ``actions`` is
-    (B, P + F) and the F new frames are returned. The entry point of evaluation and of
+    (B, P + F) and the F new frames are returned. ``switches`` (causal): ``{chunk: context}`` prompt switches
+    (:func:`causal_sample_stream`). The entry point of evaluation and of
     :meth:`~causal_rcm.pipeline.StreamingPipeline.generate`."""
     common = dict(steps=spec.steps, shift=spec.shift, guidance=spec.guidance, neg_context=neg_context, callback=callback,
                   generator=generator, prefix=prefix, complement=head_complement(model, spec.complete_x0))
     if spec.causal:
         return causal_sample(
             model, noise, context, frames_per_chunk=spec.frames_per_chunk, solver=spec.solver,
-            sink_frames=spec.sink_frames, window_frames=spec.window_frames, actions=actions, **common,
+            sink_frames=spec.sink_frames, window_frames=spec.window_frames, actions=actions, switches=switches,
+            recache_every=spec.recache_every, **common,
         )
+    if switches:
+        raise UserError("prompt switches need a causal model")
     model_kwargs = {} if actions is None else {"actions": actions}
     if spec.solver == "consistency":
         return consistency_sample(model, noise, context, **common, **model_kwargs)

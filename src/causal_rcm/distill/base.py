@@ -105,11 +105,18 @@ class DenoisingRecipe(Recipe):
         s = shift_time(u, obj.shift).clamp(1e-4, 1.0)
         return s.repeat_interleave(frames_per_group, dim=1)
 
+    def stream_defaults(self) -> StreamDefaults:
+        """A causal model's KV cache in evaluation and in the exported checkpoint's streams: no sink, the window
+        ``data.stream_window`` (default the training length). SF-DMD's follow its rollouts."""
+        return StreamDefaults(sink_frames=0, window_frames=self.config.data.cache_window())
+
     def sampler_spec(self, steps: int | None = None) -> SamplerSpec:
         obj, data = self.config.objective, self.config.data
+        stream = self.stream_defaults()
         return SamplerSpec(
             causal=self.causal, steps=steps or self.config.train.eval_steps, solver="euler", shift=obj.shift,
-            guidance=obj.guidance, frames_per_chunk=data.frames_per_chunk, window_frames=data.cache_window() if self.causal else None,
+            guidance=obj.guidance, frames_per_chunk=data.frames_per_chunk,
+            sink_frames=stream.sink_frames if self.causal else 0, window_frames=stream.window_frames if self.causal else None,
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
@@ -129,7 +136,7 @@ class DenoisingRecipe(Recipe):
             self.source, causal=self.causal, recipe=self.config.recipe, num_actions=self.config.model.num_actions,
             sampler=SamplerDefaults(solver=spec.solver, steps=spec.steps, shift=spec.shift, guidance=spec.guidance,
                                     complete_x0=spec.complete_x0),
-            stream=StreamDefaults(sink_frames=spec.sink_frames, window_frames=self.config.data.cache_window()),
+            stream=self.stream_defaults(),
         )
         save_checkpoint(self.config.model, student_state, path, "causal-rcm", pipeline=pipeline.to_dict())
 
@@ -332,10 +339,10 @@ class DistillRecipe(DenoisingRecipe):
 
     # ---------------------------------------------------------- evaluation
     def sampler_spec(self, steps: int | None = None) -> SamplerSpec:
-        obj, data = self.config.objective, self.config.data
+        obj, data, stream = self.config.objective, self.config.data, self.stream_defaults()
         return SamplerSpec(
             causal=True, steps=steps or obj.sample_steps, solver=self.solver, shift=obj.shift, guidance=1.0,
-            frames_per_chunk=data.frames_per_chunk, window_frames=data.cache_window(),
+            frames_per_chunk=data.frames_per_chunk, sink_frames=stream.sink_frames, window_frames=stream.window_frames,
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:

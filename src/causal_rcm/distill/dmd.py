@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 
 from causal_rcm.config import Config, DmdConfig, ScmConfig
-from causal_rcm.diffusion.samplers import check_window
+from causal_rcm.diffusion.samplers import check_window, head_complement
 from causal_rcm.diffusion.conversions import expand_time, velocity_to_x0
 from causal_rcm.diffusion.guidance import guided_velocity
 from causal_rcm.diffusion.schedules import flow_time_grid, shift_time
 from causal_rcm.errors import UserError
 from causal_rcm.kernels import masks
 from causal_rcm.models.adapters import load_checkpoint
-from causal_rcm.spec import PipelineSpec
+from causal_rcm.spec import PipelineSpec, StreamDefaults
 from causal_rcm.train.parallel import global_mean, global_sum
 from causal_rcm.distill.self_forcing import self_forcing_rollout
 from causal_rcm.distill.base import (
@@ -102,7 +102,11 @@ class SFDMDRecipe(DistillRecipe):
         check_chunks(config)
         if dmd.min_s >= dmd.max_s:  # each in [0, 1] by its range
             raise UserError(f"need 0 <= dmd.min_s < dmd.max_s <= 1, got {dmd.min_s}, {dmd.max_s}")
-        check_window(dmd.rollout_window, config.data.frames_per_chunk, "dmd.rollout_window", zero="the training length")
+        most = config.model.max_frames - dmd.sink_frames
+        check_window(dmd.rollout_window, config.data.frames_per_chunk, "dmd.rollout_window", zero="the training length", most=most)
+        if dmd.sink_frames + config.data.num_frames > config.model.max_frames:
+            raise UserError(f"dmd.sink_frames={dmd.sink_frames} and data.num_frames={config.data.num_frames} need more than the "
+                            f"model's max_frames={config.model.max_frames} RoPE positions")
         if dmd.rollout_factor > 1 and config.data.has_actions():
             raise UserError("dmd.rollout_factor > 1 needs actions for the frames past the training video: not for action-conditioned data yet")
         if dmd.scm_weight > 0:
@@ -153,14 +157,22 @@ class SFDMDRecipe(DistillRecipe):
             return None
         return masks.block_causal(self.num_chunks(), self.frames_per_chunk(), self.tokens_per_frame())
 
+    def stream_defaults(self) -> StreamDefaults:
+        """The KV cache of the rollouts, which the exported checkpoint's streams keep: ``dmd.sink_frames``, and the
+        window ``data.stream_window``, else ``dmd.rollout_window``, else the training length."""
+        data, dmd = self.config.data, self.config.dmd
+        return StreamDefaults(sink_frames=dmd.sink_frames, window_frames=data.stream_window or dmd.rollout_window or data.num_frames)
+
     def rollout(self, batch: dict, rnd, *, with_grad: bool) -> tuple[torch.Tensor, int]:
         """The student's video of ``data.num_frames`` latent frames, and the exit step.
 
-        With ``dmd.rollout_factor`` r > 1 the video is a window of a longer rollout (as
-        Self-Forcing++, Cui et al. 2025, trains past the teacher's horizon): a chunk-aligned end e in
-        [F, r F] (F = ``data.num_frames``) is drawn, the same on every rank; the student rolls out e
-        frames with its rolling cache of ``dmd.rollout_window`` frames (default F) and the last F
-        are returned, the chunks before them run without gradient.
+        With ``dmd.rollout_factor`` N > 1 the video is a window of a longer rollout (as Self-Forcing++, Cui et
+        al. 2025, trains past the teacher's horizon): a chunk-aligned end e in [F, N F] (F = ``data.num_frames``) is
+        drawn, the same on every rank, and the student rolls out e frames through the KV cache its streams use
+        (``dmd.sink_frames`` sink frames, a rolling window of ``dmd.rollout_window``, default F). The last F frames
+        are returned: a window drawn uniformly over the chunk-aligned windows of an N F rollout, since frames after
+        it cannot change it. The chunks before it run without gradient and are not kept, so memory does not grow
+        with N.
         """
         obj, dmd = self.config.objective, self.config.dmd
         grid = flow_time_grid(obj.sample_steps, obj.shift)
@@ -173,11 +185,12 @@ class SFDMDRecipe(DistillRecipe):
         noise = rnd.randn(latents.shape[0], latents.shape[1], end, *latents.shape[3:]).to(latents.dtype)
         with torch.set_grad_enabled(with_grad):
             video = self_forcing_rollout(
-                self.student, noise, batch["context"], grid=grid, exit_step=exit_step,
-                frames_per_chunk=fpc, solver=self.solver, window_frames=dmd.rollout_window or F,
-                draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), grad_from_chunk=(end - F) // fpc,
+                self.student, noise, batch["context"], grid=grid, exit_step=exit_step, frames_per_chunk=fpc,
+                solver=self.solver, window_frames=dmd.rollout_window or F, sink_frames=dmd.sink_frames,
+                draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), score_from_chunk=(end - F) // fpc,
+                complement=head_complement(self.student),
             )
-        return video[:, :, end - F :], exit_step
+        return video, exit_step
 
     def noise_levels(self, rnd, batch: int) -> torch.Tensor:
         obj, dmd = self.config.objective, self.config.dmd

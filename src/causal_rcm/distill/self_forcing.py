@@ -8,6 +8,14 @@ of teacher forcing goes away. To keep memory flat, one exit step k is drawn per 
 gradient and its x0 estimate is the chunk's output, and the cache refresh runs without
 gradient on the detached chunk. Memory therefore does not grow with the number of sampler
 steps or with the steps before the exit.
+
+Long rollouts (Self-Forcing++, Cui et al. 2025; LongLive, Yang et al. 2025): the student may roll out
+many times its training length through the rolling KV cache and attention sink its streams use
+(``window_frames``, ``sink_frames``; ``models/kv_cache.py``), and only the chunks from
+``score_from_chunk`` on (the window DMD scores) are returned with gradient. Everything before runs
+under ``no_grad`` and the cache keeps detached keys and values, so memory is bounded by the
+window, not by the rollout's length. ``complement`` completes each x0 estimate where the head
+cannot reach, as the samplers do (``diffusion.samplers``), so training sees the frames a stream makes.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ def self_forcing_rollout(
     sink_frames: int = 0,
     draw_noise: Callable[[torch.Size], torch.Tensor] | None = None,
     actions: torch.Tensor | None = None,
-    grad_from_chunk: int = 0,
+    score_from_chunk: int = 0,
+    complement: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Roll the student out over the whole video; gradient only through each chunk's exit step.
 
@@ -49,12 +58,16 @@ def self_forcing_rollout(
         solver: ``consistency`` (re-noise the x0 estimate with fresh noise) or ``meanflow``
             (the average-velocity jump, no fresh noise).
         draw_noise: shape -> standard normal tensor for the fresh noise between steps.
+        window_frames, sink_frames: the KV cache's rolling window (the current chunk included; None:
+            unbounded) and attention sink, as in the stream the student is exported for.
         actions: (B, F) per-frame actions for world models.
-        grad_from_chunk: chunks before this one run without gradient (a rollout longer than the
-            window that is scored: only the scored chunks need their exit step's graph).
+        score_from_chunk: the first chunk of the scored window: chunks before it run without gradient
+            and are not returned (a rollout longer than the scored window keeps no graph and no frames
+            outside it).
+        complement: ``model.head_complement()`` to complete each x0 estimate (``diffusion.samplers``).
     Returns:
-        (B, C, F, H, W) the generated video; only the exit-step computations of the chunks from
-        ``grad_from_chunk`` on carry gradient.
+        (B, C, F', H, W) the chunks from ``score_from_chunk`` on (F' = F - score_from_chunk *
+        frames_per_chunk), each through its exit step's computation with gradient.
     """
     N = len(grid) - 1
     if not 0 <= exit_step < N:
@@ -63,6 +76,8 @@ def self_forcing_rollout(
         raise ValueError(f"self forcing needs a few-step solver (consistency or meanflow), got {solver!r}")
     cache = model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
     chunks = noise.split(frames_per_chunk, dim=2)
+    if not 0 <= score_from_chunk < len(chunks):
+        raise ValueError(f"score_from_chunk must be in [0, {len(chunks)}), got {score_from_chunk}")
     action_chunks = None if actions is None else actions.split(frames_per_chunk, dim=1)
     outputs = []
     for c, x in enumerate(chunks):
@@ -75,8 +90,10 @@ def self_forcing_rollout(
             if solver == "meanflow":  # jump to s_next, or all the way to 0 at the exit step (its x0 estimate)
                 r = 0.0 if i == exit_step else s_next
                 step_kwargs["interval"] = to_net_time(torch.full((B, Fc), s - r, device=x.device))
-            with torch.set_grad_enabled(i == exit_step and c >= grad_from_chunk and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(i == exit_step and c >= score_from_chunk and torch.is_grad_enabled()):
                 v = model(x, t_net, context, kv_cache=cache, **step_kwargs)
+                if complement is not None:  # x0 completed where the head cannot reach, as the samplers do
+                    v = v + complement(x + (1 - s) * v) / s
                 if i == exit_step:
                     x0 = velocity_to_x0(v.float(), x.float(), s)  # consistency function f = x - s v
                     break
@@ -86,7 +103,8 @@ def self_forcing_rollout(
                     x0 = velocity_to_x0(v, x, s).to(x.dtype)
                     eps = draw_noise(x.shape) if draw_noise is not None else torch.randn_like(x)
                     x = (1 - s_next) * x0 + s_next * eps.to(x.dtype)
-        outputs.append(x0)
+        if c >= score_from_chunk:
+            outputs.append(x0)
         if c + 1 < len(chunks):
             refresh_kv_caches(model, x0.detach().to(noise.dtype), context, (cache,), **kwargs)
     return torch.cat(outputs, dim=2)

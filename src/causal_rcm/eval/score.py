@@ -61,8 +61,10 @@ class NetworkCalls:
 def sample_videos(
     model, source: VideoSource, captions: list[str], spec: SamplerSpec, *, num_frames: int | None = None,
     seed: int = 0, actions: torch.Tensor | None = None, batch_size: int = BATCH,
+    switches: list[tuple[int, list[str]]] = (),
 ) -> torch.Tensor:
-    """Generate one video per caption -> pixels (B, 3, F, H, W) in [-1, 1] (float32, CPU)."""
+    """Generate one video per caption -> pixels (B, 3, F, H, W) in [-1, 1] (float32, CPU). ``switches``: ``(chunk,
+    one caption per video)`` prompt switches of a causal model (``diffusion.samplers.causal_sample_stream``)."""
     device = next(model.parameters()).device
     shape = source.latent_shape(num_frames)
     generator = torch.Generator(device).manual_seed(seed)
@@ -74,7 +76,8 @@ def sample_videos(
         context = source.encode_text(part).to(device)
         neg = source.empty_context(B).to(device)
         acts = None if actions is None else actions[start : start + B].to(device)
-        latents = sample(model, noise, context, spec, neg_context=neg, generator=generator, actions=acts)
+        changes = {chunk: source.encode_text(new[start : start + B]).to(device) for chunk, new in switches}
+        latents = sample(model, noise, context, spec, neg_context=neg, generator=generator, actions=acts, switches=changes)
         videos.append(source.codec.decode(latents.float().cpu()).clamp(-1, 1))
     return torch.cat(videos)
 
@@ -261,25 +264,42 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
     return model.to(dev).eval(), source, spec.sampler_spec(steps=steps)
 
 
+def stream_spec(model, spec: SamplerSpec, *, window_frames: int | None = None, sink_frames: int | None = None,
+                recache_every: int | None = None) -> SamplerSpec:
+    """``spec`` with a causal checkpoint's KV cache changed where given: its window, sink frames, re-caching (the
+    CLI's ``--window``, ``--sink``, ``--recache-every``); UserError for a bidirectional checkpoint, or a window the
+    model cannot hold."""
+    given = {k: v for k, v in (("window_frames", window_frames), ("sink_frames", sink_frames), ("recache_every", recache_every))
+             if v is not None}
+    if not given:
+        return spec
+    if not spec.causal:
+        raise UserError("--window, --sink and --recache-every need a causal checkpoint; a bidirectional one does not stream")
+    spec = replace(spec, **given)
+    if spec.window_frames is not None:
+        check_window(spec.window_frames, spec.frames_per_chunk, "--window", most=model.config.max_frames - spec.sink_frames)
+    return spec
+
+
 def evaluate_checkpoint(
     path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
     out_dir: Path | None = None, window_frames: int | None = None, stream_seconds: float = 0.0,
+    sink_frames: int | None = None, recache_every: int | None = None,
 ) -> dict[str, float]:
     """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it); the
     numbers' ranges are the CLI's (``causal-rcm eval``), what depends on the checkpoint is checked here.
 
-    ``window_frames``: a causal model's KV-cache window in latent frames, the current chunk included (default: the
-    checkpoint's); it changes only rollouts past the window, e.g. the drift rollouts and the streams of
-    ``stream_seconds`` (see :func:`stream_metrics`).
+    ``window_frames``: a causal model's KV-cache window in latent frames, the current chunk included,
+    ``sink_frames`` and ``recache_every`` (default: the checkpoint's, :func:`stream_spec`); they change only
+    rollouts past the window, e.g. the drift rollouts and the streams of ``stream_seconds`` (see
+    :func:`stream_metrics`).
     """
     model, source, spec = load_for_eval(path, steps=steps, device=device)
     if not spec.causal:
-        for option, value in (("--window", window_frames), ("--drift", drift_factor), ("--stream-seconds", stream_seconds)):
+        for option, value in (("--drift", drift_factor), ("--stream-seconds", stream_seconds)):
             if value:
                 raise UserError(f"{option} needs a causal checkpoint; a bidirectional one samples its training length only")
-    if window_frames is not None:
-        check_window(window_frames, spec.frames_per_chunk, "--window", most=model.config.max_frames - spec.sink_frames)
-        spec = replace(spec, window_frames=window_frames)
+    spec = stream_spec(model, spec, window_frames=window_frames, sink_frames=sink_frames, recache_every=recache_every)
     frames, (H, W) = source.shapes.num_frames, (source.data.resolution,) * 2
     streams = stream_factor(source, stream_seconds) if stream_seconds else 0
     held = (n * (2 + 2 * drift_factor) + min(n, BATCH) * streams) * frames  # ground truth and samples, float32

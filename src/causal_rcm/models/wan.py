@@ -420,7 +420,10 @@ class CausalWanModel(nn.Module):
         n = cfg.out_dim * ph * pw
         if n <= cfg.dim:
             return None
-        weight = self.head.head.weight.detach().double()  # (n, dim)
+        weight = self.head.head.weight.detach()
+        if hasattr(weight, "full_tensor"):  # sharded by FSDP2 (a DTensor): every rank gathers the whole head
+            weight = weight.full_tensor()
+        weight = weight.double()  # (n, dim)
         basis = torch.linalg.svd(weight, full_matrices=False).U.float()  # (n, dim): an orthonormal basis of span(W)
 
         def complement(x: torch.Tensor) -> torch.Tensor:

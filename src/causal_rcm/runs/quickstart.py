@@ -56,7 +56,7 @@ SHIPPED_TEACHERS = shipped_checkpoints()
 # The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
 SOURCE_KEYS = ("source", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
               "codec_shift", "codec_scale", "text_len", "text_seed")
-STREAM_KEYS = (("data", "stream_window"), ("dmd", "rollout_window"))  # a shipped student's, for the one trained here
+STREAM_KEYS = (("data", "stream_window"), ("dmd", "rollout_window"), ("dmd", "sink_frames"))  # a shipped student's, for the one trained here
 
 TEACHERS = ("teacher", "causal-teacher")
 STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers (scripts/train_shapes_students.sh; see checkpoints/shapes/README.md)
@@ -176,8 +176,8 @@ class Quickstart:
         return tuple(f"data.{key}={data[key]}" for key in SOURCE_KEYS if key in data)
 
     def stream_overrides(self, student: str) -> tuple[str, ...]:
-        """The shipped ``student``'s KV-cache windows (``data.stream_window``, ``dmd.rollout_window``) where it
-        set them, so the student trained here streams, and is scored, as the shipped one beside it."""
+        """The shipped ``student``'s KV cache (``data.stream_window``, ``dmd.rollout_window``, ``dmd.sink_frames``)
+        where it set it, so the student trained here streams, and is scored, as the shipped one beside it."""
         shipped = self.shipped.get(student)
         if shipped is None:
             return ()
