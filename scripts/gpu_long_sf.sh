@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Issue #24 on one GPU, one device call (~8 min): fine-tune the shipped SF-DMD student with long self forcing
+# (configs/shapes/sf-dmd-long.json) and score it against the shipped student in the same run: 60 s streams of 192
+# prompts and prompt switches at 4 s and 8 s on 32 prompts. The shipped student's scoring runs beside the training
+# (the shapes models leave the GPU mostly idle). Results under $OUT; the trained model as sf-dmd-long.tar.
+set -uo pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+cli="python3 -m causal_rcm.cli"
+run=/tmp/runs/sf-dmd-long
+score() {  # score NAME CHECKPOINT: the minute-long streams, then the switches
+    $cli eval shapes -c "$2" -n 192 --steps 2 --stream-seconds 60 --device cuda --json "$out/$1_stream.json"
+    $cli eval shapes -c "$2" -n 32 --steps 2 --switch 4s --switch 8s --switch-to direction --device cuda \
+        --json "$out/$1_switch.json"
+}
+score shipped checkpoints/shapes/sf-dmd/model > "$out/shipped_eval.txt" 2>&1 &
+timeout "${TRAIN_SECONDS:-330}" $cli train sf-dmd --config configs/shapes/sf-dmd-long.json \
+    train.teacher=checkpoints/shapes/teacher/model train.init=checkpoints/shapes/sf-dmd/model \
+    train.out_dir=$run train.device=cuda > "$out/train.log" 2>&1
+echo "train exit $?" >> "$out/train.log"
+tar cf "$out/sf-dmd-long.tar" --exclude checkpoint --exclude tb -C /tmp/runs sf-dmd-long
+export -f score; export cli out
+timeout "${EVAL_SECONDS:-210}" bash -c "score long $run/model" > "$out/long_eval.txt" 2>&1
+wait
