@@ -14,7 +14,7 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 cli="python3 -m causal_rcm.cli"
 run=/tmp/runs/sf-dmd-long
 score() {  # score NAME CHECKPOINT: the minute-long streams, then the switches
-    $cli eval shapes -c "$2" -n 192 --steps 2 --stream-seconds 60 --device cuda --json "$out/$1_stream.json"
+    $cli eval shapes -c "$2" -n "${STREAM_PROMPTS:-192}" --steps 2 --stream-seconds 60 --device cuda --json "$out/$1_stream.json"
     $cli eval shapes -c "$2" -n 32 --steps 2 --switch 4s --switch 8s --switch-to direction --device cuda \
         --json "$out/$1_switch.json"
 }
