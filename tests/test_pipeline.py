@@ -261,9 +261,8 @@ def test_a_prefilled_stream_continues_given_frames_as_the_sampler_does(tmp_path)
     other.prefill(255 - given)
     assert np.abs(frames_of(other).astype(int) - frames[0].image[None].astype(int)).max() > 10  # the context matters
 
-    for bad, match in ((given[:3], "multiple of the chunk, 2"), (given[:, :16], r"\(P, 32, 32, 3\)")):
-        with pytest.raises(UserError, match=match):
-            pipe.stream("", num_frames=2).prefill(bad)
+    with pytest.raises(UserError, match=r"\(P, 32, 32, 3\)"):
+        pipe.stream("", num_frames=2).prefill(given[:, :16])
     with pytest.raises(UserError, match="one action per frame: 4 frames, 2 actions"):
         pipe.stream("", num_frames=2).prefill(given, [0, 1])
     with pytest.raises(UserError, match=r"action 3 at frame 1 is not an integer in 0..2"):
@@ -287,3 +286,109 @@ def test_switches_and_re_caching_in_the_sampler_make_the_streams_frames(tmp_path
     close_uint8(got, pipe.decode(latents))
     with pytest.raises(UserError, match="recache_every must be a non-negative integer"):
         pipe.stream(PROMPT_A, recache_every=-1)
+
+
+# ------------------------------------------------------------------ given frames: image-to-video, continuing a clip
+def scene_frames(n: int, size: int = 32) -> np.ndarray:
+    """A red square moving right over ``n`` frames (uint8 (n, size, size, 3)): frames a test can recognise."""
+    frames = np.zeros((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        frames[i, 10:18, 2 + i : 10 + i] = (230, 40, 40)
+    return frames
+
+
+@pytest.mark.parametrize("codec_frames", [1, 2])
+def test_an_image_is_the_clean_first_latent_frame_of_the_stream(tmp_path, codec_frames):
+    """The image, repeated over one latent frame's frames, opens the first chunk at t = 0: the frames of
+    causal_sample with that prefix; generate returns the image's frames, then the continuation."""
+    pipe = load(tmp_path, codec_frames=codec_frames, solver="euler", steps=2, sink_frames=0, window_frames=4)
+    image = scene_frames(1)[0]
+    stream = pipe.stream(PROMPT_A, seed=2, num_frames=5 * codec_frames, image=image)
+    frames = list(stream)
+    assert [f.index for f in frames] == list(range(codec_frames, 6 * codec_frames))
+    assert [f.chunk for f in frames][:: codec_frames] == [0, 1, 1, 2, 2]  # the first chunk holds the image
+    with torch.no_grad():
+        given = pipe.encode(np.repeat(image[None], codec_frames, axis=0))  # (1, C, 1, h, w)
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 2, [1, 2, 2]), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=2,
+            shift=3.0, solver="euler", window_frames=4, prefix=given, complement=head_complement(pipe.model),
+        )
+    close_uint8(frames_of(frames), pipe.decode(latents))
+    plain = frames_of(pipe.stream(PROMPT_A, seed=2, num_frames=5 * codec_frames))
+    assert np.abs(plain.astype(int) - frames_of(frames).astype(int)).max() > 10  # the image matters
+
+    video = pipe.generate(PROMPT_A, seed=2, num_frames=5 * codec_frames, image=image)
+    assert video.shape == (6 * codec_frames, 32, 32, 3)
+    np.testing.assert_array_equal(video[:codec_frames], np.repeat(image[None], codec_frames, axis=0))
+    close_uint8(video[codec_frames:], frames_of(frames))
+    assert len(pipe.generate(PROMPT_A, image=image)) == pipe.video_frames  # default: the training length in all
+
+
+def test_frame_mode_commits_the_image_as_a_whole_chunk(tmp_path):
+    pipe = load(tmp_path, solver="euler", steps=2, sink_frames=0, window_frames=4)
+    image = scene_frames(1)[0]
+    frames = frames_of(pipe.stream(PROMPT_A, seed=1, num_frames=3, image=image, mode="frame"))
+    with torch.no_grad():
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 1, [1, 1, 1]), pipe.encode_prompt(PROMPT_A), frames_per_chunk=1, steps=2,
+            shift=3.0, solver="euler", window_frames=4, prefix=pipe.encode(image[None]), complement=head_complement(pipe.model),
+        )
+    close_uint8(frames, pipe.decode(latents))
+
+
+def test_an_image_of_any_size_is_fitted_with_a_warning_for_another_aspect(tmp_path):
+    from causal_rcm.errors import InputWarning
+
+    pipe = load(tmp_path)
+    big = np.repeat(np.repeat(scene_frames(1)[0], 4, axis=0), 4, axis=1)  # 128 x 128: same aspect, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        fitted = pipe.given_frames(image=big)
+    np.testing.assert_array_equal(fitted[0], scene_frames(1)[0])  # area averaging undoes the 4x nearest upscale
+    wide = np.zeros((32, 64, 3), dtype=np.uint8)
+    wide[:, 16:48] = scene_frames(1)[0]  # the centre crop is the scene
+    with pytest.warns(InputWarning, match=r"64x32 px, another aspect ratio than the model's 32x32"):
+        fitted = pipe.given_frames(image=wide)
+    np.testing.assert_array_equal(fitted[0], scene_frames(1)[0])
+    for bad, match in ((np.zeros((8, 8), np.uint8), "uint8 RGB"), (np.zeros((8, 8, 3), np.float32), "uint8 RGB")):
+        with pytest.raises(UserError, match=match):
+            pipe.stream(PROMPT_A, image=bad)
+    with pytest.raises(UserError, match="an image or a video to continue, not both"):
+        pipe.stream(PROMPT_A, image=wide, video=scene_frames(4))
+
+
+def test_a_clip_is_continued_from_its_last_frames(tmp_path):
+    """generate(video=...) returns the clip, then frames that continue its last latent frames the window holds."""
+    pipe = load(tmp_path, codec_frames=2, solver="euler", steps=2, sink_frames=0, window_frames=4)
+    clip = scene_frames(11)  # 5 whole latent frames (the first frame left over), the window holds 4: the last 8
+    video = pipe.generate(PROMPT_A, seed=4, num_frames=6, video=clip)
+    assert video.shape == (17, 32, 32, 3)
+    np.testing.assert_array_equal(video[:11], clip)
+    with torch.no_grad():
+        latents = causal_sample(
+            pipe.model, chunk_noise(pipe, 4, [2, 1]), pipe.encode_prompt(PROMPT_A), frames_per_chunk=2, steps=2,
+            shift=3.0, solver="euler", window_frames=4, prefix=pipe.encode(clip[3:]), complement=head_complement(pipe.model),
+        )
+    close_uint8(video[11:], pipe.decode(latents)[:6])
+    one = pipe.generate(PROMPT_A, seed=4, num_frames=2, video=clip[:1])  # shorter than a latent frame: an image
+    np.testing.assert_array_equal(one[:1], clip[:1])
+    assert len(one) == 3
+
+
+def test_prompt_switching_goes_on_after_a_given_image(tmp_path):
+    pipe = load(tmp_path, solver="euler", steps=2, sink_frames=1, window_frames=4)
+    image = scene_frames(1)[0]
+    switched = pipe.generate(PROMPT_A, seed=0, num_frames=7, image=image, switches=[(3, PROMPT_B)])
+    same = pipe.generate(PROMPT_A, seed=0, num_frames=7, image=image)
+    np.testing.assert_array_equal(switched[:3], same[:3])  # the image and the first chunk's new frame
+    assert np.abs(switched[3:].astype(int) - same[3:].astype(int)).max() > 10
+
+
+def test_a_bidirectional_checkpoint_refuses_given_frames(tmp_path):
+    pipe = load(tmp_path, causal=False)
+    with pytest.raises(UserError, match="continuing an image or a video needs a causal checkpoint"):
+        pipe.generate(PROMPT_A, image=scene_frames(1)[0])
+    with pytest.raises(UserError, match="needs a causal checkpoint"):
+        pipe.stream(PROMPT_A, video=scene_frames(4))

@@ -9,6 +9,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not match the model configuration."""
 
 
+class InputWarning(UserWarning):
+    """Input that works but not as given (e.g. an image cropped to the model's aspect ratio): the CLI prints one line."""
+
+
 class TrainingStopped(Exception):
     """A run stopped on purpose (e.g. repeated non-finite losses); its last checkpoint is intact."""
 

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from causal_rcm.errors import UserError, shorten
 
 __all__ = [
-    "MAX_DRIFT", "MAX_EVAL_VIDEOS", "MAX_SEED", "MAX_STEPS", "MAX_STREAM_SECONDS", "MAX_VIDEO_BYTES",
+    "MAX_DRIFT", "MAX_EVAL_VIDEOS", "MAX_IMAGE_BYTES", "MAX_IMAGE_SIDE", "MAX_SEED", "MAX_STEPS", "MAX_STREAM_SECONDS",
+    "MAX_VIDEO_BYTES",
     "Range", "check_video_bytes", "field_problems", "ranged", "show",
 ]
 
@@ -26,6 +27,8 @@ MAX_VIDEO_BYTES = 4 * 2**30  # decoded video that one command holds in memory at
 MAX_EVAL_VIDEOS = 1024  # prompts of one evaluation (16 make the shapes world's usual estimate)
 MAX_DRIFT = 32  # an evaluation's long rollouts: this many times the training length at most
 MAX_STREAM_SECONDS = 3600.0  # an evaluation's streams: an hour of video each at most
+MAX_IMAGE_BYTES = 16 * 2**20  # a first frame given to image-to-video (a file or an upload to the server)
+MAX_IMAGE_SIDE = 8192  # px, either side of such an image (checked from its header, before it is decoded)
 
 
 def check_video_bytes(nbytes: int, what: str, fix: str) -> None:

@@ -22,6 +22,16 @@ the old frames. The next chunk then attends to the same frames under the new pro
 continues without a cut. The unconditional cache of CFG depends only on the empty prompt and is
 kept. A checkpoint's ``recache_every`` K (stream defaults) rebuilds both caches the same way every
 K chunks, as ``diffusion.samplers.causal_sample_stream`` does.
+
+Given frames (image-to-video, continuing a clip, a world model's real context). ``stream(image=...)`` starts from
+an image: fitted to the checkpoint's frame size (centre-cropped to its aspect ratio with an ``InputWarning`` when
+that cuts, then resized) and repeated over the frames of one latent frame (one frame for Wan's VAE, whose first
+latent frame holds one; ``codec frames`` for the packed pixel codec), it is encoded as the clean first latent
+frame. ``stream(video=...)`` continues a clip from its last whole latent frames that the window holds. Given latent
+frames that fill whole chunks are committed to the caches as the stream commits its own; the rest, fewer than a
+chunk (an image's one latent frame), open the first chunk at t = 0 beside its noisy frames
+(``diffusion.samplers``, module docstring). The stream then continues text-conditioned as usual; the generated
+frames are numbered after the given ones, and a prompt switch re-runs the given frames too.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +51,7 @@ import torch
 from causal_rcm.data.codec import StreamDecoder, VideoCodec
 from causal_rcm.data.components import make_codec, make_text_encoder
 from causal_rcm.data.text import TextEncoder
-from causal_rcm.data.video import from_uint8, to_uint8
+from causal_rcm.data.video import fit_frames, from_uint8, to_uint8
 from causal_rcm.diffusion.guidance import is_unguided
 from causal_rcm.diffusion.samplers import (
     ChunkHistory,
@@ -53,7 +64,7 @@ from causal_rcm.diffusion.samplers import (
     sample_chunk,
     time_grid,
 )
-from causal_rcm.errors import UserError
+from causal_rcm.errors import InputWarning, UserError
 from causal_rcm.models.adapters import load_model
 from causal_rcm.spec import PipelineSpec
 
@@ -132,9 +143,10 @@ class Stream:
         self._buffer: deque[StreamFrame] = deque()
         self._decoder = pipe.codec.stream_decoder()  # a causal codec's state between chunks
         self._chunk = 0
-        self._latent = 0  # latent frames made or prefilled
+        self._made = 0  # latent frames generated
         self._frame = 0  # decoded frames made or prefilled (codec.temporal_factor per latent frame; only a last chunk is cut)
         self._first = 0  # frames given by prefill: the generated ones are numbered from here
+        self._given: tuple[torch.Tensor, torch.Tensor | None] | None = None  # given latent frames opening the next chunk
         self._start = time.perf_counter()
 
     # ------------------------------------------------------------- control
@@ -150,42 +162,47 @@ class Stream:
 
     @torch.inference_mode()
     def prefill(self, frames: np.ndarray, actions: Sequence[int] | None = None) -> None:
-        """Continue given frames: commit uint8 ``frames`` (P, H, W, 3) to the KV caches, a chunk at a time, as if
-        the stream had made them, before its first frame.
+        """Continue given frames: uint8 ``frames`` (P, H, W, 3), whole latent frames of the codec, become the clean
+        context of the stream's first frame (module docstring: whole chunks are committed to the KV caches as if the
+        stream had made them; a remainder opens the first chunk at t = 0).
 
         A world model continues a real game from them (``actions``: the P actions that led to each, default NOOP,
-        0). P must be whole chunks; the generated frames are numbered from P on, and ``num_frames`` still counts
-        generated frames. UserError for frames of another size, a packed codec, or a stream already running.
+        0). The generated frames are numbered from P on, and ``num_frames`` still counts generated frames.
+        UserError for frames of another size or not whole latent frames, or a stream already running.
         """
-        pipe, fc = self._pipe, self.frames_per_chunk
+        pipe, fc, codec = self._pipe, self.frames_per_chunk, self._pipe.codec
         if self._frame:
             raise UserError("prefill a stream before its first frame")
-        if pipe.codec.temporal_factor != 1:
-            raise UserError("prefill needs one frame per latent frame (codec frames 1)")
         frames = np.asarray(frames)
         H, W = pipe.frame_size
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (H, W, 3) or not len(frames) or len(frames) % fc:
-            raise UserError(f"prefill takes uint8 frames (P, {H}, {W}, 3) with P a multiple of the chunk, {fc}; "
-                            f"got {frames.dtype} {list(frames.shape)}")
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (H, W, 3) or not len(frames):
+            raise UserError(f"prefill takes uint8 frames (P, {H}, {W}, 3); got {frames.dtype} {list(frames.shape)}")
+        P = len(frames)
+        if codec.video_frames(codec.latent_frames(P)) != P:
+            raise UserError(f"prefill takes whole latent frames: {P} frames do not make them "
+                            f"(the codec packs {codec.temporal_factor} frames in a latent frame)")
         if actions is not None and self._actions is None:
             raise UserError("this checkpoint is not action-conditioned (num_actions is 0): do not pass actions")
         acts = None
         if self._actions is not None:
-            given = [0] * len(frames) if actions is None else list(actions)
-            if len(given) != len(frames):
-                raise UserError(f"prefill takes one action per frame: {len(frames)} frames, {len(given)} actions")
+            given = [0] * P if actions is None else list(actions)
+            if len(given) != P:
+                raise UserError(f"prefill takes one action per frame: {P} frames, {len(given)} actions")
             checked = _action_source(given, pipe.config.num_actions)
-            acts = torch.tensor([[checked(i) for i in range(len(given))]], dtype=torch.long, device=pipe.device)  # (1, P)
-        latents = pipe.encode(frames)  # (1, C, P, h, w)
-        for k, x0 in enumerate(latents.split(fc, dim=2)):
-            chunk_actions = None if acts is None else acts[:, k * fc : (k + 1) * fc]
-            kwargs = {} if chunk_actions is None else {"actions": chunk_actions}
+            acts = torch.tensor([[checked(i) for i in range(P)]], dtype=torch.long, device=pipe.device)  # (1, P)
+        latents = pipe.encode(frames)  # (1, C, L, h, w)
+        L = latents.shape[2]
+        whole = L - L % fc
+        for start in range(0, whole, fc):
+            x0 = latents[:, :, start : start + fc]
+            kwargs = {} if acts is None else {"actions": acts[:, start : start + fc]}
             refresh_kv_caches(pipe.model, x0, self._context, self._caches, neg_context=self._neg, **kwargs)
             self._history.add(x0, **kwargs)
-            self._frame += fc
-            self._latent += fc
             self._chunk += 1
-        self._first = self._frame
+        if whole < L:
+            self._given = (latents[:, :, whole:], None if acts is None else acts[:, whole:])
+        pipe.decode(latents, self._decoder)  # a causal codec's decoder state after the given frames (frames not kept)
+        self._frame = self._first = P
 
     @property
     def frames_done(self) -> int:
@@ -216,10 +233,13 @@ class Stream:
 
     @torch.inference_mode()
     def _next_chunk(self) -> None:
-        pipe, fc = self._pipe, self.frames_per_chunk
+        pipe = self._pipe
+        given, given_actions = self._given if self._given is not None else (None, None)
+        self._given = None
+        G = 0 if given is None else given.shape[2]
+        fc = self.frames_per_chunk - G  # new latent frames of this chunk
         if self.num_frames is not None:
-            # prefilled frames are latent frames (prefill needs a codec of one frame per latent frame)
-            fc = min(fc, pipe.codec.latent_frames(self.num_frames) - (self._latent - self._first))
+            fc = min(fc, pipe.codec.latent_frames(self.num_frames) - self._made)
         started = time.perf_counter()
         with self._lock:
             pending, self._pending = self._pending, None
@@ -228,16 +248,18 @@ class Stream:
         if self._recache and self._chunk and self._chunk % self._recache == 0:
             self._caches = tuple(None if c is None else rebuild_kv_cache(pipe.model, self._history, ctx)
                                  for c, ctx in zip(self._caches, (self._context, self._neg)))
-        actions = self._next_actions(fc)
-        kwargs = {} if actions is None else {"actions": actions}
+        actions = self._next_actions(fc)  # (1, fc): the new frames'
+        chunk_actions = actions if given_actions is None else torch.cat([given_actions, actions], dim=1)
+        kwargs = {} if chunk_actions is None else {"actions": chunk_actions}
         noise = torch.randn((1, *pipe.latent_shape(fc)), generator=self._generator, device=pipe.device)
         x0 = sample_chunk(
             pipe.model, noise, self._context, self._caches, steps=self._grid, solver=self._solver,
-            guidance=self._guidance, neg_context=self._neg, generator=self._generator, complement=self._complement, **kwargs,
-        )  # (1, C, fc, h, w)
+            guidance=self._guidance, neg_context=self._neg, generator=self._generator, complement=self._complement,
+            given=given, **kwargs,
+        )  # (1, C, G + fc, h, w)
         self._history.add(x0, **kwargs)
-        self._latent += fc
-        frames = pipe.decode(x0, self._decoder)  # (frames, H, W, 3)
+        self._made += fc
+        frames = pipe.decode(x0[:, :, G:], self._decoder)  # (frames, H, W, 3)
         if self.num_frames is not None:
             frames = frames[: self.num_frames - self.frames_done]  # a packed last latent frame may overshoot
         done = time.perf_counter()
@@ -372,6 +394,43 @@ class StreamingPipeline:
         video = from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))[None]  # (1, 3, F, H, W) in [-1, 1]
         return self.codec.encode(video).to(self.device)
 
+    def fit(self, frames: np.ndarray, what: str = "the given frames") -> np.ndarray:
+        """uint8 frames (F, h, w, 3) of any size -> (F, H, W, 3) of the checkpoint's: centre-cropped to its aspect ratio
+        (an :class:`~causal_rcm.errors.InputWarning` when that cuts) and resized; ``what`` names them in messages."""
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+            raise UserError(f"{what} must be uint8 RGB frames (F, H, W, 3), got {frames.dtype} {list(frames.shape)}")
+        return fit_frames(frames, *self.frame_size,
+                          warn=lambda message: warnings.warn(f"{what}: {message}", InputWarning, stacklevel=4))
+
+    def given_frames(self, *, image: np.ndarray | None = None, video: np.ndarray | None = None,
+                     window_frames: int | None = None) -> np.ndarray | None:
+        """The frames a stream continues (module docstring), fitted to the checkpoint's size, or None for neither.
+
+        ``image`` uint8 (h, w, 3): repeated over one latent frame's frames (``codec.video_frames(1)``).
+        ``video`` uint8 (F, h, w, 3): its last whole latent frames, at most ``window_frames`` of them (default the
+        checkpoint's window; the cache holds no more); a clip shorter than one latent frame gives its last frame as
+        an image."""
+        if image is not None and video is not None:
+            raise UserError("give an image or a video to continue, not both")
+        codec = self.codec
+        if video is not None:
+            clip = self.fit(video, "the video")
+            L = codec.latent_frames(len(clip))
+            L -= codec.video_frames(L) > len(clip)
+            if L == 0:
+                image = clip[-1]
+            else:
+                window = self.config.stream.window_frames if window_frames is None else window_frames
+                L = min(L, window or self.model.config.max_frames - self.config.stream.sink_frames)
+                return clip[len(clip) - codec.video_frames(L):]
+        if image is None:
+            return None
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise UserError(f"the image must be uint8 RGB (H, W, 3), got {image.dtype} {list(image.shape)}")
+        return np.repeat(self.fit(image[None], "the image"), codec.video_frames(1), axis=0)
+
     def decode(self, latents: torch.Tensor, decoder: StreamDecoder | None = None) -> np.ndarray:
         """Latents (1, C, F, h, w) -> uint8 frames (frames, H, W, 3) on the CPU; ``decoder``: a stream's, for its next chunk."""
         return to_uint8((decoder or self.codec).decode(latents.float())[0])
@@ -425,6 +484,8 @@ class StreamingPipeline:
         times: Sequence[float] | None = None,
         window_frames: int | None = None,
         recache_every: int | None = None,
+        image: np.ndarray | None = None,
+        video: np.ndarray | None = None,
     ) -> Stream:
         """Start a causal stream of decoded frames.
 
@@ -445,11 +506,18 @@ class StreamingPipeline:
                 (``docs/results/stream_window_2026-12-03.md``). Memory grows with it.
             recache_every: rebuild the KV caches from the kept clean chunks every this many chunks (0: never;
                 default: the checkpoint's), see the module docstring.
+            image: uint8 (h, w, 3), any size: the clean first latent frame (image-to-video; module docstring); the
+                generated frames are numbered after its ``codec.video_frames(1)`` frames.
+            video: uint8 (F, h, w, 3), any size: a clip to continue from its last frames (module docstring); the
+                generated frames are numbered after the frames used.
         Returns:
             a :class:`Stream`, iterating :class:`StreamFrame` with ``image`` uint8 (H, W, 3).
         """
         cfg = self.config
         if not cfg.causal:
+            if image is not None or video is not None:
+                raise UserError("this checkpoint is a bidirectional model: continuing an image or a video needs a "
+                                "causal checkpoint (a causal teacher or a distilled student)")
             raise UserError("this checkpoint is a bidirectional model and cannot stream: use `generate` (fixed length)")
         times, steps = self._times(times, steps)
         if mode not in MODES:
@@ -462,10 +530,14 @@ class StreamingPipeline:
             raise UserError(f"seed must be a non-negative integer, got {seed!r}")
         if recache_every is not None and (isinstance(recache_every, bool) or not isinstance(recache_every, int) or recache_every < 0):
             raise UserError(f"recache_every must be a non-negative integer (0: never), got {recache_every!r}")
-        return Stream(
+        given = self.given_frames(image=image, video=video, window_frames=window_frames)
+        stream = Stream(
             self, prompt, steps=self._steps(steps), frames_per_chunk=fc, seed=seed, guidance=self._guidance(guidance),
             num_frames=num_frames, actions=actions, times=times, window_frames=window_frames, recache_every=recache_every,
         )
+        if given is not None:
+            stream.prefill(given)
+        return stream
 
     def generate(
         self,
@@ -481,6 +553,8 @@ class StreamingPipeline:
         times: Sequence[float] | None = None,
         window_frames: int | None = None,
         recache_every: int | None = None,
+        image: np.ndarray | None = None,
+        video: np.ndarray | None = None,
     ) -> np.ndarray:
         """A whole video, uint8 (F, H, W, 3).
 
@@ -488,23 +562,36 @@ class StreamingPipeline:
         exactly the training length. Causal checkpoints: a stream of ``num_frames`` frames (default
         the training length); ``switches`` = ``[(frame, prompt), ...]`` changes the prompt from the
         first chunk that starts at or after ``frame``; ``window_frames`` and ``recache_every`` as in :meth:`stream`.
+
+        ``image`` or ``video`` (causal checkpoints, :meth:`stream`): the video begins with the given frames, fitted
+        to the checkpoint's size (the image's latent frame, or the whole clip), and ``num_frames`` frames are
+        generated after them (default: the training length, less an image's frames); switch frames count from
+        the video's first frame.
         """
         cfg = self.config
         for _, p in switches:
             self.encode_prompt(p)  # fail before any work
         if cfg.causal:
+            clip = None if video is None else self.fit(video, "the video")
+            head = self.given_frames(image=image, video=clip, window_frames=window_frames)
+            if num_frames is None:
+                num_frames = self.video_frames - (len(head) if image is not None else 0)
             stream = self.stream(
-                prompt, steps=steps, mode=mode, seed=seed, guidance=guidance,
-                num_frames=self.video_frames if num_frames is None else num_frames, actions=actions, times=times,
-                window_frames=window_frames, recache_every=recache_every,
+                prompt, steps=steps, mode=mode, seed=seed, guidance=guidance, num_frames=max(1, num_frames),
+                actions=actions, times=times, window_frames=window_frames, recache_every=recache_every, video=head,
             )
+            start = 0 if head is None else len(head)
+            frames = [] if head is None else list(head if clip is None else clip)
+            offset = len(frames) - start  # a clip's frames before those the stream continues
             schedule = sorted(switches, key=lambda s: s[0])
-            frames = []
             for frame in stream:
                 frames.append(frame.image)
-                while schedule and schedule[0][0] <= frame.index + 1:
+                while schedule and schedule[0][0] <= frame.index + offset + 1:
                     stream.switch_prompt(schedule.pop(0)[1])
             return np.stack(frames)
+        if image is not None or video is not None:
+            raise UserError("continuing an image or a video needs a causal checkpoint (a causal teacher or a distilled "
+                            "student); this one is bidirectional")
         if switches:
             raise UserError("prompt switching needs a causal checkpoint; this one is bidirectional")
         if window_frames is not None or recache_every:

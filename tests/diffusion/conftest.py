@@ -129,18 +129,26 @@ class PointMassOracle(nn.Module):
 
 
 def reference_causal(model, noise, ctx, *, frames_per_chunk, grid, solver="euler", guidance=1.0, neg=None,
-                     generator=None, tokens_per_frame=1):
+                     generator=None, tokens_per_frame=1, prefix=None):
     """Chunk-by-chunk generation without a KV cache: every step re-runs the clean history at t = 0
-    followed by the noisy chunk, under a block-causal mask, and keeps the chunk's output."""
+    followed by the noisy chunk, under a block-causal mask, and keeps the chunk's output.
+
+    ``prefix`` (B, C, P, H, W): clean frames before the new ones; its whole chunks are history, the rest open the
+    first new chunk at t = 0 (as the first frames of that chunk)."""
     B = noise.shape[0]
-    out = []
-    for k, x in enumerate(noise.split(frames_per_chunk, dim=2)):
-        history = torch.cat(out, dim=2) if out else noise[:, :, :0]
-        mask = block_causal(k + 1, frames_per_chunk, tokens_per_frame)
+    P = 0 if prefix is None else prefix.shape[2]
+    whole = P - P % frames_per_chunk
+    out = [] if prefix is None else [prefix]
+    sizes = [frames_per_chunk - (P - whole)]
+    sizes += [frames_per_chunk] * ((noise.shape[2] - sizes[0]) // frames_per_chunk)
+    for x in noise.split(sizes, dim=2):
+        done = torch.cat(out, dim=2) if out else noise[:, :, :0]
+        history, given = done[:, :, : done.shape[2] - done.shape[2] % frames_per_chunk], done[:, :, done.shape[2] - done.shape[2] % frames_per_chunk :]
+        mask = block_causal(history.shape[2] // frames_per_chunk + 1, frames_per_chunk, tokens_per_frame)
 
         def velocity(x, s):
-            seq = torch.cat([history, x], dim=2)
-            t = torch.cat([torch.zeros(B, history.shape[2]), torch.full((B, x.shape[2]), 1000 * s)], dim=1)
+            seq = torch.cat([history, given, x], dim=2)
+            t = torch.cat([torch.zeros(B, history.shape[2] + given.shape[2]), torch.full((B, x.shape[2]), 1000 * s)], dim=1)
             v = model(seq, t, ctx, mask=mask)[:, :, -x.shape[2]:]
             if guidance != 1:
                 v_u = model(seq, t, neg, mask=mask)[:, :, -x.shape[2]:]
@@ -156,7 +164,7 @@ def reference_causal(model, noise, ctx, *, frames_per_chunk, grid, solver="euler
                 x0 = x - s * v
                 x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * torch.randn(x.shape, generator=generator)
         out.append(x)
-    return torch.cat(out, dim=2)
+    return torch.cat(out, dim=2)[:, :, P:]
 
 
 @pytest.fixture

@@ -265,8 +265,29 @@ def test_a_causal_prefix_is_committed_as_the_models_own_chunks(mocks, mock_model
     torch.testing.assert_close(first["x"], x0[:, :, :2], rtol=0, atol=0)
     torch.testing.assert_close(first["actions"], actions[:, :2])
     torch.testing.assert_close(second["actions"], actions[:, 2:4])  # the new frames take the actions after the prefix
-    with pytest.raises(ValueError, match="not whole chunks of 2"):
-        causal_sample(mock_model, noise, contexts[0], frames_per_chunk=2, steps=2, prefix=x0[:, :, :1])
+
+
+@pytest.mark.parametrize("given", [1, 3])
+def test_a_prefix_that_ends_inside_a_chunk_opens_it_at_t0(mocks, mock_model, contexts, given):
+    """An image's latent frame (1) or a clip's end (3) before chunks of 2: the given frames sit at t = 0 inside the
+    first new chunk beside its noisy frames, and the stream equals the cache-free block-causal reference."""
+    g = torch.Generator().manual_seed(7)
+    prefix, noise = torch.randn(2, 3, given, 2, 2, generator=g), torch.randn(2, 3, 5, 2, 2, generator=g)
+    ctx, neg = contexts
+    grid = time_grid(3, 2.0)
+    out = causal_sample(mock_model, noise, ctx, frames_per_chunk=2, steps=grid, solver="euler", guidance=2.0,
+                        neg_context=neg, prefix=prefix)
+    assert out.shape == noise.shape  # only the new frames come back
+    ref = mocks.reference_causal(mock_model, noise, ctx, frames_per_chunk=2, grid=grid, guidance=2.0, neg=neg, prefix=prefix)
+    torch.testing.assert_close(out, ref)
+    first = next(c for c in mock_model.calls if not c["update_cache"] and c["x"].shape[2] == 2 and bool((c["t"][:, 0] == 0).all()))
+    assert bool((first["t"][:, 1] > 0).all())  # one chunk: the given frame clean, the new one noisy
+    torch.testing.assert_close(first["x"][:, :, :1], prefix[:, :, -1:], rtol=0, atol=0)
+
+    x0 = torch.randn(2, 3, given + 5, 2, 2, generator=g)  # an oracle of the whole video: the given frames are kept
+    out = causal_sample(mocks.PointMassOracle(x0), noise, ctx, frames_per_chunk=2, steps=2, solver="consistency",
+                        prefix=x0[:, :, :given], generator=g)
+    torch.testing.assert_close(out, x0[:, :, given:])
 
 
 @pytest.mark.parametrize("solver", [euler_sample, consistency_sample])

@@ -1,13 +1,19 @@
 """Video conversions and files: float ``[3, F, H, W]`` in ``[-1, 1]`` <-> uint8 ``[F, H, W, 3]``,
 mp4 (PyAV, H.264) and GIF (Pillow) writers, a clip reader for any video PyAV decodes (resampled in time,
-centre-cropped and resized), nearest-neighbour upscaling and side-by-side grids.
+centre-cropped and resized), nearest-neighbour upscaling and side-by-side grids; the reader of a given first frame
+(:func:`read_image`, from a file or uploaded bytes) and :func:`fit_frames`, which brings frames of any size to a
+model's.
 
-The writers import their library on first use and raise ``UserError`` with the install
-command if it is missing, so the rest of the package does not depend on them.
+The writers and readers import their library on first use and raise ``UserError`` with the install
+command if it is missing, so the rest of the package does not depend on them. :func:`read_image` checks what it
+is given before decoding it: its first bytes (its type), its byte size and the dimensions in its header
+(``limits.MAX_IMAGE_BYTES``, ``MAX_IMAGE_SIDE``), so a non-image or a decompression bomb is one line, never a
+decode.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -17,8 +23,10 @@ import numpy as np
 import torch
 
 from causal_rcm.errors import UserError
+from causal_rcm.limits import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, MAX_VIDEO_BYTES
 
-__all__ = ["VIDEO_SUFFIXES", "VideoTooShort", "to_uint8", "from_uint8", "upscale", "grid", "read_clip", "write_gif", "write_mp4"]
+__all__ = ["VIDEO_SUFFIXES", "VideoTooShort", "to_uint8", "from_uint8", "upscale", "grid", "read_clip", "write_gif", "write_mp4",
+           "IMAGE_TYPES", "image_type", "read_image", "read_video", "fit_frames"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
 
@@ -184,3 +192,119 @@ def read_clip(path: str | Path, *, fps: float, count: int, size: tuple[int, int]
         length = 0.0 if end is None else end
         raise VideoTooShort(f"too short: {length:.2f} s, and {count} frames at {fps:g} fps need more than {(count - 1) / fps:.2f} s")
     return np.stack(frames)
+
+
+# The image files a first frame may come in, by the bytes they start with (what they are, whatever their name says).
+IMAGE_TYPES: dict[str, tuple[bytes, ...]] = {
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "JPEG": (b"\xff\xd8\xff",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "WebP": (b"RIFF",),  # and "WEBP" at byte 8
+    "BMP": (b"BM",),
+}
+
+
+def image_type(data: bytes) -> str | None:
+    """The type of an image file from its first bytes (one of :data:`IMAGE_TYPES`), or None."""
+    for name, magics in IMAGE_TYPES.items():
+        if any(data.startswith(m) for m in magics) and (name != "WebP" or data[8:12] == b"WEBP"):
+            return name
+    return None
+
+
+def read_image(source: str | Path | bytes, what: str | None = None) -> np.ndarray:
+    """An image file (a path, or its bytes as uploaded) -> uint8 ``[H, W, 3]`` RGB (alpha dropped, grey expanded).
+
+    Checked before decoding (module docstring): at most ``MAX_IMAGE_BYTES``, a PNG, JPEG, GIF, WebP or BMP by its
+    first bytes, at most ``MAX_IMAGE_SIDE`` px a side; an animated image gives its first frame. ``what`` names the
+    input in errors (default: the path, or "the image"). UserError, one line, for each."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise UserError("reading images needs Pillow: pip install pillow") from None
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), what or "the image"
+    else:
+        path, name = Path(source), what or str(source)
+        if not path.is_file():
+            raise UserError(f"{name}: no such file")
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise UserError(f"{name} is {path.stat().st_size / 2**20:.1f} MiB, over the {MAX_IMAGE_BYTES / 2**20:g} MiB limit of an image")
+        data = path.read_bytes()
+    if len(data) > MAX_IMAGE_BYTES:
+        raise UserError(f"{name} is {len(data) / 2**20:.1f} MiB, over the {MAX_IMAGE_BYTES / 2**20:g} MiB limit of an image")
+    if image_type(data) is None:
+        raise UserError(f"{name} is not an image: give a {', '.join(IMAGE_TYPES)} file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            W, H = img.size  # from the header: nothing decoded yet
+            if not (1 <= W <= MAX_IMAGE_SIDE and 1 <= H <= MAX_IMAGE_SIDE):
+                raise UserError(f"{name} is {W}x{H} px; an image may be at most {MAX_IMAGE_SIDE} px a side")
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{name} cannot be read as an image: {exc}") from None
+    return np.ascontiguousarray(rgb)
+
+
+def read_video(path: str | Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """A video file -> (uint8 ``[F, H, W, 3]``, its frames per second); with ``size`` = (H, W) each frame is fitted
+    to it as it is read (:func:`fit_frames`), so memory holds the clip at that size only. UserError for a file that
+    is missing, cannot be decoded, has no frames or would exceed ``MAX_VIDEO_BYTES``."""
+    try:
+        import av
+    except ImportError:
+        raise UserError("reading videos needs PyAV: pip install av") from None
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    frames, held = [], 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
+            for frame in container.decode(stream):
+                image = frame.to_ndarray(format="rgb24")
+                if size is not None:
+                    image = fit_frames(image[None], *size, warn=None)[0]
+                held += image.nbytes
+                if held > MAX_VIDEO_BYTES:
+                    raise UserError(f"{path} holds more than {MAX_VIDEO_BYTES / 2**30:g} GiB of frames; cut it shorter")
+                frames.append(image)
+    except UserError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read as a video: {exc}") from None
+    if not frames:
+        raise UserError(f"{path} has no frames")
+    return np.stack(frames), fps
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int, *, warn=None) -> np.ndarray:
+    """uint8 ``[F, h, w, 3]`` -> ``[F, height, width, 3]``: centre-cropped to the target's aspect ratio, then resized
+    (area averaging down, bicubic up); frames of that size already are returned as they are.
+
+    ``warn(message)`` is called once when the crop cuts more than a pixel's rounding (another aspect ratio)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise UserError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    F, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    from PIL import Image
+
+    # The largest centre crop of the target's aspect ratio.
+    if w * height > h * width:
+        ch, cw = h, max(1, round(h * width / height))
+    else:
+        ch, cw = max(1, round(w * height / width)), w
+    if warn is not None and (abs(cw - w) > 1 or abs(ch - h) > 1):
+        warn(f"the given frames are {w}x{h} px, another aspect ratio than the model's {width}x{height}: "
+             f"centre-cropped to {cw}x{ch} px, then resized")
+    y, x = (h - ch) // 2, (w - cw) // 2
+    resample = Image.Resampling.BOX if cw >= width and ch >= height else Image.Resampling.BICUBIC
+    out = np.empty((F, height, width, 3), dtype=np.uint8)
+    for i in range(F):
+        out[i] = np.asarray(Image.fromarray(frames[i, y : y + ch, x : x + cw]).resize((width, height), resample))
+    return out

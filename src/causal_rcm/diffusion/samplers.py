@@ -51,11 +51,15 @@ rebuilt every K chunks, so that each entry is computed from the frames the cache
 frames evicted since (LongLive's KV re-cache, Yang et al. 2025, applied periodically). A stream
 (:class:`~causal_rcm.pipeline.Stream`) does the same one chunk at a time.
 
-Continuing given frames (``prefix``, e.g. a world model's real context frames): a causal model commits
-them to its caches, a chunk at a time, exactly as it commits its own clean chunks, then samples the new
-ones; a bidirectional model samples the window ``[prefix | new]`` with the known frames put back at every
-step at the current noise level, ``(1 - s) x0 + s eps`` with one ``eps`` ("replacement", Song et al. 2021,
-Sec. 5 and App. I.2), and returns the new frames.
+Continuing given frames (``prefix``, e.g. a world model's real context frames, an image, the end of a clip): a
+causal model commits its whole chunks to its caches, a chunk at a time, exactly as it commits its own clean
+chunks, then samples the new ones. Given frames that do not fill a chunk (an image is one latent frame; a chunk
+holds several) open the first new chunk as clean frames at t = 0 beside its noisy ones (``sample_chunk``'s
+``given``): the model's per-frame times make a chunk with clean and noisy frames one forward, the noisy frames
+attend to the clean ones inside the chunk, and the chunk is committed whole. A bidirectional model samples the
+window ``[prefix | new]`` with the known frames put back at every step at the current noise level,
+``(1 - s) x0 + s eps`` with one ``eps`` ("replacement", Song et al. 2021, Sec. 5 and App. I.2), and returns the
+new frames.
 """
 
 from __future__ import annotations
@@ -149,13 +153,26 @@ def _velocity_fn(
     kv_caches: Sequence[Any] | None,
     model_kwargs: dict[str, Any],
     complement: Complement | None = None,
+    given: torch.Tensor | None = None,
 ) -> Callable[..., torch.Tensor]:
+    """The (guided, completed) velocity of the noisy frames x at time s (``r``: a MeanFlow step's end); ``given``
+    (B, C, G, H, W) clean frames sit before x at t = 0 in every call (module docstring)."""
+    G = 0 if given is None else given.shape[2]
+
     def velocity(x: torch.Tensor, s: float, r: float | None = None) -> torch.Tensor:
         kwargs = model_kwargs if r is None else {**model_kwargs, "interval": _net_time(s - r, x)}
+        t = _net_time(s, x)
+        if G:
+            x_in = torch.cat([given.to(x.dtype), x], dim=2)  # (B, C, G + F, H, W)
+            t = torch.cat([t.new_zeros(t.shape[0], G), t], dim=1)  # (B, G + F): the given frames at t = 0
+            if r is not None:
+                kwargs["interval"] = torch.cat([t.new_zeros(t.shape[0], G), kwargs["interval"]], dim=1)
+        else:
+            x_in = x
         v = guided_velocity(
-            model, x, _net_time(s, x), context,
+            model, x_in, t, context,
             guidance=guidance, neg_context=neg_context, kv_caches=kv_caches, **kwargs,
-        )
+        )[:, :, G:]
         if complement is None:
             return v
         return v + complement(x + (1 - s) * v) / s  # x0 completed outside the head's reach (module docstring)
@@ -338,6 +355,7 @@ def sample_chunk(
     callback: Callback | None = None,
     refresh: bool = True,
     complement: Complement | None = None,
+    given: torch.Tensor | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Denoise one chunk against the KV caches, then (``refresh``) commit it to them at t = 0 (Self Forcing).
@@ -350,12 +368,16 @@ def sample_chunk(
         kv_caches: ``(cond_cache, uncond_cache)``; uncond_cache None when ``guidance == 1``.
         complement: ``model.head_complement()`` to complete each x0 estimate (module docstring);
             the completed chunk is the one committed to the caches.
-        model_kwargs: passed to every call, the refresh included (e.g. ``actions`` (B, Fc)).
+        given: (B, C, G, H, W) clean frames that open the chunk (e.g. an image's latent frame): at t = 0 beside the
+            noisy ones at every step, committed and returned with them (module docstring).
+        model_kwargs: passed to every call, the refresh included (e.g. ``actions`` (B, G + Fc)).
     Returns:
-        (B, C, Fc, H, W) the clean chunk.
+        (B, C, G + Fc, H, W) the clean chunk, the given frames first.
     """
-    velocity = _velocity_fn(model, context, guidance, neg_context, kv_caches, model_kwargs, complement)
+    velocity = _velocity_fn(model, context, guidance, neg_context, kv_caches, model_kwargs, complement, given)
     x0 = _integrate(velocity, noise, time_grid(steps, shift), solver=solver, generator=generator, callback=callback)
+    if given is not None:
+        x0 = torch.cat([given.to(x0.dtype), x0], dim=2)
     if refresh:
         refresh_kv_caches(model, x0, context, kv_caches, neg_context=neg_context, **model_kwargs)
     return x0
@@ -400,23 +422,31 @@ def causal_sample_stream(
             (``window_frames=None``: unbounded).
         actions: (B, F, ...) per-frame actions, split into chunks like the noise (tensor noise only); with a
             prefix, (B, P + F, ...): the prefix's first.
-        prefix: (B, C, P, H, W) clean frames to continue (P a multiple of ``frames_per_chunk``), committed to the
-            cache chunk by chunk before the first new chunk, as the model's own chunks are.
+        prefix: (B, C, P, H, W) clean frames to continue: its whole chunks are committed to the cache chunk by chunk
+            before the first new chunk, as the model's own chunks are; the last ``P % frames_per_chunk`` open the
+            first new chunk at t = 0, which then makes ``frames_per_chunk - P % frames_per_chunk`` new frames.
         complement: ``model.head_complement()`` to complete each x0 estimate (module docstring).
         switches: ``{chunk: context}``: from that chunk (counted after the prefix) on, the prompt is ``context``
             (B, L, D) and the conditional cache is rebuilt under it (module docstring).
         recache_every: K > 0 rebuilds every cache from its kept chunks before every K-th chunk (0: never).
     Yields:
-        (B, C, Fc, H, W) clean chunks in order. The last chunk of tensor noise is not committed
+        (B, C, Fc, H, W) clean chunks of new frames in order. The last chunk of tensor noise is not committed
         to the cache (nothing reads it), saving one forward pass.
     """
     if frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
     grid = time_grid(steps, shift)
     kv_caches = make_kv_caches(model, guidance=guidance, sink_frames=sink_frames, window_frames=window_frames)
+    P = 0 if prefix is None else prefix.shape[2]
+    whole = P - P % frames_per_chunk  # prefix frames committed as whole chunks
+    given = None if P == whole else prefix[:, :, whole:]
+    first = frames_per_chunk - (P - whole)  # new frames of the first chunk
     if isinstance(noise, torch.Tensor):
-        chunks: Iterable[torch.Tensor] = noise.split(frames_per_chunk, dim=2)
-        num_chunks = len(chunks)  # type: ignore[arg-type]
+        F = noise.shape[2]
+        sizes = [min(first, F)] + [frames_per_chunk] * math.ceil(max(F - first, 0) / frames_per_chunk)
+        sizes[-1] -= sum(sizes) - F
+        chunks: Iterable[torch.Tensor] = noise.split(sizes, dim=2)
+        num_chunks = len(sizes)
     else:
         if actions is not None:
             raise ValueError("actions need tensor noise; for a live stream call sample_chunk per chunk")
@@ -425,22 +455,24 @@ def causal_sample_stream(
         raise ValueError(f"recache_every must be >= 0, got {recache_every}")
     switches = dict(switches or {})
     history = ChunkHistory(sink_frames, window_frames) if switches or recache_every else None
-    action_chunks = None if actions is None else actions.split(frames_per_chunk, dim=1)
-    done = 0  # chunks committed before the first new one (the prefix's): the cache's age, which re-caching counts
-    if prefix is not None:
-        if prefix.shape[2] % frames_per_chunk:
-            raise ValueError(f"a prefix of {prefix.shape[2]} frames is not whole chunks of {frames_per_chunk}")
-        for k, chunk in enumerate(prefix.split(frames_per_chunk, dim=2)):
-            model_kwargs = {} if action_chunks is None else {"actions": action_chunks[k]}
-            refresh_kv_caches(model, chunk, context, kv_caches, neg_context=neg_context, **model_kwargs)
-            if history is not None:
-                history.add(chunk, **model_kwargs)
-        done = prefix.shape[2] // frames_per_chunk
-        action_chunks = None if action_chunks is None else action_chunks[done:]
+
+    def chunk_actions(start: int, stop: int) -> dict[str, Any]:
+        return {} if actions is None else {"actions": actions[:, start:stop]}
+
+    for k in range(whole // frames_per_chunk):
+        start = k * frames_per_chunk
+        model_kwargs = chunk_actions(start, start + frames_per_chunk)
+        refresh_kv_caches(model, prefix[:, :, start : start + frames_per_chunk], context, kv_caches,
+                          neg_context=neg_context, **model_kwargs)
+        if history is not None:
+            history.add(prefix[:, :, start : start + frames_per_chunk], **model_kwargs)
+    done = whole // frames_per_chunk  # chunks committed before the first new one (the prefix's): the cache's age
+    start = whole  # the frame (prefix included) that opens the next chunk
     for k, chunk in enumerate(chunks):
-        if num_chunks is None and chunk.shape[2] != frames_per_chunk:
-            raise ValueError(f"stream chunk {k} has {chunk.shape[2]} frames, expected {frames_per_chunk}")
-        model_kwargs = {} if action_chunks is None else {"actions": action_chunks[k]}
+        G = P - whole if k == 0 else 0  # given frames that open this chunk
+        if num_chunks is None and chunk.shape[2] != (first if k == 0 else frames_per_chunk):
+            raise ValueError(f"stream chunk {k} has {chunk.shape[2]} frames, expected {first if k == 0 else frames_per_chunk}")
+        model_kwargs = chunk_actions(start, start + G + chunk.shape[2])
         if history is not None and len(history):
             recache = recache_every > 0 and (done + k) % recache_every == 0
             if k in switches:
@@ -453,11 +485,13 @@ def causal_sample_stream(
         x0 = sample_chunk(
             model, chunk, context, kv_caches,
             steps=grid, solver=solver, guidance=guidance, neg_context=neg_context, generator=generator,
-            callback=_tagged(callback, k), refresh=k + 1 != num_chunks, complement=complement, **model_kwargs,
+            callback=_tagged(callback, k), refresh=k + 1 != num_chunks, complement=complement,
+            given=given if k == 0 else None, **model_kwargs,
         )
         if history is not None:
             history.add(x0, **model_kwargs)
-        yield x0
+        start += G + chunk.shape[2]
+        yield x0[:, :, G:]
 
 
 def causal_sample(
