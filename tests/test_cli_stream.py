@@ -140,3 +140,86 @@ def test_generate_with_a_wider_stream_window(checkpoints, tmp_path, capsys):
     assert "24 frames" in capsys.readouterr().out and out.stat().st_size > 0
     assert run_main("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle", "--window", "1", "-o", str(out)) == 2
     assert "--window must hold a chunk of 2 frames, got 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --image, --video --extend
+def write_png(path: Path, height: int, width: int) -> Path:
+    from PIL import Image
+
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[height // 3 : height // 2, width // 3 : width // 2] = (230, 40, 40)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_generate_from_an_image_and_extending_a_clip(checkpoints, tmp_path, capsys):
+    out = tmp_path / "i2v.gif"
+    main(["generate", "-c", str(checkpoints["causal"]), "-p", "a red square moves right", "--image",
+          str(write_png(tmp_path / "first.png", 32, 32)), "--seconds", "2", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert "16 frames" in captured.out and "warning" not in captured.err
+
+    main(["generate", "-c", str(checkpoints["causal"]), "-p", "a red square moves right", "--image",
+          str(write_png(tmp_path / "wide.png", 48, 96)), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the image: the given frames are 96x48 px, another aspect ratio")
+
+    clip = tmp_path / "clip.mp4"
+    from causal_rcm.data.video import write_mp4
+
+    frames = np.zeros((6, 32, 32, 3), dtype=np.uint8)
+    frames[:, 10:18, 10:18] = 200
+    write_mp4(clip, frames, fps=8)
+    out = tmp_path / "extended.mp4"
+    main(["generate", "-c", str(checkpoints["causal"]), "-p", "a red square moves right", "--video", str(clip),
+          "--extend", "1s", "-o", str(out)])
+    assert "14 frames" in capsys.readouterr().out  # the clip's 6, then 8
+    video = read_video(out)
+    assert video.shape == (14, 32, 32, 3)
+    assert np.abs(video[:6].astype(int) - read_video(clip).astype(int)).mean() < 3  # the clip, through H.264 twice
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", "{text}"], "is not an image: give a PNG, JPEG, GIF, WebP or BMP file"),
+        (["--image", "{huge}"], "over the 16 MiB limit of an image"),
+        (["--image", "{nowhere}"], "no such file"),
+        (["--video", "{empty}", "--extend", "2s"], "has no frames"),
+        (["--video", "{junk}", "--extend", "2s"], "cannot be read as a video"),
+        (["--video", "{clip}"], "--video CLIP and --extend TIME go together"),
+        (["--video", "{clip}", "--extend", "soon"], "--extend 'soon' is not like '10s'"),
+        (["--video", "{clip}", "--extend", "0f"], "must be at least one frame"),
+        (["--image", "{png}", "--video", "{clip}", "--extend", "1s"], "give one of them"),
+        (["--image", "{png}", "-c", "{bidirectional}"], "needs a causal checkpoint"),
+        (["--video", "{clip}", "--extend", "1s", "-c", "{bidirectional}"], "needs a causal checkpoint"),
+    ],
+)
+def test_bad_given_frames_are_one_line_errors(checkpoints, tmp_path, capsys, args, message):
+    from causal_rcm.data.video import write_mp4
+
+    (tmp_path / "notes.png").write_text("these are words, not pixels")
+    with open(tmp_path / "huge.png", "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(17 * 2**20)
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 20)
+    import av
+
+    container = av.open(str(tmp_path / "empty.mp4"), mode="w")  # an mp4 without a frame
+    stream = container.add_stream("libx264", rate=8)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    container.start_encoding()  # writes the header: a file that holds a container and no frame
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    write_mp4(tmp_path / "clip.mp4", np.zeros((4, 32, 32, 3), dtype=np.uint8))
+    fill = {"text": tmp_path / "notes.png", "huge": tmp_path / "huge.png", "nowhere": tmp_path / "nowhere.png",
+            "empty": tmp_path / "empty.mp4", "junk": tmp_path / "junk.mp4", "clip": tmp_path / "clip.mp4",
+            "png": write_png(tmp_path / "ok.png", 32, 32), "bidirectional": checkpoints["bidirectional"]}
+    args = [a.format(**{k: str(v) for k, v in fill.items()}) for a in args]
+    if "-c" not in args:
+        args = ["-c", str(checkpoints["causal"]), *args]
+    assert run_main("generate", "-p", "a red circle moves left", *args, "-o", str(tmp_path / "v.mp4")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "v.mp4").exists()

@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from causal_rcm.errors import TrainingStopped, UserError, shorten
+from causal_rcm.errors import InputWarning, TrainingStopped, UserError, shorten
 from causal_rcm.limits import (
     MAX_DRIFT, MAX_EVAL_VIDEOS, MAX_SEED, MAX_STEPS, MAX_STREAM_SECONDS, MAX_VIDEO_BYTES, check_video_bytes,
 )
 from causal_rcm.version import __version__
 
 MAX_MESSAGE_CHARS = 600  # an error line longer than this is cut in its middle (it quotes a long input)
+_SHOW_WARNING = warnings.showwarning
 
 
 class Number(click.FloatRange):
@@ -696,37 +698,68 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output video, .mp4 or .gif.")
 @click.option("--scale", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Nearest-neighbour upscaling of the written video.")
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="Causal checkpoints: start from this image (PNG, JPEG, GIF, WebP or BMP, any size: centre-cropped "
+                   "to the model's aspect ratio and resized), the video's first frame.")
+@click.option("--video", type=click.Path(path_type=Path), default=None,
+              help="Causal checkpoints: continue this clip (with --extend); the output is the clip, then the continuation.")
+@click.option("--extend", default=None, metavar="TIME", help="With --video: how much to add, '10s' or '80f' frames.")
 @device_option("cpu")
 @click.option("--compile", "compile_blocks", is_flag=True,
               help="torch.compile each block's tensor math (the first chunks compile; worth it for long videos on a GPU).")
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
              steps: int | None, times: list[float] | None, mode: str, seed: int, window: int | None, out: Path, scale: int,
-             device: str, compile_blocks: bool) -> None:
-    """Generate a video: bidirectional checkpoints over their training length, causal ones of any length."""
+             image: Path | None, video: Path | None, extend: str | None, device: str, compile_blocks: bool) -> None:
+    """Generate a video: bidirectional checkpoints over their training length, causal ones of any length, from a
+    prompt alone, from a first image (--image) or continuing a clip (--video CLIP --extend TIME)."""
     import time
 
-    from causal_rcm.data.video import write_gif, write_mp4
+    from causal_rcm.data.video import read_image, read_video, write_gif, write_mp4
     from causal_rcm.pipeline import StreamingPipeline
 
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise UserError(f"--out must end with .mp4 or .gif, got {out}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name ending with .mp4 or .gif")
+    if image is not None and video is not None:
+        raise UserError("--image starts a video from an image, --video continues a clip: give one of them")
+    if (video is None) != (extend is None):
+        raise UserError("--video CLIP and --extend TIME go together: the clip, and how much to add to it")
+    if video is not None and seconds is not None:
+        raise UserError("--video continues a clip by --extend TIME; --seconds is for a video made from scratch or --image")
     _check_writable(out)
+    given = None if image is None else read_image(image)  # a bad file fails before the checkpoint loads
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks)
+    if not pipe.config.causal and (image is not None or video is not None):
+        raise UserError(f"--{'image' if image is not None else 'video/--extend'} continues given frames, which needs a causal "
+                        f"checkpoint (a causal teacher or a distilled student); {checkpoint} is bidirectional")
     if not pipe.config.causal and mode != "chunk":
         raise UserError("--mode frame streams a causal checkpoint frame by frame; this one is bidirectional")
     if window is not None and pipe.config.causal:
         pipe.check_window(window, 1 if mode == "frame" else None, name="--window")
     fps, (H, W) = pipe.config.fps, pipe.frame_size
-    num_frames = pipe.video_frames if seconds is None else max(1, round(seconds * fps))
+    clip = None
+    if video is not None:
+        clip, clip_fps = read_video(video, size=(H, W))
+        if abs(clip_fps - fps) > 0.5:
+            warnings.warn(f"{video} plays at {clip_fps:g} fps, the checkpoint at {fps:g}: its frames are continued one "
+                          "for one, so motion may look faster or slower", InputWarning, stacklevel=1)
+        new = _frames_of(extend, fps, "--extend")
+        num_frames = len(clip) + new
+    else:
+        num_frames = pipe.video_frames if seconds is None else max(1, round(seconds * fps))
+        head = 0 if given is None else pipe.codec.video_frames(1)
+        if given is not None and num_frames <= head:
+            raise UserError(f"--seconds {seconds:g} leaves no frame after the image ({head} frame(s)): ask for more")
+        new = num_frames - head
     frame_bytes = 3 * H * W * (2 + scale**2)  # held at once: the frame as made, in the stacked video, upscaled
     check_video_bytes(num_frames * frame_bytes, f"{num_frames} frames of {W * scale}x{H * scale} px",
                       f"at most {MAX_VIDEO_BYTES // frame_bytes / fps:g} s (--seconds) fit at --scale {scale}")
     schedule = [(_frame_at(when, fps, num_frames), text) for when, text in switches]
     started = time.perf_counter()
-    frames = pipe.generate(prompt, num_frames=None if seconds is None else num_frames, steps=steps, mode=mode, seed=seed,
-                           switches=schedule, times=times, window_frames=window)
+    frames = pipe.generate(prompt, num_frames=None if seconds is None and clip is None and given is None else new,
+                           steps=steps, mode=mode, seed=seed, switches=schedule, times=times, window_frames=window,
+                           image=given, video=clip)
     elapsed = time.perf_counter() - started
     try:
         (write_gif if out.suffix.lower() == ".gif" else write_mp4)(out, frames, fps=fps, scale=scale)
@@ -747,6 +780,19 @@ def _seconds(when: str, option: str) -> float:
     if not math.isfinite(value) or value <= 0 or value > MAX_STREAM_SECONDS:
         raise UserError(f"{option} time {shorten(when)} must be in (0, {MAX_STREAM_SECONDS}] seconds")
     return value
+
+
+def _frames_of(when: str, fps: float, option: str) -> int:
+    """'10s' / '2.5s' / '10' (seconds) or '80f' (frames) -> a positive number of frames."""
+    text = when.strip().lower()
+    try:
+        value = float(text[:-1] if text[-1:] in ("s", "f") else text)
+    except ValueError:
+        raise UserError(f"{option} {shorten(when)} is not like '10s' (seconds) or '80f' (frames)") from None
+    frames = value if text.endswith("f") else value * fps
+    if not math.isfinite(frames) or frames < 1 or (text.endswith("f") and not value.is_integer()):
+        raise UserError(f"{option} {shorten(when)} must be at least one frame (a positive time or a whole frame count)")
+    return round(frames)
 
 
 def _frame_at(when: str, fps: float, num_frames: int) -> int:
@@ -854,9 +900,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(code)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Input warnings (``errors.InputWarning``) as one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, InputWarning):
+        _say(f"warning: {message}")
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
 def _run(argv: list[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="causal-rcm", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", InputWarning)
+            warnings.showwarning = _show_warning
+            cli.main(args=argv, prog_name="causal-rcm", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

@@ -234,7 +234,8 @@ def read_image(source: str | Path | bytes, what: str | None = None) -> np.ndarra
     if len(data) > MAX_IMAGE_BYTES:
         raise UserError(f"{name} is {len(data) / 2**20:.1f} MiB, over the {MAX_IMAGE_BYTES / 2**20:g} MiB limit of an image")
     if image_type(data) is None:
-        raise UserError(f"{name} is not an image: give a {', '.join(IMAGE_TYPES)} file")
+        kinds = list(IMAGE_TYPES)
+        raise UserError(f"{name} is not an image: give a {', '.join(kinds[:-1])} or {kinds[-1]} file")
     try:
         with Image.open(io.BytesIO(data)) as img:
             W, H = img.size  # from the header: nothing decoded yet
@@ -261,7 +262,7 @@ def read_video(path: str | Path, size: tuple[int, int] | None = None) -> tuple[n
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise UserError(f"{path} has no video stream")
+                raise UserError(f"{path} has no frames (no video stream)")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
             for frame in container.decode(stream):
@@ -275,7 +276,7 @@ def read_video(path: str | Path, size: tuple[int, int] | None = None) -> tuple[n
     except UserError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise UserError(f"{path} cannot be read as a video: {exc}") from None
+        raise UserError(f"{path} cannot be read as a video: {getattr(exc, 'strerror', None) or exc}") from None
     if not frames:
         raise UserError(f"{path} has no frames")
     return np.stack(frames), fps
