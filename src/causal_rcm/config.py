@@ -76,6 +76,11 @@ class DataConfig:
     # dmd.rollout_window (which an SF-DMD checkpoint's streams keep when this is 0): SF-DMD trained at 4 streams
     # minutes far better at 8, but trained at 8 it held them worse (docs/results/stream_window_2026-12-03.md).
     stream_window: int = ranged(0, 0, 65536)
+    # Image-to-video (and continuing given frames): with this probability a training video's first latent frame is
+    # given, as a stream gets an image (its first frame repeated over one latent frame's frames), clean at t = 0
+    # and without loss; teacher forcing learns the rest of the first chunk beside it, self forcing rolls out from
+    # it (distill/base.py). Causal recipes only.
+    given_frames_prob: float = ranged(0.0, 0, 1)
     text_len: int = ranged(24, 1, 4096)  # text tokens (padded): the longest 3-shape caption has 19
     text_seed: int = ranged(0, 0, MAX_SEED)  # the toy text encoder is rebuilt from this seed
     workers: int = ranged(-1, -1, 256)  # processes rendering batches ahead; -1 = auto (none on CPU, up to 12 beside a GPU)

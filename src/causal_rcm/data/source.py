@@ -98,6 +98,17 @@ class VideoSource:
         context, _ = self.text(list(prompts))
         return context.to(self.device)
 
+    def image_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """Each video's first frame encoded as a stream encodes a given image (``StreamingPipeline.given_frames``:
+        repeated over one latent frame's frames): (B, 3, F, H, W) in [-1, 1] -> (B, C, 1, h, w)."""
+        return self.codec.encode(video[:, :, :1].expand(-1, -1, self.codec.video_frames(1), -1, -1))
+
+    def _given(self, batch: dict[str, Any], video: torch.Tensor) -> dict[str, Any]:
+        """``batch`` with ``image_latents`` when the recipes give first frames (``data.given_frames_prob``)."""
+        if self.data.given_frames_prob > 0:
+            batch["image_latents"] = self.image_latents(video)
+        return batch
+
     def empty_context(self, batch: int) -> torch.Tensor:
         """(B, L, D) context of the empty prompt: the unconditional branch of CFG."""
         if self._empty is None:
@@ -190,7 +201,7 @@ class ShapesSource(VideoSource):
         }
         if "actions" in items[0]:
             batch["actions"] = torch.from_numpy(np.stack([it["actions"] for it in items])).to(self.device)
-        return batch
+        return self._given(batch, video)
 
     def state_dict(self) -> dict:
         return self.dataset.state_dict()
@@ -281,7 +292,7 @@ class AtariSource(VideoSource):
         batch = {"latents": self.codec.encode(video), "context": self.empty_context(B).contiguous(), "caption": [""] * B}
         if self.data.actions:  # else the no-action baseline: the same windows, their actions unseen
             batch["actions"] = torch.from_numpy(actions).to(self.device)
-        return batch
+        return self._given(batch, video)
 
     def next_batch(self) -> dict[str, Any]:
         samples = [self._sample(self.rank + self.world_size * (self.position + i)) for i in range(self.local_batch)]

@@ -5,6 +5,14 @@ evaluated with, evaluation and export (with the checkpoint's pipeline spec). :cl
 a frozen teacher and few-step evaluation, for the recipes that distil one (tf-dcm, tf-scm, tf-meanflow,
 ode-init, sf-dmd).
 
+Given first frames (``data.given_frames_prob`` p, image-to-video): with probability p a sample's first latent
+frame is replaced by its first image's (``source.image_latents``, exactly what a stream encodes from an image), and
+in the noisy half too it sits clean at t = 0 and carries no loss (:meth:`DenoisingRecipe.given_first_frame`,
+:func:`frame_mean`). Teacher forcing already conditions every chunk after the first on clean chunks, so what
+this adds is the first chunk's other frames learnt beside a clean given one, the case of a stream started from an
+image; self forcing (sf-dmd) rolls out from the given frame instead of from noise. With frame-wise chunks the given
+frame is a whole chunk. The bidirectional teacher and ode-init refuse it.
+
 The teacher-forcing recipes (tf-dcm, tf-scm, tf-meanflow) train on the sequence ``[clean chunks | noisy chunks]`` under the
 ``teacher_forcing`` mask (noisy chunk i attends to the clean chunks before it and to itself,
 with the clean chunk's RoPE positions): the clean context sits at t = 0, each noisy chunk at its
@@ -45,12 +53,16 @@ class DenoisingRecipe(Recipe):
     """Shared by the recipes here and the distillation recipes: world, student, sampling and export."""
 
     causal = False
+    gives_frames = False  # trains with given first frames (data.given_frames_prob, module docstring)
 
     def __init__(self, config: Config, source) -> None:
         super().__init__(config)
         self.source = source
         data = config.data
         check_window(data.stream_window, data.frames_per_chunk, "data.stream_window", zero="the training length")
+        if data.given_frames_prob > 0 and not self.gives_frames:
+            raise UserError(f"data.given_frames_prob trains a causal model to continue given frames; {config.recipe} does "
+                            "not take it (the causal teacher, tf-dcm, tf-scm, tf-meanflow and sf-dmd do)")
 
     def build(self, device: torch.device) -> None:
         self.device = device
@@ -87,6 +99,20 @@ class DenoisingRecipe(Recipe):
         if self.config.data.num_frames % fpc:
             raise UserError(f"data.num_frames={self.config.data.num_frames} is not a multiple of data.frames_per_chunk={fpc}")
         return self.config.data.num_frames // fpc
+
+    def given_first_frame(self, batch: dict, rnd: StepRandom) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, given)``: the batch's latents (B, C, F, h, w) with, for each sample drawn with probability
+        ``data.given_frames_prob``, its first latent frame replaced by its first image's (``image_latents``), and
+        ``given`` (B, F) bool marking those frames (module docstring). No draw at p = 0: runs without given frames
+        keep their randomness."""
+        x0 = batch["latents"]
+        given = torch.zeros(x0.shape[0], x0.shape[2], dtype=torch.bool, device=x0.device)
+        p = self.config.data.given_frames_prob
+        if p == 0:
+            return x0, given
+        given[:, 0] = rnd.rand(x0.shape[0]).to(x0.device) < p
+        first = torch.where(given[:, None, :1, None, None], batch["image_latents"].to(x0.dtype), x0[:, :, :1])
+        return torch.cat([first, x0[:, :, 1:]], dim=2), given
 
     def drop_captions(self, context: torch.Tensor, rnd: StepRandom) -> torch.Tensor:
         """Replace each caption by the empty prompt with probability ``objective.caption_dropout``."""
@@ -240,6 +266,13 @@ def finite_rows(*tensors: torch.Tensor) -> torch.Tensor:
     for t in tensors:
         ok &= torch.isfinite(t).flatten(1).all(dim=1)
     return ok
+
+
+def frame_mean(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of ``x`` (B, C, F, H, W) over the frames ``keep`` (B, F) marks: (B,) (0 where none is)."""
+    w = keep.to(x.dtype)[:, None, :, None, None]
+    count = keep.sum(dim=1).to(x.dtype) * (x[:, :, :1].numel() // x.shape[0])  # kept frames x values per frame
+    return (x * w).flatten(1).sum(dim=1) / count.clamp(min=1)
 
 
 def masked_mean(per_sample: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

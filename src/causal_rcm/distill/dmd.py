@@ -87,6 +87,7 @@ class SFDMDRecipe(DistillRecipe):
     """Self-forcing DMD of a causal few-step student; groups ``student`` (generator) and ``critic``."""
 
     name = "sf-dmd"
+    gives_frames = True
 
     @classmethod
     def prepare(cls, config: Config) -> None:
@@ -183,12 +184,14 @@ class SFDMDRecipe(DistillRecipe):
         if dmd.rollout_factor > 1:
             end = F + fpc * rnd.shared_randint((dmd.rollout_factor - 1) * F // fpc + 1)
         noise = rnd.randn(latents.shape[0], latents.shape[1], end, *latents.shape[3:]).to(latents.dtype)
+        _, given = self.given_first_frame(batch, rnd)  # (B, F): rollouts that start from the given first frame
         with torch.set_grad_enabled(with_grad):
             video = self_forcing_rollout(
                 self.student, noise, batch["context"], grid=grid, exit_step=exit_step, frames_per_chunk=fpc,
                 solver=self.solver, window_frames=dmd.rollout_window or F, sink_frames=dmd.sink_frames,
                 draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), score_from_chunk=(end - F) // fpc,
                 complement=head_complement(self.student),
+                given=batch.get("image_latents") if given.any() else None, given_rows=given[:, 0],
             )
         return video, exit_step
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from causal_rcm.config import Config
-from causal_rcm.distill.base import DenoisingRecipe
+from causal_rcm.distill.base import DenoisingRecipe, frame_mean
 from causal_rcm.kernels import masks
 
 
@@ -58,17 +58,19 @@ class TeacherRecipe(DenoisingRecipe):
 
 
 class CausalTeacherRecipe(DenoisingRecipe):
-    """Teacher-forcing diffusion: noisy chunks denoised given the clean chunks before them."""
+    """Teacher-forcing diffusion: noisy chunks denoised given the clean chunks before them (and, with
+    ``data.given_frames_prob``, a given first frame beside the first chunk's)."""
 
     name = "causal-teacher"
     causal = True
+    gives_frames = True
 
     def losses(self, batch, rnd, step):
-        x0 = batch["latents"]  # (B, C, F, h, w)
+        x0, given = self.given_first_frame(batch, rnd)  # (B, C, F, h, w), (B, F)
         B, _, F, _, _ = x0.shape
         fpc = self.config.data.frames_per_chunk
         chunks = self.num_chunks()
-        s = self.sample_s(rnd, B, chunks, fpc)  # (B, F): independent time per chunk
+        s = self.sample_s(rnd, B, chunks, fpc).masked_fill(given, 0.0)  # (B, F): independent time per chunk; given at 0
         eps = rnd.randn_like(x0)
         s_ = s[:, None, :, None, None]
         x_s = (1 - s_) * x0 + s_ * eps
@@ -80,5 +82,5 @@ class CausalTeacherRecipe(DenoisingRecipe):
             actions = torch.cat([actions, actions], dim=1)
         out = self.student(x, t, self.drop_captions(batch["context"], rnd), mask=mask, actions=actions)
         v = out[:, :, F:]  # noisy half only
-        loss = (v.float() - (eps - x0)).square().mean()
+        loss = frame_mean((v.float() - (eps - x0)).square(), ~given).mean()
         return {"student": (loss, {})}

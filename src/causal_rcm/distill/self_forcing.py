@@ -16,6 +16,10 @@ many times its training length through the rolling KV cache and attention sink i
 under ``no_grad`` and the cache keeps detached keys and values, so memory is bounded by the
 window, not by the rollout's length. ``complement`` completes each x0 estimate where the head
 cannot reach, as the samplers do (``diffusion.samplers``), so training sees the frames a stream makes.
+
+Given first frames (image-to-video, ``data.given_frames_prob``): the samples of ``given_rows`` start from their
+given latent frames, which open the first chunk clean at t = 0 beside its noisy frames at every step (as a stream
+started from an image does, ``diffusion.samplers``) and are the chunk's output there, without gradient.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def self_forcing_rollout(
     actions: torch.Tensor | None = None,
     score_from_chunk: int = 0,
     complement: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    given: torch.Tensor | None = None,
+    given_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Roll the student out over the whole video; gradient only through each chunk's exit step.
 
@@ -65,6 +71,8 @@ def self_forcing_rollout(
             and are not returned (a rollout longer than the scored window keeps no graph and no frames
             outside it).
         complement: ``model.head_complement()`` to complete each x0 estimate (``diffusion.samplers``).
+        given: (B, C, G, H, W) clean latent frames (G < frames_per_chunk) that open the first chunk of the samples
+            ``given_rows`` (B,) bool marks (module docstring).
     Returns:
         (B, C, F', H, W) the chunks from ``score_from_chunk`` on (F' = F - score_from_chunk *
         frames_per_chunk), each through its exit step's computation with gradient.
@@ -83,19 +91,27 @@ def self_forcing_rollout(
     for c, x in enumerate(chunks):
         kwargs = {} if action_chunks is None else {"actions": action_chunks[c]}
         B, _, Fc = x.shape[:3]
+        held = torch.zeros(B, Fc, dtype=torch.bool, device=x.device)  # given frames of this chunk, clean at t = 0
+        known = x
+        if given is not None and c == 0:
+            held[:, : given.shape[2]] = given_rows[:, None]
+            known = torch.cat([given.to(x.dtype), x[:, :, given.shape[2] :]], dim=2)
+        held_ = held[:, None, :, None, None]
+        x = torch.where(held_, known, x)
         for i in range(exit_step + 1):
             s, s_next = float(grid[i]), float(grid[i + 1])
-            t_net = to_net_time(torch.full((B, Fc), s, device=x.device))
+            t_net = to_net_time(torch.full((B, Fc), s, device=x.device).masked_fill(held, 0.0))
             step_kwargs = dict(kwargs)
             if solver == "meanflow":  # jump to s_next, or all the way to 0 at the exit step (its x0 estimate)
                 r = 0.0 if i == exit_step else s_next
-                step_kwargs["interval"] = to_net_time(torch.full((B, Fc), s - r, device=x.device))
+                step_kwargs["interval"] = to_net_time(torch.full((B, Fc), s - r, device=x.device).masked_fill(held, 0.0))
             with torch.set_grad_enabled(i == exit_step and c >= score_from_chunk and torch.is_grad_enabled()):
                 v = model(x, t_net, context, kv_cache=cache, **step_kwargs)
                 if complement is not None:  # x0 completed where the head cannot reach, as the samplers do
                     v = v + complement(x + (1 - s) * v) / s
                 if i == exit_step:
                     x0 = velocity_to_x0(v.float(), x.float(), s)  # consistency function f = x - s v
+                    x0 = torch.where(held_, known.float(), x0)
                     break
                 if solver == "meanflow":
                     x = (x + (s_next - s) * v).to(x.dtype)
@@ -103,6 +119,7 @@ def self_forcing_rollout(
                     x0 = velocity_to_x0(v, x, s).to(x.dtype)
                     eps = draw_noise(x.shape) if draw_noise is not None else torch.randn_like(x)
                     x = (1 - s_next) * x0 + s_next * eps.to(x.dtype)
+                x = torch.where(held_, known, x)
         if c >= score_from_chunk:
             outputs.append(x0)
         if c + 1 < len(chunks):

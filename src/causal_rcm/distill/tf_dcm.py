@@ -21,7 +21,7 @@ import torch
 from causal_rcm.config import Config, DcmConfig
 from causal_rcm.diffusion.conversions import expand_time, velocity_to_x0
 from causal_rcm.diffusion.schedules import shift_time
-from causal_rcm.distill.base import DistillRecipe, distill_config
+from causal_rcm.distill.base import DistillRecipe, distill_config, frame_mean
 
 
 def tf_dcm_config() -> Config:
@@ -33,6 +33,7 @@ def tf_dcm_config() -> Config:
 class TFDCMRecipe(DistillRecipe):
     name = "tf-dcm"
     solver = "consistency"
+    gives_frames = True
 
     def student_x0(self, x0: torch.Tensor, x_s: torch.Tensor, s: torch.Tensor, batch: dict) -> torch.Tensor:
         """f_theta(x_s, s) = x_s - s v_theta on the noisy half of [x0 | x_s] (B, C, F, H, W), float32."""
@@ -44,11 +45,11 @@ class TFDCMRecipe(DistillRecipe):
 
     def losses(self, batch, rnd, step):
         obj = self.config.objective
-        x0 = batch["latents"]
+        x0, given = self.given_first_frame(batch, rnd)
         B = x0.shape[0]
         n = rnd.randint(self.config.dcm.intervals, B, self.num_chunks()) + 1  # (B, chunks) in 1..N
-        s = self.per_chunk(shift_time(n.float() / self.config.dcm.intervals, obj.shift))
-        s_prev = self.per_chunk(shift_time((n - 1).float() / self.config.dcm.intervals, obj.shift))
+        s = self.per_chunk(shift_time(n.float() / self.config.dcm.intervals, obj.shift)).masked_fill(given, 0.0)
+        s_prev = self.per_chunk(shift_time((n - 1).float() / self.config.dcm.intervals, obj.shift)).masked_fill(given, 0.0)
         eps = rnd.randn_like(x0)
         x_s = (1 - expand_time(s, x0)) * x0 + expand_time(s, x0) * eps
 
@@ -57,6 +58,6 @@ class TFDCMRecipe(DistillRecipe):
         with torch.no_grad():
             target = self.student_x0(x0, x_prev, s_prev, batch)  # equals x_prev where s_prev = 0
         f = self.student_x0(x0, x_s, s, batch)
-        weight = expand_time(1.0 / (s - s_prev), x0)
-        loss = (weight * (f - target).square()).mean()
-        return {"student": (loss, {"mean_interval": float((s - s_prev).mean())})}
+        weight = expand_time(1.0 / (s - s_prev).masked_fill(given, 1.0), x0)  # given frames: no loss (frame_mean)
+        loss = frame_mean(weight * (f - target).square(), ~given).mean()
+        return {"student": (loss, {"mean_interval": float((s - s_prev)[~given].mean())})}

@@ -25,17 +25,20 @@ import torch
 from causal_rcm.config import Config, MeanFlowConfig
 from causal_rcm.diffusion.conversions import expand_time
 from causal_rcm.diffusion.schedules import shift_time
-from causal_rcm.distill.base import DistillRecipe, attention_backend, distill_config, finite_rows, masked_mean
+from causal_rcm.distill.base import DistillRecipe, attention_backend, distill_config, finite_rows, frame_mean, masked_mean
 
 
-def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def meanflow_target(u_fn, z: torch.Tensor, s: torch.Tensor, r: torch.Tensor, v: torch.Tensor,
+                    fixed: torch.Tensor | None = None) -> torch.Tensor:
     """MeanFlow's target v - (s - r) du/ds (float32), du/ds = JVP of ``u_fn(z, s)`` (r fixed inside) along (v, 1).
 
     Args: z (B, C, F, H, W); s, r (B, F) flow-matching times; v like z, the instantaneous
-    velocity at (z, s). For the true average velocity the target equals u itself.
+    velocity at (z, s). ``fixed`` (B, F) bool: frames held still along the trajectory (given clean frames at
+    s = 0), zero tangents. For the true average velocity the target equals u itself.
     Call under ``no_grad`` with an attention backend that has a JVP.
     """
-    _, dudt = torch.func.jvp(u_fn, (z, s), (v.to(z.dtype), torch.ones_like(s)))
+    moving = torch.ones_like(s) if fixed is None else (~fixed).to(s.dtype)
+    _, dudt = torch.func.jvp(u_fn, (z, s), ((v * expand_time(moving, v)).to(z.dtype), moving))
     return v.float() - expand_time(s - r, z) * dudt.float()
 
 
@@ -47,6 +50,7 @@ def tf_meanflow_config() -> Config:
 
 class TFMeanFlowRecipe(DistillRecipe):
     name = "tf-meanflow"
+    gives_frames = True
     needs_jvp = True
     solver = "meanflow"
     student_overrides = {"interval_embedding": True}
@@ -66,10 +70,10 @@ class TFMeanFlowRecipe(DistillRecipe):
 
     def losses(self, batch, rnd, step):
         obj = self.config.objective
-        x0 = batch["latents"]
+        x0, given = self.given_first_frame(batch, rnd)
         B, _, F, _, _ = x0.shape
         context = batch["context"]
-        r, s = (self.per_chunk(v) for v in self.sample_times(rnd, B))  # (B, F)
+        r, s = (self.per_chunk(v).masked_fill(given, 0.0) for v in self.sample_times(rnd, B))  # (B, F); given at 0
         eps = rnd.randn_like(x0)
         z = (1 - expand_time(s, x0)) * x0 + expand_time(s, x0) * eps
         v = self.teacher_velocity(x0, z, s, batch)  # (B, C, F, h, w), float32
@@ -84,11 +88,11 @@ class TFMeanFlowRecipe(DistillRecipe):
             return out[:, :, F:]
 
         with torch.no_grad(), attention_backend(self.student, obj.jvp_backend):
-            target = meanflow_target(u_noisy, z, s, r, v)
+            target = meanflow_target(u_noisy, z, s, r, v, fixed=given)
         keep = finite_rows(target)
         target = torch.where(keep[:, None, None, None, None], target, torch.zeros_like(target)).detach()
         u = u_noisy(z, s).float()
-        per_sample = (u - target).square().flatten(1).mean(dim=1)
+        per_sample = frame_mean((u - target).square(), ~given)
         loss = masked_mean(per_sample, keep)
         metrics = {
             "mean_interval": float((s - r).mean()),

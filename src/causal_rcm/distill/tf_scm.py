@@ -44,6 +44,7 @@ from causal_rcm.distill.base import (
     chunk_norm,
     distill_config,
     finite_rows,
+    frame_mean,
     log_normal_trigflow_time,
     masked_mean,
 )
@@ -65,20 +66,25 @@ def scm_tangent(F_fn, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor) ->
 
 def scm_direction(
     F_minus: torch.Tensor, cs_dFdt: torch.Tensor, dxdt: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-    *, r: float, c: float, frames_per_chunk: int,
+    *, r: float, c: float, frames_per_chunk: int, given: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sCM's normalised update direction g / (||g|| + c) and ||g|| (per sample and chunk), see the module docstring."""
+    """sCM's normalised update direction g / (||g|| + c) and ||g|| (per sample and chunk), see the module docstring;
+    ``given`` (B, F) bool: clean given frames (t = 0), whose g is 0 and left out of their chunk's norm."""
     t_ = expand_time(t, x_t)
     g = -torch.cos(t_).square() * (F_minus - dxdt) - r * (torch.cos(t_) * torch.sin(t_) * x_t + cs_dFdt)
+    if given is not None:
+        g = g.masked_fill(given[:, None, :, None, None], 0.0)
     norm = chunk_norm(g, frames_per_chunk)
     return g / (norm + c), norm
 
 
-def scm_loss(F_theta: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def scm_loss(F_theta: torch.Tensor, g: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample sCM loss ``mean ||F_theta - sg(F_theta) - g||^2`` (B,): its value is ``mean g^2`` and its
-    gradient ``-2 g / n`` per element of ``F_theta`` exactly, whatever the precision ``F_theta`` was computed in."""
+    gradient ``-2 g / n`` per element of ``F_theta`` exactly, whatever the precision ``F_theta`` was computed in.
+    ``keep`` (B, F) bool: the frames averaged over (default all; given frames carry no loss)."""
     F_theta = F_theta.float()
-    return (F_theta - (F_theta.detach() + g.detach())).square().flatten(1).mean(dim=1)
+    sq = (F_theta - (F_theta.detach() + g.detach())).square()
+    return sq.flatten(1).mean(dim=1) if keep is None else frame_mean(sq, keep)
 
 
 def tf_scm_config() -> Config:
@@ -89,6 +95,7 @@ def tf_scm_config() -> Config:
 
 class TFSCMRecipe(DistillRecipe):
     name = "tf-scm"
+    gives_frames = True
     needs_jvp = True
     solver = "consistency"
 
@@ -102,10 +109,11 @@ class TFSCMRecipe(DistillRecipe):
 
         Uses only :class:`DistillRecipe`'s helpers, so SF-DMD calls it for rCM's regulariser."""
         obj, scm = self.config.objective, self.config.scm
-        x0 = batch["latents"]  # (B, C, F, h, w)
+        x0, given = self.given_first_frame(batch, rnd)  # (B, C, F, h, w), (B, F)
         B, _, F, _, _ = x0.shape
         context = batch["context"]
         t = self.per_chunk(log_normal_trigflow_time(rnd, B, self.num_chunks(), scm.p_mean, scm.p_std))  # (B, F)
+        t = t.masked_fill(given, 0.0)  # given frames clean; their tangents (scaled by cos t sin t) vanish
         eps = rnd.randn_like(x0)
         t_ = expand_time(t, x0)
         x_t = torch.cos(t_) * x0 + torch.sin(t_) * eps
@@ -125,11 +133,12 @@ class TFSCMRecipe(DistillRecipe):
 
         with torch.no_grad(), attention_backend(self.student, obj.jvp_backend):
             F_minus, cs_dFdt = scm_tangent(F_noisy, x_t, t, dxdt)
-        g, g_norm = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=r, c=scm.tangent_norm, frames_per_chunk=self.frames_per_chunk())
+        g, g_norm = scm_direction(F_minus, cs_dFdt, dxdt, x_t, t, r=r, c=scm.tangent_norm, frames_per_chunk=self.frames_per_chunk(),
+                                  given=given)
 
         keep = finite_rows(g, dxdt, F_minus)
         g = torch.where(keep[:, None, None, None, None], g, torch.zeros_like(g))
-        loss = masked_mean(scm_loss(F_noisy(x_t, t), g), keep)
+        loss = masked_mean(scm_loss(F_noisy(x_t, t), g, ~given), keep)
         metrics = {
             "tangent_r": r,
             "g_norm": float(g_norm[keep].mean()) if keep.any() else float("nan"),
