@@ -385,26 +385,37 @@ def eval_group() -> None:
                    "score each switch (switch_* metrics).")
 @click.option("--switch-to", type=click.Choice(["direction", "scene"]), default="direction", show_default=True,
               help="The caption after a switch: the same shapes with every direction reversed, or the next held-out prompt.")
+@click.option("--image-cond", is_flag=True,
+              help="Causal models: score image-to-video (a scene's first frame given) against a text-only stream of the "
+                   "same prompt, and extending a ground-truth clip (direction kept, no cut at the seam).")
 def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int,
           window: int | None, stream_seconds: float, sink: int | None, recache_every: int | None,
-          switches: tuple[str, ...], switch_to: str) -> None:
+          switches: tuple[str, ...], switch_to: str, image_cond: bool) -> None:
     """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
     import json
-
-    from causal_rcm.eval.score import evaluate_checkpoint
-    from causal_rcm.eval.switch import evaluate_switches
 
     if json_out is not None:
         if json_out.is_dir():
             raise UserError(f"--json {json_out} is a folder; give a file name")
         _check_writable(json_out)
-    times = [_seconds(when, "--switch") for when in switches]
-    cache = dict(window_frames=window, sink_frames=sink, recache_every=recache_every)
-    metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
-                                  stream_seconds=stream_seconds, **cache)
-    if times:
-        metrics.update(evaluate_switches(checkpoint, times=times, kind=switch_to, steps=steps, n=videos, device=device,
-                                         seed=seed, **cache))
+    if image_cond:
+        from causal_rcm.eval.given import evaluate_given
+
+        if drift or stream_seconds or switches or sink is not None or recache_every is not None:
+            raise UserError("--image-cond scores given frames alone; run --drift, --stream-seconds, --switch, --sink and "
+                            "--recache-every without it")
+        metrics = evaluate_given(checkpoint, steps=steps, n=videos, device=device, seed=seed, window_frames=window)
+    else:
+        from causal_rcm.eval.score import evaluate_checkpoint
+        from causal_rcm.eval.switch import evaluate_switches
+
+        times = [_seconds(when, "--switch") for when in switches]
+        cache = dict(window_frames=window, sink_frames=sink, recache_every=recache_every)
+        metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
+                                      stream_seconds=stream_seconds, **cache)
+        if times:
+            metrics.update(evaluate_switches(checkpoint, times=times, kind=switch_to, steps=steps, n=videos,
+                                             device=device, seed=seed, **cache))
     _print_metrics(metrics)
     if json_out is not None:
         try:

@@ -185,3 +185,18 @@ def test_config_errors():
         ShapesConfig(max_shapes=9)
     cfg = ShapesConfig(size=64)
     assert cfg.shape_size == (16, 24) and cfg.speed == (2, 4) and cfg.agent_speed == 4
+
+
+def test_scene_at_continues_the_render_from_that_frame():
+    from causal_rcm.data.shapes import sample_scene, scene_at
+
+    config = ShapesConfig(size=32, num_frames=24, max_shapes=3)
+    for seed in range(6):
+        scene, _ = sample_scene(np.random.default_rng(seed), config)
+        frames = render(scene, 24)
+        for frame in (0, 5, 17):  # 17: past most bounces
+            later = scene_at(scene, frame)
+            np.testing.assert_array_equal(render(later, 24 - frame), frames[frame:])
+    agent_scene, _ = sample_scene(np.random.default_rng(0), ShapesConfig(agent=True))
+    with pytest.raises(UserError, match="without an agent"):
+        scene_at(agent_scene, 3)

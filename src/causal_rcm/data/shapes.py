@@ -27,6 +27,7 @@ in ``[-1, 1]`` (see ``causal_rcm.data.video`` for the conversions).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,6 +55,7 @@ __all__ = [
     "centroids",
     "simulate_agent",
     "render",
+    "scene_at",
     "caption",
     "parse_caption",
     "sample_actions",
@@ -365,6 +367,20 @@ def centroids(scene: Scene, num_frames: int, actions: Sequence[int] | np.ndarray
     pos = trajectories(scene, num_frames, actions).astype(np.float64)
     offsets = np.array([_mask_centroid(s.kind, s.size) for s in scene.shapes]).reshape(1, -1, 2)
     return pos + offsets
+
+
+def scene_at(scene: Scene, frame: int) -> Scene:
+    """The world at ``frame`` as a scene that starts there: the shapes where they are and moving as they move then
+    (rendering it renders ``scene`` from ``frame`` on; its caption names the directions from that frame). Scenes
+    without an agent: the agent's moves are actions, not part of a scene."""
+    if scene.agent_index is not None:
+        raise UserError("scene_at takes a scene without an agent (the agent moves by actions)")
+    pos, vel = _simulate(scene, frame + 1, None)
+    shapes = tuple(
+        dataclasses.replace(s, x=int(pos[frame, k, 0]), y=int(pos[frame, k, 1]), vx=int(vel[frame, k, 0]), vy=int(vel[frame, k, 1]))
+        for k, s in enumerate(scene.shapes)
+    )
+    return Scene(shapes, scene.size, scene.agent_speed)
 
 
 def render(scene: Scene, num_frames: int, actions: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
