@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ..checkpoints import make_checkpoint, make_world_checkpoint
@@ -92,6 +93,55 @@ def test_stream_in_headless_chromium(tmp_path):
     assert not problems, problems
     assert proc.returncode is not None
     assert (ARTIFACTS / "browser_stream.png").stat().st_size > 1000
+
+
+def test_upload_a_first_frame_in_headless_chromium(tmp_path):
+    """The page uploads a chosen image (the server checks it: a text file is refused with its message, an image of
+    another aspect ratio is taken with a warning) and the stream starts from it, its frames numbered after it."""
+    from PIL import Image
+
+    executable = _chromium()
+    sync_playwright = _sync_playwright()
+    first = np.zeros((48, 96, 3), dtype=np.uint8)
+    first[16:32, 40:56] = (230, 40, 40)
+    Image.fromarray(first).save(tmp_path / "first.png")
+    (tmp_path / "notes.png").write_text("not pixels")
+    proc, url = serve_process(make_checkpoint(tmp_path / "ckpt"))
+    problems: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.goto(url)
+            page.wait_for_selector("#start:enabled", timeout=15000)
+            page.set_input_files("#image", str(tmp_path / "notes.png"))
+            page.wait_for_function("() => document.getElementById('image-state').className === 'error'", timeout=10000)
+            assert "is not an image" in page.text_content("#image-state")
+            page.set_input_files("#image", str(tmp_path / "first.png"))
+            page.wait_for_function("() => document.getElementById('image-state').textContent.includes('first frame')",
+                                   timeout=10000)
+            assert "another aspect ratio" in page.text_content("#image-state")
+            page.fill("#prompt", "a red square moves right")
+            page.select_option("#steps", "1")
+            page.click("#start")
+            page.wait_for_function("() => Number(document.getElementById('view').dataset.frame || -1) >= 3", timeout=20000)
+            assert "from the uploaded frame" in page.text_content("#status")
+            assert page.is_disabled("#image") and page.is_disabled("#clear-image")  # fixed while streaming
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "browser_upload.png"))
+            page.click("#stop")
+            page.wait_for_function("() => document.getElementById('state').textContent === 'idle'", timeout=10000)
+            page.click("#clear-image")
+            assert "starts from noise" in page.text_content("#image-state")
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert not problems, problems
 
 
 # The model's half of the side-by-side canvas, kept under a name, and the mean absolute difference of two such snapshots.

@@ -1,7 +1,7 @@
 """FastAPI + WebSocket server: live streams of a :class:`~causal_rcm.pipeline.StreamingPipeline` to one page.
 
 Routes: ``GET /`` the page, ``GET /app.js`` its script, ``GET /api/info`` the checkpoint and
-server limits (JSON), ``WS /ws`` the stream protocol. Every request must name an allowed host in its
+server limits (JSON), ``POST /api/image`` a first frame (below), ``WS /ws`` the stream protocol. Every request must name an allowed host in its
 ``Host`` header, and in its ``Origin`` header when it has one (localhost, 127.0.0.1, ::1 and the
 ``allowed_hosts`` of :func:`create_app`, on any port): others get HTTP 403, a WebSocket is closed
 before it opens (1008, policy violation). This keeps other sites' pages out, DNS rebinding included.
@@ -11,7 +11,8 @@ connection stays usable. Before parsing, a message must be at most ``MAX_MESSAGE
 of UTF-8 and nest ``[]``/``{}`` at most ``MAX_DEPTH`` (4) deep (a valid one is a flat object); one over
 ``WS_MAX_BYTES`` (64 KiB) is not read at all: the connection is closed (1009, message too big)::
 
-    {"type": "start", "prompt": str, "steps": 1..max_steps, "mode": "frame"|"chunk", "seed": 0..2**31-1}
+    {"type": "start", "prompt": str, "steps": 1..max_steps, "mode": "frame"|"chunk", "seed": 0..2**31-1,
+     "image": str}                              image (optional): an upload's id, the stream's first frame
     {"type": "switch", "prompt": str}          while a stream runs: new prompt from the next chunk
     {"type": "action", "action": int}          world-model checkpoints: action for the next frames
     {"type": "stop"}
@@ -27,7 +28,18 @@ since start) followed by width * height * 3 RGB bytes.
 
 Play mode (``create_app(play=...)``, :mod:`causal_rcm.serve.play`): hello's ``play`` names the game and its
 actions; a start resets the emulator with its seed and the stream continues the emulator's first frames
-(frame indices count them); side by side, a frame's image is the model's and the emulator's, width 2W.
+(frame indices count them); side by side, a frame's image is the model's and the emulator's, width 2W. A start
+with an uploaded image continues the image instead (under NOOP), without the emulator (not side by side).
+
+Image upload (image-to-video): ``POST /api/image`` with the file's bytes as the body (any content type). The server
+reads at most ``MAX_IMAGE_BYTES`` of it (a larger body, or a ``Content-Length`` that says so: 413) and accepts a
+PNG, JPEG, GIF, WebP or BMP by its first bytes, not by its name or header (else 415), of at most
+``MAX_IMAGE_SIDE`` px a side read from its header before decoding (else 400); errors are JSON ``{"error":
+message}``, one line. An accepted image is fitted to the checkpoint's frames (centre-cropped to its aspect ratio,
+resized) and kept under a random id, the ``images`` most recent of them (``4 * max_streams``): the reply is
+``{"id", "width", "height", "warning"}`` (``warning``: the crop to another aspect ratio, or null). A start names the
+id; the stream's first latent frame is the image, encoded and committed in the stream's worker
+(``StreamingPipeline.given_frames``), and its frames are numbered after the image's.
 
 Resources: at most ``max_streams`` streams run at once (beyond: ``busy``, sent only to a start that
 is valid in every other way); each runs in its own worker thread, handing frames to the event loop
@@ -45,20 +57,24 @@ import gc
 import json
 import logging
 import re
+import secrets
 import struct
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Iterable, Literal, Union
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+import numpy as np
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 from starlette.datastructures import Headers
 
+from causal_rcm.data.video import fit_frames, read_image
 from causal_rcm.errors import UserError
-from causal_rcm.limits import MAX_SEED
+from causal_rcm.limits import MAX_IMAGE_BYTES, MAX_SEED
 from causal_rcm.pipeline import MODES, StreamFrame, StreamingPipeline
 from causal_rcm.serve.play import Play, Session
 
@@ -85,6 +101,7 @@ class StartMessage(_Message):
     steps: StrictInt | None = Field(default=None, ge=1)
     mode: Literal["frame", "chunk"] = "chunk"
     seed: StrictInt = Field(default=0, ge=0, le=MAX_SEED)
+    image: StrictStr | None = Field(default=None, max_length=64)
 
 
 class SwitchMessage(_Message):
@@ -230,6 +247,44 @@ class Slots:
             self.active -= 1
 
 
+class Images:
+    """Uploaded first frames, fitted to the checkpoint's size, under random ids: the ``limit`` most recent kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, image: np.ndarray) -> str:
+        key = secrets.token_urlsafe(12)
+        with self._lock:
+            self._images[key] = image
+            while len(self._images) > self.limit:
+                self._images.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> np.ndarray:
+        with self._lock:
+            image = self._images.get(key)
+        if image is None:
+            raise UserError("image: no upload with this id (uploads are kept a while only): upload the image again")
+        return image
+
+
+async def _read_upload(request: Request) -> bytes:
+    """The request body, refused (UserError) as soon as it is known to exceed ``MAX_IMAGE_BYTES``."""
+    too_big = f"the upload is over the {MAX_IMAGE_BYTES / 2**20:g} MiB limit of an image"
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+        raise UserError(too_big)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_IMAGE_BYTES:
+            raise UserError(too_big)
+    return bytes(body)
+
+
 class _Channel:
     """Bounded hand-off from a worker thread to the event loop (the worker blocks while it is full)."""
 
@@ -277,8 +332,8 @@ class _Job:
     its emulator ``session``, started and stepped in the worker."""
 
     def __init__(self, stream, steering: _Steering, loop: asyncio.AbstractEventLoop, settings: Settings,
-                 slots: Slots, session: Session | None = None) -> None:
-        self.stream, self.steering, self.session = stream, steering, session
+                 slots: Slots, session: Session | None = None, given: np.ndarray | None = None) -> None:
+        self.stream, self.steering, self.session, self.given = stream, steering, session, given
         self.channel = _Channel(loop, settings.queue_frames)
         self.stop = threading.Event()
         self.done = loop.create_future()
@@ -289,7 +344,9 @@ class _Job:
 
     def _work(self) -> None:
         try:
-            if self.session is not None:
+            if self.given is not None:  # an uploaded first frame: encoded and committed here, off the event loop
+                self.stream.prefill(self.given)
+            elif self.session is not None:
                 self.session.start(self.stream)
             for frame in self.stream:
                 if self.session is not None:
@@ -326,8 +383,9 @@ def _encode_frame(frame: StreamFrame) -> bytes:
 class _Connection:
     """The protocol for one WebSocket client."""
 
-    def __init__(self, ws: WebSocket, pipe: StreamingPipeline, settings: Settings, slots: Slots, play: Play | None) -> None:
-        self.ws, self.pipe, self.settings, self.slots, self.play = ws, pipe, settings, slots, play
+    def __init__(self, ws: WebSocket, pipe: StreamingPipeline, settings: Settings, slots: Slots, play: Play | None,
+                 images: Images) -> None:
+        self.ws, self.pipe, self.settings, self.slots, self.play, self.images = ws, pipe, settings, slots, play, images
         self.job: _Job | None = None
         self._send_lock = asyncio.Lock()
 
@@ -388,6 +446,12 @@ class _Connection:
         # one gets its own error even when the server is full. Cheap: the KV cache comes with the first chunk.
         steering = _Steering()
         steps = self.settings.default_steps if msg.steps is None else msg.steps
+        given = None
+        if msg.image is not None:
+            if self.play is not None and self.play.side_by_side:
+                raise UserError("image: side by side, the emulator plays beside the model from its own reset; "
+                                "start from an uploaded frame without --side-by-side")
+            given = self.pipe.given_frames(image=self.images.get(msg.image))
         # Play: the actions are the only condition, the empty prompt's two CFG branches equal: one branch, half the work.
         stream = self.pipe.stream(msg.prompt, steps=steps, mode=msg.mode, seed=msg.seed,
                                   actions=steering if self.pipe.config.num_actions else None,
@@ -397,12 +461,12 @@ class _Connection:
             await self.send({"type": "busy", "max_streams": n,
                              "message": f"busy: the server already runs its limit of {n} stream(s); try again later"})
             return
-        session = None if self.play is None else self.play.session(msg.seed)
-        job = _Job(stream, steering, asyncio.get_running_loop(), self.settings, self.slots, session)
+        session = None if self.play is None or given is not None else self.play.session(msg.seed)
+        job = _Job(stream, steering, asyncio.get_running_loop(), self.settings, self.slots, session, given)
         self.job = job
         job.thread.start()  # before any await: end_job relies on the worker resolving job.done
         await self.send({"type": "started", "prompt": msg.prompt, "steps": stream.steps, "mode": msg.mode,
-                         "seed": msg.seed, "frames_per_chunk": stream.frames_per_chunk})
+                         "seed": msg.seed, "frames_per_chunk": stream.frames_per_chunk, "image": msg.image is not None})
         job.sender = asyncio.create_task(self._send_frames(job))
 
     async def _send_frames(self, job: _Job) -> None:
@@ -497,12 +561,14 @@ def create_app(
                         default_steps=min(cfg.sampler.steps, max_steps), queue_frames=queue_frames,
                         realtime=realtime, window_frames=window_frames)
     slots = Slots(max_streams)
+    images = Images(4 * max_streams)
     info = {
         "resolution": cfg.resolution, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
         "default_steps": settings.default_steps, "max_steps": max_steps, "modes": list(MODES),
         "num_actions": cfg.num_actions, "max_streams": max_streams, "max_seed": MAX_SEED,
         "window_frames": cfg.stream.window_frames if window_frames is None else window_frames,
         "max_prompt_chars": MAX_PROMPT_CHARS, "play": None if play is None else play.info(),
+        "max_image_bytes": MAX_IMAGE_BYTES,
     }
     page, script = _static("index.html"), _static("app.js")
     headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
@@ -511,6 +577,7 @@ def create_app(
     app = FastAPI(title="causal-rcm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.slots = slots
     app.state.settings = settings
+    app.state.images = images
     app.add_middleware(_HostGuard, allowed=allowed)
 
     @app.get("/", response_class=HTMLResponse)
@@ -525,9 +592,29 @@ def create_app(
     async def api_info() -> JSONResponse:
         return JSONResponse({**info, "active_streams": slots.active})
 
+    @app.post("/api/image")
+    async def api_image(request: Request) -> JSONResponse:
+        try:
+            data = await _read_upload(request)
+        except UserError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413, headers=headers)
+        notes: list[str] = []
+
+        def decode() -> np.ndarray:  # off the event loop: decoding and resizing take a while for a large image
+            return fit_frames(read_image(data, what="the upload")[None], *pipeline.frame_size, warn=notes.append)[0]
+
+        try:
+            image = await asyncio.to_thread(decode)
+        except UserError as exc:
+            code = 415 if "is not an image" in str(exc) else 400
+            return JSONResponse({"error": str(exc)}, status_code=code, headers=headers)
+        H, W = pipeline.frame_size
+        return JSONResponse({"id": images.add(image), "width": W, "height": H, "warning": notes[0] if notes else None},
+                            headers=headers)
+
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket) -> None:
-        await _Connection(ws, pipeline, settings, slots, play).run({"type": "hello", **info})
+        await _Connection(ws, pipeline, settings, slots, play, images).run({"type": "hello", **info})
         gc.collect()  # this connection's reference cycles (see _freeze_heap): cheap, the heap being frozen
 
     return app

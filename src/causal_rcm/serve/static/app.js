@@ -3,6 +3,8 @@
 // float32 chunk compute ms, float32 seconds since start) + width * height * 3 RGB bytes.
 // Play mode (hello.play set): no prompt; held keys choose an action of the game, sent when it changes;
 // side by side, a frame holds the model's image and the emulator's, twice as wide.
+// First frame: a chosen image file is POSTed to /api/image (checked there: type by content, size, dimensions);
+// its id goes with the next start, whose stream then begins from that image.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -20,6 +22,8 @@ const KEYS = { ArrowUp: "UP", ArrowDown: "DOWN", ArrowLeft: "LEFT", ArrowRight: 
 const held = new Set();  // play mode: the KEYS parts held down
 let sentAction = 0;      // the action the server steers with (a stream starts with NOOP, 0)
 let pressedAt = null;    // when the last action change was sent, until its first frame arrives
+let imageId = null;      // the uploaded first frame's id (null: start from noise)
+let maxImageBytes = Infinity;
 
 function status(text, isError) {
   $("status").textContent = text;
@@ -32,7 +36,8 @@ function setRunning(on) {
   $("start").disabled = on || !ws || ws.readyState !== WebSocket.OPEN;
   $("stop").disabled = !on;
   $("switch").disabled = !on;
-  for (const id of ["steps", "mode", "seed"]) $(id).disabled = on;
+  for (const id of ["steps", "mode", "seed", "image"]) $(id).disabled = on;
+  $("clear-image").disabled = on || imageId === null;
 }
 
 function send(message) {
@@ -140,6 +145,7 @@ function onMessage(event) {
         steps.appendChild(option);
       }
       $("seed").max = String(msg.max_seed);
+      maxImageBytes = msg.max_image_bytes || Infinity;
       if (msg.play) setupPlay(msg.play);
       status(`connected: ${msg.resolution} px at ${msg.fps} fps, ${msg.frames_per_chunk} frames a chunk`);
       setRunning(false);
@@ -149,7 +155,8 @@ function onMessage(event) {
       setRunning(true);
       sentAction = 0;
       steer();  // keys already held
-      status(`streaming with ${msg.steps} step(s), ${msg.mode} mode, seed ${msg.seed}`);
+      status(`streaming with ${msg.steps} step(s), ${msg.mode} mode, seed ${msg.seed}` +
+             (msg.image ? ", from the uploaded frame" : ""));
       break;
     case "action":
       showAction(msg.action);
@@ -171,6 +178,39 @@ function onMessage(event) {
   }
 }
 
+function imageState(text, isError) {
+  $("image-state").textContent = text;
+  $("image-state").className = isError ? "error" : "";
+}
+
+function clearImage() {
+  imageId = null;
+  $("image").value = "";
+  $("clear-image").disabled = true;
+  imageState("none: the stream starts from noise");
+}
+
+async function uploadImage(file) {
+  imageId = null;
+  $("clear-image").disabled = true;
+  if (file.size > maxImageBytes) {  // the server refuses it too; this saves sending it
+    imageState(`${file.name} is over the ${(maxImageBytes / 2 ** 20).toFixed(0)} MiB limit of an image`, true);
+    return;
+  }
+  imageState(`uploading ${file.name}...`);
+  try {
+    const response = await fetch("/api/image", { method: "POST", body: file });
+    const reply = await response.json();
+    if (!response.ok) { imageState(reply.error || `upload failed (${response.status})`, true); return; }
+    imageId = reply.id;
+    $("clear-image").disabled = running;
+    imageState(`${file.name}: the first frame (${reply.width}x${reply.height})` + (reply.warning ? `; ${reply.warning}` : ""));
+    view.dataset.image = imageId;
+  } catch (err) {
+    imageState(`upload failed: ${err}`, true);
+  }
+}
+
 function connect() {
   ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
@@ -182,10 +222,12 @@ $("start").addEventListener("click", () => {
   frames = 0; arrivals = []; firstFrameMs = null; startClicked = performance.now();
   send({
     type: "start", prompt: $("prompt").value, steps: Number($("steps").value),
-    mode: $("mode").value, seed: Number($("seed").value),
+    mode: $("mode").value, seed: Number($("seed").value), ...(imageId ? { image: imageId } : {}),
   });
 });
 $("switch").addEventListener("click", () => send({ type: "switch", prompt: $("prompt").value }));
+$("image").addEventListener("change", () => { const file = $("image").files[0]; if (file) uploadImage(file); else clearImage(); });
+$("clear-image").addEventListener("click", clearImage);
 $("stop").addEventListener("click", () => send({ type: "stop" }));
 document.addEventListener("keydown", (event) => onKey(event, true));
 document.addEventListener("keyup", (event) => onKey(event, false));
