@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,21 @@ def test_eval_image_cond_from_the_cli_and_its_errors(tmp_path, capsys):
         assert exit_.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_straight_frames_end_at_the_first_bounce():
+    from causal_rcm.data.shapes import Shape
+    from causal_rcm.eval.given import straight_frames
+
+    free = Scene((Shape("red", "square", 8, 10, 10, 1, 0),), 32)  # 14 px of room ahead at 1 px a frame
+    assert straight_frames(free, 8) == 8
+    wall = Scene((Shape("red", "square", 8, 20, 10, 2, 0),), 32)  # x = 20, 22, 24, then bounces
+    assert straight_frames(wall, 8) == 3
+    oracle = ShapesOracle(ShapesConfig(size=32, num_frames=8))
+    from causal_rcm.eval.given import _direction
+
+    frames = from_uint8(render(wall, 8))[None]
+    assert oracle.evaluate(frames, [wall]).metrics["direction_accuracy"] == 0.0  # over 8 frames it went back
+    accuracy, videos = _direction(oracle, frames, [wall])
+    assert accuracy == 1.0 and videos == 1  # over its 3 straight frames the truth moves as its scene says
+    assert _direction(oracle, frames, [Scene((Shape("red", "square", 8, 23, 10, 2, 0),), 32)])[1] == 0  # 2 frames

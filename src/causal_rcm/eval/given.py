@@ -8,7 +8,10 @@ given latent frame, is scored against the scene as it is at its first frame (``s
 caption adherence, direction accuracy and temporal consistency, and the **position error**, the mean distance (px)
 of each shape's detected centroid from the simulator's over the continuation (a frame without the shape counts
 the frame size, as the oracle's action error does): whether the model kept *these* shapes where they are and moving
-as they move, which adherence to the caption alone does not say. The same frames of a text-only stream of the same
+as they move, which adherence to the caption alone does not say. Direction accuracy is measured over the frames before
+the first bounce of any shape in the ground truth (:func:`straight_frames`; the caption names the direction of those
+frames, and a bounce inside the oracle's window would make the truth itself fail); a video whose truth bounces
+within 3 frames is left out of it. The same frames of a text-only stream of the same
 prompt and seed (``text_only/``) are the baseline: a model that ignores the image scores alike there. The ground
 truth's own frames (``truth/``) are the ceiling of each metric.
 
@@ -31,13 +34,13 @@ import numpy as np
 import torch
 
 from causal_rcm.data.oracle import COLOURS, ShapesOracle
-from causal_rcm.data.shapes import Scene, centroids, scene_at
+from causal_rcm.data.shapes import Scene, centroids, scene_at, trajectories
 from causal_rcm.data.source import ShapesSource
 from causal_rcm.diffusion.samplers import SamplerSpec, check_window, sample
 from causal_rcm.errors import UserError
 from causal_rcm.eval.score import BATCH, NetworkCalls, load_for_eval, sample_videos
 
-__all__ = ["GIVEN_KEYS", "continue_videos", "position_error", "given_metrics", "evaluate_given"]
+__all__ = ["GIVEN_KEYS", "continue_videos", "position_error", "straight_frames", "given_metrics", "evaluate_given"]
 
 GIVEN_KEYS = ("caption_adherence", "direction_accuracy", "temporal_consistency", "position_error_px")
 
@@ -74,10 +77,29 @@ def position_error(oracle: ShapesOracle, videos, scenes: list[Scene]) -> float:
     return float(np.mean(errors))
 
 
+def straight_frames(scene: Scene, num_frames: int) -> int:
+    """Frames from the scene's frame 0 (at most ``num_frames``) in which no shape changes velocity (no bounce)."""
+    steps = np.diff(trajectories(scene, num_frames), axis=0)  # (F - 1, K, 2)
+    turned = np.nonzero((steps != steps[:1]).any(axis=(1, 2)))[0]
+    return num_frames if not len(turned) else int(turned[0]) + 1
+
+
+def _direction(oracle: ShapesOracle, videos: torch.Tensor, scenes: list[Scene]) -> tuple[float, int]:
+    """Direction accuracy over each video's frames before its truth's first bounce (module docstring), and the
+    number of videos scored (those with at least 3 such frames)."""
+    scores = []
+    for i, scene in enumerate(scenes):
+        k = straight_frames(scene, videos.shape[2])
+        if k >= 3:
+            scores.append(oracle.evaluate(videos[i : i + 1, :, :k], [scene]).metrics.get("direction_accuracy", float("nan")))
+    return (float(np.nanmean(scores)) if scores else float("nan")), len(scores)
+
+
 def _scores(oracle: ShapesOracle, videos: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
     """:data:`GIVEN_KEYS` of videos that start at their scenes' frame 0."""
     metrics = oracle.evaluate(videos, scenes).metrics
     out = {k: metrics.get(k, float("nan")) for k in GIVEN_KEYS[:3]}
+    out["direction_accuracy"] = _direction(oracle, videos, scenes)[0]
     out["position_error_px"] = position_error(oracle, videos, scenes)
     return out
 
@@ -90,7 +112,8 @@ def given_metrics(model, source: ShapesSource, spec: SamplerSpec, *, n: int = 16
                   progress: str | None = None) -> dict[str, float]:
     """Image-conditioned and extension metrics of a causal model (module docstring): keys ``image_cond/``,
     ``text_only/``, ``truth/`` (each of :data:`GIVEN_KEYS`), ``extend/``, ``cut/`` and ``extend_truth/`` (direction
-    accuracy, position error, seam consistency), ``extend/clip_consistency`` and ``extend/continuation_consistency``."""
+    accuracy, position error, seam consistency), ``extend/clip_consistency``, ``extend/continuation_consistency``
+    and ``extend/direction_videos`` (the scenes direction accuracy is measured on)."""
     if not spec.causal:
         raise UserError("--image-cond scores continuing given frames, which needs a causal checkpoint")
     if source.data.agent:
@@ -125,6 +148,7 @@ def given_metrics(model, source: ShapesSource, spec: SamplerSpec, *, n: int = 16
         out[f"{name}/direction_accuracy"] = scores["direction_accuracy"]
         out[f"{name}/position_error_px"] = scores["position_error_px"]
         out[f"{name}/seam_consistency"] = _consistency(oracle, torch.cat([clip[:, :, frames - half :], videos[:, :, :half]], dim=2), centred)
+    out["extend/direction_videos"] = float(_direction(oracle, made, seam)[1])
     out["extend/clip_consistency"] = _consistency(oracle, clip, long["scene"])
     out["extend/continuation_consistency"] = _consistency(oracle, made, seam)
     return out
