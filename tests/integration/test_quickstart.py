@@ -89,8 +89,12 @@ def test_report_has_every_stage_with_metrics_in_range(fast_run):
         assert 0.0 <= stages[name]["one_step"]["caption_adherence"] <= 1.0
         assert "long_drift" in stages[name]["metrics"]
         assert stages[name]["metrics"]["stream_seconds"] == report["budget"]["stream_seconds"]  # and streamed
+        given = stages[name]["image_cond"]  # and started from images, and extending clips
+        assert given["truth/position_error_px"] == 0.0 and 0.0 <= given["image_cond/caption_adherence"] <= 1.0
+        assert 0.0 <= given["extend/seam_consistency"] <= 1.0 and given["cut/position_error_px"] > 0
     assert "stream_seconds" not in stages["causal-teacher"]["metrics"]  # 50 steps with CFG: too long to stream here
     assert "stream caption first → 2nd half" in (out / "report.md").read_text()
+    assert "## Image-to-video and extension" in (out / "report.md").read_text()
     assert stages["sf-dmd"]["training"]["init"].endswith("tf-scm/model")
     assert "skipped" in stages["causal-teacher-here"]  # the causal teacher was trained here
     for name, stage in stages.items():

@@ -2,7 +2,8 @@
 
 Input is the list of stage results the quickstart collected (``quickstart.py``); nothing here
 knows which stages exist: a stage with ``metrics`` gets a table row and a bar group, one with a
-training ``log`` a loss curve, one with ``videos`` a column in the sample grids.
+training ``log`` a loss curve, one with ``videos`` a column in the sample grids, one with ``image_cond``
+(``eval.given``'s metrics) a row of the image-to-video table.
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ def _markdown(report: dict) -> str:
             f"{cost['nfe_per_video']:.0f}" if cost else "—", f"{cost['seconds_per_video']:.2f}" if cost else "—",
             _training_text(r["training"]) if r.get("training") else "—",
         ]) + " |")
+    lines += _image_cond_table(rows)
     lines += ["", "## Stages", ""]
     for r in stages:
         lines.append(f"* **{r['name']}**: {r['about']}" + (f" Skipped: {r['skipped']}." if "skipped" in r else
@@ -260,6 +262,36 @@ def _markdown(report: dict) -> str:
               "`<stage>/videos.npz` (sample frames); for a stage trained here also `<stage>/model/` (the checkpoint: "
               "`causal-rcm eval -c`, `generate -c`, `serve -c`), `metrics.jsonl`, `config.json`, `tb/`", ""]
     return "\n".join(lines)
+
+
+def _image_cond_table(rows: list[dict]) -> list[str]:
+    """The image-to-video and extension table (``eval --image-cond``) of the rows that have ``image_cond``."""
+    rows = [r for r in rows if r.get("image_cond")]
+    if not rows:
+        return []
+    lines = ["", "## Image-to-video and extension", "",
+             "`causal-rcm eval --image-cond` on the same number of held-out scenes. Image: the scene's first frame is "
+             "given as a stream gets an image (its first latent frame), the model continues it under the scene's "
+             "caption; the continuation is scored against the scene as it is then, beside the same frames of a "
+             "text-only stream of the same prompt (image / text). Position error: distance (px) of each shape from "
+             "where the simulator has it (lower is better). Extension: a ground-truth clip of the training length "
+             "is given and continued; direction over the frames before the truth's first bounce; seam: the oracle's "
+             "temporal consistency of the window across the seam, for the continuation and for a text-only stream "
+             "pasted after the clip (a cut).", ""]
+    header = ["stage", "caption image / text", "direction image / text", "position error px image / text",
+              "extension direction", "extension position error px", "seam: extension / cut"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        g = r["image_cond"]
+        pair = lambda a, b: f"{_fmt(g.get(a))} / {_fmt(g.get(b))}"  # noqa: E731
+        lines.append("| " + " | ".join([
+            r["name"], pair("image_cond/caption_adherence", "text_only/caption_adherence"),
+            pair("image_cond/direction_accuracy", "text_only/direction_accuracy"),
+            f"{_num(g.get('image_cond/position_error_px')):.1f} / {_num(g.get('text_only/position_error_px')):.1f}",
+            _fmt(g.get("extend/direction_accuracy")), f"{_num(g.get('extend/position_error_px')):.1f}",
+            pair("extend/seam_consistency", "cut/seam_consistency"),
+        ]) + " |")
+    return lines
 
 
 def _training_text(t: dict) -> str:

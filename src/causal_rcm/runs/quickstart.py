@@ -31,6 +31,7 @@ from causal_rcm.data.source import ShapesSource
 from causal_rcm.data.video import to_uint8
 from causal_rcm.devices import resolve_device
 from causal_rcm.errors import UserError
+from causal_rcm.eval.given import given_metrics
 from causal_rcm.eval.report import REPORT_FILES, write_report
 from causal_rcm.eval.score import drift_metrics, evaluate, load_for_eval
 from causal_rcm.runs import load_config, train
@@ -260,6 +261,14 @@ class Quickstart:
             "videos": self.save_videos(stage, samples) if videos else None,
         }
 
+    def image_cond(self, stage: str, model_path: Path, *, steps: int) -> dict[str, float]:
+        """``eval --image-cond`` of a causal checkpoint on the budget's prompts (``eval.given``): image-to-video
+        beside a text-only stream, and a ground-truth clip extended beside a cut."""
+        model, world, spec = load_for_eval(model_path, steps=steps, device=self.device)
+        self.say(f"  image-to-video and extension: {self.budget.eval_videos} scenes ({spec.steps} {spec.solver} steps)")
+        return given_metrics(model, world, spec, n=self.budget.eval_videos,
+                             progress=f"{stage}: image-cond" if self.progress else None)
+
     def save_videos(self, stage: str, videos: dict[str, np.ndarray]) -> str:
         """uint8 videos (B, F, H, W, 3) by kind ('samples', 'long') -> ``OUT/<stage>/videos.npz`` (the grids' columns)."""
         path = self.dir(stage) / "videos.npz"
@@ -327,7 +336,7 @@ def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Ca
 
     ``teacher`` / ``init`` name the earlier stages whose checkpoints the recipe takes as
     ``train.teacher`` / ``train.init``. Students are scored at 2 steps (with 4x rollouts and the budget's
-    streams) and 1 step.
+    streams, and given frames: ``image_cond``) and 1 step.
     """
 
     def run(q: Quickstart) -> dict:
@@ -338,6 +347,7 @@ def _student_stage(name: str, recipe: str, teacher: str, init: str | None) -> Ca
         here = q.dir(name) / "model"
         result = {"source": "trained here", "training": training, **q.evaluate(name, here, drift=True, steps=2, stream=True)}
         result["one_step"] = q.evaluate(name, here, drift=False, steps=1, videos=False)["metrics"]
+        result["image_cond"] = q.image_cond(name, here, steps=2)
         if shipped is not None:
             shipped_eval = q.evaluate(name, shipped / "model", drift=True, steps=2, videos=False, stream=True)
             result["shipped"] = {"source": q.teacher_source(), "training": _shipped_training(shipped), **shipped_eval}
