@@ -197,6 +197,10 @@ def test_scene_at_continues_the_render_from_that_frame():
         for frame in (0, 5, 17):  # 17: past most bounces
             later = scene_at(scene, frame)
             np.testing.assert_array_equal(render(later, 24 - frame), frames[frame:])
+    at_wall = Scene((Shape("blue", "circle", 8, 9, 2, 0, -2),), 32)  # reaches y = 0 at frame 1, then reflects
+    later = scene_at(at_wall, 1)
+    assert (later.shapes[0].y, later.shapes[0].vy) == (0, 2) and later.caption == "a blue circle moves down"
+    np.testing.assert_array_equal(render(later, 6), render(at_wall, 7)[1:])
     agent_scene, _ = sample_scene(np.random.default_rng(0), ShapesConfig(agent=True))
     with pytest.raises(UserError, match="without an agent"):
         scene_at(agent_scene, 3)

@@ -372,15 +372,21 @@ def centroids(scene: Scene, num_frames: int, actions: Sequence[int] | np.ndarray
 def scene_at(scene: Scene, frame: int) -> Scene:
     """The world at ``frame`` as a scene that starts there: the shapes where they are and moving as they move then
     (rendering it renders ``scene`` from ``frame`` on; its caption names the directions from that frame). Scenes
-    without an agent: the agent's moves are actions, not part of a scene."""
+    without an agent: the agent's moves are actions, not part of a scene.
+
+    A shape that has just reached a wall still holds the velocity that took it there, and reflects on its next step;
+    it is given the reflected velocity, which moves it the same way (from the wall, ``P + V' = -(P + V)`` at
+    ``P = 0``), so that its caption says where it goes."""
     if scene.agent_index is not None:
         raise UserError("scene_at takes a scene without an agent (the agent moves by actions)")
     pos, vel = _simulate(scene, frame + 1, None)
-    shapes = tuple(
-        dataclasses.replace(s, x=int(pos[frame, k, 0]), y=int(pos[frame, k, 1]), vx=int(vel[frame, k, 0]), vy=int(vel[frame, k, 1]))
-        for k, s in enumerate(scene.shapes)
-    )
-    return Scene(shapes, scene.size, scene.agent_speed)
+    shapes = []
+    for k, s in enumerate(scene.shapes):
+        p, v = pos[frame, k].tolist(), vel[frame, k].tolist()
+        room = scene.size - s.size
+        v = [-v[d] if (p[d] == 0 and v[d] < 0) or (p[d] == room and v[d] > 0) else v[d] for d in range(2)]
+        shapes.append(dataclasses.replace(s, x=p[0], y=p[1], vx=v[0], vy=v[1]))
+    return Scene(tuple(shapes), scene.size, scene.agent_speed)
 
 
 def render(scene: Scene, num_frames: int, actions: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
