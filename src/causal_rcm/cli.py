@@ -713,7 +713,8 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
               help="Causal checkpoints: start from this image (PNG, JPEG, GIF, WebP or BMP, any size: centre-cropped "
                    "to the model's aspect ratio and resized), the video's first frame.")
 @click.option("--video", type=click.Path(path_type=Path), default=None,
-              help="Causal checkpoints: continue this clip (with --extend); the output is the clip, then the continuation.")
+              help="Causal checkpoints: continue this clip (with --extend), resampled to the checkpoint's frame rate and "
+                   "fitted like --image; the output is the clip, then the continuation.")
 @click.option("--extend", default=None, metavar="TIME", help="With --video: how much to add, '10s' or '80f' frames.")
 @device_option("cpu")
 @click.option("--compile", "compile_blocks", is_flag=True,
@@ -725,7 +726,7 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     prompt alone, from a first image (--image) or continuing a clip (--video CLIP --extend TIME)."""
     import time
 
-    from causal_rcm.data.video import read_image, read_video, write_gif, write_mp4
+    from causal_rcm.data.video import read_image, write_gif, write_mp4
     from causal_rcm.pipeline import StreamingPipeline
 
     if out.suffix.lower() not in (".mp4", ".gif"):
@@ -751,10 +752,7 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     fps, (H, W) = pipe.config.fps, pipe.frame_size
     clip = None
     if video is not None:
-        clip, clip_fps = read_video(video, size=(H, W))
-        if abs(clip_fps - fps) > 0.5:
-            warnings.warn(f"{video} plays at {clip_fps:g} fps, the checkpoint at {fps:g}: its frames are continued one "
-                          "for one, so motion may look faster or slower", InputWarning, stacklevel=1)
+        clip = _read_video(video, fps, (H, W))
         new = _frames_of(extend, fps, "--extend")
         num_frames = len(clip) + new
     else:
@@ -791,6 +789,24 @@ def _seconds(when: str, option: str) -> float:
     if not math.isfinite(value) or value <= 0 or value > MAX_STREAM_SECONDS:
         raise UserError(f"{option} time {shorten(when)} must be in (0, {MAX_STREAM_SECONDS}] seconds")
     return value
+
+
+def _read_video(path: Path, fps: float, size: tuple[int, int]):
+    """A clip to continue: every frame of ``path`` at ``fps``, fitted to ``size`` (``data.video.read_clip``); UserError,
+    one line, for a missing, undecodable or empty file."""
+    from causal_rcm.data.video import read_clip
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        clip = read_clip(path, fps=fps, count=None, size=size)
+    except (ValueError, OSError) as exc:  # PyAV's errors
+        if str(exc) == "no video stream":
+            raise UserError(f"{path} has no frames (no video stream)") from None
+        raise UserError(f"{path} cannot be read as a video: {getattr(exc, 'strerror', None) or exc}") from None
+    if not len(clip):
+        raise UserError(f"{path} has no frames")
+    return clip
 
 
 def _frames_of(when: str, fps: float, option: str) -> int:

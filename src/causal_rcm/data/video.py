@@ -26,7 +26,7 @@ from causal_rcm.errors import UserError
 from causal_rcm.limits import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, MAX_VIDEO_BYTES
 
 __all__ = ["VIDEO_SUFFIXES", "VideoTooShort", "to_uint8", "from_uint8", "upscale", "grid", "read_clip", "write_gif", "write_mp4",
-           "IMAGE_TYPES", "image_type", "read_image", "read_video", "fit_frames"]
+           "IMAGE_TYPES", "image_type", "read_image", "fit_frames"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
 
@@ -153,9 +153,10 @@ def fit_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def read_clip(path: str | Path, *, fps: float, count: int, size: tuple[int, int]) -> np.ndarray:
+def read_clip(path: str | Path, *, fps: float, count: int | None, size: tuple[int, int]) -> np.ndarray:
     """The first ``count`` frames of the video at ``path`` resampled to ``fps``, uint8 ``[count, H, W, 3]`` for
-    ``size = (H, W)``.
+    ``size = (H, W)``; ``count=None``: the whole video (at most ``MAX_VIDEO_BYTES`` of frames, else UserError;
+    none for a video without a frame).
 
     Frame ``k`` is the source frame on screen at time ``k / fps`` from the first frame (each source frame shows
     from its timestamp until the next one), so any frame rate, constant or not, maps to ``fps``; frames are
@@ -167,6 +168,7 @@ def read_clip(path: str | Path, *, fps: float, count: int, size: tuple[int, int]
     except ImportError:
         raise UserError("reading videos needs PyAV: pip install av") from None
     H, W = size
+    most = count if count is not None else MAX_VIDEO_BYTES // (3 * H * W) + 1
     frames: list[np.ndarray] = []
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -179,15 +181,19 @@ def read_clip(path: str | Path, *, fps: float, count: int, size: tuple[int, int]
             t = float(frame.time) if frame.time is not None else seen / rate
             start = t if start is None else start
             t -= start
-            while shown is not None and len(frames) < count and len(frames) / fps < t:
+            while shown is not None and len(frames) < most and len(frames) / fps < t:
                 frames.append(image)  # the previous frame is on screen at time len(frames) / fps
-            if len(frames) == count:
+            if len(frames) == most:
                 break
             shown, seen = t, seen + 1
             image = fit_frame(frame.to_ndarray(format="rgb24"), H, W)
         end = None if shown is None else shown + 1 / rate  # the last frame stays one source frame long
-        while end is not None and len(frames) < count and len(frames) / fps < end:
+        while end is not None and len(frames) < most and len(frames) / fps < end:
             frames.append(image)
+    if count is None:
+        if len(frames) == most:
+            raise UserError(f"{path} holds more than {MAX_VIDEO_BYTES / 2**30:g} GiB of frames at {W}x{H} px; cut it shorter")
+        return np.stack(frames) if frames else np.zeros((0, H, W, 3), dtype=np.uint8)
     if len(frames) < count:
         length = 0.0 if end is None else end
         raise VideoTooShort(f"too short: {length:.2f} s, and {count} frames at {fps:g} fps need more than {(count - 1) / fps:.2f} s")
@@ -247,44 +253,9 @@ def read_image(source: str | Path | bytes, what: str | None = None) -> np.ndarra
     return np.ascontiguousarray(rgb)
 
 
-def read_video(path: str | Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
-    """A video file -> (uint8 ``[F, H, W, 3]``, its frames per second); with ``size`` = (H, W) each frame is fitted
-    to it as it is read (:func:`fit_frames`), so memory holds the clip at that size only. UserError for a file that
-    is missing, cannot be decoded, has no frames or would exceed ``MAX_VIDEO_BYTES``."""
-    try:
-        import av
-    except ImportError:
-        raise UserError("reading videos needs PyAV: pip install av") from None
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    frames, held = [], 0
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise UserError(f"{path} has no frames (no video stream)")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
-            for frame in container.decode(stream):
-                image = frame.to_ndarray(format="rgb24")
-                if size is not None:
-                    image = fit_frames(image[None], *size, warn=None)[0]
-                held += image.nbytes
-                if held > MAX_VIDEO_BYTES:
-                    raise UserError(f"{path} holds more than {MAX_VIDEO_BYTES / 2**30:g} GiB of frames; cut it shorter")
-                frames.append(image)
-    except UserError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise UserError(f"{path} cannot be read as a video: {getattr(exc, 'strerror', None) or exc}") from None
-    if not frames:
-        raise UserError(f"{path} has no frames")
-    return np.stack(frames), fps
-
-
 def fit_frames(frames: np.ndarray, height: int, width: int, *, warn=None) -> np.ndarray:
-    """uint8 ``[F, h, w, 3]`` -> ``[F, height, width, 3]``: centre-cropped to the target's aspect ratio, then resized
-    (area averaging down, bicubic up); frames of that size already are returned as they are.
+    """uint8 ``[F, h, w, 3]`` -> ``[F, height, width, 3]``, each frame by :func:`fit_frame` (the centre crop of the
+    target's aspect ratio, resized); frames of that size already are returned as they are.
 
     ``warn(message)`` is called once when the crop cuts more than a pixel's rounding (another aspect ratio)."""
     frames = np.asarray(frames)
@@ -293,19 +264,8 @@ def fit_frames(frames: np.ndarray, height: int, width: int, *, warn=None) -> np.
     F, h, w, _ = frames.shape
     if (h, w) == (height, width):
         return frames
-    from PIL import Image
-
-    # The largest centre crop of the target's aspect ratio.
-    if w * height > h * width:
-        ch, cw = h, max(1, round(h * width / height))
-    else:
-        ch, cw = max(1, round(w * height / width)), w
-    if warn is not None and (abs(cw - w) > 1 or abs(ch - h) > 1):
+    kept = (h, round(h * width / height)) if w * height > h * width else (round(w * height / width), w)  # fit_frame's crop
+    if warn is not None and (abs(kept[1] - w) > 1 or abs(kept[0] - h) > 1):
         warn(f"the given frames are {w}x{h} px, another aspect ratio than the model's {width}x{height}: "
-             f"centre-cropped to {cw}x{ch} px, then resized")
-    y, x = (h - ch) // 2, (w - cw) // 2
-    resample = Image.Resampling.BOX if cw >= width and ch >= height else Image.Resampling.BICUBIC
-    out = np.empty((F, height, width, 3), dtype=np.uint8)
-    for i in range(F):
-        out[i] = np.asarray(Image.fromarray(frames[i, y : y + ch, x : x + cw]).resize((width, height), resample))
-    return out
+             f"centre-cropped to {kept[1]}x{kept[0]} px, then resized")
+    return np.stack([fit_frame(frame, height, width) for frame in frames])
