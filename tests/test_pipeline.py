@@ -347,7 +347,7 @@ def test_an_image_of_any_size_is_fitted_with_a_warning_for_another_aspect(tmp_pa
         warnings.simplefilter("error", InputWarning)
         fitted = pipe.given_frames(image=big)
     error = np.abs(fitted[0].astype(int) - scene_frames(1)[0].astype(int))
-    assert error.mean() < 4 and error[11:17, 3:9].max() <= 2  # the scene again, sharp inside the square
+    assert error.mean() < 2 and error[11:17, 3:9].max() <= 8  # the scene again (bicubic rings a little at edges)
     wide = np.zeros((32, 64, 3), dtype=np.uint8)
     wide[:, 16:48] = scene_frames(1)[0]  # the centre crop is the scene
     with pytest.warns(InputWarning, match=r"64x32 px, another aspect ratio than the model's 32x32"):
