@@ -59,8 +59,9 @@ def test_each_shipped_setting_has_one_home():
         for section, values in json.loads(path.read_text()).items():
             if isinstance(values, dict):
                 settings.update({f"{section}.{key}": value for key, value in values.items()})
-    for how in ("train.progress", "train.log_every", "train.ckpt_every", "data.workers"):  # how a run reports, not what it learns
-        settings.pop(how)
+    for how in ("train.progress", "train.log_every", "train.ckpt_every", "data.workers", "train.eval_every", "train.eval_videos",
+                "train.eval_stream_seconds"):  # how a run reports, not what it learns
+        settings.pop(how, None)
     assert "scm.tangent_warmup" in settings and "train.max_seconds" in settings
     # The quickstart's budgets are its own settings for minutes on a CPU (or a GPU), not the shipped chain's.
     runs = [p for p in ROOT.joinpath("src", "causal_rcm", "runs").glob("*.py") if p.name != "quickstart.py"]
