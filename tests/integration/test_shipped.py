@@ -96,7 +96,7 @@ def test_eval_window_widens_only_the_rollouts_past_the_checkpoints_window(capsys
     assert wide["caption_adherence"] == own["caption_adherence"]  # a training-length video fits either window
     assert wide["long_drift"] != own["long_drift"]  # 2x rollouts outgrow the checkpoint's 4 frames, not 8
     for args, message in ((["-c", str(student), "--window", "1"], "must hold a chunk of 2 frames"),
-                          (["-c", str(SHIPPED_TEACHERS / "teacher" / "model"), "--window", "8"], "needs a causal checkpoint")):
+                          (["-c", str(SHIPPED_TEACHERS / "teacher" / "model"), "--window", "8"], "need a causal checkpoint")):
         with pytest.raises(SystemExit) as exit_:
             main(["eval", *args, "-n", "1", "--device", "cpu"])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
