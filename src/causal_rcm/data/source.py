@@ -241,7 +241,23 @@ class Windows:
         return np.stack(frames), np.stack(actions)
 
 
-class AtariSource(VideoSource):
+class ShardStream(VideoSource):
+    """A source streaming stored shards: each rank consumes samples ``rank + world_size * i``; its position and the
+    identity of its shards (``_data_id``) are the checkpointed state, resumable on any world size dividing it."""
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "samples_seen": self.position * self.world_size, "shards": self._data_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("shards") != self._data_id or int(state["seed"]) != self.seed:
+            raise UserError("the checkpoint was trained on other shards or another data.seed: resume with the same data")
+        seen = int(state["samples_seen"])
+        if seen % self.world_size:
+            raise UserError(f"cannot resume a data stream at {seen} samples on {self.world_size} ranks: use a world size that divides it")
+        self.position = seen // self.world_size
+
+
+class AtariSource(ShardStream):
     """Windows of ``data.num_frames`` consecutive frames, with their actions, from the episodes that
     ``causal-rcm collect`` recorded in ``data.shards`` (training shards; held-out ones for evaluation).
 
@@ -304,17 +320,6 @@ class AtariSource(VideoSource):
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         return self.train.window(int(rng.integers(self.train.count)))
 
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "samples_seen": self.position * self.world_size, "shards": self._data_id}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("shards") != self._data_id or int(state["seed"]) != self.seed:
-            raise UserError("the checkpoint was trained on other shards or another data.seed: resume with the same data")
-        seen = int(state["samples_seen"])
-        if seen % self.world_size:
-            raise UserError(f"cannot resume a data stream at {seen} samples on {self.world_size} ranks: use a world size that divides it")
-        self.position = seen // self.world_size
-
     def eval_set(self, n: int, num_frames: int | None = None) -> dict[str, Any]:
         """n fixed windows of held-out episodes, ``num_frames`` frames long: their videos (n, 3, F, H, W) in
         [-1, 1] and actions (n, F), with empty captions."""
@@ -327,7 +332,7 @@ class AtariSource(VideoSource):
         return {**out, "actions": torch.from_numpy(actions)} if self.data.actions else out
 
 
-class LatentSource(VideoSource):
+class LatentSource(ShardStream):
     """Latents and text context stored in ``data.shards`` by ``causal-rcm synth`` (a teacher's samples, optionally
     with ODE pairs) or ``causal-rcm data prepare`` (videos of your own), :mod:`causal_rcm.data.latents`.
 
@@ -397,16 +402,9 @@ class LatentSource(VideoSource):
             batch["ode_times"] = self.ode_times.to(self.device)
         return batch
 
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "samples_seen": self.position * self.world_size, "shards": self.store.identity}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("shards") != self.store.identity or int(state["seed"]) != self.seed:
-            raise UserError("the checkpoint was trained on other shards or another data.seed: resume with the same data")
-        seen = int(state["samples_seen"])
-        if seen % self.world_size:
-            raise UserError(f"cannot resume a data stream at {seen} samples on {self.world_size} ranks: use a world size that divides it")
-        self.position = seen // self.world_size
+    @property
+    def _data_id(self) -> str:
+        return self.store.identity
 
     def eval_set(self, n: int, num_frames: int | None = None) -> dict[str, Any]:
         """The shapes world's held-out set (shapes shards), else the first ``n`` stored videos, decoded, with their
