@@ -46,14 +46,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import click
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from causal_rcm.cli import Number, Numbers, cli
 from causal_rcm.cli import _run as run_main
 from causal_rcm.data.text import VOCABULARY
+from causal_rcm.data.video import write_gif
 from causal_rcm.limits import Range
 from causal_rcm.models.wan import CausalWanConfig
 from causal_rcm.runs import recipe_config, recipe_names
@@ -138,11 +141,15 @@ def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
     (root / "afile").write_text("not a checkpoint")
     (root / "afolder").mkdir()
+    frames = np.random.default_rng(0).integers(0, 256, (6, 20, 28, 3), dtype=np.uint8)
+    Image.fromarray(frames[0]).save(root / "first.png")
+    write_gif(root / "clip.gif", frames)
     return {
         # text_len 24: the shapes world's held-out captions (up to 19 tokens) that `eval` samples
         "root": root, "causal": make_checkpoint(root / "causal", text_len=24),
         "bidirectional": make_checkpoint(root / "bi", causal=False, steps=2, solver="euler", guidance=3.0, text_len=24),
         "missing": root / "nowhere", "file": root / "afile", "folder": root / "afolder",
+        "image": root / "first.png", "video": root / "clip.gif",
     }
 
 
@@ -445,6 +452,9 @@ def path_values(world: dict[str, Path], name: str, command: str) -> st.SearchStr
     if name in ("checkpoint", "src"):
         good = ["bidirectional"] if command == "serve" else ["causal", "bidirectional"]
         return mostly(st.sampled_from([(str(world[g]), False) for g in good]), st.sampled_from(
+            [(str(world["missing"]), True), (str(world["file"]), True), (str(world["folder"]), True)]))
+    if name in ("image", "video"):  # a good file still depends on the rest: a causal checkpoint, --extend with --video
+        return mostly(st.just((str(world[name]), None)), st.sampled_from(
             [(str(world["missing"]), True), (str(world["file"]), True), (str(world["folder"]), True)]))
     suffixes = {"out": [".gif", ".mp4"], "json_out": [".json"], "dst": ["", ".safetensors", ".pth"]}[name]
     good = [(str(root / "out" / f"result{s}"), False) for s in suffixes]
