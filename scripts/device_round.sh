@@ -30,11 +30,7 @@ stage=${1:?usage: device_round.sh start|collect|chain}
 out=${OUT:-/tmp/out}
 root=runs/gpu
 mkdir -p "$out" "$root"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 extra=${ROUND_EXTRA:-}  # more overrides for every run (e.g. a quick CPU check of this script)
 packed="data.codec_frames=2 data.num_frames=4 model.in_dim=96 model.out_dim=96"  # the ablation's world: configs/shapes/world.json
 

@@ -24,11 +24,7 @@ set -euo pipefail
 stage=${1:?usage: device_session.sh teachers|tests|teachers+tests|bench|scm-step|students|students+cm|teachers+cm|ablation|atari|atari-teachers|atari-students}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 runs=/tmp/runs
 teachers=${TEACHERS:-checkpoints/shapes}
 # Extra settings of the experiments' runs (the recipes' defaults otherwise). The 2026-12-02 GPU

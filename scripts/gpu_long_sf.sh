@@ -4,14 +4,8 @@
 # prompts and prompt switches at 4 s and 8 s on 32 prompts. The shipped student's scoring runs beside the training
 # (the shapes models leave the GPU mostly idle). Results under $OUT; the trained model as sf-dmd-long.tar.
 set -uo pipefail
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-cli="python3 -m causal_rcm.cli"
+source "$(dirname "$0")/device_env.sh"
+out=$OUT cli=$CAUSAL_RCM
 run=/tmp/runs/sf-dmd-long
 score() {  # score NAME CHECKPOINT: the minute-long streams, then the switches
     $cli eval shapes -c "$2" -n "${STREAM_PROMPTS:-192}" --steps 2 --stream-seconds 60 --device cuda --json "$out/$1_stream.json"
