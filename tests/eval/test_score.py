@@ -83,7 +83,29 @@ def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch
     metrics = shapes.stream_metrics(model, world, spec, ["a red square moves right"] * 20, factor=factor, seed=5)
     assert factor == 4 and calls == [(16, 32, 5), (4, 32, 6)]  # two batches, each with its own seed
     assert metrics == {"stream_first_caption_adherence": 1.0, "stream_caption_adherence": 0.5,
-                       "stream_second_half_caption_adherence": 0.0, "stream_seconds": 4.0}
+                       "stream_second_half_caption_adherence": 0.0, "stream_last_minute_caption_adherence": 0.5,
+                       "stream_seconds": 4.0}
+
+
+def test_a_long_streams_last_minute_is_scored_apart(tmp_path, monkeypatch):
+    """Three minutes, blank but for the last one: last minute 1, second half 2/3, all 1/3."""
+    import numpy as np
+
+    import causal_rcm.eval.score as shapes
+    from causal_rcm.data.shapes import Scene, Shape, render
+
+    model, world, spec = load_for_eval(make_checkpoint(tmp_path / "ckpt"), device="cpu")
+
+    def blank_then_perfect(model, world, captions, spec, *, num_frames, seed):
+        frames = render(Scene((Shape("red", "square", 10, 0, 11, vx=1),), size=32), num_frames * world.data.codec_frames)
+        frames[: len(frames) * 2 // 3] = 0
+        return np.stack([frames] * len(captions))
+
+    monkeypatch.setattr(shapes, "sample_videos", blank_then_perfect)
+    metrics = shapes.stream_metrics(model, world, spec, ["a red square moves right"], factor=shapes.stream_factor(world, 180.0))
+    assert metrics["stream_seconds"] == 180.0 and metrics["stream_last_minute_caption_adherence"] == 1.0
+    assert abs(metrics["stream_second_half_caption_adherence"] - 2 / 3) < 1e-9
+    assert abs(metrics["stream_caption_adherence"] - 1 / 3) < 1e-9
 
 
 def test_evaluate_streams_causal_models_only(tmp_path):

@@ -152,7 +152,8 @@ def stream_factor(source: ShapesSource, seconds: float) -> int:
 def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: list[str], *, factor: int, seed: int = 0) -> dict[str, float]:
     """Caption adherence along streams ``factor`` times the training length (a minute of video is 60 of the packed
     world's one-second videos), one per caption, over consecutive training-length clips: the first clip, every
-    clip and the second half, averaged over the streams (``stream_*`` keys, and ``stream_seconds``).
+    clip, the second half and the last minute of video (all of it for streams of a minute or less), averaged over
+    the streams (``stream_*`` keys, and ``stream_seconds``).
 
     What a viewer of a long stream sees, which the 4x rollouts of :func:`drift_metrics` do not predict
     (``docs/results/stream_window_2026-12-03.md``). Streams are sampled and scored a batch at a time, so memory
@@ -165,9 +166,11 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
         videos = sample_videos(model, source, part, spec, num_frames=source.data.num_frames * factor, seed=seed + start // BATCH)
         scores += [score_clips(source.oracle, videos[i : i + 1], c, clip)["caption_adherence"] for i, c in enumerate(part)]
     s = np.array(scores, dtype=float)  # (streams, clips)
+    minute = max(1, round(60 * source.fps / clip))  # clips in the last minute
     return dict(
         stream_first_caption_adherence=float(np.nanmean(s[:, 0])), stream_caption_adherence=float(np.nanmean(s)),
         stream_second_half_caption_adherence=float(np.nanmean(s[:, s.shape[1] // 2 :])),
+        stream_last_minute_caption_adherence=float(np.nanmean(s[:, -minute:])),
         stream_seconds=factor * clip / source.fps,
     )
 
