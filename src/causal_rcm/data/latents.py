@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from causal_rcm.data.shards import MappedTar, is_whole, npy, sha256, write_tar
+from causal_rcm.data.shards import MappedTar, is_whole, npy, read_manifest, sha256, write_tar
 from causal_rcm.errors import UserError
 from causal_rcm.models.adapters import write_whole
 
@@ -145,21 +145,11 @@ class LatentManifest:
     def read(cls, folder: str | Path) -> LatentManifest:
         """The manifest of ``folder``; one-line UserError when it is missing, unfinished or unreadable."""
         folder = Path(folder)
-        path = folder / MANIFEST
-        if not folder.is_dir():
-            raise UserError(f"shard folder {folder} does not exist (write one with `causal-rcm synth` or `causal-rcm data prepare`)")
-        if not path.is_file():
-            unfinished = (folder / JOB).is_file()
-            raise UserError(f"{folder} has no {MANIFEST}: " + ("its job has not finished; run the same command again to finish it"
-                            if unfinished else "it is not a folder written by `causal-rcm synth` or `causal-rcm data prepare`"))
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, this version reads {FORMAT}")
-            manifest = cls(LatentHeader.from_dict(data["header"]), [ShardRecord.from_dict(r) for r in data["shards"]])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path} is not a readable manifest of latent shards ({exc}); write the folder again") from None
-        return manifest
+        missing = ("its job has not finished; run the same command again to finish it" if (folder / JOB).is_file()
+                   else "it is not a folder written by `causal-rcm synth` or `causal-rcm data prepare`")
+        return read_manifest(
+            folder, lambda data, _: cls(LatentHeader.from_dict(data["header"]), [ShardRecord.from_dict(r) for r in data["shards"]]),
+            FORMAT, written_by="`causal-rcm synth` or `causal-rcm data prepare`", missing=missing, redo="write the folder again")
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -26,7 +26,7 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = ["MANIFEST", "EnvInfo", "Episode", "Manifest", "MappedTar", "ShardEntr
            "write_shard", "write_tar"]
 
 MANIFEST = "manifest.json"
+T = TypeVar("T")
 FORMAT = 1
 SPLITS = ("train", "heldout")
 
@@ -132,29 +133,39 @@ class Manifest:
     @classmethod
     def read(cls, folder: str | Path) -> Manifest:
         """The manifest of ``folder``; one-line UserError when it is missing or unreadable."""
-        folder = Path(folder)
-        path = folder / MANIFEST
-        if not folder.is_dir():
-            raise UserError(f"shard folder {folder} does not exist (write one with `causal-rcm collect --out {folder}`)")
-        if not path.is_file():
-            raise UserError(
-                f"{folder} has no {MANIFEST}: it is not a folder written by `causal-rcm collect`, "
-                "or its collection has not finished a shard yet"
-            )
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, this version reads {FORMAT}")
+
+        def parse(data: dict, path: Path) -> Manifest:
             shards = [ShardEntry(**{**s, "episodes": tuple(s["episodes"])}) for s in data["shards"]]
-            manifest = cls(EnvInfo.from_dict(data["env"], str(path)), int(data["frame_size"]), dict(data["collection"]), shards)
-        except UserError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path} is not a readable manifest ({exc}); collect again into a new folder") from None
-        bad = [s.file for s in shards if s.split not in SPLITS]
-        if bad:
-            raise UserError(f"{path}: shard {bad[0]} has a split other than {' or '.join(SPLITS)}")
-        return manifest
+            bad = [s.file for s in shards if s.split not in SPLITS]
+            if bad:
+                raise UserError(f"{path}: shard {bad[0]} has a split other than {' or '.join(SPLITS)}")
+            return cls(EnvInfo.from_dict(data["env"], str(path)), int(data["frame_size"]), dict(data["collection"]), shards)
+
+        return read_manifest(folder, parse, FORMAT, written_by="`causal-rcm collect --out {folder}`",
+                             missing="it is not a folder written by `causal-rcm collect`, or its collection has not "
+                                     "finished a shard yet", redo="collect again into a new folder")
+
+
+def read_manifest(folder: str | Path, parse: Callable[[dict, Path], T], version: int, *, written_by: str, missing: str,
+                  redo: str) -> T:
+    """``folder/manifest.json`` of format ``version``, read by ``parse(data, path)``: one-line UserErrors when the
+    folder does not exist (``written_by`` writes one; ``{folder}`` is filled in), has no manifest (``missing`` says
+    why) or it is unreadable (``redo`` says what to do)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UserError(f"shard folder {folder} does not exist (write one with {written_by.format(folder=folder)})")
+    if not path.is_file():
+        raise UserError(f"{folder} has no {MANIFEST}: {missing}")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != version:
+            raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}, this version reads {version}")
+        return parse(data, path)
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path} is not a readable manifest ({exc}); {redo}") from None
 
 
 def sha256(path: Path) -> str:
