@@ -25,7 +25,7 @@ def test_unknown_command_fails_with_usage():
     assert "No such command 'frobnicate'" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["attention", "jvp", "scm-step", "stream"])
+@pytest.mark.parametrize("name", ["attention", "jvp", "train", "scm-step", "stream"])
 def test_gpu_benchmarks_say_they_need_a_gpu(name):
     import torch
 

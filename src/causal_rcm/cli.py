@@ -500,7 +500,7 @@ def _print_metrics(metrics: dict) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks (JSON under benchmarks/results/): attention kernels, whole-model JVP, sCM step, streaming (GPU);
+    """Benchmarks (JSON under benchmarks/results/): attention kernels, whole-model JVP, training steps, streaming (GPU);
     long streams and the KV-cache window (CPU); the play loop of a world model (CPU or GPU)."""
 
 
@@ -509,11 +509,12 @@ def _register_benchmarks() -> None:
     from causal_rcm.bench.jvp import jvp_command
     from causal_rcm.bench.long_stream import long_stream_command, stream_window_command
     from causal_rcm.bench.play import play_command
-    from causal_rcm.bench.scm_step import scm_step_command
     from causal_rcm.bench.stream import stream_command
+    from causal_rcm.bench.train import scm_step_command, train_command
 
     bench.add_command(attention_command)
     bench.add_command(jvp_command)
+    bench.add_command(train_command)
     bench.add_command(scm_step_command)
     bench.add_command(stream_command)
     bench.add_command(long_stream_command)

@@ -150,8 +150,8 @@ class PipelineSpec:
     @classmethod
     def read_if_any(cls, path: str | Path) -> PipelineSpec | None:
         """The spec of ``path`` when it is a checkpoint of ours with a pipeline section or a whole Wan release,
-        else None (another layout, a bare transformer, or a file that does not exist yet)."""
-        if not Path(path).exists():
+        else None (another layout, a bare transformer, a file that does not exist yet, or no path: "")."""
+        if not str(path) or not Path(path).exists():  # Path("") is "." and exists
             return None
         release = find_release(path)
         if release is not None:

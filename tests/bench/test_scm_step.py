@@ -1,15 +1,33 @@
-"""`causal-rcm bench scm-step` runs the recipes' own steps; at toy size on the CPU it reports both and their ratio."""
+"""`causal-rcm bench scm-step` is `bench train` for the TF diffusion and TF-sCM steps with checkpointing on: at toy
+size on the CPU it reports both and their ratio, in its own JSON."""
 
 from __future__ import annotations
 
-from causal_rcm.bench.scm_step import run_scm_step_bench
+import json
+
+import torch
+from click.testing import CliRunner
+
+from causal_rcm.cli import cli
 
 
-def test_scm_step_bench_times_both_recipe_steps_on_cpu():
-    lines = []
-    record = run_scm_step_bench("tiny", 64, 64, frames=4, frames_per_chunk=2, repeats=1, device_name="cpu", log=lines.append)
+def test_scm_step_bench_times_both_recipe_steps_on_cpu(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a shared 2-core machine spin against each other
+    try:
+        result = CliRunner().invoke(cli, ["bench", "scm-step", "--size", "tiny", "--device", "cpu", "--height", "64",
+                                          "--width", "64", "--frames", "4", "--frames-per-chunk", "2", "--repeats", "1",
+                                          "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    [path] = tmp_path.glob("scm_step_tiny_cpu_*.json")
+    record = json.loads(path.read_text())
     steps = record["results"]
-    assert steps["tf_scm_step"]["ms"] > 0 and steps["tf_diffusion_step"]["ms"] > 0
-    assert record["scm_over_diffusion"] == steps["tf_scm_step"]["ms"] / steps["tf_diffusion_step"]["ms"]
-    assert record["setup"]["jvp_backend"] == "math" and record["setup"]["seq_len"] == 2 * 4 * 16
-    assert any("TF-sCM step / TF diffusion step" in line for line in lines)
+    assert record["benchmark"] == "scm_step" and set(steps) == {"tf_diffusion", "tf_scm"}
+    assert all(set(settings) == {"checkpointing_on"} for settings in steps.values())
+    scm, diffusion = steps["tf_scm"]["checkpointing_on"], steps["tf_diffusion"]["checkpointing_on"]
+    assert scm["ms"] > 0 and diffusion["ms"] > 0
+    assert record["scm_over_diffusion"] == {"checkpointing_on": scm["ms"] / diffusion["ms"]}
+    assert record["setup"]["jvp_backend"] == "math" and record["setup"]["tf_seq_len"] == 2 * 4 * 16
+    assert "TF-sCM step / TF diffusion step (checkpointing on)" in result.output
