@@ -6,15 +6,10 @@
 # (train_wan2.1-1.3b_<GPU>_<date>.json, rewritten after every step, so the time limit keeps what was measured), the log
 # and the GPU's name. BENCH_SECONDS (default 440) bounds the benchmark, REPEATS (3) the timed steps after a warm-up.
 set -uo pipefail
-out=${OUT:-/tmp/out}
-mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then  # wheels the device image lacks (none are needed here; kept as the other scripts)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
+out=$OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
-timeout --kill-after=10 "${BENCH_SECONDS:-440}" python3 -m causal_rcm.cli bench train --size wan2.1-1.3b \
+timeout --kill-after=10 "${BENCH_SECONDS:-440}" $CAUSAL_RCM bench train --size wan2.1-1.3b \
     --repeats "${REPEATS:-3}" --out "$out" 2>&1 | tee "$out/bench_train.txt"
 rc=${PIPESTATUS[0]}
 note=""; [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && note=" (stopped by the time limit: the JSON holds the steps measured)"
