@@ -114,3 +114,13 @@ def test_evaluate_streams_causal_models_only(tmp_path):
     assert metrics["stream_seconds"] == 3.0 and 0 <= metrics["stream_second_half_caption_adherence"] <= 1
     bidirectional = dataclasses.replace(spec, causal=False)
     assert "stream_seconds" not in evaluate(model, world, bidirectional, n=2, stream_seconds=3.0).metrics
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_counted_calls_match_calls_per_batch_with_a_noisy_context(tmp_path, guidance):
+    path = make_checkpoint(tmp_path / "ckpt", causal=True, solver="consistency", steps=2, guidance=guidance)
+    model, world, spec = load_for_eval(path, device="cpu")
+    spec = dataclasses.replace(spec, context="noisy")
+    with NetworkCalls(model) as calls:
+        sample_videos(model, world, ["a red circle moves left"] * 2, spec, num_frames=8)
+    assert calls.count == spec.calls_per_batch(8) == 4 * 2 * (1 if guidance == 1 else 2)  # 4 chunks, no refresh
