@@ -82,3 +82,18 @@ def test_stream_bench_compiles_the_blocks_when_asked(tmp_path):
     assert result.exit_code != 0 and "leave out --compile" in result.output
     result = CliRunner().invoke(stream_command, ["--vae-format", "nchw", "--device", "cpu", "--size", "tiny"])
     assert result.exit_code == 2 and "--vae-format" in result.output
+
+
+@pytest.mark.gpu
+def test_stream_bench_overlaps_the_decode_on_a_gpu_gpu(tmp_path):
+    """At toy size on a GPU: overlapped and serial decoding both run and report; the trace holds two CUDA streams."""
+    import json
+
+    record = run_stream_bench("tiny", 64, 64, latent_frames=7, steps=(1,), modes=("chunk",), device_name="cuda",
+                              vae_config=TINY_VAE, log=lambda line: None, profile_dir=tmp_path, context="noisy",
+                              kv_int8=True, vae_tiling=True)
+    row = record["results"][0]
+    assert row["with_vae"]["fps"] > 0 and row["with_vae_serial"]["fps"] > 0 and row["with_vae"]["peak_gib"] > 0
+    events = json.loads((tmp_path / "stream_tiny_overlap_trace.json").read_text())["traceEvents"]
+    streams = {e.get("args", {}).get("stream") for e in events if e.get("cat") == "kernel"}
+    assert len(streams - {None}) >= 2
