@@ -456,7 +456,7 @@ def test_overlapped_decoding_hands_out_the_same_frames_and_schedules_switches_al
     np.testing.assert_array_equal(*switched)
     stream = pipe.stream(PROMPT_A, seed=2, overlap=True)
     first = next(stream)
-    assert stream._made == 2  # the next chunk was made before the first one's frames came out
+    assert stream._made_chunks == 2  # the next chunk was made before the first one's frames came out
     stream.close()
     assert first.index == 0 and [f.index for f in stream] == list(range(1, 8))  # chunk 0's other frames, then chunk 1's
 
