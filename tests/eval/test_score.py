@@ -82,9 +82,12 @@ def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch
     monkeypatch.setattr(shapes, "sample_videos", perfect_then_blank)
     metrics = shapes.stream_metrics(model, world, spec, ["a red square moves right"] * 20, factor=factor, seed=5)
     assert factor == 4 and calls == [(16, 32, 5), (4, 32, 6)]  # two batches, each with its own seed
+    # the fidelity of a perfect render (its blank half has no shape to judge), the clips' consistency half the time
     assert metrics == {"stream_first_caption_adherence": 1.0, "stream_caption_adherence": 0.5,
                        "stream_second_half_caption_adherence": 0.0, "stream_last_minute_caption_adherence": 0.5,
-                       "stream_seconds": 4.0}
+                       "stream_temporal_consistency": 0.5,
+                       "stream_background_residual": 0.0, "stream_background_residual_p90": 0.0,
+                       "stream_colour_error": 0.0, "stream_edge_sharpness": 1.0, "stream_seconds": 4.0}
 
 
 def test_a_long_streams_last_minute_is_scored_apart(tmp_path, monkeypatch):

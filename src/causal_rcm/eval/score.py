@@ -304,7 +304,7 @@ def evaluate_checkpoint(
     the first three change only rollouts past the window, e.g. the drift rollouts and the streams of
     ``stream_seconds`` (see :func:`stream_metrics`).
     """
-    model, source, spec = load_for_eval(path, steps=steps, device=device, context=context, kv_int8=kv_int8)
+    model, source, spec = load_for_eval(path, steps=steps, device=device)
     if not spec.causal:
         for option, value in (("--drift", drift_factor), ("--stream-seconds", stream_seconds)):
             if value:
