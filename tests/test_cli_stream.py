@@ -62,6 +62,13 @@ def test_generate_causal_with_seconds_mode_and_a_prompt_schedule(checkpoints, tm
     assert video.shape == (24, 32, 32, 3) and video.std() > 10
 
 
+def test_generate_with_a_noisy_context_and_low_memory(checkpoints, tmp_path):
+    out = tmp_path / "video.mp4"
+    main(["generate", "-c", str(checkpoints["causal"]), "-p", "a red circle moves left", "--seconds", "2",
+          "--context", "noisy", "--low-memory", "--no-overlap", "-o", str(out)])
+    assert read_video(out).shape == (16, 32, 32, 3)
+
+
 def test_generate_with_compiled_blocks(checkpoints, tmp_path):
     out = tmp_path / "video.gif"
     result = cli("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle moves left", "--seconds", "1.5",
@@ -91,11 +98,14 @@ def test_generate_bidirectional_over_its_training_length(checkpoints, tmp_path, 
         (["-c", "{causal}", "-p", "a red circle", "--steps", "0"], "'--steps': 0 is not in the range 1<=x<=1000"),
         (["-c", "{causal}", "-p", "a red circle", "-o", "{file}/video.mp4"], "is a file, not a folder"),
         (["-c", "{causal}", "-p", "a red circle", "-o", "{tmp}/video.avi"], "must end with .mp4 or .gif"),
+        (["-c", "{causal}", "-p", "a red circle", "--context", "dirty"], "'--context': 'dirty' is not one of"),
+        (["-c", "{bidirectional}", "-p", "a red circle", "--context", "noisy"], "--context is for causal checkpoints"),
     ],
 )
 def test_generate_user_errors_are_one_line(checkpoints, tmp_path, capsys, args, message):
     (tmp_path / "afile").write_text("x")
-    fill = {"missing": str(tmp_path / "nowhere"), "causal": str(checkpoints["causal"]), "file": str(tmp_path / "afile"), "tmp": str(tmp_path)}
+    fill = {"missing": str(tmp_path / "nowhere"), "causal": str(checkpoints["causal"]), "file": str(tmp_path / "afile"),
+            "tmp": str(tmp_path), "bidirectional": str(checkpoints["bidirectional"])}
     args = [a.format(**fill) for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "v.mp4")]

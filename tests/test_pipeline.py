@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from causal_rcm import StreamingPipeline
-from causal_rcm.diffusion import causal_sample, euler_sample, head_complement
+from causal_rcm.diffusion import causal_sample, euler_sample, head_complement, make_kv_caches, sample_chunk
 from causal_rcm.errors import UserError
 from causal_rcm.kernels import masks
 from causal_rcm.models.adapters import save_model
@@ -393,3 +393,89 @@ def test_a_bidirectional_checkpoint_refuses_given_frames(tmp_path):
         pipe.generate(PROMPT_A, image=scene_frames(1)[0])
     with pytest.raises(UserError, match="needs a causal checkpoint"):
         pipe.stream(PROMPT_A, video=scene_frames(4))
+
+
+# ------------------------------------------------------------------ speed and memory options
+def _forwards(pipe, run) -> int:
+    calls = []
+    hook = pipe.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return len(calls)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_a_noisy_context_stream_runs_one_forward_a_chunk_fewer_and_is_the_noisy_sampler(tmp_path, guidance):
+    pipe = load(tmp_path, solver="consistency", steps=2, guidance=guidance, sink_frames=1, window_frames=4)
+    frames = {}
+    counts = {mode: _forwards(pipe, lambda m=mode: frames.setdefault(m, frames_of(pipe.stream(PROMPT_A, seed=3, num_frames=12, context=m))))
+              for mode in ("clean", "noisy")}
+    branches = 1 if guidance == 1 else 2
+    assert counts["clean"] - counts["noisy"] == 6 * branches  # one refresh per chunk (a stream commits its last one too)
+    assert counts["noisy"] == 6 * 2 * branches
+    again = frames_of(pipe.stream(PROMPT_A, seed=3, num_frames=12, context="noisy"))
+    np.testing.assert_array_equal(again, frames["noisy"])
+    np.testing.assert_array_equal(frames["noisy"][:2], frames["clean"][:2])  # the first chunk sees no context
+    assert np.abs(frames["noisy"][2:].astype(int) - frames["clean"][2:].astype(int)).mean() > 1
+    g = torch.Generator().manual_seed(3)  # a stream draws each chunk's noise and the fresh noise between steps from one
+    caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=1, window_frames=4)
+    with torch.no_grad():
+        latents = torch.cat([sample_chunk(
+            pipe.model, torch.randn((1, *pipe.latent_shape(2)), generator=g), pipe.encode_prompt(PROMPT_A), caches, steps=2,
+            shift=3.0, solver="consistency", guidance=guidance, neg_context=pipe.encode_prompt(""), generator=g,
+            complement=head_complement(pipe.model), context_mode="noisy") for _ in range(6)], dim=2)
+    close_uint8(frames["noisy"], pipe.decode(latents))
+
+
+@pytest.mark.parametrize("context", ["clean", "noisy"])
+def test_switching_to_the_same_prompt_rebuilds_the_same_cache(tmp_path, context):
+    """The kept history re-run under the prompt it was made with gives the cache back (a noisy context keeps each
+    chunk's last-step input and time, a clean one the chunk at t = 0), past the window's first eviction."""
+    pipe = load(tmp_path, solver="consistency", steps=2, sink_frames=1, window_frames=5)
+    plain = frames_of(pipe.stream(PROMPT_A, seed=4, num_frames=14, context=context))
+    stream = pipe.stream(PROMPT_A, seed=4, num_frames=14, context=context)
+    frames = []
+    for frame in stream:
+        frames.append(frame.image)
+        if frame.index in (5, 9):
+            stream.switch_prompt(PROMPT_A)
+    close_uint8(np.stack(frames), plain)
+
+
+def test_overlapped_decoding_hands_out_the_same_frames_and_schedules_switches_alike(tmp_path):
+    """On the CPU the queue holds one chunk back as on a GPU: the same frames, indices and chunks; a scheduled switch
+    acts on the same chunk; closing hands out the chunk already made."""
+    pipe = load(tmp_path, codec_frames=2)
+    runs = {o: list(pipe.stream(PROMPT_A, seed=2, num_frames=11, overlap=o)) for o in (False, True)}
+    for a, b in zip(*runs.values(), strict=True):
+        assert (a.index, a.chunk, a.prompt) == (b.index, b.chunk, b.prompt)
+        np.testing.assert_array_equal(a.image, b.image)
+    switched = [pipe.generate(PROMPT_A, num_frames=10, switches=[(3, PROMPT_B)], overlap=o) for o in (False, True)]
+    np.testing.assert_array_equal(*switched)
+    stream = pipe.stream(PROMPT_A, seed=2, overlap=True)
+    first = next(stream)
+    assert stream._made_chunks == 2  # the next chunk was made before the first one's frames came out
+    stream.close()
+    assert first.index == 0 and [f.index for f in stream] == list(range(1, 8))  # chunk 0's other frames, then chunk 1's
+
+
+def test_low_memory_streams_keep_an_int8_cache_close_to_the_float_ones(tmp_path):
+    path = make_checkpoint(tmp_path / "ckpt", solver="consistency", steps=2, sink_frames=0, window_frames=4)
+    plain, small = (StreamingPipeline.from_pretrained(path, low_memory=low) for low in (False, True))
+    a, b = plain.stream(PROMPT_A, seed=1, num_frames=10), small.stream(PROMPT_A, seed=1, num_frames=10)
+    fa, fb = frames_of(a), frames_of(b)
+    assert b.state_nbytes()["kv_cache"] / a.state_nbytes()["kv_cache"] == (16 + 4) / (4 * 16)  # head dim 16, fp32
+    assert np.abs(fa.astype(int) - fb.astype(int)).mean() < 2 and not np.array_equal(fa, fb)
+    np.testing.assert_array_equal(frames_of(small.stream(PROMPT_A, seed=1, num_frames=10, kv_int8=False)), fa)
+
+
+@pytest.mark.gpu
+def test_overlapped_decoding_on_a_gpu_gives_the_serial_frames_gpu(tmp_path):
+    """The second CUDA stream waits for each chunk and keeps it alive: the frames of a serial stream, in order."""
+    path = make_checkpoint(tmp_path / "ckpt", solver="consistency", steps=2, sink_frames=1, window_frames=4)
+    pipe = StreamingPipeline.from_pretrained(path, device="cuda", dtype=torch.float32)
+    serial, overlapped = (list(pipe.stream(PROMPT_A, seed=6, num_frames=24, overlap=o)) for o in (False, True))
+    assert [f.index for f in overlapped] == list(range(24))
+    close_uint8(np.stack([f.image for f in overlapped]), np.stack([f.image for f in serial]))

@@ -57,6 +57,10 @@ class Numbers(click.ParamType):
 
 
 SEED = click.IntRange(0, MAX_SEED)
+CONTEXT_HELP = ("Causal checkpoints: commit each chunk to the KV cache 'clean' (re-run at t = 0) or 'noisy' (the last step's "
+                "keys and values: one forward a chunk fewer); default: the checkpoint's.")
+KV_INT8_HELP = "Causal checkpoints: keep the KV cache in int8 (per-token, per-head scales): about half a bf16 cache's bytes."
+LOW_MEMORY_HELP = "Preset for small GPUs: an int8 KV cache and VAE decoding in spatial tiles (where the codec has tiles)."
 STEPS = click.IntRange(1, MAX_STEPS)
 POSITIVE = click.IntRange(min=1)
 
@@ -388,9 +392,11 @@ def eval_group() -> None:
 @click.option("--image-cond", is_flag=True,
               help="Causal models: score image-to-video (a scene's first frame given) against a text-only stream of the "
                    "same prompt, and extending a ground-truth clip (direction kept, no cut at the seam).")
+@click.option("--context", type=click.Choice(["clean", "noisy"]), default=None, help=CONTEXT_HELP)
+@click.option("--kv-int8", is_flag=True, help=KV_INT8_HELP)
 def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out: Path | None, device: str, seed: int,
           window: int | None, stream_seconds: float, sink: int | None, recache_every: int | None,
-          switches: tuple[str, ...], switch_to: str, image_cond: bool) -> None:
+          switches: tuple[str, ...], switch_to: str, image_cond: bool, context: str | None, kv_int8: bool) -> None:
     """Score a shapes-world checkpoint with the analytic oracle: a table, and JSON with --json."""
     import json
 
@@ -401,16 +407,16 @@ def eval_(checkpoint: Path, steps: int | None, videos: int, drift: int, json_out
     if image_cond:
         from causal_rcm.eval.given import evaluate_given
 
-        if drift or stream_seconds or switches or sink is not None or recache_every is not None:
-            raise UserError("--image-cond scores given frames alone; run --drift, --stream-seconds, --switch, --sink and "
-                            "--recache-every without it")
+        if drift or stream_seconds or switches or sink is not None or recache_every is not None or context or kv_int8:
+            raise UserError("--image-cond scores given frames alone; run --drift, --stream-seconds, --switch, --sink, "
+                            "--recache-every, --context and --kv-int8 without it")
         metrics = evaluate_given(checkpoint, steps=steps, n=videos, device=device, seed=seed, window_frames=window)
     else:
         from causal_rcm.eval.score import evaluate_checkpoint
         from causal_rcm.eval.switch import evaluate_switches
 
         times = [_seconds(when, "--switch") for when in switches]
-        cache = dict(window_frames=window, sink_frames=sink, recache_every=recache_every)
+        cache = dict(window_frames=window, sink_frames=sink, recache_every=recache_every, context=context, kv_int8=kv_int8)
         metrics = evaluate_checkpoint(checkpoint, steps=steps, n=videos, drift_factor=drift, device=device, seed=seed,
                                       stream_seconds=stream_seconds, **cache)
         if times:
@@ -720,9 +726,16 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
 @device_option("cpu")
 @click.option("--compile", "compile_blocks", is_flag=True,
               help="torch.compile each block's tensor math (the first chunks compile; worth it for long videos on a GPU).")
+@click.option("--context", type=click.Choice(["clean", "noisy"]), default=None, help=CONTEXT_HELP)
+@click.option("--kv-int8", is_flag=True, help=KV_INT8_HELP)
+@click.option("--low-memory", is_flag=True, help=LOW_MEMORY_HELP)
+@click.option("--overlap/--no-overlap", default=None,
+              help="Causal checkpoints on a GPU: decode each chunk on a second CUDA stream while the next is denoised "
+                   "(default: on a GPU).")
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
              steps: int | None, times: list[float] | None, mode: str, seed: int, window: int | None, out: Path, scale: int,
-             image: Path | None, video: Path | None, extend: str | None, device: str, compile_blocks: bool) -> None:
+             image: Path | None, video: Path | None, extend: str | None, device: str, compile_blocks: bool,
+             context: str | None, kv_int8: bool, low_memory: bool, overlap: bool | None) -> None:
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length, from a
     prompt alone, from a first image (--image) or continuing a clip (--video CLIP --extend TIME)."""
     import time
@@ -742,12 +755,17 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
         raise UserError("--video continues a clip by --extend TIME; --seconds is for a video made from scratch or --image")
     _check_writable(out)
     given = None if image is None else read_image(image)  # a bad file fails before the checkpoint loads
-    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks)
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks, low_memory=low_memory,
+                                             context=context)
     if not pipe.config.causal and (image is not None or video is not None):
         raise UserError(f"--{'image' if image is not None else 'video/--extend'} continues given frames, which needs a causal "
                         f"checkpoint (a causal teacher or a distilled student); {checkpoint} is bidirectional")
+    if not pipe.config.causal and (context or kv_int8):
+        raise UserError(f"{'--context' if context else '--kv-int8'} is for causal checkpoints; this one is bidirectional")
     if not pipe.config.causal and mode != "chunk":
         raise UserError("--mode frame streams a causal checkpoint frame by frame; this one is bidirectional")
+    if not pipe.config.causal and (context or kv_int8):
+        raise UserError(f"{'--context' if context else '--kv-int8'} is for causal checkpoints; this one is bidirectional")
     if window is not None and pipe.config.causal:
         pipe.check_window(window, 1 if mode == "frame" else None, name="--window")
     fps, (H, W) = pipe.config.fps, pipe.frame_size
@@ -767,9 +785,10 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
                       f"at most {MAX_VIDEO_BYTES // frame_bytes / fps:g} s (--seconds) fit at --scale {scale}")
     schedule = [(_frame_at(when, fps, num_frames), text) for when, text in switches]
     started = time.perf_counter()
+    stream_options = dict(kv_int8=kv_int8 or None, overlap=overlap) if pipe.config.causal else {}
     frames = pipe.generate(prompt, num_frames=None if seconds is None and clip is None and given is None else new,
                            steps=steps, mode=mode, seed=seed, switches=schedule, times=times, window_frames=window,
-                           image=given, video=clip)
+                           image=given, video=clip, **stream_options)
     elapsed = time.perf_counter() - started
     try:
         (write_gif if out.suffix.lower() == ".gif" else write_mp4)(out, frames, fps=fps, scale=scale)
@@ -853,13 +872,15 @@ def _frame_at(when: str, fps: float, num_frames: int) -> int:
               help="A host name or address clients use to reach the server (besides localhost and --host); "
                    "requests naming others are refused. Repeatable.")
 @device_option("cpu")
+@click.option("--context", type=click.Choice(["clean", "noisy"]), default=None, help=CONTEXT_HELP)
+@click.option("--low-memory", is_flag=True, help=LOW_MEMORY_HELP)
 def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, window: int | None,
-          allowed_hosts: tuple[str, ...], device: str) -> None:
+          allowed_hosts: tuple[str, ...], device: str, context: str | None, low_memory: bool) -> None:
     """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
     from causal_rcm.pipeline import StreamingPipeline
     from causal_rcm.serve import run
 
-    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device)
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, low_memory=low_memory, context=context)
 
     run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime,
         on_ready=_announce(host, f"serving {checkpoint}"),

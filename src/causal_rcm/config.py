@@ -210,6 +210,9 @@ class DmdConfig:
     # rCM's regulariser: add this times the TF-sCM loss on data batches (train.cm_teacher's tangents, the scm
     # section's time proposal) to the generator's DMD loss (0: pure DMD)
     scm_weight: float = ranged(0.0, 0)
+    # Noisy context: rollouts commit each chunk's exit-step keys and values instead of re-running it at t = 0, and the
+    # exported checkpoint streams that way (pipeline.stream.context "noisy": one forward a chunk fewer)
+    noisy_context: bool = False
 
 
 @dataclass

@@ -32,6 +32,13 @@ frames that fill whole chunks are committed to the caches as the stream commits 
 chunk (an image's one latent frame), open the first chunk at t = 0 beside its noisy frames
 (``diffusion.samplers``, module docstring). The stream then continues text-conditioned as usual; the generated
 frames are numbered after the given ones, and a prompt switch re-runs the given frames too.
+
+Speed and memory options of a stream: ``context="noisy"`` (one forward a chunk fewer: a chunk's last denoising step
+commits its keys and values, ``diffusion.samplers``; the kept history is then that step's input and time, re-run
+the same way on a switch or a re-cache), ``kv_int8`` (the KV cache in int8, ``models.kv_cache``), and ``overlap``
+(on a GPU, the default: chunk k is decoded on a second CUDA stream while chunk k + 1 is denoised,
+:class:`DecodeQueue`). ``StreamingPipeline(..., low_memory=True)`` (``--low-memory``) makes int8 caches the default
+and decodes in spatial tiles where the codec can (Wan's VAE).
 """
 
 from __future__ import annotations
@@ -51,10 +58,12 @@ import torch
 from causal_rcm.data.codec import StreamDecoder, VideoCodec
 from causal_rcm.data.components import make_codec, make_text_encoder
 from causal_rcm.data.text import TextEncoder
-from causal_rcm.data.video import fit_frames, from_uint8, to_uint8
+from causal_rcm.data.video import fit_frames, from_uint8, to_uint8, uint8_frames
 from causal_rcm.diffusion.guidance import is_unguided
 from causal_rcm.diffusion.samplers import (
+    CONTEXTS,
     ChunkHistory,
+    CommitTracker,
     check_window,
     head_complement,
     make_kv_caches,
@@ -68,7 +77,7 @@ from causal_rcm.errors import InputWarning, UserError
 from causal_rcm.models.adapters import load_model
 from causal_rcm.spec import PipelineSpec
 
-__all__ = ["MODES", "StreamFrame", "Stream", "StreamingPipeline"]
+__all__ = ["MODES", "DecodeQueue", "StreamFrame", "Stream", "StreamingPipeline"]
 
 MODES = ("frame", "chunk")
 Actions = Callable[[int], int] | Iterable[int] | None
@@ -93,6 +102,54 @@ class StreamFrame:
     action: int | None = None  # world models: the action the frame was generated with
 
 
+class DecodeQueue:
+    """Decodes a stream's chunks in order, on a second CUDA stream when ``overlap`` is on, so that chunk k decodes
+    while chunk k + 1 is denoised.
+
+    :meth:`put` queues the decode of latents (1, C, f, h, w) behind the work already queued on the current CUDA
+    stream (the side stream waits for it, and the latents are kept alive for the side stream), converts the frames
+    to uint8 there and copies them to pinned host memory, recording an event; :meth:`get` waits for the oldest
+    entry's event and returns its frames, uint8 (frames, H, W, 3) on the CPU, with what was put beside it. Without
+    a GPU, or with ``overlap`` off, :meth:`put` decodes at once. ``lag``: entries a consumer keeps queued before
+    taking the oldest (1 with ``overlap``: a chunk's frames are taken once the next chunk is queued on the GPU).
+    """
+
+    def __init__(self, decoder: StreamDecoder, device: torch.device, *, overlap: bool) -> None:
+        self.decoder = decoder
+        self.overlap = overlap
+        self.stream = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
+        self._entries: deque = deque()
+
+    @property
+    def lag(self) -> int:
+        return 1 if self.overlap else 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, latents: torch.Tensor, item: Any = None) -> None:
+        """Queue the decode of ``latents`` (1, C, f, h, w); ``item`` comes back with its frames."""
+        if self.stream is None:
+            self._entries.append((uint8_frames(self.decoder.decode(latents)[0]).cpu(), None, item))
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(latents.device))
+        with torch.cuda.stream(self.stream):
+            frames = uint8_frames(self.decoder.decode(latents)[0])  # (f', H, W, 3) on the GPU
+            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        latents.record_stream(self.stream)  # not reused by the main stream before the side stream has read it
+        self._entries.append((host, done, item))
+
+    def get(self) -> tuple[torch.Tensor, Any]:
+        """The oldest entry's frames, uint8 (frames, H, W, 3) on the CPU, and its item (waits for its decode)."""
+        frames, done, item = self._entries.popleft()
+        if done is not None:
+            done.synchronize()
+        return frames, item
+
+
 class Stream:
     """A running stream: iterate for :class:`StreamFrame` s; ``switch_prompt`` / ``close`` from any thread.
 
@@ -100,7 +157,12 @@ class Stream:
     start from given frames instead of its own first chunk (:meth:`prefill`; a world model's real context).
     State held: the KV caches (``sink_frames + window_frames`` frames per layer and CFG branch, see
     ``kv_cache.py``)
-    and the clean latents they cover (for prompt switches), so memory is bounded.
+    and the latents they were committed from (for prompt switches), so memory is bounded.
+
+    With ``overlap`` the frames of chunk k are handed out once chunk k + 1 is queued (:class:`DecodeQueue`), so a
+    prompt switch or an action asked for while chunk k is shown acts from chunk k + 2; ``switches`` scheduled at
+    frame indices apply from the first chunk (after the first) that starts at or after them either way
+    (``generate``).
     """
 
     def __init__(
@@ -117,6 +179,10 @@ class Stream:
         times: Sequence[float] | None = None,
         window_frames: int | None = None,
         recache_every: int | None = None,
+        context: str = "clean",
+        kv_int8: bool = False,
+        overlap: bool = False,
+        switches: Sequence[tuple[int, str]] = (),
     ) -> None:
         self._pipe = pipe
         cfg = pipe.config
@@ -134,17 +200,24 @@ class Stream:
         self._sink = cfg.stream.sink_frames
         self._window = cfg.stream.window_frames if window_frames is None else window_frames
         self._recache = cfg.stream.recache_every if recache_every is None else recache_every
-        self._caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=self._sink, window_frames=self._window)
-        self._history = ChunkHistory(self._sink, self._window)  # the clean chunks the cache covers
+        self._kv_int8 = kv_int8
+        self._caches = make_kv_caches(pipe.model, guidance=guidance, sink_frames=self._sink, window_frames=self._window,
+                                      kv_int8=kv_int8)
+        self._history = ChunkHistory(self._sink, self._window)  # the chunks the cache covers, as committed
+        self._commits = CommitTracker(context)
         self._actions = _action_source(actions, pipe.config.num_actions)
         self._pending: tuple[str, torch.Tensor] | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._buffer: deque[StreamFrame] = deque()
-        self._decoder = pipe.codec.stream_decoder()  # a causal codec's state between chunks
-        self._chunk = 0
+        # a causal codec's state between chunks
+        self._decodes = DecodeQueue(pipe.codec.stream_decoder(tiled=pipe.low_memory), pipe.device, overlap=overlap)
+        self._switches = sorted(switches, key=lambda s: s[0])  # (frame, prompt), applied at generation
+        self._chunk = 0  # chunks made or prefilled
+        self._made_chunks = 0  # chunks made
+        self._shown_chunk = 0  # the chunk of the next frames handed out
         self._made = 0  # latent frames generated
-        self._frame = 0  # decoded frames made or prefilled (codec.temporal_factor per latent frame; only a last chunk is cut)
+        self._frame = 0  # decoded frames handed out or prefilled (codec.temporal_factor per latent frame; a last chunk is cut)
         self._first = 0  # frames given by prefill: the generated ones are numbered from here
         self._given: tuple[torch.Tensor, torch.Tensor | None] | None = None  # given latent frames opening the next chunk
         self._start = time.perf_counter()
@@ -201,8 +274,9 @@ class Stream:
             self._chunk += 1
         if whole < L:
             self._given = (latents[:, :, whole:], None if acts is None else acts[:, whole:])
-        pipe.decode(latents, self._decoder)  # a causal codec's decoder state after the given frames (frames not kept)
+        self._decodes.decoder.decode(latents.float())  # a causal codec's decoder state after the given frames (not kept)
         self._frame = self._first = P
+        self._shown_chunk = self._chunk
 
     @property
     def frames_done(self) -> int:
@@ -216,7 +290,7 @@ class Stream:
         return self._window
 
     def state_nbytes(self) -> dict[str, int]:
-        """Bytes held by the stream: ``kv_cache`` (all branches) and ``history`` (clean latents kept for switches)."""
+        """Bytes held by the stream: ``kv_cache`` (all branches) and ``history`` (latents kept for switches)."""
         kv = sum(c.nbytes() for c in self._caches if c is not None)
         return {"kv_cache": kv, "history": self._history.nbytes()}
 
@@ -225,14 +299,26 @@ class Stream:
         return self
 
     def __next__(self) -> StreamFrame:
-        if not self._buffer:
-            if self._closed or (self.num_frames is not None and self.frames_done >= self.num_frames):
+        while not self._buffer:
+            if not self._closed and not self._generated_all():
+                self._next_chunk()
+                if len(self._decodes) <= self._decodes.lag:
+                    continue
+            elif not len(self._decodes):
                 raise StopIteration
-            self._next_chunk()
+            self._show()
         return self._buffer.popleft()
+
+    def _generated_all(self) -> bool:
+        return self.num_frames is not None and self._made >= self._pipe.codec.latent_frames(self.num_frames)
+
+    def _next_frame(self) -> int:
+        """The index of the next chunk's first frame."""
+        return self._first + self._pipe.codec.video_frames(self._made)
 
     @torch.inference_mode()
     def _next_chunk(self) -> None:
+        """Denoise and commit the next chunk, and queue its decode."""
         pipe = self._pipe
         given, given_actions = self._given if self._given is not None else (None, None)
         self._given = None
@@ -241,12 +327,14 @@ class Stream:
         if self.num_frames is not None:
             fc = min(fc, pipe.codec.latent_frames(self.num_frames) - self._made)
         started = time.perf_counter()
+        while self._switches and self._made_chunks and self._switches[0][0] <= self._next_frame():
+            self.switch_prompt(self._switches.pop(0)[1])
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
             self._apply_prompt(*pending)
         if self._recache and self._chunk and self._chunk % self._recache == 0:
-            self._caches = tuple(None if c is None else rebuild_kv_cache(pipe.model, self._history, ctx)
+            self._caches = tuple(None if c is None else rebuild_kv_cache(pipe.model, self._history, ctx, kv_int8=self._kv_int8)
                                  for c, ctx in zip(self._caches, (self._context, self._neg)))
         actions = self._next_actions(fc)  # (1, fc): the new frames'
         chunk_actions = actions if given_actions is None else torch.cat([given_actions, actions], dim=1)
@@ -255,29 +343,38 @@ class Stream:
         x0 = sample_chunk(
             pipe.model, noise, self._context, self._caches, steps=self._grid, solver=self._solver,
             guidance=self._guidance, neg_context=self._neg, generator=self._generator, complement=self._complement,
-            given=given, **kwargs,
+            given=given, context_mode="noisy" if self._commits.noisy else "clean",
+            callback=self._commits.track(None, self._chunk), **kwargs,
         )  # (1, C, G + fc, h, w)
-        self._history.add(x0, **kwargs)
+        committed, refresh_kwargs = self._commits.committed(x0, G)
+        self._history.add(committed, **refresh_kwargs, **kwargs)
         self._made += fc
-        frames = pipe.decode(x0[:, :, G:], self._decoder)  # (frames, H, W, 3)
+        self._chunk += 1
+        self._made_chunks += 1
+        self._decodes.put(x0[:, :, G:].float(), (started, self.prompt, actions))
+
+    def _show(self) -> None:
+        """Hand out the frames of the oldest decoded chunk."""
+        frames, (started, prompt, actions) = self._decodes.get()  # (frames, H, W, 3)
         if self.num_frames is not None:
             frames = frames[: self.num_frames - self.frames_done]  # a packed last latent frame may overshoot
         done = time.perf_counter()
-        for i, image in enumerate(frames):
+        for i, image in enumerate(frames.numpy()):
             action = None if actions is None else int(actions[0, i])
-            self._buffer.append(StreamFrame(image, self._frame, self._chunk, self.prompt, done - started, done - self._start, action))
+            self._buffer.append(StreamFrame(image, self._frame, self._shown_chunk, prompt, done - started, done - self._start, action))
             self._frame += 1
-        self._chunk += 1
+        self._shown_chunk += 1
 
     def _next_actions(self, frames: int) -> torch.Tensor | None:
         if self._actions is None:
             return None
-        acts = [self._actions(self._frame + i) for i in range(frames)]
+        first = self._next_frame()
+        acts = [self._actions(first + i) for i in range(frames)]
         return torch.tensor([acts], dtype=torch.long, device=self._pipe.device)  # (1, frames)
 
     def _apply_prompt(self, prompt: str, context: torch.Tensor) -> None:
-        """Rebuild the conditional cache from the kept clean chunks under the new prompt (module docstring)."""
-        self._caches = (rebuild_kv_cache(self._pipe.model, self._history, context), self._caches[1])
+        """Rebuild the conditional cache from the kept chunks under the new prompt (module docstring)."""
+        self._caches = (rebuild_kv_cache(self._pipe.model, self._history, context, kv_int8=self._kv_int8), self._caches[1])
         self._context, self.prompt = context, prompt
 
 
@@ -322,13 +419,21 @@ class StreamingPipeline:
             to float rounding. Off by default.
         root: the checkpoint folder, where the spec's component paths start.
         component_dtype: the codec's and text encoder's dtype (None: as stored).
+        low_memory: the ``--low-memory`` preset: streams keep int8 KV caches unless told otherwise, and decode in
+            spatial tiles where the codec can (Wan's VAE; a pixel codec has nothing to tile).
+        context: the streams' default context, ``"clean"`` or ``"noisy"`` (:meth:`stream`); None: the checkpoint's.
     """
 
     def __init__(
         self, model: Any, config: PipelineSpec, device: torch.device | str = "cpu", *, compile: bool = False,
-        root: str | Path | None = None, component_dtype: torch.dtype | None = None,
+        root: str | Path | None = None, component_dtype: torch.dtype | None = None, low_memory: bool = False,
+        context: str | None = None,
     ) -> None:
         config.check_model(model.config, root)
+        self.low_memory = low_memory
+        self.context = config.stream.context if context is None else context
+        if self.context not in CONTEXTS:
+            raise UserError(f"context must be one of {', '.join(CONTEXTS)}, got {self.context!r}")
         self.model = model.eval()
         if compile:
             model.compile_blocks()
@@ -346,7 +451,8 @@ class StreamingPipeline:
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-        attn_backend: str = "sdpa", compile: bool = False, pipeline: dict | None = None,
+        attn_backend: str = "sdpa", compile: bool = False, pipeline: dict | None = None, low_memory: bool = False,
+        context: str | None = None,
     ) -> StreamingPipeline:
         """Load a checkpoint folder: our layout (config.json with a ``pipeline`` section + model.safetensors), or a
         Wan2.1 release, a diffusers Wan folder (``model_index.json``) or Wan's original folder (``models.release``;
@@ -357,14 +463,16 @@ class StreamingPipeline:
         GPU. ``compile``: see the class.
         ``pipeline``: pipeline-section keys that replace the checkpoint's (:meth:`PipelineSpec.read`), e.g.
         ``{"causal": True, "frames_per_chunk": 3}`` to stream a causal model published in a Wan layout, or another
-        ``resolution`` / ``width`` / ``num_frames`` than Wan's 480 x 832 x 21 latent frames.
+        ``resolution`` / ``width`` / ``num_frames`` than Wan's 480 x 832 x 21 latent frames. ``low_memory``, ``context``: see
+        the class.
         """
         config = PipelineSpec.read(path, overrides=pipeline)
         cpu = torch.device(device).type == "cpu"
         if dtype is None and cpu:
             dtype = torch.float32
         model = load_model(path, device=device, dtype=dtype, attn_backend=attn_backend)
-        return cls(model, config, device=device, compile=compile, root=path, component_dtype=torch.float32 if cpu else None)
+        return cls(model, config, device=device, compile=compile, root=path, component_dtype=torch.float32 if cpu else None,
+                   low_memory=low_memory, context=context)
 
     # ------------------------------------------------------------ pieces
     @property
@@ -486,6 +594,10 @@ class StreamingPipeline:
         recache_every: int | None = None,
         image: np.ndarray | None = None,
         video: np.ndarray | None = None,
+        context: str | None = None,
+        kv_int8: bool | None = None,
+        overlap: bool | None = None,
+        switches: Sequence[tuple[int, str]] = (),
     ) -> Stream:
         """Start a causal stream of decoded frames.
 
@@ -510,6 +622,15 @@ class StreamingPipeline:
                 generated frames are numbered after its ``codec.video_frames(1)`` frames.
             video: uint8 (F, h, w, 3), any size: a clip to continue from its last frames (module docstring); the
                 generated frames are numbered after the frames used.
+            context: how each chunk is committed to the KV cache, ``"clean"`` (re-run at t = 0) or ``"noisy"`` (the
+                last step's keys and values, one forward a chunk fewer; ``diffusion.samplers``); default: the
+                pipeline's, else the checkpoint's (``stream.context``, ``"noisy"`` for a student trained with
+                ``dmd.noisy_context``).
+            kv_int8: keep the KV caches in int8 (``models.kv_cache``); default: on with ``low_memory``.
+            overlap: decode each chunk on a second CUDA stream while the next one is denoised (:class:`DecodeQueue`;
+                a chunk's frames come out once the next chunk is queued); default: on a GPU.
+            switches: ``[(frame, prompt), ...]`` (stream frame indices): prompt switches applied from the first chunk
+                (after the first made) that starts at or after ``frame`` (what :meth:`generate` schedules).
         Returns:
             a :class:`Stream`, iterating :class:`StreamFrame` with ``image`` uint8 (H, W, 3).
         """
@@ -530,10 +651,15 @@ class StreamingPipeline:
             raise UserError(f"seed must be a non-negative integer, got {seed!r}")
         if recache_every is not None and (isinstance(recache_every, bool) or not isinstance(recache_every, int) or recache_every < 0):
             raise UserError(f"recache_every must be a non-negative integer (0: never), got {recache_every!r}")
+        context = self.context if context is None else context
+        if context not in CONTEXTS:
+            raise UserError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
         given = self.given_frames(image=image, video=video, window_frames=window_frames)
         stream = Stream(
             self, prompt, steps=self._steps(steps), frames_per_chunk=fc, seed=seed, guidance=self._guidance(guidance),
             num_frames=num_frames, actions=actions, times=times, window_frames=window_frames, recache_every=recache_every,
+            context=context, kv_int8=self.low_memory if kv_int8 is None else bool(kv_int8),
+            overlap=self.device.type == "cuda" if overlap is None else bool(overlap), switches=switches,
         )
         if given is not None:
             stream.prefill(given)
@@ -555,13 +681,17 @@ class StreamingPipeline:
         recache_every: int | None = None,
         image: np.ndarray | None = None,
         video: np.ndarray | None = None,
+        context: str | None = None,
+        kv_int8: bool | None = None,
+        overlap: bool | None = None,
     ) -> np.ndarray:
         """A whole video, uint8 (F, H, W, 3).
 
         Bidirectional checkpoints: Euler ODE (or the checkpoint's consistency sampler) with CFG over
         exactly the training length. Causal checkpoints: a stream of ``num_frames`` frames (default
         the training length); ``switches`` = ``[(frame, prompt), ...]`` changes the prompt from the
-        first chunk that starts at or after ``frame``; ``window_frames`` and ``recache_every`` as in :meth:`stream`.
+        first chunk that starts at or after ``frame`` (the first chunk keeps ``prompt``); ``window_frames``,
+        ``recache_every``, ``context``, ``kv_int8`` and ``overlap`` as in :meth:`stream`.
 
         ``image`` or ``video`` (causal checkpoints, :meth:`stream`): the video begins with the given frames, fitted
         to the checkpoint's size (the image's latent frame, or the whole clip), and ``num_frames`` frames are
@@ -576,18 +706,15 @@ class StreamingPipeline:
             head = self.given_frames(image=image, video=clip, window_frames=window_frames)
             if num_frames is None:
                 num_frames = self.video_frames - (len(head) if image is not None else 0)
-            stream = self.stream(
-                prompt, steps=steps, mode=mode, seed=seed, guidance=guidance, num_frames=max(1, num_frames),
-                actions=actions, times=times, window_frames=window_frames, recache_every=recache_every, video=head,
-            )
             start = 0 if head is None else len(head)
             frames = [] if head is None else list(head if clip is None else clip)
             offset = len(frames) - start  # a clip's frames before those the stream continues
-            schedule = sorted(switches, key=lambda s: s[0])
-            for frame in stream:
-                frames.append(frame.image)
-                while schedule and schedule[0][0] <= frame.index + offset + 1:
-                    stream.switch_prompt(schedule.pop(0)[1])
+            stream = self.stream(
+                prompt, steps=steps, mode=mode, seed=seed, guidance=guidance, num_frames=max(1, num_frames),
+                actions=actions, times=times, window_frames=window_frames, recache_every=recache_every, video=head,
+                context=context, kv_int8=kv_int8, overlap=overlap, switches=[(f - offset, p) for f, p in switches],
+            )
+            frames += [frame.image for frame in stream]
             return np.stack(frames)
         if image is not None or video is not None:
             raise UserError("continuing an image or a video needs a causal checkpoint (a causal teacher or a distilled "

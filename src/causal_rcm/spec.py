@@ -28,7 +28,7 @@ from causal_rcm.data.components import (
 from causal_rcm.data.shards import EnvInfo
 from causal_rcm.data.source import SOURCES, VideoSource
 from causal_rcm.data.text import ToyTextSpec
-from causal_rcm.diffusion.samplers import SOLVERS, SamplerSpec
+from causal_rcm.diffusion.samplers import CONTEXTS, SOLVERS, SamplerSpec
 from causal_rcm.errors import UserError
 from causal_rcm.limits import MAX_STEPS, field_problems, ranged, show
 from causal_rcm.models.adapters import detect_layout, read_pipeline_config
@@ -63,11 +63,14 @@ class SamplerDefaults:
 @dataclass(frozen=True)
 class StreamDefaults:
     """A causal model's KV cache in streams: ``sink_frames`` kept for ever, ``window_frames`` attended (None: all),
-    rebuilt from its kept clean chunks every ``recache_every`` chunks (0: never; ``diffusion.samplers``)."""
+    rebuilt from its kept clean chunks every ``recache_every`` chunks (0: never; ``diffusion.samplers``), and how
+    each chunk is committed, ``context`` (``diffusion.samplers``): ``"clean"``, re-run at t = 0, or ``"noisy"``, the
+    last denoising step's keys and values (what an SF-DMD student trained with ``dmd.noisy_context`` expects)."""
 
     sink_frames: int = ranged(0, 0, 65536)
     window_frames: int | None = ranged(None, 1, 65536)
     recache_every: int = ranged(0, 0, 65536)
+    context: str = ranged("clean", choices=CONTEXTS)
 
 
 @dataclass(frozen=True)
@@ -244,14 +247,18 @@ class PipelineSpec:
         return {**dataclasses.asdict(self), "codec": spec_dict(self.codec), "text": spec_dict(self.text)}
 
     # ------------------------------------------------------------ using
-    def sampler_spec(self, *, steps: int | None = None, window_frames: int | None = None) -> SamplerSpec:
-        """The sampler this checkpoint is used with (``steps`` / ``window_frames`` None: its defaults)."""
+    def sampler_spec(
+        self, *, steps: int | None = None, window_frames: int | None = None, context: str | None = None, kv_int8: bool = False,
+    ) -> SamplerSpec:
+        """The sampler this checkpoint is used with (``steps`` / ``window_frames`` / ``context`` None: its defaults;
+        ``kv_int8``: int8 KV caches)."""
         return SamplerSpec(
             causal=self.causal, steps=self.sampler.steps if steps is None else steps, solver=self.sampler.solver,
             shift=self.sampler.shift, guidance=self.sampler.guidance, complete_x0=self.sampler.complete_x0,
             frames_per_chunk=self.frames_per_chunk, sink_frames=self.stream.sink_frames,
             window_frames=self.stream.window_frames if window_frames is None else window_frames,
             recache_every=self.stream.recache_every,
+            context=self.stream.context if context is None else context, kv_int8=kv_int8,
         )
 
 

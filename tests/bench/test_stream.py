@@ -18,7 +18,7 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
     rows = {(r["mode"], r["steps"]): r for r in record["results"]}
     assert set(rows) == {("chunk", 1), ("chunk", 2), ("frame", 1), ("frame", 2)}
     for row in rows.values():
-        for key in ("without_vae", "with_vae"):
+        for key in ("without_vae", "with_vae", "with_vae_serial"):
             assert row[key]["fps"] > 0 and 0 < row[key]["first_frame_ms"] <= row[key]["total_ms"]
             assert row[key]["kv_cache_gib"] > 0
         assert set(row["breakdown_ms_per_chunk"]) == {"denoise_ms", "refresh_ms", "decode_ms"}
@@ -33,6 +33,20 @@ def test_stream_bench_reports_every_mode_and_step_count_on_cpu(tmp_path):
     profile = (tmp_path / "stream_tiny_profile.txt").read_text()
     assert profile.count("top 30 by CPU time") == 6 and "aten::" in profile  # 2 modes x (denoising, refresh, decode)
     assert "VAE decode ===" in profile and "3 frame(s) a chunk on 3 cached frames" in profile and "1 frame(s) a chunk on 4 cached frames" in profile
+    assert '"traceEvents"' in (tmp_path / "stream_tiny_overlap_trace.json").read_text()
+
+
+def test_stream_bench_options_noisy_context_and_low_memory(tmp_path):
+    """A noisy context has no refresh pass; an int8 cache holds (D + 4) / (4 D) of the fp32 cache's bytes (CPU: fp32)."""
+    rows = {}
+    for name, options in (("plain", {}), ("fast", dict(context="noisy", kv_int8=True, vae_tiling=True))):
+        record = run_stream_bench("tiny", 32, 32, latent_frames=4, steps=(2,), modes=("chunk",), device_name="cpu",
+                                  vae_config=TINY_VAE, log=lambda line: None, **options)
+        rows[name] = record["results"][0]
+        assert record["setup"]["context"] == options.get("context", "clean")
+    assert rows["plain"]["breakdown_ms_per_chunk"]["refresh_ms"] > 0 == rows["fast"]["breakdown_ms_per_chunk"]["refresh_ms"]
+    D = 64  # tiny: 256 dims, 4 heads
+    assert rows["fast"]["without_vae"]["kv_cache_gib"] / rows["plain"]["without_vae"]["kv_cache_gib"] == (D + 4) / (4 * D)
 
 
 def test_count_stream_ops_counts_per_layer_and_extrapolates_to_the_preset():
@@ -68,3 +82,18 @@ def test_stream_bench_compiles_the_blocks_when_asked(tmp_path):
     assert result.exit_code != 0 and "leave out --compile" in result.output
     result = CliRunner().invoke(stream_command, ["--vae-format", "nchw", "--device", "cpu", "--size", "tiny"])
     assert result.exit_code == 2 and "--vae-format" in result.output
+
+
+@pytest.mark.gpu
+def test_stream_bench_overlaps_the_decode_on_a_gpu_gpu(tmp_path):
+    """At toy size on a GPU: overlapped and serial decoding both run and report; the trace holds two CUDA streams."""
+    import json
+
+    record = run_stream_bench("tiny", 64, 64, latent_frames=7, steps=(1,), modes=("chunk",), device_name="cuda",
+                              vae_config=TINY_VAE, log=lambda line: None, profile_dir=tmp_path, context="noisy",
+                              kv_int8=True, vae_tiling=True)
+    row = record["results"][0]
+    assert row["with_vae"]["fps"] > 0 and row["with_vae_serial"]["fps"] > 0 and row["with_vae"]["peak_gib"] > 0
+    events = json.loads((tmp_path / "stream_tiny_overlap_trace.json").read_text())["traceEvents"]
+    streams = {e.get("args", {}).get("stream") for e in events if e.get("cat") == "kernel"}
+    assert len(streams - {None}) >= 2

@@ -194,3 +194,22 @@ def test_errors_name_the_file_and_the_problem(tmp_path):
         make_codec(WanVAESpec("bad.pth"), tmp_path)
     with pytest.raises(UserError, match="codec kind 'vqgan' is not supported"):
         codec_spec({"kind": "vqgan"})
+
+
+def test_a_tiled_stream_decodes_as_the_vaes_tiled_decode():
+    """Frames larger than a tile: each tile keeps its own cache across chunks, blended as diffusers' tiled_decode
+    blends a whole video (48 x 40 px in tiles of 32 with stride 24: 2 x 2 tiles, the edge ones cut)."""
+    vae = _tiny_vae(**STATS)
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                      tile_sample_stride_width=24)
+    z = torch.randn(1, 4, 4, 6, 5, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        reference = vae.decode(z).sample  # tiled: the frames are larger than a tile
+    untiled = StreamingWanDecoder(vae).decode(z)
+    decoder = StreamingWanDecoder(vae, tiled=True)
+    parts = torch.cat([decoder.decode(z[:, :, a:b]) for a, b in ((0, 1), (1, 3), (3, 4))], dim=2)
+    assert parts.shape == reference.shape == (1, 3, 13, 48, 40)
+    torch.testing.assert_close(parts, reference, rtol=1e-5, atol=1e-5)
+    assert (reference - untiled).abs().max() > 1e-3  # the tiles' seams are blended, not the untiled decode
+    small = StreamingWanDecoder(vae, tiled=True).decode(z[:, :, :, :4, :4])  # fits one tile: decoded whole
+    torch.testing.assert_close(small, StreamingWanDecoder(vae).decode(z[:, :, :, :4, :4]), rtol=0, atol=0)

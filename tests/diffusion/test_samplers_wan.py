@@ -118,3 +118,52 @@ def test_completed_samples_hold_the_networks_mean_where_its_head_cannot_reach(na
     plain = sample(narrow, noise, ctx, dataclasses.replace(one, complete_x0=False))
     first = slice(0, 2 if causal else 4)
     torch.testing.assert_close(sample(narrow, noise, ctx, one)[:, :, first], (plain - complement(noise))[:, :, first], atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- noisy context
+@torch.no_grad()
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_noisy_context_commits_the_last_step_and_saves_one_forward_per_chunk(tiny, inputs, guidance):
+    """Counted forwards: a clean context runs steps + 1 per committed chunk and branch, a noisy one steps, its last
+    step committing; the frames differ from the clean refresh's and repeat exactly for the same seed."""
+    noise, ctx, neg = inputs  # 6 frames: 3 chunks of 2, the last not committed
+    commits: list[bool] = []
+    hook = tiny.register_forward_hook(lambda m, a, kw, out: commits.append(kw.get("update_cache", False)), with_kwargs=True)
+    outs, calls = {}, {}
+    try:
+        for mode in ("clean", "noisy", "noisy"):
+            commits.clear()
+            outs.setdefault(mode, []).append(causal_sample(
+                tiny, noise, ctx, frames_per_chunk=2, steps=2, shift=3.0, solver="consistency", guidance=guidance,
+                neg_context=neg, generator=torch.Generator().manual_seed(5), context_mode=mode))
+            calls[mode] = list(commits)
+    finally:
+        hook.remove()
+    branches = 1 if guidance == 1 else 2
+    assert len(calls["clean"]) == (3 * 2 + 2) * branches and len(calls["noisy"]) == 3 * 2 * branches
+    assert sum(calls["clean"]) == sum(calls["noisy"]) == 2 * branches
+    per_chunk = 2 * branches  # the noisy context commits with each committed chunk's last step (both branches)
+    assert calls["noisy"][: 2 * per_chunk] == ([False] * branches + [True] * branches) * 2
+    a, b = outs["noisy"]
+    assert torch.equal(a, b)
+    clean = outs["clean"][0]
+    torch.testing.assert_close(a[:, :, :2], clean[:, :, :2])  # the first chunk sees no context
+    assert (a[:, :, 2:] - clean[:, :, 2:]).abs().mean() > 1e-3
+
+
+@torch.no_grad()
+def test_noisy_context_stream_equals_a_plain_loop_that_commits_the_last_step(tiny, inputs):
+    """The reference written out: consistency steps against the cache, the last step's forward committing."""
+    noise, ctx, _ = inputs
+    grid = flow_time_grid(3, 3.0)
+    out = causal_sample(tiny, noise, ctx, frames_per_chunk=2, steps=grid, solver="consistency",
+                        generator=torch.Generator().manual_seed(7), context_mode="noisy", window_frames=4, sink_frames=1)
+    cache, g, ref = tiny.new_kv_cache(sink_frames=1, window_frames=4), torch.Generator().manual_seed(7), []
+    for x in noise.split(2, dim=2):
+        for i in range(3):
+            s, s_next = float(grid[i]), float(grid[i + 1])
+            v = tiny(x, torch.full((1, 2), 1000 * s), ctx, kv_cache=cache, update_cache=i == 2)
+            x0 = x - s * v
+            x = x0 if s_next == 0 else (1 - s_next) * x0 + s_next * torch.randn(x.shape, generator=g)
+        ref.append(x)
+    torch.testing.assert_close(out, torch.cat(ref, dim=2), atol=1e-5, rtol=1e-5)

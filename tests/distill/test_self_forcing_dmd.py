@@ -177,6 +177,33 @@ def test_a_rollout_at_the_last_exit_step_equals_causal_sampling():
     torch.testing.assert_close(rolled, sampled, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("exit_step", [1, 2])
+def test_a_noisy_context_rollout_commits_its_exit_step_and_at_the_last_one_is_the_noisy_stream(exit_step):
+    """No refresh: the exit step's forward commits each chunk but the last, with gradient still only there; exiting
+    at the last step with the same fresh noise, the rollout is the noisy-context sampler."""
+    model = Recorder(random_model(small_config(), backend="math"))
+    noise, context = _inputs(F=6)
+    grid = flow_time_grid(3, 3.0)
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    rolled = self_forcing_rollout(
+        model, noise, context, grid=grid, exit_step=exit_step, frames_per_chunk=2, window_frames=4,
+        draw_noise=lambda shape: torch.randn(shape, generator=gen_a), context_mode="noisy",
+    )
+    per_chunk = exit_step + 1
+    assert len(model.calls) == 3 * per_chunk  # no refresh forwards
+    assert [c["refresh"] for c in model.calls] == ([False] * exit_step + [True]) * 2 + [False] * per_chunk
+    assert [c["grad"] for c in model.calls] == ([False] * exit_step + [True]) * 3
+    assert rolled.requires_grad
+    if exit_step == 2:
+        with torch.no_grad():
+            sampled = causal_sample(model.model, noise, context, frames_per_chunk=2, steps=grid, solver="consistency",
+                                    window_frames=4, generator=gen_b, context_mode="noisy")
+            clean = causal_sample(model.model, noise, context, frames_per_chunk=2, steps=grid, solver="consistency",
+                                  window_frames=4, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(rolled.detach(), sampled, rtol=1e-4, atol=1e-5)
+        assert (sampled[:, :, 2:] - clean[:, :, 2:]).abs().mean() > 1e-3
+
+
 def test_dmd_gradient_points_from_fake_to_real_and_drops_non_finite_samples():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 2, 2, 2, generator=g, requires_grad=True)
@@ -258,6 +285,27 @@ def test_the_rollouts_cache_reaches_the_checkpoints_streams(teachers, tmp_path, 
     assert caches and set(caches) == {rollout}
     section = json.loads((out / "model" / "config.json").read_text())["pipeline"]["stream"]
     assert (section["window_frames"], section["sink_frames"]) == stream
+
+
+def test_noisy_context_reaches_the_rollouts_and_the_checkpoints_stream_defaults(teachers, tmp_path, monkeypatch):
+    import causal_rcm.distill.dmd as dmd
+    from causal_rcm.spec import PipelineSpec
+
+    modes = []
+    real = dmd.self_forcing_rollout
+
+    def spy(*args, context_mode="clean", **kwargs):
+        modes.append(context_mode)
+        return real(*args, context_mode=context_mode, **kwargs)
+
+    monkeypatch.setattr(dmd, "self_forcing_rollout", spy)
+    out = tmp_path / "noisy"
+    config = load_config("sf-dmd", None, FAST + ["train.steps=2", f"train.out_dir={out}", f"train.teacher={teachers['teacher']}",
+                                                 "dmd.critic_steps=1", "dmd.noisy_context=true"])
+    train(config, restart=True)
+    assert modes and set(modes) == {"noisy"}
+    spec = PipelineSpec.read(out / "model")
+    assert spec.stream.context == "noisy" and spec.sampler_spec().context == "noisy"
 
 
 @pytest.mark.parametrize("key", ["data.stream_window", "dmd.rollout_window"])

@@ -82,9 +82,12 @@ def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch
     monkeypatch.setattr(shapes, "sample_videos", perfect_then_blank)
     metrics = shapes.stream_metrics(model, world, spec, ["a red square moves right"] * 20, factor=factor, seed=5)
     assert factor == 4 and calls == [(16, 32, 5), (4, 32, 6)]  # two batches, each with its own seed
+    # the fidelity of a perfect render (its blank half has no shape to judge), the clips' consistency half the time
     assert metrics == {"stream_first_caption_adherence": 1.0, "stream_caption_adherence": 0.5,
                        "stream_second_half_caption_adherence": 0.0, "stream_last_minute_caption_adherence": 0.5,
-                       "stream_seconds": 4.0}
+                       "stream_temporal_consistency": 0.5,
+                       "stream_background_residual": 0.0, "stream_background_residual_p90": 0.0,
+                       "stream_colour_error": 0.0, "stream_edge_sharpness": 1.0, "stream_seconds": 4.0}
 
 
 def test_a_long_streams_last_minute_is_scored_apart(tmp_path, monkeypatch):
@@ -114,3 +117,13 @@ def test_evaluate_streams_causal_models_only(tmp_path):
     assert metrics["stream_seconds"] == 3.0 and 0 <= metrics["stream_second_half_caption_adherence"] <= 1
     bidirectional = dataclasses.replace(spec, causal=False)
     assert "stream_seconds" not in evaluate(model, world, bidirectional, n=2, stream_seconds=3.0).metrics
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_counted_calls_match_calls_per_batch_with_a_noisy_context(tmp_path, guidance):
+    path = make_checkpoint(tmp_path / "ckpt", causal=True, solver="consistency", steps=2, guidance=guidance)
+    model, world, spec = load_for_eval(path, device="cpu")
+    spec = dataclasses.replace(spec, context="noisy")
+    with NetworkCalls(model) as calls:
+        sample_videos(model, world, ["a red circle moves left"] * 2, spec, num_frames=8)
+    assert calls.count == spec.calls_per_batch(8) == 4 * 2 * (1 if guidance == 1 else 2)  # 4 chunks, no refresh

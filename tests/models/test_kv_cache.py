@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from causal_rcm.models.kv_cache import KVCache
+from causal_rcm.models.kv_cache import KVCache, dequantize_int8, quantize_int8
 from causal_rcm.models.rope import apply_rope, rope_freqs
 
 from ..conftest import random_model
@@ -153,3 +153,75 @@ def test_rope_scores_depend_on_position_differences_only_even_far_into_a_stream(
         rk = apply_rope(k, rope_freqs(pos_k + shift, *GRID, 24))
         scores.append(torch.einsum("bshd,bthd->bhst", rq, rk))
     torch.testing.assert_close(scores[1], scores[0], atol=2e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ int8
+def test_int8_quantisation_rounds_each_value_to_half_a_step_of_its_vectors_scale():
+    x = torch.randn(3, 7, 2, 16, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 3, 7).view(1, 7, 1, 1)
+    x[0, 0, 0] = 0.0  # a zero vector: scale 0, stored exactly
+    q, scale = quantize_int8(x)
+    assert q.dtype == torch.int8 and scale.shape == (3, 7, 2, 1) and int(q.abs().max()) == 127
+    back = dequantize_int8(q, scale, torch.float32)
+    assert torch.all((back - x).abs() <= scale / 2 * (1 + 1e-5) + 1e-30)
+    assert torch.equal(back[0, 0, 0], torch.zeros(16))
+
+
+def _cache_reads(int8: bool, dtype: torch.dtype, seed: int = 0):
+    """Six chunks of 2 frames through one layer's cache (sink 1, window 5): what the last chunk attends to, and q."""
+    cache = KVCache(num_layers=1, sink_frames=1, window_frames=5, int8=int8)
+    g = torch.Generator().manual_seed(seed)
+    H, D = 2, 64
+    for step in range(6):
+        cache.begin(2, TPF)
+        k, v = torch.randn(2, 1, 2 * TPF, H, D, generator=g).to(dtype)  # unit scale, as after q/k RMSNorm
+        rot, sinks = cache.rope_frames(2)
+        sink_freqs = rope_freqs(sinks, *GRID, D) if sinks.numel() else None
+        k_rot = apply_rope(k, rope_freqs(rot, *GRID, D))
+        keys, values = cache.layers[0].update(k, k_rot, v, sink_freqs, commit=True)
+        cache.end(2, commit=True)
+    q = torch.randn(1, 2 * TPF, H, D, generator=g).to(dtype)
+    return cache, q, keys, values
+
+
+def test_int8_cache_attention_is_within_tolerance_of_the_fp32_caches():
+    """The same keys and values through a float32 and an int8 cache: attention outputs agree to int8's rounding."""
+    from causal_rcm.kernels.dispatch import math_attention
+
+    ref_cache, q, k_ref, v_ref = _cache_reads(False, torch.float32)
+    int8_cache, _, k8, v8 = _cache_reads(True, torch.float32)
+    assert k8.shape == k_ref.shape and k8.dtype == torch.float32
+    out_ref, out8 = (math_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+                     for k, v in ((k_ref, v_ref), (k8, v8)))
+    # keys and values in another order (the int8 read puts the chunk last, at full precision): attention does not
+    # depend on it
+    err = (out8 - out_ref).abs().max() / out_ref.abs().max()
+    assert 0 < err < 0.02
+    # the stored frames differ from float32 by at most half a quantisation step (order aside: sorted per column)
+    for a, b in ((k8, k_ref), (v8, v_ref)):
+        assert (a.sort(dim=1).values - b.sort(dim=1).values).abs().max() <= b.abs().amax() / 254 * 1.01
+
+
+def test_int8_cache_bytes_halve_bf16_and_quarter_fp32():
+    """Counted bytes: D + 4 per token and head in int8 (a float32 scale each), 2 D in bf16, 4 D in fp32."""
+    sizes = {}
+    for name, int8, dtype in (("fp32", False, torch.float32), ("bf16", False, torch.bfloat16), ("int8", True, torch.float32)):
+        cache, *_ = _cache_reads(int8, dtype)
+        sizes[name] = cache.nbytes()
+    D, H, tokens, sink_tokens = 64, 2, (1 + 5) * TPF, 1 * TPF
+    assert sizes["int8"] == 2 * tokens * H * (D + 4) + sink_tokens * H * D * 4  # keys and values; sink keys before RoPE
+    assert sizes["fp32"] == (2 * tokens + sink_tokens) * H * D * 4
+    sink_keys = {"fp32": sink_tokens * H * D * 4, "bf16": sink_tokens * H * D * 2, "int8": sink_tokens * H * D * 4}
+    kv = {name: sizes[name] - sink_keys[name] for name in sizes}  # the keys and values of every frame
+    assert kv["int8"] / kv["fp32"] == (D + 4) / (4 * D) and kv["int8"] / kv["bf16"] == (D + 4) / (2 * D)  # 0.27, 0.53
+
+
+def test_a_model_streams_with_an_int8_cache_close_to_its_float_cache():
+    model = random_model()
+    chunks = _chunks([2] * 6, seed=3)
+    ctx = torch.randn(1, 5, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outs = [_stream(model, model.new_kv_cache(1, 4, int8=int8), chunks, ctx) for int8 in (False, True)]
+    for i, (a, b) in enumerate(zip(*outs)):
+        rel = float((b - a).abs().max() / a.abs().max())
+        assert rel < 0.03, f"forward {i}: {rel}"
+    assert any(not torch.equal(a, b) for a, b in zip(*outs))  # it did quantise

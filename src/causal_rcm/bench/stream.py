@@ -8,10 +8,12 @@ sampler and the KV cache (no CFG: it is distilled into students) and reports:
 
 * throughput in pixel frames per second, and latency to the first frame, without and with VAE
   decoding (diffusers' ``AutoencoderKLWan`` with random weights, decoded chunk by chunk with its
-  causal cache by :class:`~causal_rcm.data.wan_vae.StreamingWanDecoder`); with decoding, the
-  decode of chunk k runs on a second CUDA stream while chunk k + 1 is generated, and the first
-  frame counts as shown once the first latent frame is decoded (the rest of its chunk after it,
-  as a player would show it); the VAE's convolution layout (contiguous or channels-last) is the
+  causal cache by :class:`~causal_rcm.data.wan_vae.StreamingWanDecoder`, to uint8 frames in host
+  memory as a stream hands them out); with decoding twice: ``with_vae``, the decode of chunk k on a
+  second CUDA stream while chunk k + 1 is generated (the pipeline's
+  :class:`~causal_rcm.pipeline.DecodeQueue`), and ``with_vae_serial``, one after the other; the
+  first frame counts as shown once the first latent frame is decoded (the rest of its chunk after
+  it, as a player would show it); the VAE's convolution layout (contiguous or channels-last) is the
   faster of the two in a timed decode of one chunk (``--vae-format`` to fix it);
 * a breakdown per chunk (denoising steps, cache refresh, decode; measured in a separate,
   synchronised pass) and peak GPU memory;
@@ -30,13 +32,19 @@ the warm-up pass of each mode compiles) and the VAE decoder's per-frame forward
 (:meth:`~causal_rcm.data.wan_vae.StreamingWanDecoder.compile`, kept only if a timed chunk
 decodes faster than eagerly); its JSON is written as ``stream_<size>_compiled_...``.
 
+Stream options, each measured by a run of its own (its JSON name says which): ``--context noisy``
+commits the last denoising step's keys and values instead of a clean re-run (no refresh pass);
+``--kv-int8`` keeps the KV cache in int8; ``--vae-tiling`` decodes in spatial tiles;
+``--low-memory`` is the last two, the pipeline's preset. ``--profile`` also writes a Chrome trace of
+one overlapped chunk-mode stream (``stream_<size>_overlap_trace.json``, open in Perfetto), where
+the DiT's kernels and the VAE's show on their two CUDA streams.
+
 ``--device cpu --size tiny`` runs the same code at toy size (the tests); its numbers mean little.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -118,14 +126,18 @@ def run_stream_bench(
     size: str = "wan2.1-1.3b", height: int = 480, width: int = 832, latent_frames: int = 21,
     steps: tuple[int, ...] = (1, 2, 4), modes: tuple[str, ...] = ("chunk", "frame"), device_name: str = "cuda",
     vae_config: dict | None = None, log=print, profile_dir: Path | None = None, compile: bool = False,
-    vae_format: str = "auto",
+    vae_format: str = "auto", context: str = "clean", kv_int8: bool = False, vae_tiling: bool = False,
 ) -> dict:
     import torch
 
-    from causal_rcm.diffusion.samplers import flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
+    from causal_rcm.diffusion.samplers import CONTEXTS, flow_time_grid, make_kv_caches, refresh_kv_caches, sample_chunk
     from causal_rcm.data.wan_vae import StreamingWanDecoder
     from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
+    from causal_rcm.pipeline import DecodeQueue
     from causal_rcm.bench import environment
+
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -142,65 +154,66 @@ def run_stream_bench(
         model.compile_blocks()
     cfg = model.config
     h, w = height // 8, width // 8
-    context = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan(**(vae_config or {})).to(device, dtype).eval().requires_grad_(False)
-    decoder = StreamingWanDecoder(vae)
+    decoder = StreamingWanDecoder(vae, tiled=vae_tiling)
     clock = _Clock(cuda)
     vae_formats = _choose_vae_format(decoder, vae_format, (1, vae.config.z_dim, FRAMES_PER_CHUNK, h, w), device, dtype, clock, log,
                                      compile=compile)
-    side = torch.cuda.Stream() if cuda else None
     pixels = _pixel_frames(latent_frames)
     log(f"model {size}: {model.num_parameters() / 1e6:.0f} M parameters; {latent_frames} latent frames "
         f"({pixels} pixel frames) at {height}x{width}, device {device}")
 
     def video_caches():
         """Caches whose window is the whole video: nothing is evicted, and the buffers never grow."""
-        return make_kv_caches(model, guidance=1.0, window_frames=latent_frames)
+        return make_kv_caches(model, guidance=1.0, window_frames=latent_frames, kv_int8=kv_int8)
 
     cache_bytes = [0]  # the KV cache's size at the end of the last stream
+    text = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
 
-    def stream(num_steps: int, fpc: int, decode: bool, profile: dict | None = None) -> tuple[float, float]:
-        """One streamed video: (total ms, ms to the first frame). ``profile`` collects per-phase ms (synchronised)."""
+    def stream(num_steps: int, fpc: int, decode: bool, overlap: bool = True, profile: dict | None = None) -> tuple[float, float]:
+        """One streamed video: (total ms, ms to the first frame). ``overlap``: decode on a second CUDA stream;
+        ``profile`` collects per-phase ms (synchronised, decoding serial)."""
         grid = flow_time_grid(num_steps, 3.0)
         generator = torch.Generator(device).manual_seed(0)
         caches = video_caches()
         decoder.reset()
+        queue = DecodeQueue(decoder, device, overlap=overlap and profile is None)
         start, first = clock.mark(), None
         sizes = [fpc] * (latent_frames // fpc) + ([latent_frames % fpc] if latent_frames % fpc else [])
         with torch.inference_mode():
             for k, n in enumerate(sizes):
                 noise = torch.randn((1, cfg.in_dim, n, h, w), generator=generator, device=device, dtype=dtype)
+                commit = k + 1 < len(sizes)
                 t0 = clock.mark() if profile is not None else None
-                x0 = sample_chunk(model, noise, context, caches, steps=grid, solver="consistency", generator=generator, refresh=False)
+                x0 = sample_chunk(model, noise, text, caches, steps=grid, solver="consistency", generator=generator,
+                                  refresh=commit and context == "noisy", context_mode=context)
                 t1 = clock.mark() if profile is not None else None
-                if k + 1 < len(sizes):
-                    refresh_kv_caches(model, x0, context, caches)
+                if commit and context == "clean":
+                    refresh_kv_caches(model, x0, text, caches)
                 t2 = clock.mark() if profile is not None else None
                 if decode:
-                    target = side if profile is None else None  # the decode overlaps the next chunk on a second stream
-                    if target is not None:
-                        target.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(target) if target is not None else nullcontext():
-                        if first is None and n > 1:  # the first frame is shown once its latent frame is decoded
-                            decoder.decode(x0[:, :, :1])
-                            first = clock.mark(target)
-                            decoder.decode(x0[:, :, 1:])
-                        else:
-                            decoder.decode(x0)
-                    if target is not None:
-                        x0.record_stream(target)
-                    done = clock.mark(target)
+                    if first is None and n > 1:  # the first frame is shown once its latent frame is decoded
+                        queue.put(x0[:, :, :1])
+                        first = clock.mark(queue.stream)
+                        queue.put(x0[:, :, 1:])
+                    else:
+                        queue.put(x0)
+                    done = clock.mark(queue.stream)
+                    while len(queue) > queue.lag:  # a consumer takes each chunk's frames once the next is queued
+                        queue.get()
                 else:
                     done = clock.mark()
                 if profile is not None:
                     t3 = clock.mark()
                     profile.setdefault("denoise_ms", []).append(clock.ms(t0, t1))
-                    profile.setdefault("refresh_ms", []).append(clock.ms(t1, t2))
+                    profile.setdefault("refresh_ms", []).append(clock.ms(t1, t2) if context == "clean" else 0.0)  # noisy: none
                     profile.setdefault("decode_ms", []).append(clock.ms(t2, t3) if decode else 0.0)
                 first = first or done
-        end = clock.mark(side) if (decode and side is not None) else clock.mark()
+            while len(queue):
+                queue.get()
+        end = clock.mark()
         if cuda:
             torch.cuda.synchronize()
         cache_bytes[0] = caches[0].nbytes()
@@ -221,14 +234,14 @@ def run_stream_bench(
 
         with torch.inference_mode():
             for _ in range(cached // fpc):
-                refresh_kv_caches(model, chunk(), context, caches)
+                refresh_kv_caches(model, chunk(), text, caches)
             x = chunk()
 
             def denoise():
-                sample_chunk(model, x, context, caches, steps=flow_time_grid(1, 3.0), solver="consistency", refresh=False)
+                sample_chunk(model, x, text, caches, steps=flow_time_grid(1, 3.0), solver="consistency", refresh=False)
 
             def refresh():
-                refresh_kv_caches(model, x, context, caches)
+                refresh_kv_caches(model, x, text, caches)
 
             z = torch.randn((1, vae.config.z_dim, fpc, h, w), generator=generator, device=device, dtype=dtype)
 
@@ -256,23 +269,22 @@ def run_stream_bench(
         fpc = _frames_per_chunk(mode)
         for num_steps in steps:
             row = {"mode": mode, "steps": num_steps, "frames_per_chunk": fpc}
-            for decode in (False, True):
-                stream(num_steps, fpc, decode)  # warm-up (allocator, kernels)
+            for key, decode, overlap in (("without_vae", False, False), ("with_vae", True, True), ("with_vae_serial", True, False)):
+                stream(num_steps, fpc, decode, overlap)  # warm-up (allocator, kernels)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                total, first = stream(num_steps, fpc, decode)
-                key = "with_vae" if decode else "without_vae"
+                total, first = stream(num_steps, fpc, decode, overlap)
                 row[key] = {"fps": pixels / (total / 1000), "first_frame_ms": first, "total_ms": total}
                 row[key]["kv_cache_gib"] = cache_bytes[0] / 2**30  # of the peak: the cache, the rest is weights and work
                 if cuda:
                     row[key]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             profile: dict = {}
-            stream(num_steps, fpc, True, profile)
+            stream(num_steps, fpc, True, profile=profile)
             row["breakdown_ms_per_chunk"] = {k: sum(v) / len(v) for k, v in profile.items()}
             results.append(row)
-            a, b = row["without_vae"], row["with_vae"]
+            a, b, c = row["without_vae"], row["with_vae"], row["with_vae_serial"]
             log(f"{mode:>5} {num_steps} step: {a['fps']:7.1f} FPS, first frame {a['first_frame_ms']:7.1f} ms | with VAE "
-                f"{b['fps']:7.1f} FPS, first frame {b['first_frame_ms']:7.1f} ms | per chunk "
+                f"{b['fps']:7.1f} FPS, first frame {b['first_frame_ms']:7.1f} ms (serial {c['fps']:.1f} FPS) | per chunk "
                 + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in row["breakdown_ms_per_chunk"].items()))
 
     if profile_dir is not None:
@@ -280,14 +292,22 @@ def run_stream_bench(
         path = profile_dir / f"stream_{size}{'_compiled' if compile else ''}_profile.txt"
         path.write_text("\n".join(profile_last_chunk(_frames_per_chunk(m)) for m in modes))
         log(f"wrote {path}")
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch_profile(activities=activities) as prof:
+            stream(steps[0], _frames_per_chunk(modes[0]), True, overlap=True)
+        trace = profile_dir / f"stream_{size}{'_compiled' if compile else ''}_overlap_trace.json"
+        prof.export_chrome_trace(str(trace))
+        log(f"wrote {trace} (one overlapped {modes[0]}-mode stream: the DiT and the VAE on their CUDA streams)")
 
     # The bidirectional 50-step baseline for the same video: one forward over all frames, x 100 (CFG), + one decode.
     with torch.inference_mode():
         x = torch.randn(1, cfg.in_dim, latent_frames, h, w, device=device, dtype=dtype)
         t = torch.full((1, latent_frames), 500.0, device=device)
-        model(x, t, context)
+        model(x, t, text)
         s = clock.mark()
-        model(x, t, context)
+        model(x, t, text)
         forward_ms = clock.ms(s, clock.mark())
         vae.decode(x)
         s = clock.mark()
@@ -305,6 +325,10 @@ def run_stream_bench(
                   "compile": "torch.compile of each block's pure stages (compile_blocks) and of the VAE decoder's "
                              "steady-state frame (kept where it decodes faster)" if compile else "none",
                   "vae_memory_format": vae_formats,
+                  "context": context, "kv_cache": "int8" if kv_int8 else str(dtype).replace("torch.", ""),
+                  "vae_tiling": vae_tiling,
+                  "decode": "with_vae: on a second CUDA stream while the next chunk is generated (DecodeQueue); "
+                            "with_vae_serial: after it on the same stream; both to uint8 frames in host memory",
                   "first_frame": "the first latent frame decoded alone (the rest of its chunk after it)"},
         "results": results,
         "bidirectional_baseline": baseline,
@@ -328,8 +352,14 @@ def run_stream_bench(
               help="torch.compile each block's pure tensor math and the VAE decoder (not CUDA graphs); the warm-up passes compile")
 @click.option("--vae-format", type=click.Choice(["auto", "contiguous", "channels_last"]), default="auto", show_default=True,
               help="the VAE's 3D convolution layout; auto times one chunk's decode in both and keeps the faster")
+@click.option("--context", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,
+              help="commit each chunk by a clean re-run at t = 0, or keep the last step's keys and values (no refresh)")
+@click.option("--kv-int8", is_flag=True, help="keep the KV cache in int8 (per-token, per-head scales)")
+@click.option("--vae-tiling", is_flag=True, help="decode in spatial tiles (the VAE's 256 px tiles, stride 192)")
+@click.option("--low-memory", is_flag=True, help="the pipeline's preset: --kv-int8 --vae-tiling")
 def stream_command(
-    size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks, vae_format
+    size, height, width, latent_frames, steps, modes, device_name, out_dir, profile, count_ops, compile_blocks, vae_format,
+    context, kv_int8, vae_tiling, low_memory,
 ) -> None:
     """Streaming throughput and first-frame latency, with and without VAE decoding, vs the bidirectional baseline."""
     import torch
@@ -355,7 +385,11 @@ def stream_command(
     mode_names = tuple(m for m in modes.split(",") if m)
     if not set(mode_names) <= {"chunk", "frame"} or not step_counts or min(step_counts) < 1:
         raise click.BadParameter("--modes takes chunk,frame and --steps positive integers")
+    kv_int8, vae_tiling = kv_int8 or low_memory, vae_tiling or low_memory
     record = run_stream_bench(size, height, width, latent_frames, step_counts, mode_names, device_name, log=click.echo,
-                              profile_dir=out_dir if profile else None, compile=compile_blocks, vae_format=vae_format)
+                              profile_dir=out_dir if profile else None, compile=compile_blocks, vae_format=vae_format,
+                              context=context, kv_int8=kv_int8, vae_tiling=vae_tiling)
+    options = [name for name, on in (("compiled", compile_blocks), ("noisy", context == "noisy"), ("int8", kv_int8),
+                                     ("tiled", vae_tiling)) if on]
     if device_name == "cuda":
-        click.echo(f"wrote {write_result(record, out_dir, f'stream_{size}' + ('_compiled' if compile_blocks else ''))}")
+        click.echo(f"wrote {write_result(record, out_dir, '_'.join([f'stream_{size}', *options]))}")

@@ -82,8 +82,9 @@ class VideoCodec(Protocol):
         """Normalised latents ``[B, C, F', h, w]`` -> video ``[B, 3, F, H, W]`` (about ``[-1, 1]``), float32."""
         ...
 
-    def stream_decoder(self) -> StreamDecoder:
-        """A fresh decoder for one stream."""
+    def stream_decoder(self, *, tiled: bool = False) -> StreamDecoder:
+        """A fresh decoder for one stream; ``tiled``: in spatial tiles, for memory, where the codec has any (the same
+        frames to the tiles' blending)."""
         ...
 
 
@@ -132,8 +133,8 @@ class PixelCodec:
     def latent_frames(self, frames: int) -> int:
         return math.ceil(frames / self.frames)
 
-    def stream_decoder(self) -> PixelCodec:
-        """The codec itself: pixels of one latent frame depend on that frame only."""
+    def stream_decoder(self, *, tiled: bool = False) -> PixelCodec:
+        """The codec itself: pixels of one latent frame depend on that frame only (nothing to tile)."""
         return self
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:

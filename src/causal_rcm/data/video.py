@@ -25,8 +25,8 @@ import torch
 from causal_rcm.errors import UserError
 from causal_rcm.limits import MAX_IMAGE_BYTES, MAX_IMAGE_SIDE, MAX_VIDEO_BYTES
 
-__all__ = ["VIDEO_SUFFIXES", "VideoTooShort", "to_uint8", "from_uint8", "upscale", "grid", "read_clip", "write_gif", "write_mp4",
-           "IMAGE_TYPES", "image_type", "read_image", "fit_frames"]
+__all__ = ["VIDEO_SUFFIXES", "VideoTooShort", "to_uint8", "uint8_frames", "from_uint8", "upscale", "grid", "read_clip",
+           "write_gif", "write_mp4", "IMAGE_TYPES", "image_type", "read_image", "fit_frames"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
 
@@ -36,10 +36,16 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
     Values are clipped to ``[-1, 1]`` and rounded: ``round((x + 1) * 127.5)``.
     """
+    return uint8_frames(video).cpu().numpy()
+
+
+def uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """:func:`to_uint8` on the video's device: a uint8 tensor ``[..., F, H, W, 3]`` (a stream's decode converts on its
+    GPU and copies the bytes)."""
     if video.ndim not in (4, 5) or video.shape[-4] != 3:
         raise UserError(f"expected a video [3, F, H, W] or [B, 3, F, H, W], got shape {list(video.shape)}")
-    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    return x.movedim(-4, -1).numpy()  # (..., F, H, W, 3)
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-4, -1)  # (..., F, H, W, 3)
 
 
 def from_uint8(frames: np.ndarray | torch.Tensor) -> torch.Tensor:

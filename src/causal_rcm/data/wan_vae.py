@@ -23,6 +23,13 @@ channels-last (NDHWC) and hands every convolution its input in that layout, the 
 cuDNN's tensor-core kernels take 3D convolutions without transposing; whether that is faster on
 a given GPU is measured (``causal-rcm bench stream`` times both and keeps the faster).
 
+Tiling (``StreamingWanDecoder(vae, tiled=True)``, the ``--low-memory`` preset): frames larger than the VAE's tile
+(``vae.tile_sample_min_height`` / ``_width``, 256 px by default; ``vae.enable_tiling`` sets them) are decoded in
+overlapping spatial tiles (stride ``tile_sample_stride_*``, 192 px), each with its own feature cache kept across
+chunks, and blended linearly over the overlap, the upper and left neighbours already blended, as
+``AutoencoderKLWan.tiled_decode`` does for a whole video (tested equal to it): the activations of one tile instead
+of a whole frame.
+
 Compilation: :meth:`StreamingWanDecoder.compile` runs the decoder's per-frame forward through
 ``torch.compile`` once the feature cache is in its steady state (from the third latent frame
 on: the first two see an empty cache and Wan's ``"Rep"`` marker, and stay eager), so it
@@ -187,10 +194,11 @@ _STEADY_FRAMES = 2
 
 class StreamingWanDecoder:
     """Decode a latent stream of one video incrementally, in the VAE's own scale (see the module docstring);
-    ``reset()`` starts a new video."""
+    ``reset()`` starts a new video. ``tiled``: decode frames larger than the VAE's tile in spatial tiles."""
 
-    def __init__(self, vae) -> None:
+    def __init__(self, vae, *, tiled: bool = False) -> None:
         self.vae = vae
+        self.tiled = tiled
         self._first_kw = "first_chunk" in inspect.signature(vae.decoder.forward).parameters
         # One cache slot per causal convolution (every one a Conv3d); any surplus slot stays unused.
         self._slots = sum(isinstance(m, torch.nn.Conv3d) for m in vae.decoder.modules())
@@ -227,6 +235,7 @@ class StreamingWanDecoder:
 
     def reset(self) -> None:
         self._cache: list = [None] * self._slots  # this stream's feature cache (not the VAE's own)
+        self._tile_caches: dict[tuple[int, int], list] = {}  # tiled: one feature cache per tile
         self._frames = 0  # latent frames decoded since the last reset
 
     @torch.no_grad()
@@ -235,15 +244,64 @@ class StreamingWanDecoder:
         vae = self.vae
         if vae.config.patch_size is not None:
             raise NotImplementedError("patchified Wan VAEs (Wan2.2) are not supported by the streaming decoder")
-        x = vae.post_quant_conv(latents)
+        ratio = vae.spatial_compression_ratio
+        H, W = latents.shape[3] * ratio, latents.shape[4] * ratio
+        if self.tiled and (H > vae.tile_sample_min_height or W > vae.tile_sample_min_width):
+            out = self._decode_tiles(latents)[:, :, :, :H, :W]
+        else:
+            out = self._run(latents, self._cache, compiled=True)
+        self._frames += latents.shape[2]
+        return out.clamp(-1.0, 1.0)
+
+    def _run(self, latents: torch.Tensor, cache: list, compiled: bool = False) -> torch.Tensor:
+        """The frames of ``latents`` decoded one latent frame at a time through ``cache`` (B, 3, frames, H', W')."""
+        x = self.vae.post_quant_conv(latents)
         outs = []
         for i in range(x.shape[2]):
-            kwargs = {"first_chunk": True} if self._first_kw and self._frames == 0 else {}
-            forward = self._compiled if self._compiled is not None and self._frames >= _STEADY_FRAMES else vae.decoder
+            n = self._frames + i
+            kwargs = {"first_chunk": True} if self._first_kw and n == 0 else {}
+            steady = compiled and self._compiled is not None and n >= _STEADY_FRAMES
+            forward = self._compiled if steady else self.vae.decoder
             # contiguous: a slice's strides depend on how many frames this call got, and a compiled forward guards on them
-            outs.append(forward(x[:, :, i : i + 1].contiguous(), feat_cache=self._cache, feat_idx=[0], **kwargs))
-            self._frames += 1
-        return torch.cat(outs, dim=2).clamp(-1.0, 1.0)
+            outs.append(forward(x[:, :, i : i + 1].contiguous(), feat_cache=cache, feat_idx=[0], **kwargs))
+        return torch.cat(outs, dim=2)
+
+    def _decode_tiles(self, latents: torch.Tensor) -> torch.Tensor:
+        """Overlapping spatial tiles, each through its own cache, blended (module docstring); (B, 3, frames, >= H, >= W)."""
+        vae, ratio = self.vae, self.vae.spatial_compression_ratio
+        tile_h, tile_w = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio  # latent pixels
+        step_h, step_w = vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
+        keep_h, keep_w = vae.tile_sample_stride_height, vae.tile_sample_stride_width  # pixels each tile contributes
+        blend_h, blend_w = vae.tile_sample_min_height - keep_h, vae.tile_sample_min_width - keep_w
+        done: dict[tuple[int, int], torch.Tensor] = {}
+        rows = []
+        for a, i in enumerate(range(0, latents.shape[3], step_h)):
+            row = []
+            for b, j in enumerate(range(0, latents.shape[4], step_w)):
+                cache = self._tile_caches.setdefault((a, b), [None] * self._slots)
+                tile = self._run(latents[:, :, :, i : i + tile_h, j : j + tile_w], cache)  # (B, 3, frames, h', w')
+                if a:
+                    tile = _blend(done[a - 1, b], tile, blend_h, dim=3)
+                if b:
+                    tile = _blend(done[a, b - 1], tile, blend_w, dim=4)
+                done[a, b] = tile
+                row.append(tile[:, :, :, :keep_h, :keep_w])
+            rows.append(torch.cat(row, dim=4))
+        return torch.cat(rows, dim=3)
+
+
+def _blend(before: torch.Tensor, tile: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+    """``tile`` with its first ``extent`` rows (dim 3) or columns (dim 4) ramped linearly from the last ones of
+    ``before``, its upper or left neighbour: weight ``k / extent`` on the tile at offset k."""
+    extent = min(before.shape[dim], tile.shape[dim], extent)
+    if extent <= 0:
+        return tile
+    shape = [1] * tile.ndim
+    shape[dim] = extent
+    w = (torch.arange(extent, device=tile.device, dtype=torch.float32) / extent).view(shape).to(tile.dtype)
+    out = tile.clone()
+    out.narrow(dim, 0, extent).copy_(before.narrow(dim, before.shape[dim] - extent, extent) * (1 - w) + tile.narrow(dim, 0, extent) * w)
+    return out
 
 
 def _channels_last_input(module, args):
@@ -323,16 +381,17 @@ class WanVAECodec:
         """Normalised latents ``[B, C, n, h, w]`` -> video ``[B, 3, 1 + 4 (n - 1), 8 h, 8 w]`` in ``[-1, 1]``."""
         return self.vae.decode(self.denormalise(latents)).sample.float()
 
-    def stream_decoder(self) -> _WanStreamDecoder:
-        return _WanStreamDecoder(self)
+    def stream_decoder(self, *, tiled: bool = False) -> _WanStreamDecoder:
+        """A fresh decoder for one stream; ``tiled``: in spatial tiles (module docstring)."""
+        return _WanStreamDecoder(self, tiled=tiled)
 
 
 class _WanStreamDecoder:
     """One stream's decoder of normalised latents: :class:`StreamingWanDecoder` with its own cache."""
 
-    def __init__(self, codec: WanVAECodec) -> None:
+    def __init__(self, codec: WanVAECodec, *, tiled: bool = False) -> None:
         self._codec = codec
-        self._decoder = StreamingWanDecoder(codec.vae)
+        self._decoder = StreamingWanDecoder(codec.vae, tiled=tiled)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._decoder.decode(self._codec.denormalise(latents)).float()

@@ -19,8 +19,10 @@ from causal_rcm.diffusion.conversions import (
 )
 from causal_rcm.diffusion.guidance import cfg, guided_velocity, is_unguided
 from causal_rcm.diffusion.samplers import (
+    CONTEXTS,
     SOLVERS,
     ChunkHistory,
+    CommitTracker,
     SamplerSpec,
     check_window,
     head_complement,
@@ -48,8 +50,10 @@ from causal_rcm.diffusion.schedules import (
 
 __all__ = [
     "WAN_NET_TIME_SCALE",
+    "CONTEXTS",
     "SOLVERS",
     "ChunkHistory",
+    "CommitTracker",
     "SamplerSpec",
     "check_window",
     "head_complement",

@@ -39,10 +39,19 @@ device). The state keeps the noise's dtype: keep it float32 and run a bf16 netwo
 ``chunk``.
 
 Causal sampling (CausVid, Yin et al. 2025; Self Forcing, Huang et al. 2025) generates the
-video chunk by chunk: each chunk is denoised attending to a KV cache of the clean chunks
-before it, then committed to the cache by re-running the clean chunk at t = 0 with
-``update_cache=True``. With guidance, the conditional and unconditional branches keep
-separate caches (each history computed with its own prompt).
+video chunk by chunk: each chunk is denoised attending to a KV cache of the chunks before it,
+then committed to the cache. Two ways to commit (``context``, :data:`CONTEXTS`):
+
+* ``"clean"``: re-run the clean chunk at t = 0 with ``update_cache=True`` (Self Forcing's
+  refresh): one more forward per chunk and branch;
+* ``"noisy"``: keep the keys and values of the chunk's last denoising forward (its input
+  ``x`` at ``s = grid[-2]``, the forward whose x0 estimate is the chunk), committed by that
+  forward itself: no extra forward. The next chunk then attends to its predecessors as the
+  last step saw them, noisy, so a student is trained for it (``dmd.noisy_context``: the
+  self-forcing rollout commits the same forward).
+
+With guidance, the conditional and unconditional branches keep separate caches (each history
+computed with its own prompt).
 
 The caches can be rebuilt from the clean chunks they cover (:class:`ChunkHistory`, bounded by the sink and the
 window): on a prompt switch (``switches``) the conditional cache is re-run under the new prompt (Self Forcing's
@@ -77,6 +86,7 @@ from causal_rcm.diffusion.schedules import check_time_grid, flow_time_grid, to_n
 from causal_rcm.errors import UserError
 
 __all__ = [
+    "CONTEXTS",
     "SOLVERS",
     "SamplerSpec",
     "check_window",
@@ -88,6 +98,7 @@ __all__ = [
     "make_kv_caches",
     "refresh_kv_caches",
     "ChunkHistory",
+    "CommitTracker",
     "rebuild_kv_cache",
     "sample_chunk",
     "causal_sample_stream",
@@ -95,6 +106,7 @@ __all__ = [
 ]
 
 SOLVERS = ("euler", "consistency", "meanflow")
+CONTEXTS = ("clean", "noisy")  # how a causal sampler commits a chunk to the KV cache (module docstring)
 Steps = int | Sequence[float] | torch.Tensor
 Callback = Callable[[dict[str, Any]], None]
 Complement = Callable[[torch.Tensor], torch.Tensor]
@@ -125,13 +137,18 @@ def _integrate(
     solver: str,
     generator: torch.Generator | None,
     callback: Callback | None,
+    commit_last: bool = False,
 ) -> torch.Tensor:
-    """Run ``solver`` over ``grid`` from ``x`` (noise at s = grid[0]); returns the sample at s = 0."""
+    """Run ``solver`` over ``grid`` from ``x`` (noise at s = grid[0]); returns the sample at s = 0.
+
+    ``commit_last``: the last network call commits its keys and values to the KV caches (noisy context)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    last = len(grid) - 2
     for i in range(len(grid) - 1):
         s, s_next = float(grid[i]), float(grid[i + 1])
-        v = velocity(x, s, s_next) if solver == "meanflow" else velocity(x, s)
+        commit = commit_last and i == last
+        v = velocity(x, s, s_next, commit=commit) if solver == "meanflow" else velocity(x, s, commit=commit)
         x0 = velocity_to_x0(v, x, s).to(x.dtype)
         if callback is not None:
             callback({"x": x, "i": i, "s": s, "s_next": s_next, "x0": x0})
@@ -156,11 +173,14 @@ def _velocity_fn(
     given: torch.Tensor | None = None,
 ) -> Callable[..., torch.Tensor]:
     """The (guided, completed) velocity of the noisy frames x at time s (``r``: a MeanFlow step's end); ``given``
-    (B, C, G, H, W) clean frames sit before x at t = 0 in every call (module docstring)."""
+    (B, C, G, H, W) clean frames sit before x at t = 0 in every call (module docstring); ``commit``: the call commits
+    its keys and values to the KV caches (a noisy context's last step)."""
     G = 0 if given is None else given.shape[2]
 
-    def velocity(x: torch.Tensor, s: float, r: float | None = None) -> torch.Tensor:
+    def velocity(x: torch.Tensor, s: float, r: float | None = None, *, commit: bool = False) -> torch.Tensor:
         kwargs = model_kwargs if r is None else {**model_kwargs, "interval": _net_time(s - r, x)}
+        if commit:
+            kwargs = {**kwargs, "update_cache": True}
         t = _net_time(s, x)
         if G:
             x_in = torch.cat([given.to(x.dtype), x], dim=2)  # (B, C, G + F, H, W)
@@ -264,10 +284,13 @@ def _bidirectional(
 
 # ------------------------------------------------------------------------- causal
 def make_kv_caches(
-    model: Any, *, guidance: float = 1.0, sink_frames: int = 0, window_frames: int | None = None
+    model: Any, *, guidance: float = 1.0, sink_frames: int = 0, window_frames: int | None = None, kv_int8: bool = False,
 ) -> tuple[Any, Any]:
-    """``(cond_cache, uncond_cache)`` from ``model.new_kv_cache``; the second is None without guidance."""
+    """``(cond_cache, uncond_cache)`` from ``model.new_kv_cache``; the second is None without guidance.
+    ``kv_int8``: caches that store keys and values in int8 (``models.kv_cache``)."""
     def new() -> Any:
+        if kv_int8:
+            return model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames, int8=True)
         return model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
 
     return new(), (None if is_unguided(guidance) else new())
@@ -280,27 +303,35 @@ def refresh_kv_caches(
     kv_caches: Sequence[Any],
     *,
     neg_context: torch.Tensor | None = None,
+    s: float | torch.Tensor = 0.0,
     **model_kwargs: Any,
 ) -> None:
-    """Commit a clean chunk x0 (B, C, Fc, H, W) to each cache: re-run it at t = 0 with ``update_cache=True``.
+    """Commit a chunk (B, C, Fc, H, W) to each cache: run it at flow time ``s`` with ``update_cache=True``.
 
-    Runs without gradient (Self Forcing, Huang et al. 2025: the cache is built from the
-    detached clean output). The unconditional cache is refreshed with ``neg_context``.
+    ``s = 0``: the clean chunk x0 (Self Forcing's refresh); a rebuilt noisy-context cache re-runs the kept input of
+    each chunk's last step at that step's ``s`` (a (Fc,) tensor of per-frame times where given frames at 0 opened
+    the chunk). Runs without gradient (Self Forcing, Huang et al. 2025: the cache is built from the detached
+    output). The unconditional cache is refreshed with ``neg_context``.
     """
-    t0 = torch.zeros(x0.shape[0], x0.shape[2], dtype=time_dtype(x0), device=x0.device)
+    if isinstance(s, torch.Tensor):
+        t = to_net_time(s.to(x0.device, time_dtype(x0)).expand(x0.shape[0], x0.shape[2]))
+    else:
+        t = _net_time(s, x0)
     with torch.no_grad():
         for cache, ctx in zip(kv_caches, (context, neg_context)):
             if cache is None:
                 continue
             if ctx is None:
                 raise ValueError("refreshing the unconditional cache needs neg_context")
-            model(x0, t0, ctx, kv_cache=cache, update_cache=True, **model_kwargs)
+            model(x0, t, ctx, kv_cache=cache, update_cache=True, **model_kwargs)
 
 
 class ChunkHistory:
-    """The clean chunks a KV cache covers, kept to rebuild it: the chunks holding sink frames, for ever, and the
-    fewest last chunks that hold ``window_frames`` frames (all of them when the window is None). Bounded by the
-    sink and the window, like the cache."""
+    """The chunks a KV cache covers, as they were committed, kept to rebuild it: the chunks holding sink frames, for
+    ever, and the fewest last chunks that hold ``window_frames`` frames (all of them when the window is None).
+    Bounded by the sink and the window, like the cache. A chunk is its latents and the keywords of
+    :func:`refresh_kv_caches` that commit it: the clean chunk (at t = 0), or with a noisy context its last step's
+    input and time ``s`` (:class:`CommitTracker`)."""
 
     def __init__(self, sink_frames: int = 0, window_frames: int | None = None) -> None:
         self.sink_frames, self.window_frames = sink_frames, window_frames
@@ -309,7 +340,7 @@ class ChunkHistory:
         self._frames = 0  # latent frames committed so far
 
     def add(self, x0: torch.Tensor, **model_kwargs: Any) -> None:
-        """Keep a committed clean chunk (B, C, Fc, H, W) with the keyword arguments it was committed with."""
+        """Keep a committed chunk (B, C, Fc, H, W) with the keyword arguments it was committed with."""
         item = (self._frames, x0, model_kwargs)
         if self._frames < self.sink_frames:
             self._sinks.append(item)
@@ -331,10 +362,12 @@ class ChunkHistory:
         return sum(x0.numel() * x0.element_size() for x0, _ in self.chunks())
 
 
-def rebuild_kv_cache(model: Any, history: ChunkHistory, context: torch.Tensor) -> Any:
-    """A new KV cache (the history's sink and window) with the kept chunks committed under ``context``, chunk by
-    chunk as they were first committed (Self Forcing's refresh, Huang et al. 2025, re-run on the old frames)."""
-    cache = model.new_kv_cache(sink_frames=history.sink_frames, window_frames=history.window_frames)
+def rebuild_kv_cache(model: Any, history: ChunkHistory, context: torch.Tensor, *, kv_int8: bool = False) -> Any:
+    """A new KV cache (the history's sink and window; ``kv_int8``: in int8) with the kept chunks committed under
+    ``context``, chunk by chunk as they were first committed (Self Forcing's refresh, Huang et al. 2025, re-run on
+    the old frames)."""
+    cache = (model.new_kv_cache(sink_frames=history.sink_frames, window_frames=history.window_frames, int8=True) if kv_int8
+             else model.new_kv_cache(sink_frames=history.sink_frames, window_frames=history.window_frames))
     for x0, kwargs in history.chunks():
         refresh_kv_caches(model, x0, context, (cache,), **kwargs)
     return cache
@@ -354,11 +387,14 @@ def sample_chunk(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     refresh: bool = True,
+    context_mode: str = "clean",
     complement: Complement | None = None,
     given: torch.Tensor | None = None,
     **model_kwargs: Any,
 ) -> torch.Tensor:
-    """Denoise one chunk against the KV caches, then (``refresh``) commit it to them at t = 0 (Self Forcing).
+    """Denoise one chunk against the KV caches and (``refresh``) commit it to them, as ``context_mode`` says:
+    ``"clean"`` re-runs the clean chunk at t = 0 (Self Forcing), ``"noisy"`` keeps the last step's keys and
+    values (module docstring).
 
     The building block of :func:`causal_sample_stream`, for pipelines that change the prompt
     or the actions between chunks. The caches (from :func:`make_kv_caches`) are the only state.
@@ -374,11 +410,15 @@ def sample_chunk(
     Returns:
         (B, C, G + Fc, H, W) the clean chunk, the given frames first.
     """
+    if context_mode not in CONTEXTS:
+        raise ValueError(f"unknown context mode {context_mode!r}; choose one of {CONTEXTS}")
+    noisy = refresh and context_mode == "noisy"
     velocity = _velocity_fn(model, context, guidance, neg_context, kv_caches, model_kwargs, complement, given)
-    x0 = _integrate(velocity, noise, time_grid(steps, shift), solver=solver, generator=generator, callback=callback)
+    x0 = _integrate(velocity, noise, time_grid(steps, shift), solver=solver, generator=generator, callback=callback,
+                    commit_last=noisy)
     if given is not None:
         x0 = torch.cat([given.to(x0.dtype), x0], dim=2)
-    if refresh:
+    if refresh and not noisy:
         refresh_kv_caches(model, x0, context, kv_caches, neg_context=neg_context, **model_kwargs)
     return x0
 
@@ -387,6 +427,40 @@ def _tagged(callback: Callback | None, chunk: int) -> Callback | None:
     if callback is None:
         return None
     return lambda info: callback({**info, "chunk": chunk})
+
+
+class CommitTracker:
+    """What each chunk's commit ran on, for :class:`ChunkHistory`: the clean chunk at t = 0, or with a noisy context
+    the last network call's input at its time (module docstring), seen through the sampler's callback."""
+
+    def __init__(self, context_mode: str) -> None:
+        self.noisy = context_mode == "noisy"
+        self._last: dict[str, Any] = {}
+
+    def track(self, callback: Callback | None, chunk: int) -> Callback | None:
+        """The callback to give :func:`sample_chunk` for ``chunk``: ``callback`` (tagged with the chunk), and the
+        last call's input kept when the context is noisy."""
+        tagged = _tagged(callback, chunk)
+        if not self.noisy:
+            return tagged
+
+        def call(info: dict[str, Any]) -> None:
+            self._last = info
+            if tagged is not None:
+                tagged(info)
+
+        return call
+
+    def committed(self, x0: torch.Tensor, given: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(latents, refresh keywords)`` that commit the chunk just sampled, x0 (B, C, G + F, H, W) with its
+        ``given`` G frames first: ``(x0, {})``, or the last step's input with its time ``s`` (the given frames at 0)."""
+        if not self.noisy:
+            return x0, {}
+        x, s = self._last["x"], self._last["s"]
+        if not given:
+            return x, {"s": s}
+        times = torch.tensor([0.0] * given + [s] * x.shape[2], dtype=torch.float64)
+        return torch.cat([x0[:, :, :given], x.to(x0.dtype)], dim=2), {"s": times}
 
 
 def causal_sample_stream(
@@ -409,6 +483,8 @@ def causal_sample_stream(
     complement: Complement | None = None,
     switches: Mapping[int, torch.Tensor] | None = None,
     recache_every: int = 0,
+    context_mode: str = "clean",
+    kv_int8: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Autoregressive chunk-by-chunk generation with a KV cache, yielding each clean chunk (Self Forcing).
 
@@ -429,6 +505,9 @@ def causal_sample_stream(
         switches: ``{chunk: context}``: from that chunk (counted after the prefix) on, the prompt is ``context``
             (B, L, D) and the conditional cache is rebuilt under it (module docstring).
         recache_every: K > 0 rebuilds every cache from its kept chunks before every K-th chunk (0: never).
+        context_mode: how each chunk is committed, ``"clean"`` or ``"noisy"`` (module docstring); a prefix's whole
+            chunks are committed clean, at t = 0, in both; a rebuilt cache re-runs each chunk as it was committed.
+        kv_int8: int8 KV caches (``models.kv_cache``).
     Yields:
         (B, C, Fc, H, W) clean chunks of new frames in order. The last chunk of tensor noise is not committed
         to the cache (nothing reads it), saving one forward pass.
@@ -436,7 +515,7 @@ def causal_sample_stream(
     if frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
     grid = time_grid(steps, shift)
-    kv_caches = make_kv_caches(model, guidance=guidance, sink_frames=sink_frames, window_frames=window_frames)
+    kv_caches = make_kv_caches(model, guidance=guidance, sink_frames=sink_frames, window_frames=window_frames, kv_int8=kv_int8)
     P = 0 if prefix is None else prefix.shape[2]
     whole = P - P % frames_per_chunk  # prefix frames committed as whole chunks
     given = None if P == whole else prefix[:, :, whole:]
@@ -455,6 +534,7 @@ def causal_sample_stream(
         raise ValueError(f"recache_every must be >= 0, got {recache_every}")
     switches = dict(switches or {})
     history = ChunkHistory(sink_frames, window_frames) if switches or recache_every else None
+    tracker = CommitTracker(context_mode)
 
     def chunk_actions(start: int, stop: int) -> dict[str, Any]:
         return {} if actions is None else {"actions": actions[:, start:stop]}
@@ -478,18 +558,20 @@ def causal_sample_stream(
             if k in switches:
                 context = switches[k]
             if recache or k in switches:
-                kv_caches = (rebuild_kv_cache(model, history, context),
-                             rebuild_kv_cache(model, history, neg_context) if recache and kv_caches[1] is not None else kv_caches[1])
+                kv_caches = (rebuild_kv_cache(model, history, context, kv_int8=kv_int8),
+                             rebuild_kv_cache(model, history, neg_context, kv_int8=kv_int8)
+                             if recache and kv_caches[1] is not None else kv_caches[1])
         elif k in switches:
             context = switches[k]
         x0 = sample_chunk(
             model, chunk, context, kv_caches,
             steps=grid, solver=solver, guidance=guidance, neg_context=neg_context, generator=generator,
-            callback=_tagged(callback, k), refresh=k + 1 != num_chunks, complement=complement,
+            callback=tracker.track(callback, k), refresh=k + 1 != num_chunks, context_mode=context_mode, complement=complement,
             given=given if k == 0 else None, **model_kwargs,
         )
         if history is not None:
-            history.add(x0, **model_kwargs)
+            committed, refresh_kwargs = tracker.committed(x0, G)
+            history.add(committed, **refresh_kwargs, **model_kwargs)
         start += G + chunk.shape[2]
         yield x0[:, :, G:]
 
@@ -514,6 +596,8 @@ def causal_sample(
     complement: Complement | None = None,
     switches: Mapping[int, torch.Tensor] | None = None,
     recache_every: int = 0,
+    context_mode: str = "clean",
+    kv_int8: bool = False,
 ) -> torch.Tensor:
     """Autoregressive sampling with a KV cache (Self Forcing): :func:`causal_sample_stream`, concatenated.
 
@@ -525,7 +609,7 @@ def causal_sample(
         model, noise, context, frames_per_chunk=frames_per_chunk, steps=steps, shift=shift, solver=solver,
         guidance=guidance, neg_context=neg_context, sink_frames=sink_frames, window_frames=window_frames,
         generator=generator, callback=callback, actions=actions, prefix=prefix, complement=complement,
-        switches=switches, recache_every=recache_every,
+        switches=switches, recache_every=recache_every, context_mode=context_mode, kv_int8=kv_int8,
     )
     return torch.cat(list(stream), dim=2)
 
@@ -539,6 +623,8 @@ class SamplerSpec:
     ``recache_every``: rebuild the KV caches from their kept chunks every this many chunks (0: never; module
     docstring). ``complete_x0``: complete each x0 estimate where the network's head cannot reach, with the
     network's own mean (module docstring), for a model that says where that is (``head_complement``).
+    ``context``: how a causal model commits each chunk, ``"clean"`` (a re-run at t = 0) or ``"noisy"`` (the last
+    step's keys and values; module docstring). ``kv_int8``: int8 KV caches (``models.kv_cache``).
     """
 
     causal: bool
@@ -551,11 +637,14 @@ class SamplerSpec:
     window_frames: int | None = None
     recache_every: int = 0
     complete_x0: bool = True
+    context: str = "clean"  # one of CONTEXTS
+    kv_int8: bool = False
 
     def calls_per_batch(self, num_frames: int) -> int:
         """Network calls to sample one batch of ``num_frames`` frames: steps x CFG branches, per chunk
-        when causal, plus the cache commit of every chunk but the last and the re-runs of the kept chunks
-        at each re-cache (see ``causal_sample_stream``)."""
+        when causal, plus, with a clean context, the cache commit of every chunk but the last (a noisy context
+        commits with the last step), and the re-runs of the kept chunks at each re-cache (see
+        ``causal_sample_stream``)."""
         branches = 1 if self.guidance == 1 else 2
         if not self.causal:
             return self.steps * branches
@@ -566,7 +655,8 @@ class SamplerSpec:
             for k in range(chunks):
                 recached += len(history) if k and k % self.recache_every == 0 else 0
                 history.add(torch.empty(0, 0, min(self.frames_per_chunk, num_frames - k * self.frames_per_chunk)))
-        return (chunks * self.steps + chunks - 1 + recached) * branches
+        commits = chunks - 1 if self.context == "clean" else 0
+        return (chunks * self.steps + commits + recached) * branches
 
 
 def head_complement(model: Any, enabled: bool = True) -> Complement | None:
@@ -619,7 +709,7 @@ def sample(
         return causal_sample(
             model, noise, context, frames_per_chunk=spec.frames_per_chunk, solver=spec.solver,
             sink_frames=spec.sink_frames, window_frames=spec.window_frames, actions=actions, switches=switches,
-            recache_every=spec.recache_every, **common,
+            recache_every=spec.recache_every, context_mode=spec.context, kv_int8=spec.kv_int8, **common,
         )
     if switches:
         raise UserError("prompt switches need a causal model")

@@ -143,6 +143,7 @@ class DenoisingRecipe(Recipe):
             causal=self.causal, steps=steps or self.config.train.eval_steps, solver="euler", shift=obj.shift,
             guidance=obj.guidance, frames_per_chunk=data.frames_per_chunk,
             sink_frames=stream.sink_frames if self.causal else 0, window_frames=stream.window_frames if self.causal else None,
+            context=stream.context,
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
@@ -376,6 +377,7 @@ class DistillRecipe(DenoisingRecipe):
         return SamplerSpec(
             causal=True, steps=steps or obj.sample_steps, solver=self.solver, shift=obj.shift, guidance=1.0,
             frames_per_chunk=data.frames_per_chunk, sink_frames=stream.sink_frames, window_frames=stream.window_frames,
+            context=stream.context,
         )
 
     def evaluate(self, student: nn.Module, step: int, out_dir: Path) -> dict[str, float]:

@@ -159,10 +159,12 @@ class SFDMDRecipe(DistillRecipe):
         return masks.block_causal(self.num_chunks(), self.frames_per_chunk(), self.tokens_per_frame())
 
     def stream_defaults(self) -> StreamDefaults:
-        """The KV cache of the rollouts, which the exported checkpoint's streams keep: ``dmd.sink_frames``, and the
-        window ``data.stream_window``, else ``dmd.rollout_window``, else the training length."""
+        """The KV cache of the rollouts, which the exported checkpoint's streams keep: ``dmd.sink_frames``, the
+        window ``data.stream_window``, else ``dmd.rollout_window``, else the training length, and the context the
+        rollouts commit (``dmd.noisy_context``)."""
         data, dmd = self.config.data, self.config.dmd
-        return StreamDefaults(sink_frames=dmd.sink_frames, window_frames=data.stream_window or dmd.rollout_window or data.num_frames)
+        return StreamDefaults(sink_frames=dmd.sink_frames, window_frames=data.stream_window or dmd.rollout_window or data.num_frames,
+                              context="noisy" if dmd.noisy_context else "clean")
 
     def rollout(self, batch: dict, rnd, *, with_grad: bool) -> tuple[torch.Tensor, int]:
         """The student's video of ``data.num_frames`` latent frames, and the exit step.
@@ -192,6 +194,7 @@ class SFDMDRecipe(DistillRecipe):
                 draw_noise=lambda shape: rnd.randn(*shape), actions=batch.get("actions"), score_from_chunk=(end - F) // fpc,
                 complement=head_complement(self.student),
                 given=batch.get("image_latents") if given.any() else None, given_rows=given[:, 0],
+                context_mode=self.stream_defaults().context,
             )
         return video, exit_step
 

@@ -20,6 +20,13 @@ cannot reach, as the samplers do (``diffusion.samplers``), so training sees the 
 Given first frames (image-to-video, ``data.given_frames_prob``): the samples of ``given_rows`` start from their
 given latent frames, which open the first chunk clean at t = 0 beside its noisy frames at every step (as a stream
 started from an image does, ``diffusion.samplers``) and are the chunk's output there, without gradient.
+
+Noisy context (``context_mode="noisy"``, ``dmd.noisy_context``): instead of the refresh, the
+forward whose x0 estimate is the chunk, the exit step's, commits its own keys and values (those
+of its noisy input), as a noisy-context stream commits its last step's
+(``diffusion.samplers``): with the exit at the last step the rollout is that stream, and the
+student learns to continue from the context it will stream with, one forward per chunk cheaper.
+The committed keys and values are detached (``models.kv_cache``), so no gradient flows between chunks.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 from causal_rcm.diffusion.conversions import velocity_to_x0
-from causal_rcm.diffusion.samplers import refresh_kv_caches
+from causal_rcm.diffusion.samplers import CONTEXTS, refresh_kv_caches
 from causal_rcm.diffusion.schedules import to_net_time
 
 __all__ = ["self_forcing_rollout"]
@@ -52,6 +59,7 @@ def self_forcing_rollout(
     complement: Callable[[torch.Tensor], torch.Tensor] | None = None,
     given: torch.Tensor | None = None,
     given_rows: torch.Tensor | None = None,
+    context_mode: str = "clean",
 ) -> torch.Tensor:
     """Roll the student out over the whole video; gradient only through each chunk's exit step.
 
@@ -73,6 +81,8 @@ def self_forcing_rollout(
         complement: ``model.head_complement()`` to complete each x0 estimate (``diffusion.samplers``).
         given: (B, C, G, H, W) clean latent frames (G < frames_per_chunk) that open the first chunk of the samples
             ``given_rows`` (B,) bool marks (module docstring).
+        context_mode: ``"clean"`` (refresh each chunk at t = 0) or ``"noisy"`` (the exit step's forward commits;
+            module docstring).
     Returns:
         (B, C, F', H, W) the chunks from ``score_from_chunk`` on (F' = F - score_from_chunk *
         frames_per_chunk), each through its exit step's computation with gradient.
@@ -82,6 +92,8 @@ def self_forcing_rollout(
         raise ValueError(f"exit_step must be in [0, {N}), got {exit_step}")
     if solver not in ("consistency", "meanflow"):
         raise ValueError(f"self forcing needs a few-step solver (consistency or meanflow), got {solver!r}")
+    if context_mode not in CONTEXTS:
+        raise ValueError(f"unknown context mode {context_mode!r}; choose one of {CONTEXTS}")
     cache = model.new_kv_cache(sink_frames=sink_frames, window_frames=window_frames)
     chunks = noise.split(frames_per_chunk, dim=2)
     if not 0 <= score_from_chunk < len(chunks):
@@ -105,6 +117,8 @@ def self_forcing_rollout(
             if solver == "meanflow":  # jump to s_next, or all the way to 0 at the exit step (its x0 estimate)
                 r = 0.0 if i == exit_step else s_next
                 step_kwargs["interval"] = to_net_time(torch.full((B, Fc), s - r, device=x.device).masked_fill(held, 0.0))
+            if i == exit_step and context_mode == "noisy" and c + 1 < len(chunks):
+                step_kwargs["update_cache"] = True  # the chunk's forward commits its own (noisy) keys and values
             with torch.set_grad_enabled(i == exit_step and c >= score_from_chunk and torch.is_grad_enabled()):
                 v = model(x, t_net, context, kv_cache=cache, **step_kwargs)
                 if complement is not None:  # x0 completed where the head cannot reach, as the samplers do
@@ -122,6 +136,6 @@ def self_forcing_rollout(
                 x = torch.where(held_, known, x)
         if c >= score_from_chunk:
             outputs.append(x0)
-        if c + 1 < len(chunks):
+        if c + 1 < len(chunks) and context_mode == "clean":
             refresh_kv_caches(model, x0.detach().to(noise.dtype), context, (cache,), **kwargs)
     return torch.cat(outputs, dim=2)

@@ -160,17 +160,23 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
     stays that of one batch of streams.
     """
     clip = source.shapes.num_frames
-    scores = []
+    scores, consistency, fidelity = [], [], []
     for start in range(0, len(captions), BATCH):
         part = captions[start : start + BATCH]
         videos = sample_videos(model, source, part, spec, num_frames=source.data.num_frames * factor, seed=seed + start // BATCH)
-        scores += [score_clips(source.oracle, videos[i : i + 1], c, clip)["caption_adherence"] for i, c in enumerate(part)]
+        for i, c in enumerate(part):
+            clips = score_clips(source.oracle, videos[i : i + 1], c, clip)
+            scores.append(clips["caption_adherence"])
+            consistency.append(float(np.nanmean(clips["temporal_consistency"])))
+            fidelity.append(source.oracle.detect(videos[i : i + 1]).fidelity())
     s = np.array(scores, dtype=float)  # (streams, clips)
     minute = max(1, round(60 * source.fps / clip))  # clips in the last minute
     return dict(
         stream_first_caption_adherence=float(np.nanmean(s[:, 0])), stream_caption_adherence=float(np.nanmean(s)),
         stream_second_half_caption_adherence=float(np.nanmean(s[:, s.shape[1] // 2 :])),
         stream_last_minute_caption_adherence=float(np.nanmean(s[:, -minute:])),
+        stream_temporal_consistency=float(np.nanmean(consistency)),
+        **{f"stream_{k}": float(np.nanmean([f[k] for f in fidelity])) for k in fidelity[0]},
         stream_seconds=factor * clip / source.fps,
     )
 
@@ -268,16 +274,17 @@ def load_for_eval(path, *, steps: int | None = None, device: str = "auto") -> tu
 
 
 def stream_spec(model, spec: SamplerSpec, *, window_frames: int | None = None, sink_frames: int | None = None,
-                recache_every: int | None = None) -> SamplerSpec:
-    """``spec`` with a causal checkpoint's KV cache changed where given: its window, sink frames, re-caching (the
-    CLI's ``--window``, ``--sink``, ``--recache-every``); UserError for a bidirectional checkpoint, or a window the
-    model cannot hold."""
-    given = {k: v for k, v in (("window_frames", window_frames), ("sink_frames", sink_frames), ("recache_every", recache_every))
-             if v is not None}
+                recache_every: int | None = None, context: str | None = None, kv_int8: bool = False) -> SamplerSpec:
+    """``spec`` with a causal checkpoint's KV cache changed where given: its window, sink frames, re-caching, how
+    chunks are committed and stored (the CLI's ``--window``, ``--sink``, ``--recache-every``, ``--context``,
+    ``--kv-int8``); UserError for a bidirectional checkpoint, or a window the model cannot hold."""
+    given = {k: v for k, v in (("window_frames", window_frames), ("sink_frames", sink_frames), ("recache_every", recache_every),
+                               ("context", context), ("kv_int8", kv_int8 or None)) if v is not None}
     if not given:
         return spec
     if not spec.causal:
-        raise UserError("--window, --sink and --recache-every need a causal checkpoint; a bidirectional one does not stream")
+        raise UserError("--window, --sink, --recache-every, --context and --kv-int8 need a causal checkpoint; a "
+                        "bidirectional one does not stream")
     spec = replace(spec, **given)
     if spec.window_frames is not None:
         check_window(spec.window_frames, spec.frames_per_chunk, "--window", most=model.config.max_frames - spec.sink_frames)
@@ -287,22 +294,23 @@ def stream_spec(model, spec: SamplerSpec, *, window_frames: int | None = None, s
 def evaluate_checkpoint(
     path, *, steps: int | None = None, n: int = 16, drift_factor: int = 0, device: str = "auto", seed: int = 0,
     out_dir: Path | None = None, window_frames: int | None = None, stream_seconds: float = 0.0,
-    sink_frames: int | None = None, recache_every: int | None = None,
+    sink_frames: int | None = None, recache_every: int | None = None, context: str | None = None, kv_int8: bool = False,
 ) -> dict[str, float]:
     """Oracle metrics of a checkpoint written by ``train`` (its ``pipeline`` config says how to sample it); the
     numbers' ranges are the CLI's (``causal-rcm eval``), what depends on the checkpoint is checked here.
 
     ``window_frames``: a causal model's KV-cache window in latent frames, the current chunk included,
-    ``sink_frames`` and ``recache_every`` (default: the checkpoint's, :func:`stream_spec`); they change only
-    rollouts past the window, e.g. the drift rollouts and the streams of ``stream_seconds`` (see
-    :func:`stream_metrics`).
+    ``sink_frames``, ``recache_every``, ``context`` and ``kv_int8`` (default: the checkpoint's, :func:`stream_spec`);
+    the first three change only rollouts past the window, e.g. the drift rollouts and the streams of
+    ``stream_seconds`` (see :func:`stream_metrics`).
     """
     model, source, spec = load_for_eval(path, steps=steps, device=device)
     if not spec.causal:
         for option, value in (("--drift", drift_factor), ("--stream-seconds", stream_seconds)):
             if value:
                 raise UserError(f"{option} needs a causal checkpoint; a bidirectional one samples its training length only")
-    spec = stream_spec(model, spec, window_frames=window_frames, sink_frames=sink_frames, recache_every=recache_every)
+    spec = stream_spec(model, spec, window_frames=window_frames, sink_frames=sink_frames, recache_every=recache_every,
+                       context=context, kv_int8=kv_int8)
     frames, (H, W) = source.shapes.num_frames, (source.data.resolution,) * 2
     streams = stream_factor(source, stream_seconds) if stream_seconds else 0
     held = (n * (2 + 2 * drift_factor) + min(n, BATCH) * streams) * frames  # ground truth and samples, float32

@@ -148,10 +148,13 @@ def switch_metrics(
 def evaluate_switches(
     path, *, times: list[float], kind: str = "direction", steps: int | None = None, n: int = 16, device: str = "auto",
     seed: int = 0, window_frames: int | None = None, sink_frames: int | None = None, recache_every: int | None = None,
+    context: str | None = None, kv_int8: bool = False,
 ) -> dict[str, float]:
     """:func:`switch_metrics` of a shapes-world checkpoint on ``n`` held-out prompts, with its stream defaults unless
-    ``window_frames``, ``sink_frames`` or ``recache_every`` say otherwise (checked as ``causal-rcm eval`` checks them)."""
+    ``window_frames``, ``sink_frames``, ``recache_every``, ``context`` or ``kv_int8`` say otherwise (checked as
+    ``causal-rcm eval`` checks them)."""
     model, source, spec = load_for_eval(path, steps=steps, device=device)
-    spec = stream_spec(model, spec, window_frames=window_frames, sink_frames=sink_frames, recache_every=recache_every)
+    spec = stream_spec(model, spec, window_frames=window_frames, sink_frames=sink_frames, recache_every=recache_every,
+                       context=context, kv_int8=kv_int8)
     return switch_metrics(model, source, spec, source.eval_set(n)["caption"], times, kind=kind, seed=seed)
 

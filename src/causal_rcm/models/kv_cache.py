@@ -40,6 +40,17 @@ read of fewer frames before the next commit would need them; :meth:`KVCache.begi
 
 With gradient (self forcing's exit step), the chunk's own keys and values must stay in the
 autograd graph: the cached part is then copied next to the live chunk instead of read in place.
+
+int8 (``KVCache(..., int8=True)``, for memory). Keys (after RoPE) and values are stored as int8
+with one float32 scale per token and head, symmetric: ``scale = max_d |x_d| / 127``,
+``q = round(x / scale)`` (absmax quantisation, as LLM.int8, Dettmers et al. 2022, applies per
+vector). A chunk is quantised when it is written into the ring (so its commit stays free) and
+its frames are read back dequantised by the chunks after it: each forward dequantises the
+visible cached frames into the compute dtype, one layer at a time, and attends to them beside
+the chunk's own keys and values at full precision (the copy path above). Bytes per token and
+head: ``D + 4`` against ``2 D`` (bf16) or ``4 D`` (fp32); the pre-RoPE sink keys stay in the
+compute dtype (``sink_frames`` frames). The error of a stored value is at most
+``scale / 2 = max |x| / 254`` per element.
 """
 
 from __future__ import annotations
@@ -51,7 +62,55 @@ import torch.autograd.forward_ad as fwAD
 
 from causal_rcm.models.rope import apply_rope
 
-__all__ = ["KVCache", "LayerKVCache"]
+__all__ = ["Int8Buffer", "KVCache", "LayerKVCache", "dequantize_int8", "quantize_int8"]
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax int8 over the last dim: x (..., D) -> (q int8 (..., D), scale float32 (..., 1)),
+    ``x ~ q * scale`` with ``scale = max |x| / 127`` (module docstring); a zero vector gets scale 0."""
+    scale = x.detach().abs().amax(dim=-1, keepdim=True).float() / 127
+    q = (x.detach().float() / scale.clamp_min(torch.finfo(torch.float32).tiny)).round().clamp_(-127, 127)
+    return q.to(torch.int8), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scale`` in ``dtype`` (the inverse of :func:`quantize_int8`, to its rounding)."""
+    return q.to(dtype) * scale.to(dtype)
+
+
+class Int8Buffer:
+    """A (B, N, H, D) key or value buffer stored as int8 with a float32 scale per token and head.
+
+    ``buf[:, a:b] = x`` quantises x into tokens a..b; :meth:`read` dequantises a token range.
+    """
+
+    def __init__(self, B: int, N: int, H: int, D: int, device: torch.device) -> None:
+        self.data = torch.empty(B, N, H, D, dtype=torch.int8, device=device)
+        self.scale = torch.empty(B, N, H, 1, dtype=torch.float32, device=device)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def __setitem__(self, index, x: torch.Tensor) -> None:
+        self.data[index], self.scale[index] = quantize_int8(x)
+
+    def read(self, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
+        """Tokens lo..hi dequantised to ``dtype``, (B, hi - lo, H, D)."""
+        return dequantize_int8(self.data[:, lo:hi], self.scale[:, lo:hi], dtype)
+
+    def copy_from(self, other: Int8Buffer) -> None:
+        """The first tokens of this (larger) buffer := ``other``'s, as stored."""
+        n = other.shape[1]
+        self.data[:, :n], self.scale[:, :n] = other.data, other.scale
+
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size() + self.scale.numel() * self.scale.element_size()
+
+
+def _read_tokens(buf: torch.Tensor | Int8Buffer, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
+    """Tokens lo..hi of a buffer in ``dtype`` (a plain buffer's slice is a view when the dtype is its own)."""
+    return buf.read(lo, hi, dtype) if isinstance(buf, Int8Buffer) else buf[:, lo:hi].to(dtype)
 
 
 class _Read(NamedTuple):
@@ -87,11 +146,17 @@ class LayerKVCache:
         tpf, sinks = self._owner.tokens_per_frame, self._owner.sink_frames
         B, _, H, D = k.shape
         old_k, old_v = self.k, self.v
-        self.k = k.new_empty(B, (sinks + ring) * tpf, H, D)
-        self.v = v.new_empty(B, (sinks + ring) * tpf, H, v.shape[-1])
+        N = (sinks + ring) * tpf
+        if self._owner.int8:
+            self.k, self.v = Int8Buffer(B, N, H, D, k.device), Int8Buffer(B, N, H, v.shape[-1], v.device)
+        else:
+            self.k, self.v = k.new_empty(B, N, H, D), v.new_empty(B, N, H, v.shape[-1])
         if old_k is not None:
-            self.k[:, : old_k.shape[1]] = old_k
-            self.v[:, : old_v.shape[1]] = old_v
+            for new, old in ((self.k, old_k), (self.v, old_v)):
+                if isinstance(new, Int8Buffer):
+                    new.copy_from(old)
+                else:
+                    new[:, : old.shape[1]] = old
         elif sinks:
             self.sink_k = k.new_empty(B, sinks * tpf, H, D)
 
@@ -162,17 +227,19 @@ class LayerKVCache:
         if r.sinks and self._sinks_rotated != (r.offset, r.sinks):
             self._write_sinks(self.k, apply_rope(self.sink_k[:, : r.sinks * tpf], sink_freqs), 0)
             self._sinks_rotated = (r.offset, r.sinks)
-        # 3. what the chunk attends to
-        if _tracked(k_rot) or _tracked(v):  # keep the chunk's own keys/values in the graph
+        # 3. what the chunk attends to. With gradient the chunk's own keys/values stay in the graph; in int8 the
+        # chunk attends to its own at full precision: both copy the cached frames next to the live chunk.
+        if owner.int8 or _tracked(k_rot) or _tracked(v):
             ranges = self._cached_ranges(r)
-            keys = torch.cat([self.k[:, a * tpf : b * tpf] for a, b in ranges] + [k_rot], dim=1)
-            values = torch.cat([self.v[:, a * tpf : b * tpf] for a, b in ranges] + [v], dim=1)
+            keys = torch.cat([_read_tokens(self.k, a * tpf, b * tpf, k_rot.dtype) for a, b in ranges] + [k_rot], dim=1)
+            values = torch.cat([_read_tokens(self.v, a * tpf, b * tpf, v.dtype) for a, b in ranges] + [v], dim=1)
             return keys, values
         lo, hi = (base - r.sinks - r.to_sinks) * tpf, (base + r.ring_used) * tpf
         return self.k[:, lo:hi].to(k_rot.dtype), self.v[:, lo:hi].to(v.dtype)
 
     def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in (self.k, self.v, self.sink_k) if x is not None)
+        return sum(x.nbytes() if isinstance(x, Int8Buffer) else x.numel() * x.element_size()
+                   for x in (self.k, self.v, self.sink_k) if x is not None)
 
 
 class KVCache:
@@ -185,11 +252,12 @@ class KVCache:
         num_layers: blocks of the model.
         sink_frames: first frames of the stream that are never evicted.
         window_frames: most recent frames attended, the current chunk included; None = unbounded.
+        int8: store keys and values in int8 with per-token, per-head scales (module docstring).
     Attributes:
         num_frames: frames committed since the last reset (the stream's length so far).
     """
 
-    def __init__(self, num_layers: int, sink_frames: int = 0, window_frames: int | None = None) -> None:
+    def __init__(self, num_layers: int, sink_frames: int = 0, window_frames: int | None = None, *, int8: bool = False) -> None:
         if sink_frames < 0:
             raise ValueError(f"sink_frames must be >= 0, got {sink_frames}")
         if window_frames is not None and window_frames < 1:
@@ -197,6 +265,7 @@ class KVCache:
         self.sink_frames = sink_frames
         self.window_frames = window_frames
         self.num_layers = num_layers
+        self.int8 = int8
         self.reset()
 
     def reset(self) -> None:
@@ -255,5 +324,5 @@ class KVCache:
     def __repr__(self) -> str:
         return (
             f"KVCache(layers={self.num_layers}, frames={self.num_frames}, sink_frames={self.sink_frames}, "
-            f"window_frames={self.window_frames}, bytes={self.nbytes()})"
+            f"window_frames={self.window_frames}, int8={self.int8}, bytes={self.nbytes()})"
         )

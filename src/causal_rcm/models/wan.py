@@ -399,9 +399,10 @@ class CausalWanModel(nn.Module):
             block.stages = (pre, post)
         return self
 
-    def new_kv_cache(self, sink_frames: int = 0, window_frames: int | None = None) -> KVCache:
-        """An empty cache for streaming (see ``kv_cache.py`` for the position design)."""
-        return KVCache(self.config.num_layers, sink_frames, window_frames)
+    def new_kv_cache(self, sink_frames: int = 0, window_frames: int | None = None, *, int8: bool = False) -> KVCache:
+        """An empty cache for streaming (see ``kv_cache.py`` for the position design); ``int8``: keys and values
+        stored in int8."""
+        return KVCache(self.config.num_layers, sink_frames, window_frames, int8=int8)
 
     @torch.no_grad()
     def head_complement(self) -> Callable[[torch.Tensor], torch.Tensor] | None:

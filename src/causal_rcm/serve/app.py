@@ -452,10 +452,12 @@ class _Connection:
                 raise UserError("image: side by side, the emulator plays beside the model from its own reset; "
                                 "start from an uploaded frame without --side-by-side")
             given = self.pipe.given_frames(image=self.images.get(msg.image))
-        # Play: the actions are the only condition, the empty prompt's two CFG branches equal: one branch, half the work.
+        # Play: the actions are the only condition, the empty prompt's two CFG branches equal: one branch, half the work;
+        # and no overlapped decoding, which would act on a key a chunk later.
         stream = self.pipe.stream(msg.prompt, steps=steps, mode=msg.mode, seed=msg.seed,
                                   actions=steering if self.pipe.config.num_actions else None,
-                                  window_frames=self.settings.window_frames, guidance=None if self.play is None else 1.0)
+                                  window_frames=self.settings.window_frames, guidance=None if self.play is None else 1.0,
+                                  overlap=None if self.play is None else False)
         if not self.slots.acquire():
             n = self.slots.limit
             await self.send({"type": "busy", "max_streams": n,
