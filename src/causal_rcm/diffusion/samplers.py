@@ -274,9 +274,9 @@ def _bidirectional(
     P = prefix.shape[2]
     eps = torch.randn(prefix.shape, generator=generator, device=prefix.device, dtype=noise.dtype)
 
-    def replaced(x: torch.Tensor, s: float, *r: float) -> torch.Tensor:
+    def replaced(x: torch.Tensor, s: float, *r: float, **kw: Any) -> torch.Tensor:
         known = ((1 - s) * prefix + s * eps).to(x.dtype)  # the prefix at noise level s, on one noise path
-        return velocity(torch.cat([known, x[:, :, P:]], dim=2), s, *r)
+        return velocity(torch.cat([known, x[:, :, P:]], dim=2), s, *r, **kw)
 
     x = torch.cat([eps, noise], dim=2)  # (B, C, P + F, H, W) at s = 1
     return _integrate(replaced, x, grid, solver=solver, generator=generator, callback=callback)[:, :, P:]
