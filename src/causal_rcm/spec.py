@@ -28,7 +28,7 @@ from causal_rcm.data.components import (
 from causal_rcm.data.shards import EnvInfo
 from causal_rcm.data.source import SOURCES, VideoSource
 from causal_rcm.data.text import ToyTextSpec
-from causal_rcm.diffusion.samplers import CONTEXTS, SOLVERS, SamplerSpec
+from causal_rcm.diffusion.samplers import CONTEXTS, SOLVERS, SamplerSpec, check_window
 from causal_rcm.errors import UserError
 from causal_rcm.limits import MAX_STEPS, field_problems, ranged, show
 from causal_rcm.models.adapters import detect_layout, read_pipeline_config
@@ -192,6 +192,8 @@ class PipelineSpec:
             raise UserError(f"{source}: sampler solver {show(self.sampler.solver)} is not one of {SOLVERS}")
         if self.source not in (*SOURCES, RELEASE_SOURCE):
             raise UserError(f"{source}: data source {show(self.source)} is not supported (only {', '.join((*SOURCES, RELEASE_SOURCE))})")
+        if self.causal and self.stream.window_frames is not None:
+            check_window(self.stream.window_frames, self.frames_per_chunk, f"{source}: pipeline.stream.window_frames")
         if self.env is not None and self.num_actions not in (0, self.env.num_actions):  # 0: the no-action baseline
             raise UserError(f"{source}: the pipeline config has {self.num_actions} actions but its env {self.env.id} {self.env.num_actions}")
 

@@ -176,9 +176,15 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
         stream_second_half_caption_adherence=float(np.nanmean(s[:, s.shape[1] // 2 :])),
         stream_last_minute_caption_adherence=float(np.nanmean(s[:, -minute:])),
         stream_temporal_consistency=float(np.nanmean(consistency)),
-        **{f"stream_{k}": float(np.nanmean([f[k] for f in fidelity])) for k in fidelity[0]},
+        **{f"stream_{k}": _mean_of_measured([f[k] for f in fidelity]) for k in fidelity[0]},
         stream_seconds=factor * clip / source.fps,
     )
+
+
+def _mean_of_measured(values: list[float]) -> float:
+    """The mean of the values that are not NaN (nothing to measure, e.g. colour error without a shape); NaN if none."""
+    measured = [v for v in values if not math.isnan(v)]
+    return float(np.mean(measured)) if measured else float("nan")
 
 
 def drift_metrics(source: ShapesSource, long_videos: torch.Tensor, captions: list[str]) -> dict[str, float]:
