@@ -15,6 +15,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The tests run tiny models, which gain nothing from threads: on a 2-core machine two threads spin against each other
+# (a toy training step takes 0.2 s on one thread and 6 s on two). One thread here and in every process a test starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from causal_rcm.models.wan import CausalWanConfig, CausalWanModel
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -17,15 +16,6 @@ from causal_rcm.train.trainer import Trainer
 
 TOY = ["--size", "tiny", "--device", "cpu", "--height", "32", "--width", "32", "--frames", "4", "--frames-per-chunk", "2",
        "--repeats", "1"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine spin against each other (a toy step: 0.2 s on one, 6 s on two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_bench_train_times_every_recipe_step_with_checkpointing_on_and_off(tmp_path, monkeypatch):

@@ -5,18 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import causal_rcm.runs.stream_ablation as ablation
 from tests.checkpoints import make_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_each_knob_alone_then_trained_checkpoints_in_one_table_and_a_rerun_keeps_them(tmp_path, monkeypatch):
