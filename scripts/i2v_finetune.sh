@@ -7,7 +7,7 @@
 # evaluations; on the CPU (DEVICE=cpu) one after another.
 # Results under $OUT: <run>_image_cond.json, <run>_eval.json, <run>.log and the fine-tuned models as i2v.tar.
 # Settings: DEVICE (cuda), SCENES (evaluation scenes, 192), TRAIN_SECONDS (a training's hard limit, 300),
-# EVAL_SECONDS (240), RUNS (where the runs go, /tmp/runs; the models in RUNS/i2v/<run>/model).
+# EVAL_SECONDS (240), EXTRA (overrides for every training, e.g. train.eval_every=0), RUNS (where the runs go, /tmp/runs; the models in RUNS/i2v/<run>/model).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 device=${DEVICE:-cuda} out=$OUT cli=$CAUSAL_RCM runs=${RUNS:-/tmp/runs}/i2v ckpt=checkpoints/shapes
@@ -15,7 +15,7 @@ bg() { if [ "$device" = cpu ]; then "$@"; else "$@" & fi; }  # side by side on a
 train() {  # train RUN RECIPE INIT TEACHER P
     timeout "${TRAIN_SECONDS:-300}" $cli train "$2" --config "configs/shapes/$2-i2v.json" data.given_frames_prob="$5" \
         train.init="$ckpt/$3/model" train.teacher="$ckpt/$4/model" train.out_dir="$runs/$1" train.device=$device \
-        > "$out/$1.log" 2>&1
+        ${EXTRA:-} > "$out/$1.log" 2>&1
     echo "train exit $?" >> "$out/$1.log"
 }
 bg train sf-dmd-p0.5 sf-dmd sf-dmd teacher 0.5
