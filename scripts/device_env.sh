@@ -6,6 +6,6 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM="python3 -m causal_rcm.cli" PYTHONUNBUFFERED=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} CAUSAL_RCM=${CAUSAL_RCM:-"python3 -m causal_rcm.cli"} PYTHONUNBUFFERED=1
 export OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
