@@ -8,7 +8,6 @@
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 out=$OUT
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
 timeout --kill-after=10 "${BENCH_SECONDS:-440}" $CAUSAL_RCM bench train --size wan2.1-1.3b \
     --repeats "${REPEATS:-3}" --out "$out" 2>&1 | tee "$out/bench_train.txt"
 rc=${PIPESTATUS[0]}

@@ -7,7 +7,6 @@
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 out=$OUT cli=$CAUSAL_RCM
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
 bench() {  # bench NAME OPTIONS...
     local name=$1; shift
     timeout "${BENCH_SECONDS:-150}" $cli bench stream --steps "${STEPS:-1,2,4}" --modes chunk --out "$out" "$@" \
