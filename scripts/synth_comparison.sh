@@ -49,11 +49,12 @@ synth)
 synthetic) arm synthetic "$configs/synthetic" data.shards="$out/shards" ;;
 renders) arm renders "$configs" ;;
 report)
-    for a in renders synthetic; do
+    for a in renders synthetic; do  # the six evaluations side by side (a GPU is mostly idle on one)
         for stage in causal-teacher tf-scm sf-dmd; do
-            $cli eval -c "$out/$a/$stage/model" -n "$videos" --json "$out/$a/$stage/eval.json" > /dev/null
+            $cli eval -c "$out/$a/$stage/model" -n "$videos" --json "$out/$a/$stage/eval.json" > "$out/$a/$stage/eval.log" 2>&1 &
         done
     done
+    wait
     python3 - "$out" "$prompts" <<'EOF'
 import json, sys
 from pathlib import Path
