@@ -63,7 +63,7 @@ def test_activation_checkpointing_off_recomputes_nothing(monkeypatch):
 
 
 def test_a_step_out_of_memory_or_failing_is_recorded_and_the_others_run(tmp_path, monkeypatch):
-    train_step = Trainer._train_step
+    train_step = Trainer.train_step
 
     def short_of_memory(self, batches):
         checkpointing = self.config.train.activation_checkpointing
@@ -73,7 +73,7 @@ def test_a_step_out_of_memory_or_failing_is_recorded_and_the_others_run(tmp_path
             raise ValueError("a bug")
         return train_step(self, batches)
 
-    monkeypatch.setattr(Trainer, "_train_step", short_of_memory)
+    monkeypatch.setattr(Trainer, "train_step", short_of_memory)
     writes = []
     monkeypatch.setattr(attention, "write_result", lambda record, *a: writes.append(json.dumps(record)) or tmp_path / "x.json")
     result = CliRunner().invoke(cli, ["bench", "train", *TOY, "--steps", "tf_diffusion,tf_scm"])

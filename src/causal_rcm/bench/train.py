@@ -1,6 +1,6 @@
 """``causal-rcm bench train``: time and peak memory of each recipe's training step at Wan2.1 scale.
 
-Every step is the trainer's own (``Trainer._train_step``: the recipe's ``losses``, a backward per group, gradient
+Every step is the trainer's own (``Trainer.train_step``: the recipe's ``losses``, a backward per group, gradient
 clipping, AdamW, the student's EMA, bf16 autocast over fp32 weights on CUDA), with the models the recipe's own
 ``build`` makes: random weights of the chosen size (each output head drawn N(0, 0.02): Wan's init zeroes it, which
 would make every output 0), batch 1, Wan2.1's 480x832 video as 21 latent frames in chunks of 3. The steps:
@@ -135,7 +135,7 @@ def run_train_bench(
             "batch": 1, "tf_seq_len": tf_seq_len, "repeats": repeats,
             "precision": "bf16 autocast, fp32 weights" if cuda else "fp32", "weights": "random",
             "attn_backend": dmd.attn_backend, "jvp_backend": dmd.objective.jvp_backend,
-            "step": "Trainer._train_step: recipe losses, backward, gradient clipping, AdamW, EMA",
+            "step": "Trainer.train_step: recipe losses, backward, gradient clipping, AdamW, EMA",
             "sf_dmd": {"critic_steps": dmd.dmd.critic_steps, "sample_steps": dmd.objective.sample_steps,
                        "teacher": "bidirectional", "rollout_window": dmd.dmd.rollout_window or frames},
             "memory": "CUDA max_memory_allocated over the timed steps" if cuda
@@ -230,7 +230,7 @@ def _trainer(config, world, device):
     recipe = RECIPES[config.recipe].recipe(config, world)
     trainer = Trainer(config, recipe, data=None, dist=DistEnv(0, 1, device))
     with torch.device(device):  # models made where they run: a 1.3B model initialises in ms on a GPU, s on the CPU
-        trainer._setup()
+        trainer.setup()
     with torch.no_grad():
         for model in (*trainer.groups.values(), *recipe.frozen().values()):
             model.head.head.weight.normal_(0, 0.02)
@@ -256,7 +256,7 @@ def _time_steps(trainer, batch: dict, numbers: Iterator[int], repeats: int, devi
 
     def step() -> dict:
         trainer.step = next(numbers)
-        return {"step": trainer.step, **trainer._train_step([batch])}
+        return {"step": trainer.step, **trainer.train_step([batch])}
 
     logged = [step()]
     if cuda:

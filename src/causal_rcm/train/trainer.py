@@ -117,7 +117,9 @@ class Trainer:
         self._budget_used = 0.0  # fraction of the run's budget (steps or time guard) used, see _update_budget
 
     # --------------------------------------------------------------- set-up
-    def _setup(self) -> None:
+    def setup(self) -> None:
+        """Build the recipe's models on the device, shard them (FSDP2 where distributed), and make the optimisers and
+        EMA. ``fit`` calls it; a caller that drives :meth:`train_step` itself (``causal-rcm bench train``) calls it once."""
         torch.manual_seed(self.config.train.seed)
         self.recipe.build(self.dist.device)
         self.groups = self.recipe.trainable()
@@ -246,7 +248,7 @@ class Trainer:
             lr *= optim.final_lr_ratio + (1 - optim.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * self._budget_used))
         return lr
 
-    def _train_step(self, micro_batches: list[dict]) -> dict[str, float]:
+    def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
         """One optimiser step per group over ``train.grad_accum`` micro-batches: each loss is back-propagated scaled by
         1 / A (gradients of the mean over the global batch), FSDP2 reduces gradients at the last micro-batch only."""
         A = len(micro_batches)
@@ -334,7 +336,7 @@ class Trainer:
             save_config(self.config, self.out_dir / "config.json")
         if self.dist.distributed:
             torch.distributed.barrier()
-        self._setup()
+        self.setup()
         resumed = self._resume()
         writer = _tensorboard(self.out_dir / "tb") if self.dist.is_main else None
         log_file = open(self.out_dir / "metrics.jsonl", "a") if self.dist.is_main else None
@@ -353,7 +355,7 @@ class Trainer:
             out_of_time = self._update_budget() and resumed  # a fresh run makes at least one step
             stop = self.step >= cfg.steps or out_of_time
             while not stop:
-                logged = self._train_step(self._next_batch())
+                logged = self.train_step(self._next_batch())
                 bad = any(k.startswith(("nonfinite/", "skipped/")) for k in logged)
                 self.bad_steps = self.bad_steps + 1 if bad else 0
                 self.step += 1
