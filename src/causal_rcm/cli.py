@@ -212,6 +212,15 @@ def shard_options(command: Callable) -> Callable:
     return command
 
 
+def _make_shards(make, out: Path, args, device: str, no_progress: bool) -> None:
+    """Run a shard writer (``runs.latents.synth`` or ``prepare``) into ``out`` and report what the shards hold."""
+    import time
+
+    started = time.perf_counter()
+    manifest, made = make(out, args, device=device, progress=not no_progress, say=lambda line: click.echo(line, err=True))
+    _report_shards(out, manifest, made, time.perf_counter() - started)
+
+
 def _report_shards(out: Path, manifest, made: int, seconds: float) -> None:
     if int(os.environ.get("RANK", "0")):
         return
@@ -245,8 +254,6 @@ def synth(teacher: Path, prompts: Path, steps: int | None, guidance: float | Non
     finished shards are kept. Under torchrun each process makes every N-th shard. Train on the shards with
     `causal-rcm train RECIPE data.source=latents data.shards=OUT`.
     """
-    import time
-
     from causal_rcm.runs.latents import Frames, SynthArgs
     from causal_rcm.runs.latents import synth as run
 
@@ -254,9 +261,7 @@ def synth(teacher: Path, prompts: Path, steps: int | None, guidance: float | Non
     args = SynthArgs(teacher=str(teacher), prompts=str(prompts), steps=steps, guidance=guidance, ode_pairs=ode_pairs,
                      videos_per_prompt=videos_per_prompt, per_shard=per_shard, batch_size=batch_size, seed=seed, dtype=dtype,
                      frames=Frames(resolution, width, num_frames))
-    started = time.perf_counter()
-    manifest, made = run(out, args, device=device, progress=not no_progress, say=lambda line: click.echo(line, err=True))
-    _report_shards(out, manifest, made, time.perf_counter() - started)
+    _make_shards(run, out, args, device, no_progress)
 
 
 @cli.group("data")
@@ -299,16 +304,12 @@ def data_prepare(videos: Path, captions: Path, checkpoint: Path, resolution: int
     frame size; its caption is encoded with its text encoder. Unreadable videos, videos shorter than the clip and
     videos without a caption are skipped and listed at the end. Resumable and sharded under torchrun as `synth`.
     """
-    import time
-
     from causal_rcm.runs.latents import Frames, PrepareArgs, prepare
 
     _check_writable(out)
     args = PrepareArgs(videos=str(videos), captions=str(captions), checkpoint=str(checkpoint), per_shard=per_shard,
                        batch_size=batch_size, dtype=dtype, frames=Frames(resolution, width, num_frames))
-    started = time.perf_counter()
-    manifest, made = prepare(out, args, device=device, progress=not no_progress, say=lambda line: click.echo(line, err=True))
-    _report_shards(out, manifest, made, time.perf_counter() - started)
+    _make_shards(prepare, out, args, device, no_progress)
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
