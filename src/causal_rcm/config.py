@@ -76,6 +76,10 @@ class DataConfig:
     # dmd.rollout_window (which an SF-DMD checkpoint's streams keep when this is 0): SF-DMD trained at 4 streams
     # minutes far better at 8, but trained at 8 it held them worse (docs/results/stream_window_2026-12-03.md).
     stream_window: int = ranged(0, 0, 65536)
+    # Attention-sink frames of the exported checkpoint's streams and of evaluation rollouts: the first latent frames
+    # kept in the KV cache for ever (-1: as trained, dmd.sink_frames for SF-DMD, none otherwise). A sink holds
+    # minute-long streams of an SF-DMD student trained without one (docs/results/stream_ablation_2026-12-07.md).
+    stream_sink: int = ranged(-1, -1, 65536)
     # Image-to-video (and continuing given frames): with this probability a training video's first latent frame is
     # given, as a stream gets an image (its first frame repeated over one latent frame's frames), clean at t = 0
     # and without loss; teacher forcing learns the rest of the first chunk beside it, self forcing rolls out from
@@ -93,6 +97,10 @@ class DataConfig:
     def cache_window(self) -> int:
         """The causal KV-cache window in latent frames (``stream_window``, or the training length)."""
         return self.stream_window or self.num_frames
+
+    def cache_sink(self, trained: int = 0) -> int:
+        """The causal KV cache's sink in latent frames (``stream_sink``, or ``trained``: what the rollouts kept)."""
+        return trained if self.stream_sink < 0 else self.stream_sink
 
 
 @dataclass

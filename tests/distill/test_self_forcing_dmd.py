@@ -264,10 +264,13 @@ def test_sf_dmd_scores_a_window_of_a_rollout_longer_than_the_video(teachers, tmp
     (["data.stream_window=6"], (4, 0), (6, 0)),
     (["data.stream_window=6", "dmd.rollout_window=8"], (8, 0), (6, 0)),
     (["dmd.rollout_window=6", "dmd.sink_frames=2"], (6, 2), (6, 2)),
+    (["data.stream_sink=2"], (4, 0), (4, 2)),
+    (["dmd.rollout_window=6", "dmd.sink_frames=2", "data.stream_sink=0"], (6, 2), (6, 0)),
 ])
 def test_the_rollouts_cache_reaches_the_checkpoints_streams(teachers, tmp_path, monkeypatch, overrides, rollout, stream):
     """dmd.rollout_window (default: the training length, 4 frames here) and dmd.sink_frames: the rollouts' KV cache,
-    which the exported checkpoint's streams keep; data.stream_window, when set, is the streams' window instead."""
+    which the exported checkpoint's streams keep; data.stream_window and data.stream_sink, when set, are the
+    streams' window and sink instead."""
     import causal_rcm.distill.dmd as dmd
 
     caches = []

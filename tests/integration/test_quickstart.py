@@ -168,8 +168,8 @@ def test_given_teachers_in_another_world_train_the_stages_here_in_it(tmp_path):
     train(load_config("teacher", None, tiny + [f"train.out_dir={teachers / 'teacher'}"]), restart=True)
     train(load_config("causal-teacher", None, tiny + [f"train.out_dir={teachers / 'causal-teacher'}",
                                                       f"train.init={teachers / 'teacher' / 'model'}"]), restart=True)
-    # a shipped TF-sCM student that streams at a window of 6 latent frames: the one trained here takes it
-    train(load_config("tf-scm", None, tiny + [f"train.out_dir={teachers / 'tf-scm'}", "data.stream_window=6",
+    # a shipped TF-sCM student that streams at a window of 6 latent frames with a sink of 2: the one trained here takes both
+    train(load_config("tf-scm", None, tiny + [f"train.out_dir={teachers / 'tf-scm'}", "data.stream_window=6", "data.stream_sink=2",
                                               f"train.teacher={teachers / 'causal-teacher' / 'model'}"]), restart=True)
     out = tmp_path / "packed"
     result = cli("quickstart", "--fast", "--teachers", str(teachers), "--device", "cpu", "--out", str(out))
@@ -178,6 +178,9 @@ def test_given_teachers_in_another_world_train_the_stages_here_in_it(tmp_path):
         data = json.loads((out / stage / "config.json").read_text())["data"]
         assert (data["codec_frames"], data["num_frames"]) == (2, 4), stage
         assert data["stream_window"] == (6 if stage == "tf-scm" else 0), stage
+        assert data["stream_sink"] == (2 if stage == "tf-scm" else -1), stage
+    stream = json.loads((out / "tf-scm" / "model" / "config.json").read_text())["pipeline"]["stream"]
+    assert (stream["window_frames"], stream["sink_frames"]) == (6, 2)
     stages = _stages(_report(out))
     assert stages["tf-scm"]["shipped"]["metrics"]["caption_adherence"] >= 0 and "shipped" not in stages["sf-dmd"]
 

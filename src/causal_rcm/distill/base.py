@@ -132,9 +132,11 @@ class DenoisingRecipe(Recipe):
         return s.repeat_interleave(frames_per_group, dim=1)
 
     def stream_defaults(self) -> StreamDefaults:
-        """A causal model's KV cache in evaluation and in the exported checkpoint's streams: no sink, the window
-        ``data.stream_window`` (default the training length). SF-DMD's follow its rollouts."""
-        return StreamDefaults(sink_frames=0, window_frames=self.config.data.cache_window())
+        """A causal model's KV cache in evaluation and in the exported checkpoint's streams: the sink
+        ``data.stream_sink`` (default none), the window ``data.stream_window`` (default the training length).
+        SF-DMD's follow its rollouts."""
+        data = self.config.data
+        return StreamDefaults(sink_frames=data.cache_sink(), window_frames=data.cache_window())
 
     def sampler_spec(self, steps: int | None = None) -> SamplerSpec:
         obj, data = self.config.objective, self.config.data

@@ -159,11 +159,11 @@ class SFDMDRecipe(DistillRecipe):
         return masks.block_causal(self.num_chunks(), self.frames_per_chunk(), self.tokens_per_frame())
 
     def stream_defaults(self) -> StreamDefaults:
-        """The KV cache of the rollouts, which the exported checkpoint's streams keep: ``dmd.sink_frames``, the
-        window ``data.stream_window``, else ``dmd.rollout_window``, else the training length, and the context the
-        rollouts commit (``dmd.noisy_context``)."""
+        """The KV cache of the rollouts, which the exported checkpoint's streams keep: the sink
+        ``data.stream_sink``, else ``dmd.sink_frames``; the window ``data.stream_window``, else
+        ``dmd.rollout_window``, else the training length; and the context the rollouts commit (``dmd.noisy_context``)."""
         data, dmd = self.config.data, self.config.dmd
-        return StreamDefaults(sink_frames=dmd.sink_frames, window_frames=data.stream_window or dmd.rollout_window or data.num_frames,
+        return StreamDefaults(sink_frames=data.cache_sink(dmd.sink_frames), window_frames=data.stream_window or dmd.rollout_window or data.num_frames,
                               context="noisy" if dmd.noisy_context else "clean")
 
     def rollout(self, batch: dict, rnd, *, with_grad: bool) -> tuple[torch.Tensor, int]:

@@ -57,7 +57,8 @@ SHIPPED_TEACHERS = shipped_checkpoints()
 # The data settings that define the world a model was trained on (the rest, e.g. data.workers, are how it is fed)
 SOURCE_KEYS = ("source", "resolution", "num_frames", "max_shapes", "agent", "codec_factor", "codec_frames",
               "codec_shift", "codec_scale", "text_len", "text_seed")
-STREAM_KEYS = (("data", "stream_window"), ("dmd", "rollout_window"), ("dmd", "sink_frames"))  # a shipped student's, for the one trained here
+# A shipped student's KV-cache settings, for the one trained here
+STREAM_KEYS = (("data", "stream_window"), ("data", "stream_sink"), ("dmd", "rollout_window"), ("dmd", "sink_frames"))
 
 TEACHERS = ("teacher", "causal-teacher")
 STUDENTS = ("tf-scm", "sf-dmd")  # shipped beside the teachers (scripts/train_shapes_students.sh; see checkpoints/shapes/README.md)
@@ -177,15 +178,18 @@ class Quickstart:
         return tuple(f"data.{key}={data[key]}" for key in SOURCE_KEYS if key in data)
 
     def stream_overrides(self, student: str) -> tuple[str, ...]:
-        """The shipped ``student``'s KV cache (``data.stream_window``, ``dmd.rollout_window``, ``dmd.sink_frames``)
-        where it set it, so the student trained here streams, and is scored, as the shipped one beside it."""
+        """The shipped ``student``'s KV cache (:data:`STREAM_KEYS`) where it differs from the defaults, so the student
+        trained here streams, and is scored, as the shipped one beside it."""
         shipped = self.shipped.get(student)
         if shipped is None:
             return ()
         config = load_config(student, shipped / "config.json")  # an old checkpoint's sections read as today's
-        values = {f"{section}.{key}": getattr(getattr(config, section), key)
-                  for section, key in STREAM_KEYS if getattr(config, section) is not None}
-        return tuple(f"{key}={value}" for key, value in values.items() if value)
+        overrides = []
+        for section, key in STREAM_KEYS:
+            part = getattr(config, section)
+            if part is not None and getattr(part, key) != getattr(type(part)(), key):
+                overrides.append(f"{section}.{key}={getattr(part, key)}")
+        return tuple(overrides)
 
     def model(self, stage: str) -> Path:
         """The checkpoint an earlier stage produced or used."""
