@@ -100,6 +100,8 @@ def test_generate_bidirectional_over_its_training_length(checkpoints, tmp_path, 
         (["-c", "{causal}", "-p", "a red circle", "-o", "{tmp}/video.avi"], "must end with .mp4 or .gif"),
         (["-c", "{causal}", "-p", "a red circle", "--context", "dirty"], "'--context': 'dirty' is not one of"),
         (["-c", "{bidirectional}", "-p", "a red circle", "--context", "noisy"], "--context is for causal checkpoints"),
+        (["-c", "{bidirectional}", "-p", "a red circle", "--sink", "2"], "an attention sink is for causal checkpoints"),
+        (["-c", "{causal}", "-p", "a red circle", "--sink", "-1"], "'--sink': -1 is not in the range 0<=x<=1024"),
     ],
 )
 def test_generate_user_errors_are_one_line(checkpoints, tmp_path, capsys, args, message):
@@ -150,6 +152,25 @@ def test_generate_with_a_wider_stream_window(checkpoints, tmp_path, capsys):
     assert "24 frames" in capsys.readouterr().out and out.stat().st_size > 0
     assert run_main("generate", "-c", str(checkpoints["causal"]), "-p", "a red circle", "--window", "1", "-o", str(out)) == 2
     assert "--window must hold a chunk of 2 frames, got 1" in capsys.readouterr().err
+
+
+def test_generate_with_an_attention_sink(checkpoints, tmp_path):
+    """--sink replaces the checkpoint's sink (1 latent frame here, of a window of 4 in chunks of 2): the first two
+    chunks fit the window and are the same whatever the sink; from the third on, a stream that keeps its first two
+    frames differs from one that keeps none."""
+    from PIL import Image, ImageSequence
+
+    def video(sink: str) -> np.ndarray:
+        out = tmp_path / f"sink{sink}.gif"
+        main(["generate", "-c", str(checkpoints["causal"]), "-p", "a red circle moves left", "--seconds", "2",
+              "--sink", sink, "-o", str(out)])
+        with Image.open(out) as gif:
+            return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)])
+
+    none, two = video("0"), video("2")
+    assert none.shape == two.shape and len(none) == 16
+    gap = np.abs(none.astype(int) - two).reshape(16, -1).mean(axis=1)  # mean |difference| of each frame, 0-255
+    assert gap[:4].max() < 0.5 and gap[4:].min() > 2, gap  # the same up to rounding (caches of other sizes, GIF palettes)
 
 
 # ------------------------------------------------------------------ --image, --video --extend

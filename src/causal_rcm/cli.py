@@ -212,6 +212,10 @@ def shard_options(command: Callable) -> Callable:
     return command
 
 
+SINK_HELP = ("Causal checkpoints: latent frames of the stream's start kept in the KV cache for ever, an attention sink "
+             "(default: the checkpoint's; 0: none).")
+
+
 def _make_shards(make, out: Path, args, device: str, no_progress: bool) -> None:
     """Run a shard writer (``runs.latents.synth`` or ``prepare``) into ``out`` and report what the shards hold."""
     import time
@@ -714,6 +718,7 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--window", type=POSITIVE, default=None,
               help="Causal checkpoints: latent frames the stream attends, the chunk included (default: the checkpoint's).")
+@click.option("--sink", type=click.IntRange(0, 1024), default=None, help=SINK_HELP)
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output video, .mp4 or .gif.")
 @click.option("--scale", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Nearest-neighbour upscaling of the written video.")
@@ -734,7 +739,8 @@ def convert(src: Path, dst: Path, layout: str, window: int | None) -> None:
               help="Causal checkpoints on a GPU: decode each chunk on a second CUDA stream while the next is denoised "
                    "(default: on a GPU).")
 def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...], seconds: float | None,
-             steps: int | None, times: list[float] | None, mode: str, seed: int, window: int | None, out: Path, scale: int,
+             steps: int | None, times: list[float] | None, mode: str, seed: int, window: int | None, sink: int | None,
+             out: Path, scale: int,
              image: Path | None, video: Path | None, extend: str | None, device: str, compile_blocks: bool,
              context: str | None, kv_int8: bool, low_memory: bool, overlap: bool | None) -> None:
     """Generate a video: bidirectional checkpoints over their training length, causal ones of any length, from a
@@ -757,7 +763,7 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
     _check_writable(out)
     given = None if image is None else read_image(image)  # a bad file fails before the checkpoint loads
     pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, compile=compile_blocks, low_memory=low_memory,
-                                             context=context)
+                                             context=context, sink_frames=sink)
     if not pipe.config.causal and (image is not None or video is not None):
         raise UserError(f"--{'image' if image is not None else 'video/--extend'} continues given frames, which needs a causal "
                         f"checkpoint (a causal teacher or a distilled student); {checkpoint} is bidirectional")
@@ -765,8 +771,6 @@ def generate(checkpoint: Path, prompt: str, switches: tuple[tuple[str, str], ...
         raise UserError(f"{'--context' if context else '--kv-int8'} is for causal checkpoints; this one is bidirectional")
     if not pipe.config.causal and mode != "chunk":
         raise UserError("--mode frame streams a causal checkpoint frame by frame; this one is bidirectional")
-    if not pipe.config.causal and (context or kv_int8):
-        raise UserError(f"{'--context' if context else '--kv-int8'} is for causal checkpoints; this one is bidirectional")
     if window is not None and pipe.config.causal:
         pipe.check_window(window, 1 if mode == "frame" else None, name="--window")
     fps, (H, W) = pipe.config.fps, pipe.frame_size
@@ -869,6 +873,7 @@ def _frame_at(when: str, fps: float, num_frames: int) -> int:
 @click.option("--realtime/--no-realtime", default=True, show_default=True, help="Send frames no faster than the checkpoint's fps.")
 @click.option("--window", type=POSITIVE, default=None,
               help="Latent frames each stream attends, the chunk included (default: the checkpoint's).")
+@click.option("--sink", type=click.IntRange(0, 1024), default=None, help=SINK_HELP)
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="A host name or address clients use to reach the server (besides localhost and --host); "
                    "requests naming others are refused. Repeatable.")
@@ -876,12 +881,12 @@ def _frame_at(when: str, fps: float, num_frames: int) -> int:
 @click.option("--context", type=click.Choice(["clean", "noisy"]), default=None, help=CONTEXT_HELP)
 @click.option("--low-memory", is_flag=True, help=LOW_MEMORY_HELP)
 def serve(checkpoint: Path, host: str, port: int, max_streams: int, max_steps: int, realtime: bool, window: int | None,
-          allowed_hosts: tuple[str, ...], device: str, context: str | None, low_memory: bool) -> None:
+          sink: int | None, allowed_hosts: tuple[str, ...], device: str, context: str | None, low_memory: bool) -> None:
     """Serve a web page that streams the checkpoint live (prompt, steps, mode, seed, prompt switching)."""
     from causal_rcm.pipeline import StreamingPipeline
     from causal_rcm.serve import run
 
-    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, low_memory=low_memory, context=context)
+    pipe = StreamingPipeline.from_pretrained(checkpoint, device=device, low_memory=low_memory, context=context, sink_frames=sink)
 
     run(pipe, host=host, port=port, max_streams=max_streams, max_steps=max_steps, realtime=realtime,
         on_ready=_announce(host, f"serving {checkpoint}"),

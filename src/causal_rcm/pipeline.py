@@ -452,7 +452,7 @@ class StreamingPipeline:
     def from_pretrained(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
         attn_backend: str = "sdpa", compile: bool = False, pipeline: dict | None = None, low_memory: bool = False,
-        context: str | None = None,
+        context: str | None = None, sink_frames: int | None = None,
     ) -> StreamingPipeline:
         """Load a checkpoint folder: our layout (config.json with a ``pipeline`` section + model.safetensors), or a
         Wan2.1 release, a diffusers Wan folder (``model_index.json``) or Wan's original folder (``models.release``;
@@ -464,9 +464,16 @@ class StreamingPipeline:
         ``pipeline``: pipeline-section keys that replace the checkpoint's (:meth:`PipelineSpec.read`), e.g.
         ``{"causal": True, "frames_per_chunk": 3}`` to stream a causal model published in a Wan layout, or another
         ``resolution`` / ``width`` / ``num_frames`` than Wan's 480 x 832 x 21 latent frames. ``low_memory``, ``context``: see
-        the class.
+        the class. ``sink_frames``: a causal checkpoint's attention sink in latent frames, in place of its own
+        (``pipeline.stream.sink_frames``; 0: none).
         """
         config = PipelineSpec.read(path, overrides=pipeline)
+        if sink_frames is not None:
+            if not config.causal:
+                raise UserError(f"an attention sink is for causal checkpoints; {path} is bidirectional")
+            if isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or sink_frames < 0:
+                raise UserError(f"sink_frames must be a whole number of latent frames >= 0, got {sink_frames!r}")
+            config = dataclasses.replace(config, stream=dataclasses.replace(config.stream, sink_frames=sink_frames))
         cpu = torch.device(device).type == "cpu"
         if dtype is None and cpu:
             dtype = torch.float32
