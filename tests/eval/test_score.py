@@ -85,7 +85,7 @@ def test_streams_are_scored_clip_by_clip_a_batch_at_a_time(tmp_path, monkeypatch
     # the fidelity of a perfect render (its blank half has no shape to judge), the clips' consistency half the time
     assert metrics == {"stream_first_caption_adherence": 1.0, "stream_caption_adherence": 0.5,
                        "stream_second_half_caption_adherence": 0.0, "stream_last_minute_caption_adherence": 0.5,
-                       "stream_temporal_consistency": 0.5,
+                       "stream_temporal_consistency": 0.5, "stream_count_stability": 0.5,
                        "stream_background_residual": 0.0, "stream_background_residual_p90": 0.0,
                        "stream_colour_error": 0.0, "stream_edge_sharpness": 1.0, "stream_seconds": 4.0}
 

@@ -62,3 +62,19 @@ def test_tiny_checkpoint_stream_has_flat_state_and_a_trace(tmp_path):
     assert report["frames_per_second"] > 0 and report["chunk_latency_ms"]["p50"] > 0
     assert set(report["oracle"]) == {"first_minute", "last_minute"}
     json.dumps(report)  # JSON-ready
+
+
+def test_a_shape_drawn_twice_lowers_the_clips_count_stability():
+    """What a viewer sees as a duplicated shape: the clips where a second copy appears keep their caption adherence
+    (the right colour and shape are there) but lose count stability; the true clips keep 1."""
+    from causal_rcm.data.oracle import ShapesOracle
+    from causal_rcm.data.shapes import ShapesConfig
+    from causal_rcm.eval.stream import score_clips
+
+    one = Scene((Shape("blue", "square", 8, 2, 2, vy=1),), size=32)
+    twice = Scene((Shape("blue", "square", 8, 2, 2, vy=1), Shape("blue", "square", 8, 20, 2, vy=1)), size=32)
+    video = np.concatenate([render(one, 16), render(twice, 16)])  # 4 clips of 8: the last two hold two squares
+    clips = score_clips(ShapesOracle(ShapesConfig(size=32)), video[None], "a blue square moves down", 8)
+    assert list(clips["count_stability"]) == [1.0, 1.0, 0.0, 0.0]
+    assert list(clips["caption_adherence"]) == [1.0, 1.0, 1.0, 1.0]
+    assert clips["temporal_consistency"][2] < clips["temporal_consistency"][0]

@@ -226,6 +226,7 @@ class DriftReport:
     quality: np.ndarray
     drift: float
     adherence: list[dict[str, float]] = field(default_factory=list)  # each window's colour / shape / caption adherence
+    consistency: list[dict[str, float]] = field(default_factory=list)  # each window's count / size stability, smoothness
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -533,11 +534,12 @@ class ShapesOracle:
         det = self._detect(frames[0])
         agents = {o.colour for o in objects if o.agent}
         starts = np.arange(0, F - window + 1, window)
-        adherence, con = [], []
+        adherence, parts = [], []
         for s in starts:
             w = det.window(int(s), int(s) + window)
             adherence.append(self._adherence(w, objects)[0])
-            con.append(self._consistency(w, agents)["temporal_consistency"])
-        cap, con = np.array([a["caption_adherence"] for a in adherence]), np.array(con)
+            parts.append(self._consistency(w, agents))
+        cap = np.array([a["caption_adherence"] for a in adherence])
+        con = np.array([p["temporal_consistency"] for p in parts])
         quality = cap * con
-        return DriftReport(starts, cap, con, quality, float(max(0.0, quality[0] - quality[-1])), adherence)
+        return DriftReport(starts, cap, con, quality, float(max(0.0, quality[0] - quality[-1])), adherence, parts)

@@ -153,14 +153,15 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
     """Caption adherence along streams ``factor`` times the training length (a minute of video is 60 of the packed
     world's one-second videos), one per caption, over consecutive training-length clips: the first clip, every
     clip, the second half and the last minute of video (all of it for streams of a minute or less), averaged over
-    the streams (``stream_*`` keys, and ``stream_seconds``).
+    the streams (``stream_*`` keys, and ``stream_seconds``); with the clips' temporal consistency, its count
+    stability (a shape drawn twice, or gone for frames, lowers it) and the pixel fidelity.
 
     What a viewer of a long stream sees, which the 4x rollouts of :func:`drift_metrics` do not predict
     (``docs/results/stream_window_2026-12-03.md``). Streams are sampled and scored a batch at a time, so memory
     stays that of one batch of streams.
     """
     clip = source.shapes.num_frames
-    scores, consistency, fidelity = [], [], []
+    scores, consistency, counts, fidelity = [], [], [], []
     for start in range(0, len(captions), BATCH):
         part = captions[start : start + BATCH]
         videos = sample_videos(model, source, part, spec, num_frames=source.data.num_frames * factor, seed=seed + start // BATCH)
@@ -168,6 +169,7 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
             clips = score_clips(source.oracle, videos[i : i + 1], c, clip)
             scores.append(clips["caption_adherence"])
             consistency.append(float(np.nanmean(clips["temporal_consistency"])))
+            counts.append(float(np.nanmean(clips["count_stability"])))
             fidelity.append(source.oracle.detect(videos[i : i + 1]).fidelity())
     s = np.array(scores, dtype=float)  # (streams, clips)
     minute = max(1, round(60 * source.fps / clip))  # clips in the last minute
@@ -176,6 +178,7 @@ def stream_metrics(model, source: ShapesSource, spec: SamplerSpec, captions: lis
         stream_second_half_caption_adherence=float(np.nanmean(s[:, s.shape[1] // 2 :])),
         stream_last_minute_caption_adherence=float(np.nanmean(s[:, -minute:])),
         stream_temporal_consistency=float(np.nanmean(consistency)),
+        stream_count_stability=float(np.nanmean(counts)),
         **{f"stream_{k}": _mean_of_measured([f[k] for f in fidelity]) for k in fidelity[0]},
         stream_seconds=factor * clip / source.fps,
     )

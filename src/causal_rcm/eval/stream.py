@@ -30,6 +30,7 @@ from causal_rcm.data.shapes import ShapesConfig
 __all__ = ["rss_bytes", "measure_stream", "score_clips"]
 
 ORACLE_KEYS = ("caption_adherence", "colour_adherence", "shape_adherence", "temporal_consistency")
+CONSISTENCY_KEYS = ("count_stability", "size_stability", "smoothness")
 
 
 def rss_bytes() -> int:
@@ -43,13 +44,15 @@ def rss_bytes() -> int:
 
 def score_clips(oracle: ShapesOracle, video, caption: str, clip: int) -> dict[str, np.ndarray]:
     """The oracle's scores of each consecutive ``clip``-frame clip of one long video against ``caption``
-    (:data:`ORACLE_KEYS` -> (clips,)): the one scorer of streams, for evaluation and for the long-stream benchmark.
+    (:data:`ORACLE_KEYS` and the factors of temporal consistency, :data:`CONSISTENCY_KEYS` -> (clips,)): the one scorer of streams, for evaluation and for the long-stream benchmark.
 
     A whole stream as one clip fails as soon as a shape is lost for a moment; clips of the training length are
     what the oracle and the model know."""
     report = oracle.drift(video, caption, window=clip)
     scores = {key: np.array([a.get(key, float("nan")) for a in report.adherence], dtype=float) for key in ORACLE_KEYS}
     scores["temporal_consistency"] = np.asarray(report.temporal_consistency, dtype=float)
+    for key in CONSISTENCY_KEYS:  # its factors: a shape drawn twice or flickering out shows in count_stability
+        scores[key] = np.array([c[key] for c in report.consistency], dtype=float)
     return scores
 
 
