@@ -61,6 +61,8 @@ CONTEXT_HELP = ("Causal checkpoints: commit each chunk to the KV cache 'clean' (
                 "keys and values: one forward a chunk fewer); default: the checkpoint's.")
 KV_INT8_HELP = "Causal checkpoints: keep the KV cache in int8 (per-token, per-head scales): about half a bf16 cache's bytes."
 LOW_MEMORY_HELP = "Preset for small GPUs: an int8 KV cache and VAE decoding in spatial tiles (where the codec has tiles)."
+SINK_HELP = ("Causal checkpoints: latent frames of the stream's start kept in the KV cache for ever, an attention sink "
+             "(default: the checkpoint's; 0: none).")
 STEPS = click.IntRange(1, MAX_STEPS)
 POSITIVE = click.IntRange(min=1)
 
@@ -210,10 +212,6 @@ def shard_options(command: Callable) -> Callable:
     ]):
         command = option(command)
     return command
-
-
-SINK_HELP = ("Causal checkpoints: latent frames of the stream's start kept in the KV cache for ever, an attention sink "
-             "(default: the checkpoint's; 0: none).")
 
 
 def _make_shards(make, out: Path, args, device: str, no_progress: bool) -> None:
@@ -385,8 +383,7 @@ def eval_group() -> None:
               help="Causal models: KV-cache window in latent frames, the chunk included (default: the checkpoint's).")
 @click.option("--stream-seconds", type=Number(0, MAX_STREAM_SECONDS), default=0.0,
               help="Causal models: also stream each prompt for about this much video, scored clip by clip (stream_* metrics).")
-@click.option("--sink", type=click.IntRange(0, 1024), default=None,
-              help="Causal models: attention-sink frames of the KV cache, latent frames (default: the checkpoint's).")
+@click.option("--sink", type=click.IntRange(0, 1024), default=None, help=SINK_HELP)
 @click.option("--recache-every", type=click.IntRange(0, 65536), default=None,
               help="Causal models: rebuild the KV cache from its clean frames every this many chunks (0: never; default: the checkpoint's).")
 @click.option("--switch", "switches", multiple=True, metavar="TIME",

@@ -471,9 +471,8 @@ class StreamingPipeline:
         if sink_frames is not None:
             if not config.causal:
                 raise UserError(f"an attention sink is for causal checkpoints; {path} is bidirectional")
-            if isinstance(sink_frames, bool) or not isinstance(sink_frames, int) or sink_frames < 0:
-                raise UserError(f"sink_frames must be a whole number of latent frames >= 0, got {sink_frames!r}")
             config = dataclasses.replace(config, stream=dataclasses.replace(config.stream, sink_frames=sink_frames))
+            config.check(f"{path} with sink_frames={sink_frames!r}")  # the spec's own ranges
         cpu = torch.device(device).type == "cpu"
         if dtype is None and cpu:
             dtype = torch.float32
